@@ -1,0 +1,1 @@
+"""Data layer: CT I/O, preprocessing, on-disk cache, synthetic cohort, Grain pipeline."""

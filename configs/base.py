@@ -18,6 +18,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.phases = ("pv", "art")
 
     config.data = ml_collections.ConfigDict()
+    # Grain training pipeline (paresseg_jax.data.pipeline).
+    config.data.crop_size = 224  # square training patch, drawn in the case's liver box
+    config.data.tumor_free_fraction = 1.0  # share of liver slices without tumor kept for training
+    config.data.intensity_jitter = 0.0  # per-phase random scale/shift amplitude; 0 = off (reference)
+    config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
+    config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.train = ml_collections.ConfigDict()
     config.eval = ml_collections.ConfigDict()
     return config

@@ -1,0 +1,285 @@
+"""Grain input pipeline: paired 2.5D patches for training, full slices for evaluation.
+
+Training (the reference's recipe, REFERENCE.md "Training recipe"): one record
+per (case, slice) over the slices inside the case's liver z-range; per record
+a 2.5D stack (slices z-1, z, z+1, edges replicated) for every phase, one crop
+position drawn in the case's liver bounding box, one random rot90 (0-3) and
+one random flip, all shared by every phase, the tumor label and the
+boundary-enhanced weight map, so phases stay voxel-aligned.
+
+Crop rule (per in-plane axis; box ``[b0, b1)``, crop size ``s``, image size
+``n``): the window start is drawn uniformly from the integers in
+``[min(b0, b1 - s), max(b0, b1 - s)]`` (a box at least as large as the crop
+contains the window; a smaller box is contained in it), then clipped to
+``[min(0, n - s), max(0, n - s)]`` so the window stays inside the image, or,
+for an image smaller than the crop, covers it; pixels outside the image are 0
+in images, label and weight.
+
+Randomness comes from Grain: the sampler gives each record a generator seeded
+by (seed, position in the stream), so a seed fixes order and augmentation and a
+restored iterator state continues both exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterator, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from paresseg_jax.data.cache import CachedCase
+
+MAX_CROP_SIZE = 1024
+ITERATOR_ITEM = "data_iterator"
+"""Name of the data iterator inside the training checkpoint's orbax Composite."""
+
+
+def slice_indices(z: int, depth: int, in_channels: int) -> np.ndarray:
+    """Slice indices of the 2.5D stack centred on ``z``, replicated at the volume's ends."""
+    check_in_channels(in_channels)
+    half = in_channels // 2
+    return np.clip(np.arange(z - half, z + half + 1), 0, depth - 1)
+
+
+def read_window(volume: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``[size, size, len(zs)]`` window of ``volume[zs]`` starting at (y0, x0); zeros outside.
+
+    Reads only the window from a memory-mapped volume.
+    """
+    _, height, width = volume.shape
+    out = np.zeros((size, size, len(zs)), np.float32)
+    ya, yb = max(y0, 0), min(y0 + size, height)
+    xa, xb = max(x0, 0), min(x0 + size, width)
+    if ya < yb and xa < xb:
+        for c, z in enumerate(zs):
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0, c] = volume[z, ya:yb, xa:xb]
+    return out
+
+
+def crop_start(rng: np.random.Generator, box_lo: int, box_hi: int, size: int, extent: int) -> int:
+    """Window start along one axis by the module's crop rule."""
+    lo, hi = sorted((box_lo, box_hi - size))
+    start = int(rng.integers(lo, hi + 1))
+    return int(np.clip(start, min(0, extent - size), max(0, extent - size)))
+
+
+class LiverSliceSource:
+    """Random-access source: one record ``{'case': CachedCase, 'z': int}`` per slice.
+
+    Slices inside each case's liver z-range are kept; of those without tumor
+    only ``tumor_free_fraction`` (rounded, chosen by ``seed``) are kept. Records
+    are small, so workers read only the crop windows they need.
+    """
+
+    def __init__(self, cases: Sequence[CachedCase], *, tumor_free_fraction: float = 1.0, seed: int = 0):
+        if not cases:
+            raise ValueError("no cases given to the training pipeline; check the fold's case list and the cache folder")
+        if not 0.0 <= tumor_free_fraction <= 1.0:
+            raise ValueError(f"config.data.tumor_free_fraction={tumor_free_fraction} must lie in [0, 1]")
+        self._cases = tuple(cases)
+        self._fraction = float(tumor_free_fraction)
+        self._seed = int(seed)
+        case_index, z, has_tumor = [], [], []
+        for i, case in enumerate(self._cases):
+            z0, z1 = case.liver_bbox[:2]
+            case_index += [i] * (z1 - z0)
+            z += range(z0, z1)
+            if self._fraction < 1.0:
+                has_tumor.append(np.asarray(case.tumor[z0:z1]).any(axis=(1, 2)))
+        case_index, z = np.asarray(case_index, np.int64), np.asarray(z, np.int64)
+        if self._fraction < 1.0 and len(z):
+            has_tumor = np.concatenate(has_tumor)
+            free = np.flatnonzero(~has_tumor)
+            kept_free = np.random.default_rng(self._seed).permutation(free)[: round(self._fraction * len(free))]
+            keep = np.sort(np.concatenate([np.flatnonzero(has_tumor), kept_free]))
+            case_index, z = case_index[keep], z[keep]
+        if not len(z):
+            ids = [c.case_id for c in self._cases]
+            raise ValueError(
+                f"the training source over cases {ids} has no slices (empty liver z-ranges, or only tumor-free "
+                f"slices with config.data.tumor_free_fraction={self._fraction}); raise the fraction or check the cache"
+            )
+        self._case_index, self._z = case_index, z
+
+    def __len__(self) -> int:
+        return len(self._z)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"case": self._cases[self._case_index[index]], "z": int(self._z[index])}
+
+    def __repr__(self) -> str:
+        # Grain compares this text when restoring an iterator state, so it names the data (not the
+        # cache's location, which may move between machines).
+        cases = "\n".join(f"{c.case_id} {c.shape} {c.liver_bbox}" for c in self._cases)
+        ids = hashlib.sha256(cases.encode()).hexdigest()[:12]
+        return (
+            f"LiverSliceSource(cases={len(self._cases)}, cases_sha={ids}, records={len(self)}, "
+            f"tumor_free_fraction={self._fraction}, seed={self._seed})"
+        )
+
+
+class PairedPatch(grain.transforms.RandomMap):
+    """Record -> paired training patch (see the module docstring for the rule).
+
+    Output: one ``[H, W, in_channels]`` float32 array per phase, ``'label'``
+    ``[H, W]`` int32 tumor 0/1 and ``'weight'`` ``[H, W]`` float32. With
+    ``intensity_jitter = a > 0`` each phase is independently scaled by
+    ``1 + U(-a, a)``, shifted by ``U(-a, a)`` and clipped to [0, 1].
+    """
+
+    def __init__(self, phases: Sequence[str], in_channels: int, crop_size: int = 224, intensity_jitter: float = 0.0):
+        check_crop_size(crop_size)
+        check_in_channels(in_channels)
+        if intensity_jitter < 0:
+            raise ValueError(f"config.data.intensity_jitter={intensity_jitter} must be >= 0 (0 turns it off)")
+        self.phases = tuple(phases)
+        self.in_channels = int(in_channels)
+        self.crop_size = int(crop_size)
+        self.intensity_jitter = float(intensity_jitter)
+
+    def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        case, z = element["case"], element["z"]
+        depth, height, width = case.shape
+        _, _, y0, y1, x0, x1 = case.liver_bbox
+        size = self.crop_size
+        top = crop_start(rng, y0, y1, size, height)
+        left = crop_start(rng, x0, x1, size, width)
+        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+
+        def augment(patch: np.ndarray) -> np.ndarray:
+            patch = np.rot90(patch, turns, axes=(0, 1))
+            return np.ascontiguousarray(patch[::-1] if flip else patch)
+
+        zs = slice_indices(z, depth, self.in_channels)
+        out = {p: augment(read_window(case.image(p), zs, top, left, size)) for p in self.phases}
+        if self.intensity_jitter:
+            a = self.intensity_jitter
+            for p in self.phases:
+                scale, shift = rng.uniform(-a, a, size=2)
+                out[p] = np.clip(out[p] * np.float32(1 + scale) + np.float32(shift), 0, 1).astype(np.float32)
+        centre = np.array([z])
+        out["label"] = augment(read_window(case.tumor, centre, top, left, size)[..., 0]).astype(np.int32)
+        out["weight"] = augment(read_window(case.weight, centre, top, left, size)[..., 0])
+        return out
+
+
+def check_in_channels(in_channels: int) -> None:
+    if not isinstance(in_channels, (int, np.integer)) or in_channels < 1 or in_channels % 2 == 0:
+        raise ValueError(f"config.model.in_channels={in_channels!r}: a 2.5D stack needs an odd number of slices (e.g. 3)")
+
+
+def check_crop_size(crop_size: int) -> None:
+    if not isinstance(crop_size, (int, np.integer)) or not 0 < crop_size <= MAX_CROP_SIZE:
+        raise ValueError(f"config.data.crop_size={crop_size!r} must be an integer in 1..{MAX_CROP_SIZE} (the paper uses 224)")
+
+
+def make_train_loader(
+    config,
+    cases: Sequence[CachedCase],
+    *,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    worker_count: int | None = None,
+    local_device_count: int | None = None,
+) -> grain.DataLoader:
+    """Infinite, shuffled, process-sharded loader of paired training batches.
+
+    Each process gets ``config.train.batch_size / process_count`` patches per
+    batch from its own disjoint shard of records (Grain's ``ShardOptions``;
+    ``process_index``/``process_count`` default to the JAX process). Iterate
+    it with ``iter(loader)``; the iterator's state goes into orbax checkpoints
+    (``iterator_save_args``). ``worker_count`` defaults to
+    ``config.data.worker_count`` (0 = no worker processes).
+    """
+    data = config.data
+    global_batch = int(config.train.batch_size)
+    if (process_index is None) != (process_count is None):
+        raise ValueError("give both process_index and process_count, or neither (then the JAX process is used)")
+    if process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
+    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+    if global_batch <= 0 or global_batch % shard.shard_count:
+        raise ValueError(
+            f"config.train.batch_size={global_batch} must be a positive multiple of the process count "
+            f"{shard.shard_count}; change the batch size or the number of processes"
+        )
+    batch = global_batch // shard.shard_count
+    devices = jax.local_device_count() if local_device_count is None else local_device_count
+    if batch % devices:
+        raise ValueError(
+            f"the per-process batch {batch} (config.train.batch_size={global_batch} / {shard.shard_count} processes) "
+            f"is not divisible by the {devices} local devices; make config.train.batch_size a multiple of "
+            f"{shard.shard_count * devices}"
+        )
+    check_crop_size(data.crop_size)
+    source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed)
+    if len(source) < shard.shard_count:
+        raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed
+    )
+    operations = [
+        PairedPatch(config.model.phases, config.model.in_channels, data.crop_size, data.intensity_jitter),
+        grain.transforms.Batch(batch_size=batch, drop_remainder=True),
+    ]
+    workers = data.worker_count if worker_count is None else worker_count
+    if workers and not flags.FLAGS.is_parsed():
+        # Grain's worker processes read absl flags; outside an absl app (tests, notebooks) use the defaults.
+        flags.FLAGS.mark_as_parsed()
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=operations,
+        worker_count=workers,
+        worker_buffer_size=data.worker_buffer_size,
+        shard_options=shard,
+    )
+
+
+def split_for_devices(batch: Mapping[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
+    """Reshape every ``[B, ...]`` array to ``[num_devices, B / num_devices, ...]`` for pmap."""
+    out = {}
+    for key, value in batch.items():
+        if value.shape[0] % num_devices:
+            raise ValueError(
+                f"batch[{key!r}] has {value.shape[0]} examples, not divisible by {num_devices} devices; "
+                "make the per-process batch size a multiple of the local device count"
+            )
+        out[key] = value.reshape(num_devices, value.shape[0] // num_devices, *value.shape[1:])
+    return out
+
+
+def iterator_save_args(iterator: grain.DataLoaderIterator):
+    """Orbax args that save a loader iterator: ``ocp.args.Composite(**{ITERATOR_ITEM: this, ...})``."""
+    return grain.checkpoint.CheckpointSave(iterator)
+
+
+def iterator_restore_args(iterator: grain.DataLoaderIterator):
+    """Orbax args that restore a fresh ``iter(loader)`` in place to the saved position."""
+    return grain.checkpoint.CheckpointRestore(iterator)
+
+
+def eval_slices(case: CachedCase, phases: Sequence[str], in_channels: int) -> Iterator[dict[str, Any]]:
+    """Every slice of a case, z ascending, uncropped, for inference and validation.
+
+    Yields ``{'z': int, <phase>: [H, W, in_channels] float32, 'label': [H, W]
+    int32 tumor, 'roi': [H, W] uint8}``; stacking the per-slice results along
+    z rebuilds the volume.
+    """
+    depth, height, width = case.shape
+    images = {p: case.image(p) for p in phases}
+    tumor, roi = case.tumor, case.roi
+    for z in range(depth):
+        zs = slice_indices(z, depth, in_channels)
+        item = {"z": z}
+        item.update({p: np.ascontiguousarray(np.moveaxis(images[p][zs], 0, -1), np.float32) for p in phases})
+        item["label"] = np.asarray(tumor[z], np.int32)
+        item["roi"] = np.asarray(roi[z], np.uint8)
+        yield item

@@ -95,7 +95,8 @@ def summarize(cases: Iterable[Mapping] | Mapping[str, Mapping]) -> dict:
     (from the summed counts), as in the paper; every other metric is the
     mean over the cases where it is defined. ``n_undefined`` counts, per
     metric, the cases left out of its mean; a metric undefined for every case
-    is ``None``.
+    is ``None``. Case dicts from :func:`overlap_metrics` plus counts (no
+    surface distances) are summarized over the metrics they have.
     """
     cases = list(cases.values()) if isinstance(cases, Mapping) else list(cases)
     if not cases:
@@ -104,7 +105,7 @@ def summarize(cases: Iterable[Mapping] | Mapping[str, Mapping]) -> dict:
     summary = dict(n_cases=len(cases), dpc=float(np.mean([c["dice"] for c in cases])))
     summary["dg"] = overlap_metrics(**totals)["dice"]
     undefined = {}
-    for name in METRICS:
+    for name in (m for m in METRICS if m in cases[0]):
         values = [c[name] for c in cases if c[name] is not None]
         summary[name] = float(np.mean(values)) if values else None
         undefined[name] = len(cases) - len(values)

@@ -45,17 +45,17 @@ def slice_indices(z: int, depth: int, in_channels: int) -> np.ndarray:
 
 
 def read_window(volume: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    """``[size, size, len(zs)]`` window of ``volume[zs]`` starting at (y0, x0); zeros outside.
+    """``[len(zs), size, size]`` window of ``volume[zs]`` starting at (y0, x0); zeros outside.
 
-    Reads only the window from a memory-mapped volume.
+    Reads only the window from a memory-mapped volume, slice by slice (contiguous copies).
     """
     _, height, width = volume.shape
-    out = np.zeros((size, size, len(zs)), np.float32)
+    out = np.zeros((len(zs), size, size), np.float32)
     ya, yb = max(y0, 0), min(y0 + size, height)
     xa, xb = max(x0, 0), min(x0 + size, width)
     if ya < yb and xa < xb:
         for c, z in enumerate(zs):
-            out[ya - y0 : yb - y0, xa - x0 : xb - x0, c] = volume[z, ya:yb, xa:xb]
+            out[c, ya - y0 : yb - y0, xa - x0 : xb - x0] = volume[z, ya:yb, xa:xb]
     return out
 
 
@@ -149,9 +149,11 @@ class PairedPatch(grain.transforms.RandomMap):
         left = crop_start(rng, x0, x1, size, width)
         turns, flip = int(rng.integers(4)), bool(rng.integers(2))
 
-        def augment(patch: np.ndarray) -> np.ndarray:
-            patch = np.rot90(patch, turns, axes=(0, 1))
-            return np.ascontiguousarray(patch[::-1] if flip else patch)
+        def augment(window: np.ndarray, dtype=np.float32) -> np.ndarray:
+            """[C, H, W] window -> rotated, flipped [H, W, C] array (one copy); [H, W] likewise."""
+            window = np.rot90(window, turns, axes=(-2, -1))
+            window = window[..., ::-1, :] if flip else window
+            return np.ascontiguousarray(np.moveaxis(window, 0, -1) if window.ndim == 3 else window, dtype=dtype)
 
         zs = slice_indices(z, depth, self.in_channels)
         out = {p: augment(read_window(case.image(p), zs, top, left, size)) for p in self.phases}
@@ -161,8 +163,8 @@ class PairedPatch(grain.transforms.RandomMap):
                 scale, shift = rng.uniform(-a, a, size=2)
                 out[p] = np.clip(out[p] * np.float32(1 + scale) + np.float32(shift), 0, 1).astype(np.float32)
         centre = np.array([z])
-        out["label"] = augment(read_window(case.tumor, centre, top, left, size)[..., 0]).astype(np.int32)
-        out["weight"] = augment(read_window(case.weight, centre, top, left, size)[..., 0])
+        out["label"] = augment(read_window(case.tumor, centre, top, left, size)[0], np.int32)
+        out["weight"] = augment(read_window(case.weight, centre, top, left, size)[0])
         return out
 
 

@@ -1,0 +1,90 @@
+"""Paired patches per second of the Grain training pipeline, by worker count.
+
+``python -m paresseg_jax.benchmarks.pipeline [--workers=0,1,2] [--json=out.json]``
+writes a synthetic cache (a few 512x512x40 cases, PV and ART), then times
+batches of 224x224 paired 2.5D patches after a warm-up. The train step's
+consumption is measured elsewhere; the ratio of the two says which one waits.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+from configs import base
+from paresseg_jax.data import cache, pipeline
+
+_CASES = flags.DEFINE_integer("cases", 3, "synthetic cases in the cache")
+_SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
+_DEPTH = flags.DEFINE_integer("depth", 40, "slices per case")
+_CROP = flags.DEFINE_integer("crop", 224, "training patch size")
+_BATCH = flags.DEFINE_integer("batch", 8, "global batch size (one process)")
+_BATCHES = flags.DEFINE_integer("batches", 40, "timed batches per worker count")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "untimed batches first (worker start-up)")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "worker counts to time")
+_CACHE = flags.DEFINE_string("cache_dir", None, "reuse/fill this cache folder instead of a temporary one")
+_JSON = flags.DEFINE_string("json", None, "also write the results here")
+
+
+def write_synthetic_cache(cache_dir, cases, size, depth, seed=0):
+    """Random images with a liver box in the middle third; enough realism for I/O timing."""
+    rng = np.random.default_rng(seed)
+    shape = (depth, size, size)
+    liver = np.zeros(shape, np.uint8)
+    liver[depth // 8 : depth - depth // 8, size // 4 : 3 * size // 4, size // 5 : 3 * size // 4] = 1
+    tumor = np.zeros(shape, np.uint8)
+    tumor[depth // 3 : depth // 2, size // 3 : size // 3 + 40, size // 3 : size // 3 + 40] = 1
+    for i in range(cases):
+        case_id = f"bench{i:03d}"
+        if not cache.is_cached(cache_dir, case_id):
+            images = {p: rng.random(shape, np.float32) for p in ("pv", "art")}
+            weight = rng.random(shape, np.float32)
+            cache.write_case(cache_dir, case_id, images, liver, tumor, liver, weight, {"tumor_type": "HCC"})
+    return cache.open_cohort(cache_dir, [f"bench{i:03d}" for i in range(cases)])
+
+
+def patches_per_second(config, cases, workers, batches, warmup):
+    loader = pipeline.make_train_loader(config, cases, seed=0, worker_count=workers)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(it)
+    elapsed = time.perf_counter() - start
+    assert batch["pv"].shape == (config.train.batch_size, config.data.crop_size, config.data.crop_size, 3)
+    return batches * config.train.batch_size / elapsed
+
+
+def main(argv):
+    del argv
+    config = base.get_config()
+    config.data.crop_size = _CROP.value
+    config.train.batch_size = _BATCH.value
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = _CACHE.value or tmp
+        os.makedirs(cache_dir, exist_ok=True)
+        cases = write_synthetic_cache(cache_dir, _CASES.value, _SIZE.value, _DEPTH.value)
+        results = {}
+        for workers in map(int, _WORKERS.value):
+            results[workers] = patches_per_second(config, cases, workers, _BATCHES.value, _WARMUP.value)
+    print(f"paired {_CROP.value}x{_CROP.value} patches ({'+'.join(config.model.phases)}, batch {_BATCH.value}), "
+          f"{os.cpu_count()} CPUs")
+    print("workers  patches/s")
+    for workers, rate in results.items():
+        print(f"{workers:>7}  {rate:9.1f}")
+    if _JSON.value:
+        record = {
+            "cases": _CASES.value, "size": _SIZE.value, "depth": _DEPTH.value, "crop": _CROP.value,
+            "batch": _BATCH.value, "batches": _BATCHES.value, "cpus": os.cpu_count(),
+            "patches_per_second": {str(w): r for w, r in results.items()},
+        }
+        with open(_JSON.value, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -24,14 +24,11 @@ def _build(name, **options):
     return RESNET_phase_att(**options) if name == "RESNET_phase_att" else RESNET_2D(**options)
 
 
-@pytest.mark.parametrize(
-    "name, options",
-    [("RESNET_phase_att", {}), ("RESNET_phase_att", {"attention": "paper"}), ("RESNET_2D", {})],
-)
-def test_state_dict_layout_equals_reference(name, options):
+@pytest.mark.parametrize("name", ["RESNET_phase_att", "RESNET_2D"])
+def test_state_dict_layout_equals_reference(name):
     expected = _reference_layout()[name]
     with torch.device("meta"):
-        model = _build(name, **options)
+        model = _build(name)
     state = model.state_dict()
     assert list(state) == list(expected)
     assert {k: list(v.shape) for k, v in state.items()} == expected
@@ -39,6 +36,14 @@ def test_state_dict_layout_equals_reference(name, options):
     # The counts also follow from the reference's shapes alone (buffers excluded).
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     assert sum(math.prod(s) for k, s in expected.items() if k.rsplit(".", 1)[1] not in buffers) == PARAMETER_COUNTS[name]
+
+
+def test_paper_attention_layout_is_the_reference_without_gammas():
+    expected = {k: v for k, v in _reference_layout()["RESNET_phase_att"].items() if not k.endswith(".gamma")}
+    with torch.device("meta"):
+        state = RESNET_phase_att(attention="paper").state_dict()
+    assert {k: list(v.shape) for k, v in state.items()} == expected
+    assert list(state) == list(expected)
 
 
 def test_unknown_attention_is_refused():
@@ -63,7 +68,8 @@ def test_intra_phase_attention_reference_and_paper_semantics():
     }
     for attention, want in expected.items():
         module = IntraPhaseAttention(attention).double()
-        module.gamma.data.fill_(gamma)
+        if attention == "reference":
+            module.gamma.data.fill_(gamma)
         got = module(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(got, want.reshape(x.shape), rtol=1e-12, atol=1e-12)
 
@@ -82,7 +88,8 @@ def test_inter_phase_attention_reference_and_paper_semantics():
     }
     for attention, want in expected.items():
         module = InterPhaseAttention(attention).double()
-        module.gamma.data.fill_(gamma)
+        if attention == "reference":
+            module.gamma.data.fill_(gamma)
         got = module(torch.from_numpy(pv), torch.from_numpy(art)).detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 

@@ -110,13 +110,14 @@ class IntraPhaseAttention(nn.Module):
     """``sc``: DANet-style channel attention on the PV features.
 
     reference: out = gamma * softmax(rowmax(E) - E) X + X with E = X X^T;
-    paper Eq. (1): out = softmax(X X^T)^T X + X (gamma kept for the state_dict, unused).
+    paper Eq. (1): out = softmax(X X^T)^T X + X (no gamma).
     """
 
     def __init__(self, attention: str):
         super().__init__()
         self.attention = attention
-        self.gamma = nn.Parameter(torch.zeros(1))
+        if attention == "reference":
+            self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
         flat = _flatten(x)
@@ -135,13 +136,14 @@ class InterPhaseAttention(nn.Module):
     reference: s = sigmoid(row sums of softmax(rowmax(E) - E)) with E = A P^T,
     which is sigmoid(1) everywhere; out = gamma * s * A + A.
     paper Eq. (2)-(4): x = softmax of E over the ART channels, s = sigmoid(row
-    sums of x), out = s * A + A (gamma kept for the state_dict, unused).
+    sums of x), out = s * A + A (no gamma).
     """
 
     def __init__(self, attention: str):
         super().__init__()
         self.attention = attention
-        self.gamma = nn.Parameter(torch.zeros(1))
+        if attention == "reference":
+            self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, pv, art):
         flat_art = _flatten(art)

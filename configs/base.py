@@ -26,4 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.train = ml_collections.ConfigDict()
     config.eval = ml_collections.ConfigDict()
+    # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).
+    config.eval.threshold = 0.6  # tumor if probability > threshold (the reference's 0.6)
+    config.eval.mode = "full"  # "full": one pass per whole slice (reference code); "tile": overlap-tile (paper)
+    config.eval.tile = 224  # overlap-tile window (pixels)
+    config.eval.stride = 112  # overlap-tile step (pixels, <= tile)
+    config.eval.weighting = "pyramid"  # overlap-tile blending: "pyramid" | "gaussian" (nnU-Net) | "constant"
+    config.eval.batch_size = 8  # slices or tiles per forward pass (fixed shape: one compile)
+    config.eval.tta = False  # average over flips along H, W and both
+    config.eval.pad_multiple = 32  # full mode pads slices to a multiple of the network's downsampling
+    config.eval.liver_threshold = 0.5  # cascade: liver if liver-model probability > this
     return config

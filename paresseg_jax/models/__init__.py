@@ -1,0 +1,69 @@
+"""The model zoo: PA-ResSeg, its ablations and the paper's baselines.
+
+`create(name, **options)` builds a registered model (see `MODELS`);
+`init_variables(module, rng)` gives its `{'params', 'batch_stats'}`.
+A model is called as `module.apply(variables, *inputs, train=...)` with one
+NHWC input per phase in the order of `module.phases` (PV first); in train
+mode pass `mutable=['batch_stats']`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from paresseg_jax.models import fusion, resseg  # noqa: F401  (fill the registries)
+from paresseg_jax.models.attention import check_attention
+from paresseg_jax.models.fusion import FusionBlock
+from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, register_fusion_block,
+                                          register_model)
+
+__all__ = ["create", "init_variables", "MODELS", "FUSION_BLOCKS", "FusionBlock", "register_model",
+           "register_fusion_block", "DTYPES"]
+
+# XLA options for functions run once, where compile time dominates.
+UNOPTIMIZED = {"xla_backend_optimization_level": 0}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create(name: str, **options):
+    """Builds model `name` with `options` (width, num_classes, in_channels,
+    attention, fusion, dtype, phases, bn_axis_name); unset options take the
+    name's defaults (e.g. `paresseg`: fusion 'pa', phases ('pv', 'art'))."""
+    if name not in MODELS:
+        raise ValueError(f"model {name!r} is unknown; registered models: {sorted(MODELS)}")
+    builder = MODELS[name]
+    allowed = {f.name for f in dataclasses.fields(builder.func)} - {"parent", "name"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {unknown}; its options are {sorted(allowed)}")
+    options = {**builder.keywords, **options}
+    if "dtype" in options:
+        if options["dtype"] not in DTYPES:
+            raise ValueError(f"dtype={options['dtype']!r} is unsupported; use one of {sorted(DTYPES)}")
+        options["dtype"] = DTYPES[options["dtype"]]
+    if "phases" in options:
+        phases = tuple(options["phases"])
+        if not phases or phases[0] != "pv" or len(set(phases)) != len(phases):
+            raise ValueError(f"phases={phases!r}: give distinct phase names with 'pv' first (PV is the target)")
+        options["phases"] = phases
+    check_attention(options.get("attention", "reference"))
+    if options.get("fusion") is not None:
+        fusion_block(options["fusion"])
+    for key in ("width", "num_classes", "in_channels"):
+        if key in options and (not isinstance(options[key], int) or options[key] < 1):
+            raise ValueError(f"{key}={options[key]!r} must be a positive integer")
+    return builder(**options)
+
+
+def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 1) -> dict:
+    """Fresh `{'params', 'batch_stats'}` of `module` (BN statistics: mean 0, var 1).
+
+    Compiled without backend optimisation: it runs once, and XLA's CPU
+    backend otherwise spends most of a minute optimising the per-parameter
+    random number generation.
+    """
+    inputs = [jnp.zeros((batch, height, width, module.in_channels), jnp.float32) for _ in module.phases]
+    init = jax.jit(lambda key: module.init(key, *inputs, train=False))
+    return init.lower(rng).compile(compiler_options=UNOPTIMIZED)(rng)

@@ -1,0 +1,56 @@
+"""What every segmentation model shares: its options, input checks, and the
+padding that lets any slice size through.
+
+The reference needs H and W divisible by 32 (five 2x2 poolings, then
+deconvolutions that exactly double). Inputs are zero-padded at the bottom
+and right to the next multiple of 32 and the logits cropped back, so a
+100x75 slice gives 100x75 logits; multiples of 32 pass unchanged, exactly
+as in the reference.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+MULTIPLE = 32
+
+
+class SegmentationModel(nn.Module):
+    """Common options; subclasses implement `__call__(*inputs, train)`, one
+    NHWC input per phase in the order of `phases` (PV first)."""
+
+    phases: Tuple[str, ...] = ("pv",)
+    in_channels: int = 3
+    width: int = 64
+    num_classes: int = 2
+    attention: str = "reference"
+    fusion: Optional[str] = None
+    dtype: Any = jnp.float32
+    bn_axis_name: Optional[str] = None
+
+    @property
+    def layer_options(self) -> dict:
+        return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+
+    def padded_inputs(self, inputs: Sequence) -> list:
+        """Checks one [B, H, W, in_channels] array per phase, casts to the
+        compute dtype and zero-pads H, W to multiples of 32."""
+        if len(inputs) != len(self.phases):
+            raise ValueError(f"{type(self).__name__} with phases={self.phases} takes {len(self.phases)} inputs "
+                             f"(one per phase, in that order), got {len(inputs)}")
+        shape = None
+        for phase, x in zip(self.phases, inputs):
+            if x.ndim != 4 or x.shape[-1] != self.in_channels:
+                raise ValueError(f"input for phase {phase!r} must be NHWC with {self.in_channels} channels "
+                                 f"(in_channels), got shape {x.shape}")
+            if shape is not None and x.shape != shape:
+                raise ValueError(f"all phases must have the same shape; {phase!r} has {x.shape}, PV has {shape}")
+            shape = x.shape
+        pad_h, pad_w = (-shape[1]) % MULTIPLE, (-shape[2]) % MULTIPLE
+        return [jnp.pad(x.astype(self.dtype), ((0, 0), (0, pad_h), (0, pad_w), (0, 0))) for x in inputs]
+
+    @staticmethod
+    def cropped_logits(logits, like):
+        """Logits cropped to the spatial size of input `like`, float32."""
+        return logits[:, :like.shape[1], :like.shape[2]].astype(jnp.float32)

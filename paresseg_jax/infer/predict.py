@@ -141,7 +141,7 @@ def _overlap_tiles(module, variables, volumes, slices, prob, batch_size, tta, ti
             for i, (z, y0, x0) in enumerate(chunk):
                 stack = slice_indices(z, depth, channels)
                 for x, volume in zip(inputs, volumes.values()):
-                    x[i] = read_window(volume, stack, y0, x0, tile)
+                    x[i] = np.moveaxis(read_window(volume, stack, y0, x0, tile), 0, -1)
             yield chunk, inputs
 
     for chunk, out in _pipelined(forward, batches()):

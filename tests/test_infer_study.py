@@ -1,0 +1,235 @@
+"""The liver -> tumor cascade, and whole studies from NIfTI files and DICOM series folders."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from paresseg_jax import model_io, models
+from paresseg_jax.infer import cascade, study
+
+
+class LiverStandIn(nn.Module):
+    """Liver where the centre PV slice is brighter than 0.5."""
+
+    phases: tuple = ("pv",)
+    in_channels: int = 3
+
+    @nn.compact
+    def __call__(self, pv, train=False):
+        score = 40.0 * (pv[..., 1:2] - 0.5)
+        return jnp.concatenate([jnp.zeros_like(score), score], axis=-1)
+
+
+class TumorStandIn(nn.Module):
+    """Tumor where the brightest centre ART pixel in the 3x3 neighbourhood exceeds 0.5.
+
+    Its output depends on neighbouring pixels, so it shows whether voxels
+    outside the ROI were zeroed before the model saw them.
+    """
+
+    phases: tuple = ("pv", "art")
+    in_channels: int = 3
+
+    @nn.compact
+    def __call__(self, pv, art, train=False):
+        neighbourhood = nn.max_pool(art[..., 1:2], (3, 3), strides=(1, 1), padding="SAME")
+        score = 40.0 * (neighbourhood - 0.5)
+        return jnp.concatenate([jnp.zeros_like(score), score], axis=-1)
+
+
+def _cascade_images():
+    pv = np.full((3, 24, 24), 0.2, np.float32)
+    pv[:, 6:14, 6:14] = 0.8  # liver: rows/cols 6..13; ROI after 5x5 dilation: 4..15
+    art = np.full_like(pv, 0.2)
+    art[1, 8, 8] = 0.9  # tumor inside the liver
+    art[1, 10, 17] = 0.9  # bright spot one pixel right of the ROI (col 16 is the first outside)
+    art[1, 20, 20] = 0.9  # bright spot far outside
+    return {"pv": pv, "art": art}
+
+
+@pytest.mark.parametrize("mode", ["full", "tile"])
+def test_cascade_gates_inputs_and_outputs(mode):
+    images = _cascade_images()
+    result = cascade.segment_study(
+        images,
+        (TumorStandIn(), {}),
+        liver_model=(LiverStandIn(), {}),
+        mode=mode,
+        tile=16,
+        stride=8,
+    )
+    liver = np.zeros((3, 24, 24), np.uint8)
+    liver[:, 6:14, 6:14] = 1
+    roi = np.zeros_like(liver)
+    roi[:, 4:16, 4:16] = 1
+    np.testing.assert_array_equal(result["liver"], liver)
+    np.testing.assert_array_equal(result["roi"], roi)
+    expected = np.zeros_like(liver)
+    expected[1, 7:10, 7:10] = 1  # the 3x3 neighbourhood of the inside tumor pixel
+    # The spots at (10, 17) and (20, 20) lie outside the ROI: removed from the output.
+    np.testing.assert_array_equal(result["mask"], expected)
+    assert not result["prob"][roi == 0].any()
+
+
+def test_input_gate_hides_a_spot_next_to_the_roi():
+    images = _cascade_images()
+    images["art"][1, 10, 16] = 0.9  # first column outside the ROI: touches ROI column 15 through the 3x3 max
+    gated = cascade.segment_study(images, (TumorStandIn(), {}), liver_model=(LiverStandIn(), {}))
+    assert not gated["mask"][1, 9:12, 15].any()
+    # Without a ROI the same spot does reach column 15: the gate is what removed it.
+    ungated = cascade.segment_study(images, (TumorStandIn(), {}))
+    assert ungated["mask"][1, 9:12, 15].all()
+    assert ungated["roi"] is None and ungated["liver"] is None
+
+
+def test_given_liver_mask_wins_over_liver_model_and_threshold_is_strict():
+    images = _cascade_images()
+    liver = np.zeros((3, 24, 24), np.uint8)
+    liver[:, 18:22, 18:22] = 1  # a "liver" around the far spot only
+    result = cascade.segment_study(images, (TumorStandIn(), {}), liver_model=(LiverStandIn(), {}), liver=liver)
+    assert result["mask"][1, 20, 20] == 1 and result["mask"][1, 8, 8] == 0
+    with pytest.raises(ValueError, match="threshold"):
+        cascade.segment_study(images, (TumorStandIn(), {}), threshold=1.0)
+    with pytest.raises(ValueError, match="single-phase PV"):
+        cascade.segment_study(images, (TumorStandIn(), {}), liver_model=(TumorStandIn(), {}))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+SHAPE = (5, 30, 34)  # (z, y, x)
+
+
+def _save_tiny_model(path):
+    """A registered 2-phase model (DMP ResSeg, width 4) with random weights, saved like paresseg-train does."""
+    spec = {"name": "dmp_resseg", "width": 4, "phases": ["pv", "art"]}
+    module = models.create(spec["name"], width=4, phases=("pv", "art"))
+    inputs = [jnp.zeros((1, 32, 32, 3))] * 2
+    abstract = jax.eval_shape(lambda key: module.init(key, *inputs, train=False), jax.random.key(0))
+    rng = np.random.default_rng(0)
+
+    def fill(leaf_path, leaf):
+        name = jax.tree_util.keystr(leaf_path)
+        if "var" in name:
+            return np.ones(leaf.shape, leaf.dtype)
+        if "mean" in name or "num_batches" in name:
+            return np.zeros(leaf.shape, leaf.dtype)
+        return (0.3 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    model_io.save_model(path, spec, jax.tree_util.tree_map_with_path(fill, abstract))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return _save_tiny_model(tmp_path_factory.mktemp("model") / "saved")
+
+
+def _geometry_image(array, spacing, origin, direction):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def _write_dicom_series(image, folder):
+    """One CT slice per file with the position/orientation tags a DICOM reader needs."""
+    folder.mkdir(parents=True)
+    d = image.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        slice_image = image[:, :, z]
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
+            "0008|0018": f"1.2.826.0.1.3680043.2.1125.1.2.{z + 1}",
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z))),
+            "0020|0013": str(z + 1),
+            "0018|0050": str(image.GetSpacing()[2]),
+        }
+        for key, value in tags.items():
+            slice_image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(slice_image)
+
+
+def _study(tmp_path, pv_geometry, pv_as_dicom):
+    rng = np.random.default_rng(1)
+    hu = rng.integers(-100, 250, SHAPE).astype(np.int16)
+    liver = np.zeros(SHAPE, np.uint8)
+    liver[1:4, 8:22, 9:25] = 1
+    tumor = np.zeros(SHAPE, np.uint8)
+    tumor[2, 12:16, 14:18] = 1
+    pv_image = _geometry_image(hu, *pv_geometry)
+    if pv_as_dicom:
+        pv_path = tmp_path / "pv_dicom"
+        _write_dicom_series(pv_image, pv_path)
+    else:
+        pv_path = tmp_path / "pv.nii.gz"
+        sitk.WriteImage(pv_image, str(pv_path))
+    art_path, liver_path, gt_path = tmp_path / "art.nii.gz", tmp_path / "liver.nii.gz", tmp_path / "tumor.nii.gz"
+    sitk.WriteImage(_geometry_image(hu[::-1].copy(), *pv_geometry), str(art_path))
+    sitk.WriteImage(_geometry_image(liver, *pv_geometry), str(liver_path))
+    sitk.WriteImage(_geometry_image(tumor, *pv_geometry), str(gt_path))
+    return pv_path, art_path, liver_path, gt_path, liver
+
+
+@pytest.mark.parametrize(
+    "pv_as_dicom, geometry",
+    [
+        (False, ((0.7, 0.8, 5.0), (120.5, -80.25, 30.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))),
+        (True, ((0.65, 0.65, 7.0), (-100.0, 50.0, 20.0), (0, -1, 0, 1, 0, 0, 0, 0, 1))),
+    ],
+    ids=["nifti", "dicom"],
+)
+def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geometry):
+    pv_path, art_path, liver_path, gt_path, liver = _study(tmp_path, geometry, pv_as_dicom)
+    out = tmp_path / "out" / "mask.nii.gz"
+    report = study.predict_files(
+        {"pv": pv_path, "art": art_path},
+        tiny_model,
+        out,
+        liver=liver_path,
+        gt=gt_path,
+        prob_out=tmp_path / "out" / "prob.nii.gz",
+        overlay_out=tmp_path / "out" / "overlay.png",
+        eval_config={"threshold": 0.5, "batch_size": 2},
+        preprocess_config={"register": False},
+    )
+    pv_image = study.io.read_image(pv_path)
+    for name in ("mask", "prob"):
+        written = sitk.ReadImage(report[name])
+        assert written.GetSize() == pv_image.GetSize() == SHAPE[::-1]
+        np.testing.assert_allclose(written.GetSpacing(), geometry[0], atol=1e-4)
+        np.testing.assert_allclose(written.GetOrigin(), geometry[1], atol=1e-4)
+        np.testing.assert_allclose(written.GetDirection(), geometry[2], atol=1e-4)
+        np.testing.assert_allclose(written.GetOrigin(), pv_image.GetOrigin(), atol=1e-4)
+    # The written arrays are the in-memory prediction voxel for voxel (no flip or transpose on the way out).
+    case, images, _ = study.read_study(
+        {"pv": pv_path, "art": art_path}, liver=liver_path, preprocess_config={"register": False}
+    )
+    module, variables, _ = model_io.load_model(tiny_model)
+    expected = cascade.segment_study(images, (module, variables), liver=case.liver, threshold=0.5, batch_size=2)
+    prob = sitk.GetArrayFromImage(sitk.ReadImage(report["prob"]))
+    np.testing.assert_allclose(prob, expected["prob"], atol=1e-6)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(report["mask"]))
+    np.testing.assert_array_equal(mask, expected["mask"])
+    roi = study.preprocess.liver_roi(liver)
+    assert not mask[roi == 0].any() and 0 < mask.sum()
+    assert report["roi"] == "liver mask" and set(report["metrics"]) >= {"dice", "hd95"}
+    assert report["tumor_ml"] == pytest.approx(mask.sum() * np.prod(geometry[0]) / 1000)
+    assert (tmp_path / "out" / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_files_names_missing_phase(tmp_path, tiny_model):
+    pv_path, *_ = _study(tmp_path, ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), False)
+    with pytest.raises(ValueError, match="--art"):
+        study.predict_files({"pv": pv_path, "art": None}, tiny_model, tmp_path / "m.nii.gz")

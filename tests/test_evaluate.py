@@ -102,3 +102,19 @@ def test_read_summary_errors(tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match="not a paresseg summary"):
         summary.read_summary(tmp_path)
+
+
+def test_figures_write_pngs(tmp_path):
+    from paresseg_jax.evaluate import figures
+
+    lines = [{"step": s, "split": "train", "loss": 1.0 / s} for s in range(1, 5)]
+    lines += [{"step": 4, "split": "val", "global_dice": 0.5, "mean_dice": 0.4, "case_dice": {"a": 0.4}}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    curves = figures.training_curves({"run": tmp_path}, tmp_path / "figs" / "curves.png")
+    assert curves.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        figures.training_curves({"missing": tmp_path / "nowhere"}, tmp_path / "x.png")
+    records = [_record("a", "FNH", (10, 0)), _record("b", "HCC", (5, 0))]
+    content = {"cases": records, "summary": summary.summarize_records(records)}
+    bars = figures.per_type_bars({"A": content, "B": content}, tmp_path / "figs" / "bars.png")
+    assert bars.read_bytes()[:4] == b"\x89PNG"

@@ -103,7 +103,7 @@ def test_given_liver_mask_wins_over_liver_model_and_threshold_is_strict():
 SHAPE = (5, 30, 34)  # (z, y, x)
 
 
-def _save_tiny_model(path):
+def save_tiny_model(path):
     """A registered 2-phase model (DMP ResSeg, width 4) with random weights, saved like paresseg-train does."""
     spec = {"name": "dmp_resseg", "width": 4, "phases": ["pv", "art"]}
     module = models.create(spec["name"], width=4, phases=("pv", "art"))
@@ -125,7 +125,7 @@ def _save_tiny_model(path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return _save_tiny_model(tmp_path_factory.mktemp("model") / "saved")
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "saved")
 
 
 def _geometry_image(array, spacing, origin, direction):

@@ -1,0 +1,89 @@
+"""paresseg-evaluate: the paper's tables (and figures) from predictions, workdirs or a cross-validation.
+
+    # k-fold cross-validation (trains every fold, then scores the held-out cases)
+    paresseg-evaluate --config=configs/paresseg.py --workdir=runs/cv_paresseg
+    # tables of finished runs, with a paired t-test of each run against the first
+    paresseg-evaluate --run single=runs/cv_single --run paresseg=runs/cv_paresseg --figures=report/
+    # a folder of predicted masks <case_id>.nii.gz against a cohort's ground truth
+    paresseg-evaluate --predictions=preds/ --cohort=data/cohort
+
+A run is a summary.json, a folder holding one, or a paresseg-train workdir
+(then its best model is scored on its validation fold first).
+"""
+
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from paresseg_jax.evaluate import crossval, figures, summary, tables
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config: run its k-fold cross-validation")
+_WORKDIR = flags.DEFINE_string("workdir", None, "cross-validation workdir (fold_k/ subfolders, summary.json)")
+_FOLDS = flags.DEFINE_list("folds", None, "only these folds (default: all config.data.num_folds)")
+_RUNS = flags.DEFINE_multi_string("run", [], "NAME=PATH of a finished run (summary.json, its folder, or a workdir)")
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "folder of predicted tumor masks <case_id>.nii.gz to score")
+_COHORT = flags.DEFINE_string("cohort", None, "cohort with the ground truth for --predictions")
+_METRIC = flags.DEFINE_string("metric", "dice", "per-case metric of the paired t-test")
+_FIGURES = flags.DEFINE_string("figures", None, "folder for the figures (per-type bars, training curves)")
+_OVERLAYS = flags.DEFINE_boolean("overlays", False, "also write a PNG overlay per evaluated case")
+
+
+def _load_run(path: Path) -> dict:
+    if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
+        return summary.read_summary(path)
+    return crossval.evaluate_workdir(path, _OVERLAYS.value)
+
+
+def _training_workdirs(name: str, path: Path) -> dict:
+    folders = sorted(p for p in path.glob("fold_*") if (p / "metrics.jsonl").is_file()) if path.is_dir() else []
+    if path.is_dir() and (path / "metrics.jsonl").is_file():
+        folders.insert(0, path)
+    return {(name if f == path else f"{name}/{f.name}"): f for f in folders}
+
+
+def main(argv):
+    del argv
+    runs, paths = {}, {}
+    if _CONFIG.value is not None:
+        if not _WORKDIR.value:
+            raise app.UsageError("--config runs a cross-validation: give its --workdir too")
+        name = Path(_WORKDIR.value).name
+        runs[name] = crossval.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _OVERLAYS.value)
+        paths[name] = Path(_WORKDIR.value)
+    if _PREDICTIONS.value:
+        if not _COHORT.value:
+            raise app.UsageError("--predictions needs --cohort (the ground truth to score against)")
+        name = Path(_PREDICTIONS.value).name
+        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value)
+        paths[name] = Path(_PREDICTIONS.value)
+    for spec in _RUNS.value:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise app.UsageError(f"--run {spec!r}: write NAME=PATH")
+        runs[name], paths[name] = _load_run(Path(path)), Path(path)
+    if not runs:
+        raise app.UsageError("nothing to evaluate: give --config and --workdir, --predictions and --cohort, or --run NAME=PATH")
+
+    print("Segmentation metrics (Table 7 layout; %, HD95/ASSD in mm)\n" + tables.metrics_table(runs) + "\n")
+    print("DPC per tumor type (Tables 8/11 layout; %)\n" + tables.per_type_table(runs) + "\n")
+    print("Marginal vs middle tumor slices (Table 12 layout; %)\n" + tables.slice_table(runs) + "\n")
+    names = list(runs)
+    for other in names[1:]:
+        result = tables.paired_t_test(runs[other]["cases"], runs[names[0]]["cases"], _METRIC.value)
+        print(tables.t_test_line(other, names[0], result))
+    if _FIGURES.value:
+        out = Path(_FIGURES.value)
+        written = [figures.per_type_bars(runs, out / "per_type_dpc.png")]
+        workdirs = {k: v for name in names for k, v in _training_workdirs(name, paths[name]).items()}
+        if workdirs:
+            written.append(figures.training_curves(workdirs, out / "training_curves.png"))
+        print("\nfigures: " + ", ".join(str(p) for p in written))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

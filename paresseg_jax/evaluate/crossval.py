@@ -1,0 +1,137 @@
+"""Score models on preprocessed cases, and the paper's k-fold cross-validation.
+
+Protocol (paper, Sec. 4): folds stratified by tumor type
+(``paresseg_jax.data.splits``, ``config.data.num_folds``, 5 by default); fold
+k trains on the other folds (``paresseg-train`` with ``config.data.fold = k``,
+in ``<workdir>/fold_k``) and its best model (by validation global Dice)
+segments the fold's held-out cases, every slice, inside the case's liver ROI.
+Each case is scored on its whole volume; the per-case records of all folds
+go into ``<workdir>/summary.json``. A fold whose ``summary.json`` exists is
+not repeated, and training resumes from its checkpoints, so an interrupted
+cross-validation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from paresseg_jax import model_io
+from paresseg_jax.data import io
+from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
+from paresseg_jax.infer.cascade import PREDICT_OPTIONS
+from paresseg_jax.infer.overlay import overlay_montage
+from paresseg_jax.infer.predict import predict_volume
+from paresseg_jax.train.loop import CONFIG_FILE, train_and_evaluate, training_cases
+
+PREDICTIONS_DIR = "predictions"
+OVERLAYS_DIR = "overlays"
+
+
+def evaluate_cases(
+    module,
+    variables,
+    cases: Sequence[CachedCase],
+    eval_config: Mapping,
+    out_dir: str | os.PathLike | None = None,
+    overlays: bool = False,
+    **info,
+) -> list[dict]:
+    """Predict and score cached cases; records as :func:`evaluate_case` makes them.
+
+    With ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
+    geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
+    ``info`` (e.g. ``fold=k``) is added to every record.
+    """
+    options = {k: eval_config[k] for k in PREDICT_OPTIONS if k in eval_config}
+    threshold = float(eval_config.get("threshold", 0.6))
+    records = []
+    for case in tqdm(cases, desc="evaluate", unit="case", leave=False):
+        images = {p: case.image(p) for p in module.phases}
+        prob = predict_volume(module, variables, images, case.roi, **options)
+        mask = (prob > threshold).astype(np.uint8)
+        spacing_zyx = tuple(reversed(case.meta["spacing"]))
+        records.append(
+            evaluate_case(mask, case.tumor, spacing_zyx, case.case_id, case.tumor_type, scanner=case.meta.get("scanner"), **info)
+        )
+        if out_dir is not None:
+            io.write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
+            if overlays:
+                overlay_montage(
+                    case.image("pv"), mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=case.tumor,
+                    spacing_zyx=spacing_zyx, title=f"{case.case_id} ({case.tumor_type}): prediction red, truth green",
+                )
+    return records
+
+
+def evaluate_workdir(workdir: str | os.PathLike, overlays: bool = False, **info) -> dict:
+    """Score a ``paresseg-train`` workdir's best model on its validation fold; writes ``summary.json`` there."""
+    workdir = Path(workdir)
+    config_file = workdir / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; give a workdir written by paresseg-train")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    module, variables, _ = model_io.load_model(workdir)
+    _, held_out = training_cases(config)
+    records = evaluate_cases(module, variables, held_out, config.eval.to_dict(), workdir, overlays, **info)
+    write_summary(workdir, records, workdir=str(workdir), **info)
+    return read_summary(workdir)
+
+
+def cross_validate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    overlays: bool = False,
+) -> dict:
+    """Train and score every fold (or the given ones); returns the ``summary.json`` content of ``workdir``."""
+    workdir = Path(workdir)
+    num_folds = int(config.data.num_folds)
+    folds = list(range(num_folds)) if folds is None else [int(k) for k in folds]
+    bad = [k for k in folds if not 0 <= k < num_folds]
+    if bad:
+        raise ValueError(f"folds {bad} are outside 0..{num_folds - 1} (config.data.num_folds={num_folds})")
+    records = []
+    for fold in folds:
+        fold_dir = workdir / f"fold_{fold}"
+        if not (fold_dir / SUMMARY_FILE).is_file():
+            fold_config = copy.deepcopy(config)
+            fold_config.data.fold = fold
+            train_and_evaluate(fold_config, str(fold_dir))
+            evaluate_workdir(fold_dir, overlays, fold=fold)
+        records += read_summary(fold_dir)["cases"]
+    write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict())
+    return read_summary(workdir)
+
+
+def evaluate_folder(
+    predictions: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike | None = None
+) -> dict:
+    """Score a folder of predicted masks ``<case_id>.nii.gz`` against a cohort's tumor masks.
+
+    Every case of the cohort (``paresseg_jax.data.io.read_cohort``) needs a
+    prediction; masks are resampled onto the case's PV grid if they are on
+    another. Writes ``summary.json`` into ``out`` (default: the predictions folder).
+    """
+    predictions = Path(predictions)
+    records = []
+    for entry in io.read_cohort(cohort):
+        path = io.find_image(predictions, entry.case_id)
+        if path is None:
+            raise FileNotFoundError(f"no prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)")
+        case = io.read_case(entry)
+        if case.tumor is None:
+            raise ValueError(f"case {entry.case_id!r} of {cohort} has no tumor mask to score against")
+        pred = io.read_mask(path, case, "predicted tumor")
+        records.append(evaluate_case(pred, case.tumor, case.spacing_zyx, case.case_id, case.metadata.get("tumor_type")))
+    out = predictions if out is None else Path(out)
+    write_summary(out, records, predictions=str(predictions), cohort=str(cohort))
+    return read_summary(out)

@@ -1,0 +1,121 @@
+"""Cross-validation orchestration, scoring a predictions folder, and paresseg-evaluate's output."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from test_infer_study import save_tiny_model
+
+from configs import base
+from paresseg_jax import model_io
+from paresseg_jax.data import cache, io
+from paresseg_jax.evaluate import crossval, summary
+from paresseg_jax.infer.predict import predict_volume
+
+SHAPE = (4, 32, 32)
+TYPES = ("FNH", "FNH", "HCC", "HCC")
+SPACING_XYZ = (0.8, 0.7, 5.0)
+
+
+def _tiny_cache(root):
+    rng = np.random.default_rng(0)
+    cache_dir = Path(root) / "cache"
+    for i, tumor_type in enumerate(TYPES):
+        liver = np.zeros(SHAPE, np.uint8)
+        liver[:, 6:26, 5:27] = 1
+        tumor = np.zeros(SHAPE, np.uint8)
+        tumor[1:3, 10 + i : 16 + i, 12:18] = 1
+        images = {p: (rng.random(SHAPE) * liver).astype(np.float32) for p in ("pv", "art")}
+        meta = {"tumor_type": tumor_type, "scanner": "s", "spacing": SPACING_XYZ, "origin": (1.0, 2.0, 3.0),
+                "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
+        cache.write_case(cache_dir, f"case_{i}", images, liver, tumor, liver, np.ones(SHAPE, np.float32), meta)
+    return cache_dir
+
+
+def _config(cache_dir):
+    config = base.get_config()
+    config.data.cache_dir = str(cache_dir)
+    config.data.num_folds = 2
+    config.data.fold = 0
+    config.eval.threshold = 0.5
+    config.eval.batch_size = 2
+    return config
+
+
+def test_cross_validate_trains_each_fold_once_and_scores_every_case(tmp_path, monkeypatch):
+    cache_dir = _tiny_cache(tmp_path)
+    trained = []
+
+    def fake_training(config, workdir):
+        """Stands in for paresseg-train: what the evaluation reads is config.json and best_model/."""
+        trained.append(config.data.fold)
+        Path(workdir).mkdir(parents=True)
+        (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
+        save_tiny_model(Path(workdir) / "best_model")
+
+    monkeypatch.setattr(crossval, "train_and_evaluate", fake_training)
+    content = crossval.cross_validate(_config(cache_dir), tmp_path / "cv", overlays=True)
+    assert trained == [0, 1]
+    cases = {c["case_id"]: c for c in content["cases"]}
+    assert sorted(cases) == [f"case_{i}" for i in range(4)]
+    assert sorted(c["fold"] for c in cases.values()) == [0, 0, 1, 1]
+    # Stratified by type: each fold holds one FNH and one HCC case.
+    for fold in (0, 1):
+        assert sorted(c["tumor_type"] for c in cases.values() if c["fold"] == fold) == ["FNH", "HCC"]
+    # One case checked end to end against a direct prediction.
+    case = cache.open_case(cache_dir / "case_2")
+    module, variables, _ = model_io.load_model(tmp_path / "cv" / f"fold_{cases['case_2']['fold']}")
+    prob = predict_volume(module, variables, {p: case.image(p) for p in module.phases}, case.roi, batch_size=2)
+    mask = (prob > 0.5).astype(np.uint8)
+    expected = summary.evaluate_case(mask, case.tumor, SPACING_XYZ[::-1], "case_2", "HCC")
+    assert cases["case_2"]["metrics"] == expected["metrics"]
+    written = sitk.ReadImage(str(tmp_path / "cv" / f"fold_{cases['case_2']['fold']}" / "predictions" / "case_2.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)
+    np.testing.assert_allclose(written.GetSpacing(), SPACING_XYZ)
+    assert (tmp_path / "cv" / "fold_0" / "overlays").is_dir()
+    assert content["summary"]["all"]["n_cases"] == 4
+    # A second call resumes: no fold is trained again.
+    crossval.cross_validate(_config(cache_dir), tmp_path / "cv")
+    assert trained == [0, 1]
+    with pytest.raises(ValueError, match="num_folds"):
+        crossval.cross_validate(_config(cache_dir), tmp_path / "cv", folds=[2])
+
+
+def _write_cohort(root):
+    records = []
+    for i, tumor_type in enumerate(("Cyst", "METs", "Cyst")):
+        tumor = np.zeros(SHAPE, np.uint8)
+        tumor[1:3, 8:14, 8 + i : 14 + i] = 1
+        pv = np.random.default_rng(i).normal(100, 20, SHAPE).astype(np.float32)
+        case = io.Case({"pv": pv}, None, tumor, SPACING_XYZ, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                       {"case_id": f"c{i}", "tumor_type": tumor_type})
+        io.write_case(case, root / "cohort" / f"c{i}")
+        records.append({"case_id": f"c{i}", "tumor_type": tumor_type})
+        shifted = np.roll(tumor, i, axis=2)  # prediction: the tumor moved by i voxels along x
+        io.write_image(shifted, case, root / "preds" / f"c{i}.nii.gz")
+    io.write_manifest(root / "cohort", records)
+
+
+def test_evaluate_folder_and_launcher_tables(tmp_path):
+    _write_cohort(tmp_path)
+    content = crossval.evaluate_folder(tmp_path / "preds", tmp_path / "cohort")
+    dice = {c["case_id"]: c["metrics"]["dice"] for c in content["cases"]}
+    # 2 x 6 x 6 tumor moved by i columns: overlap 2 x 6 x (6 - i).
+    assert dice == pytest.approx({"c0": 1.0, "c1": 5 / 6, "c2": 4 / 6})
+    assert content["cases"][2]["metrics"]["hd95"] == pytest.approx(2 * 0.8)  # 2 voxels of 0.8 mm along x
+    assert content["summary"]["per_type"]["Cyst"]["dpc"] == pytest.approx((1 + 4 / 6) / 2)
+    assert (tmp_path / "preds" / "summary.json").is_file()
+
+    command = [sys.executable, "-m", "launch.evaluate", f"--run=A={tmp_path / 'preds'}",
+               f"--run=B={tmp_path / 'preds' / 'summary.json'}", f"--figures={tmp_path / 'figs'}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "Table 7 layout" in out and "Tables 8/11" in out and "Table 12" in out
+    assert f"{100 * (1 + 5 / 6 + 4 / 6) / 3:.2f}" in out
+    assert "paired t-test on dice (3 cases): B" in out
+    assert (tmp_path / "figs" / "per_type_dpc.png").is_file()

@@ -150,16 +150,16 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
 
 
 def test_processes_read_disjoint_records_covering_the_epoch(tmp_path):
-    case = _write(tmp_path, "a", (10, 32, 32), (1, 9, 0, 32, 0, 32))  # 8 records
+    case = _write(tmp_path, "a", (12, 32, 32), (1, 10, 0, 32, 0, 32))  # 9 records: shards of 5 and 4
     config = _config(crop=16, batch=4)
     seen = []
     for process in range(2):
         loader = pipeline.make_train_loader(config, [case], seed=1, process_index=process, process_count=2, worker_count=0)
-        batches = _first_batches(loader, 2)  # 2 batches x 2 patches = this process's 4 records of the epoch
+        batches = _first_batches(loader, 6)  # 12 patches: more than two epochs of either shard
         assert batches[0]["pv"].shape[0] == 2
         seen.append({int(_decode(b["pv"][i, 8, 8, 1], case.shape)[0]) for b in batches for i in range(2)})
-    assert len(seen[0]) == len(seen[1]) == 4
-    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(1, 9))
+    assert sorted(map(len, seen)) == [4, 5]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(1, 10))  # no record left out
 
 
 def test_tumor_free_fraction_keeps_a_seeded_share(tmp_path):
@@ -247,28 +247,34 @@ import orbax.checkpoint as ocp
 from configs import base
 from paresseg_jax.data import cache, pipeline
 
-cache_dir, ckpt_dir, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-config = base.get_config()
-config.data.crop_size = 16
-config.train.batch_size = 4
-loader = pipeline.make_train_loader(config, cache.open_cohort(cache_dir), seed=11, worker_count=0)
-it = iter(loader)
-with ocp.CheckpointManager(ckpt_dir) as manager:
-    manager.restore(manager.latest_step(),
-                    args=ocp.args.Composite(**{pipeline.ITERATOR_ITEM: pipeline.iterator_restore_args(it)}))
-batches = [next(it) for _ in range(n)]
-np.savez(out, **{f"{i}_{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+
+def main(cache_dir, ckpt_dir, out, n, workers):
+    config = base.get_config()
+    config.data.crop_size = 16
+    config.train.batch_size = 4
+    loader = pipeline.make_train_loader(config, cache.open_cohort(cache_dir), seed=11, worker_count=workers)
+    it = iter(loader)
+    with ocp.CheckpointManager(ckpt_dir) as manager:
+        args = ocp.args.Composite(**{pipeline.ITERATOR_ITEM: pipeline.iterator_restore_args(it)})
+        manager.restore(manager.latest_step(), args=args)
+    batches = [next(it) for _ in range(n)]
+    np.savez(out, **{f"{i}_{k}": np.asarray(v) for i, b in enumerate(batches) for k, v in b.items()})
+
+
+if __name__ == "__main__":  # Grain's workers are spawned and re-import this file
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 """
 
 
-def test_exact_resume_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_exact_resume_in_a_fresh_process(tmp_path, workers):
     import orbax.checkpoint as ocp
 
     cache_dir = tmp_path / "cache"
     _write(cache_dir, "a", (5, 32, 32), (0, 5, 4, 28, 4, 28))
     _write(cache_dir, "b", (4, 24, 40), (1, 4, 2, 20, 6, 30), tumor_slices=(2,))
     config = _config()
-    loader = pipeline.make_train_loader(config, cache.open_cohort(cache_dir), seed=11, worker_count=0)
+    loader = pipeline.make_train_loader(config, cache.open_cohort(cache_dir), seed=11, worker_count=workers)
     it = iter(loader)
     for _ in range(3):  # 3 x 4 of the 8 records: the restored run crosses an epoch boundary
         next(it)
@@ -276,18 +282,18 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
     with ocp.CheckpointManager(ckpt_dir) as manager:
         manager.save(3, args=ocp.args.Composite(**{pipeline.ITERATOR_ITEM: pipeline.iterator_save_args(it)}))
         manager.wait_until_finished()
-    expected = [next(it) for _ in range(3)]
+    expected = [{k: np.array(v) for k, v in next(it).items()} for _ in range(3)]
     script = tmp_path / "resume.py"
     script.write_text(textwrap.dedent(_RESUME))
     out = tmp_path / "resumed.npz"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    subprocess.run([sys.executable, str(script), str(cache_dir), str(ckpt_dir), str(out), "3"], check=True, env=env)
+    subprocess.run([sys.executable, str(script), str(cache_dir), str(ckpt_dir), str(out), "3", str(workers)], check=True, env=env)
     resumed = np.load(out)
     for i, batch in enumerate(expected):
         for key, value in batch.items():
             np.testing.assert_array_equal(resumed[f"{i}_{key}"], value)
     state = json.loads((ckpt_dir / "3" / pipeline.ITERATOR_ITEM / "process_0-of-1.json").read_text())
-    assert state["worker_count"] == 0
+    assert state["worker_count"] == workers
 
 
 def test_intensity_jitter_is_one_scale_and_shift_per_phase(tmp_path):

@@ -206,7 +206,7 @@ def make_train_loader(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
     # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
-    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
     if global_batch <= 0 or global_batch % shard.shard_count:
         raise ValueError(
             f"config.train.batch_size={global_batch} must be a positive multiple of the process count "

@@ -210,6 +210,10 @@ def test_errors(tmp_path):
         pipeline.make_train_loader(_config(batch=4), [case], seed=0, local_device_count=3)
     with pytest.raises(ValueError, match="odd number of slices"):
         pipeline.make_train_loader(_config(in_channels=2), [case], seed=0, worker_count=0)
+    config = _config()
+    config.model.phases = ("pv", "art", "dl")
+    with pytest.raises(ValueError, match=r"lack some: \['a \(pv, art\)'\]"):
+        pipeline.make_train_loader(config, [case], seed=0, worker_count=0)
     with pytest.raises(ValueError, match="both process_index and process_count"):
         pipeline.make_train_loader(_config(), [case], seed=0, process_index=1)
 

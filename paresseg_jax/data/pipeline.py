@@ -221,6 +221,13 @@ def make_train_loader(
             f"{shard.shard_count * devices}"
         )
     check_crop_size(data.crop_size)
+    phases = tuple(config.model.phases)
+    lacking = [f"{c.case_id} ({', '.join(c.phases)})" for c in cases if not set(phases) <= set(c.phases)]
+    if lacking:
+        raise ValueError(
+            f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
+            "preprocess them with those phases or train on fewer phases"
+        )
     source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed)
     if len(source) < shard.shard_count:
         raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")
@@ -228,7 +235,7 @@ def make_train_loader(
         num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed
     )
     operations = [
-        PairedPatch(config.model.phases, config.model.in_channels, data.crop_size, data.intensity_jitter),
+        PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter),
         grain.transforms.Batch(batch_size=batch, drop_remainder=True),
     ]
     workers = data.worker_count if worker_count is None else worker_count
@@ -275,7 +282,7 @@ def eval_slices(case: CachedCase, phases: Sequence[str], in_channels: int) -> It
     int32 tumor, 'roi': [H, W] uint8}``; stacking the per-slice results along
     z rebuilds the volume.
     """
-    depth, height, width = case.shape
+    depth = case.shape[0]
     images = {p: case.image(p) for p in phases}
     tumor, roi = case.tumor, case.roi
     for z in range(depth):

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from paresseg_jax.models import fusion, resseg  # noqa: F401  (fill the registries)
+from paresseg_jax.models import fusion, mc_fcn, resseg, unet  # noqa: F401  (fill the registries)
 from paresseg_jax.models.attention import check_attention
 from paresseg_jax.models.fusion import FusionBlock
 from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, register_fusion_block,
@@ -62,8 +62,14 @@ def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 
 
     Compiled without backend optimisation: it runs once, and XLA's CPU
     backend otherwise spends most of a minute optimising the per-parameter
-    random number generation.
+    random number generation. Under a caller's tracing (jit, eval_shape)
+    it is simply traced.
     """
     inputs = [jnp.zeros((batch, height, width, module.in_channels), jnp.float32) for _ in module.phases]
-    init = jax.jit(lambda key: module.init(key, *inputs, train=False))
-    return init.lower(rng).compile(compiler_options=UNOPTIMIZED)(rng)
+
+    def init(key):
+        return module.init(key, *inputs, train=False)
+
+    if isinstance(rng, jax.core.Tracer):
+        return init(rng)
+    return jax.jit(init, compiler_options=UNOPTIMIZED)(rng)

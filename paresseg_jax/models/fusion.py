@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from paresseg_jax.models.attention import InterPhaseAttention, IntraPhaseAttention
 from paresseg_jax.models.layers import ConvBNReLU
-from paresseg_jax.models.registry import register_fusion_block
+from paresseg_jax.models.registry import fusion_block, register_fusion_block
 
 
 class FusionBlock(nn.Module):
@@ -114,3 +114,18 @@ class WeightedSumBlock(FusionBlock):
         n = len(features)
         weights = self.param("phase_weights", nn.initializers.constant(1.0 / n), (n,), jnp.float32)
         return sum(w.astype(self.dtype) * f for w, f in zip(weights, features))
+
+
+def fuse_scales(model, per_phase_features, train: bool) -> list:
+    """One `model.fusion` block per scale (`cf1`, `cf2`, ...), PV against the
+    other phases, built in the calling model's scope. `per_phase_features`:
+    one list of scales per phase, PV first."""
+    block = fusion_block(model.fusion)
+    pv, *others = per_phase_features
+    return [block(attention=model.attention, name=f"cf{k}", **model.layer_options)(f, [o[k - 1] for o in others], train)
+            for k, f in enumerate(pv, start=1)]
+
+
+def encoder_name(phase: str) -> str:
+    """One encoder per phase: `PV_encoder`, `ART_encoder`, ... as in the reference."""
+    return f"{phase.upper()}_encoder"

@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from paresseg_jax.models.base import SegmentationModel
+from paresseg_jax.models.fusion import encoder_name, fuse_scales
 from paresseg_jax.models.layers import (UP_CHANNELS, ConvBNConvBN, ConvBNReLU, ResBlock, SegmentationHead, UpPath,
                                         max_pool)
-from paresseg_jax.models.registry import fusion_block, register_model
+from paresseg_jax.models.registry import register_model
 
 # (name, channels as a multiple of width) of the five pooled encoder levels.
 ENCODER_LEVELS = (("second", 2), ("third", 4), ("fourth", 8), ("fifth", 8), ("sixth", 8))
@@ -45,14 +46,6 @@ def multi_scale_decoder(features, num_classes: int, train: bool, layer_options: 
     return SegmentationHead(num_classes, name="final", **layer_options)(jnp.concatenate(maps, axis=-1), train)
 
 
-def fuse_scales(module: SegmentationModel, per_phase_features, train: bool) -> list:
-    """One `fusion` block per scale (`cf1`, `cf2`, ...), PV against the others."""
-    block = fusion_block(module.fusion)
-    pv, *others = per_phase_features
-    return [block(attention=module.attention, name=f"cf{k}", **module.layer_options)(f, [o[k - 1] for o in others], train)
-            for k, f in enumerate(pv, start=1)]
-
-
 class ResEncoder(nn.Module):
     """The reference's `ResEncoder`: one phase's encoder as a submodule."""
 
@@ -63,11 +56,6 @@ class ResEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         return residual_encoder(x, self.width, train, dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name))
-
-
-def encoder_name(phase: str) -> str:
-    """`PV_encoder`, `ART_encoder`, ... as in the reference."""
-    return f"{phase.upper()}_encoder"
 
 
 @register_model("dmp_resseg", phases=("pv", "art"))

@@ -1,0 +1,432 @@
+"""Reading and writing multi-phase CT cases with SimpleITK.
+
+A ``Case`` holds every phase as a numpy ``(z, y, x)`` float32 volume in HU on
+the PV grid, the liver and tumor masks (uint8 0/1, or None) in the same grid,
+and the PV geometry in SimpleITK ``(x, y, z)`` order. Phases acquired on
+another grid are resampled onto PV when read, so everything downstream works
+voxel by voxel.
+
+Cohort layouts (``read_cohort`` detects which one a folder holds):
+
+* a ``manifest.json`` (our layout, and any other layout through explicit
+  file paths; see ``read_manifest``);
+* LiTS: ``volume-N.nii`` with ``segmentation-N.nii`` (labels 0 background,
+  1 liver, 2 tumor) as a single-phase (PV) cohort;
+* case folders holding ``pv.nii.gz`` (and ``art``, ``nc``, ``dl``,
+  ``liver``, ``tumor``) without a manifest (no tumor type or scanner known).
+
+An image file may be NIfTI, MHA/MHD or NRRD; a folder stands for a DICOM series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+PHASES = ("pv", "art", "nc", "dl")
+MASK_NAMES = ("liver", "tumor")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+MANIFEST = "manifest.json"
+LITS_LABELS = {"liver_labels": (1, 2), "tumor_labels": (2,)}
+_GEOMETRY_ATOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image in SimpleITK (x, y, z) order: spacing (mm), origin (mm), direction (row-major 3x3)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, source: Any) -> "Geometry":
+        """Geometry of a ``Geometry``, ``Case``, SimpleITK image or mapping with spacing/origin/direction."""
+        if isinstance(source, sitk.Image):
+            return cls(source.GetSpacing(), source.GetOrigin(), source.GetDirection())
+        if isinstance(source, Mapping):
+            spacing, origin, direction = source["spacing"], source["origin"], source["direction"]
+        else:
+            spacing, origin, direction = source.spacing, source.origin, source.direction
+        return cls(tuple(map(float, spacing)), tuple(map(float, origin)), tuple(map(float, direction)))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclasses.dataclass
+class Case:
+    """One multi-phase study on the PV grid: images in HU, masks 0/1, PV geometry, metadata.
+
+    ``metadata`` carries at least ``case_id``, ``tumor_type`` and ``scanner``
+    (None when unknown).
+    """
+
+    phases: dict[str, np.ndarray]
+    liver: np.ndarray | None
+    tumor: np.ndarray | None
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    metadata: dict
+
+    @property
+    def case_id(self) -> str:
+        return self.metadata["case_id"]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in numpy array order (z, y, x), as metrics and filters on the arrays need it."""
+        return tuple(reversed(self.spacing))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.phases["pv"].shape)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseEntry:
+    """Where one case's files are, read only when ``read_case`` is called (cohorts stay lazy).
+
+    ``segmentation`` is a label map from which the liver and tumor masks are
+    taken by label value (``liver_labels``, ``tumor_labels``), as in LiTS.
+    """
+
+    case_id: str
+    phases: Mapping[str, Path]
+    liver: Path | None = None
+    tumor: Path | None = None
+    segmentation: Path | None = None
+    liver_labels: tuple[int, ...] = (1,)
+    tumor_labels: tuple[int, ...] = (1,)
+    metadata: Mapping = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D image file (NIfTI, MHA, NRRD, ...) or a DICOM series folder, checking it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        if path.is_dir():
+            image = _read_dicom_series(path)
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise ValueError(f"cannot read image {path}: {_first_line(error)}; is it a NIfTI/MHA/NRRD file or a DICOM series folder?") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"image {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar CT volume")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
+        raise ValueError(f"image {path} is {image.GetDimension()}D with size {image.GetSize()}; expected a 3D volume with several slices")
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ValueError(f"folder {folder} holds no DICOM series; give an image file or a folder of DICOM slices")
+    if len(series) > 1:
+        raise ValueError(f"folder {folder} holds {len(series)} DICOM series {list(series)}; put each series in its own folder")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def image_array(image: sitk.Image, path: str | os.PathLike, dtype=np.float32) -> np.ndarray:
+    """The (z, y, x) voxel array of an image, refusing NaN or infinite voxels."""
+    array = sitk.GetArrayFromImage(image).astype(dtype, copy=False)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"image {path} has {bad} NaN or infinite voxels; fix or fill them (e.g. with -1024 HU) before use")
+    return array
+
+
+def same_grid(a: Geometry, size_a: Sequence[int], b: Geometry, size_b: Sequence[int]) -> bool:
+    return (
+        tuple(size_a) == tuple(size_b)
+        and np.allclose(a.spacing, b.spacing, atol=_GEOMETRY_ATOL)
+        and np.allclose(a.origin, b.origin, atol=_GEOMETRY_ATOL)
+        and np.allclose(a.direction, b.direction, atol=_GEOMETRY_ATOL)
+    )
+
+
+def _physical_box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned physical bounding box (min, max corner) of an image's voxel centers +- half a voxel."""
+    size = np.array(image.GetSize(), float)
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij")).reshape(3, -1).T
+    points = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in corners])
+    return points.min(0), points.max(0)
+
+
+def resample_onto(image: sitk.Image, reference: sitk.Image, path, *, nearest: bool) -> sitk.Image:
+    """Resample ``image`` onto the grid of ``reference`` (linear for images, nearest for masks).
+
+    Voxels of the reference outside the image get the image's minimum (air)
+    for images and 0 for masks. Images that do not overlap are an error.
+    """
+    if same_grid(Geometry.of(image), image.GetSize(), Geometry.of(reference), reference.GetSize()):
+        return image
+    lo_a, hi_a = _physical_box(image)
+    lo_b, hi_b = _physical_box(reference)
+    if np.any(np.minimum(hi_a, hi_b) <= np.maximum(lo_a, lo_b)):
+        raise ValueError(
+            f"image {path} (physical extent {lo_a.round(1).tolist()}..{hi_a.round(1).tolist()} mm) does not overlap "
+            f"the PV image ({lo_b.round(1).tolist()}..{hi_b.round(1).tolist()} mm); check that both belong to the same study "
+            "and that their origin/direction headers are right"
+        )
+    if nearest:
+        return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, image.GetPixelID())
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    fill = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
+
+
+def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Path:
+    """Write a (z, y, x) array as an image (NIfTI by suffix) with the given geometry (a Case, Geometry or meta dict)."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"write_image({path}): expected a 3D (z, y, x) array, got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Geometry.of(geometry).apply_to(sitk.GetImageFromArray(array))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def mask_from_labels(labels: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
+    """Binary uint8 mask of the voxels whose label is in ``wanted``."""
+    return np.isin(labels, np.asarray(wanted)).astype(np.uint8)
+
+
+def check_binary_mask(labels: np.ndarray, path, name: str) -> np.ndarray:
+    """A 0/1 mask as uint8; any other label values are an error that says how to map them."""
+    values = np.unique(labels)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = values[:10].tolist()
+        raise ValueError(
+            f"{name} mask {path} has labels {shown}{'...' if values.size > 10 else ''}; expected 0/1. "
+            "If it is a label map, list it in manifest.json as \"segmentation\" with \"liver_labels\" and "
+            "\"tumor_labels\" (LiTS: liver_labels [1, 2], tumor_labels [2]); if it is 0/255, divide it by 255"
+        )
+    return labels.astype(np.uint8)
+
+
+def read_mask(path: str | os.PathLike, case: Case, name: str = "liver") -> np.ndarray:
+    """A 0/1 mask file (e.g. a liver model's prediction) on the case's PV grid, uint8."""
+    reference = case.geometry.apply_to(sitk.Image(list(reversed(case.shape)), sitk.sitkUInt8))
+    return check_binary_mask(_read_labels(Path(path), reference), path, name)
+
+
+def _read_labels(path: Path, reference: sitk.Image) -> np.ndarray:
+    image = resample_onto(read_image(path), reference, path, nearest=True)
+    labels = image_array(image, path, dtype=np.float64)
+    if not np.array_equal(labels, np.round(labels)):
+        raise ValueError(f"mask {path} has non-integer values; expected integer labels (0/1 or a label map)")
+    return labels.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def read_case(source: CaseEntry | str | os.PathLike) -> Case:
+    """Read a case from a ``CaseEntry`` or from a case folder of our layout.
+
+    A case folder's metadata comes from the ``manifest.json`` beside it when
+    there is one (matched by folder name), else only ``case_id`` is known.
+    """
+    if not isinstance(source, CaseEntry):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"case folder {folder} does not exist")
+        source = _entry_from_manifest(folder) or _entry_from_folder(folder, folder.name, {})
+    if "pv" not in source.phases:
+        raise ValueError(f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)}); PV is the target phase and is required")
+    pv_path = source.phases["pv"]
+    pv_image = read_image(pv_path)
+    phases = {"pv": image_array(pv_image, pv_path)}
+    for name, path in source.phases.items():
+        if name != "pv":
+            phases[name] = image_array(resample_onto(read_image(path), pv_image, path, nearest=False), path)
+    liver = tumor = None
+    if source.segmentation is not None:
+        labels = _read_labels(source.segmentation, pv_image)
+        known = set(source.liver_labels) | set(source.tumor_labels) | {0}
+        unknown = sorted(set(np.unique(labels).tolist()) - known)
+        if unknown:
+            raise ValueError(
+                f"segmentation {source.segmentation} has labels {unknown} that are neither background (0) nor listed in "
+                f"liver_labels {list(source.liver_labels)} / tumor_labels {list(source.tumor_labels)}; add them to one of those lists"
+            )
+        liver = mask_from_labels(labels, source.liver_labels)
+        tumor = mask_from_labels(labels, source.tumor_labels)
+    if source.liver is not None:
+        liver = check_binary_mask(_read_labels(source.liver, pv_image), source.liver, "liver")
+    if source.tumor is not None:
+        tumor = check_binary_mask(_read_labels(source.tumor, pv_image), source.tumor, "tumor")
+    metadata = {"tumor_type": None, "scanner": None, **dict(source.metadata), "case_id": source.case_id}
+    geometry = Geometry.of(pv_image)
+    return Case(phases, liver, tumor, geometry.spacing, geometry.origin, geometry.direction, metadata)
+
+
+def write_case(case: Case, folder: str | os.PathLike) -> Path:
+    """Write a case in our layout (``<phase>.nii.gz``, ``liver.nii.gz``, ``tumor.nii.gz``) in PV geometry."""
+    folder = Path(folder)
+    for name, array in case.phases.items():
+        write_image(np.asarray(array, np.float32), case, folder / f"{name}.nii.gz")
+    for name in MASK_NAMES:
+        mask = getattr(case, name)
+        if mask is not None:
+            write_image(np.asarray(mask, np.uint8), case, folder / f"{name}.nii.gz")
+    return folder
+
+
+def find_image(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` with any image suffix, or a ``folder/stem/`` DICOM folder."""
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    if (folder / stem).is_dir():
+        return folder / stem
+    return None
+
+
+def _entry_from_folder(folder: Path, case_id: str, metadata: Mapping) -> CaseEntry:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"case folder {folder} (case {case_id!r}) does not exist")
+    phases = {p: path for p in PHASES if (path := find_image(folder, p)) is not None}
+    if "pv" not in phases:
+        raise FileNotFoundError(f"case folder {folder} has no pv image (pv.nii.gz, pv.mha, pv.nrrd or a pv/ DICOM folder)")
+    return CaseEntry(case_id, phases, find_image(folder, "liver"), find_image(folder, "tumor"), metadata=dict(metadata))
+
+
+def _entry_from_manifest(folder: Path) -> CaseEntry | None:
+    manifest = folder.parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    for entry in read_manifest(manifest):
+        if entry.phases.get("pv") is not None and Path(entry.phases["pv"]).parent.resolve() == folder.resolve():
+            return entry
+    return None
+
+
+# ----------------------------------------------------------------------------- cohorts
+
+
+def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
+    """Case entries of a manifest.json (paths relative to the manifest's folder).
+
+    Format: ``{"cases": [{"case_id": ..., "tumor_type": ..., "scanner": ...,
+    "split": ..., <files>}, ...]}``. Files are either a case folder of our
+    layout (``"folder"``, default the case id) or explicit paths:
+    ``"phases": {"pv": ..., "art": ...}`` plus ``"liver"``/``"tumor"`` masks or a
+    ``"segmentation"`` label map with ``"liver_labels"`` and ``"tumor_labels"``.
+    Any other key is kept as metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    try:
+        records = json.loads(path.read_text())["cases"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"manifest {path} is not valid: {error}; expected JSON {{\"cases\": [{{\"case_id\": ...}}, ...]}}") from None
+    root = path.parent
+    entries, seen = [], set()
+    for i, record in enumerate(records):
+        if "case_id" not in record:
+            raise ValueError(f"manifest {path}: case #{i} has no \"case_id\"")
+        case_id = str(record["case_id"])
+        if case_id in seen:
+            raise ValueError(f"manifest {path}: case id {case_id!r} appears twice")
+        seen.add(case_id)
+        file_keys = {"folder", "phases", "liver", "tumor", "segmentation", "liver_labels", "tumor_labels"}
+        metadata = {k: v for k, v in record.items() if k not in file_keys and k != "case_id"}
+        if "phases" not in record:
+            entries.append(_entry_from_folder(root / record.get("folder", case_id), case_id, metadata))
+            continue
+        def resolve(name: str | None) -> Path | None:
+            return None if name is None else root / name  # an absolute name survives the join
+
+        phases = {name: resolve(p) for name, p in record["phases"].items()}
+        unknown = sorted(set(phases) - set(PHASES))
+        if unknown:
+            raise ValueError(f"manifest {path}: case {case_id!r} has unknown phases {unknown}; use names from {PHASES}")
+        entries.append(
+            CaseEntry(
+                case_id,
+                phases,
+                resolve(record.get("liver")),
+                resolve(record.get("tumor")),
+                resolve(record.get("segmentation")),
+                tuple(record.get("liver_labels", (1,))),
+                tuple(record.get("tumor_labels", (1,))),
+                metadata,
+            )
+        )
+    return entries
+
+
+def write_manifest(root: str | os.PathLike, records: Sequence[Mapping]) -> Path:
+    """Write ``root/manifest.json`` from case records (see ``read_manifest`` for the keys)."""
+    path = Path(root) / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cases": [dict(r) for r in records]}, indent=1))
+    return path
+
+
+def _lits_entries(root: Path) -> list[CaseEntry]:
+    entries = []
+    for volume in sorted(root.glob("volume-*.nii*"), key=lambda p: int(re.findall(r"\d+", p.name)[0])):
+        number = re.findall(r"\d+", volume.name)[0]
+        segmentation = find_image(root, f"segmentation-{number}")
+        entries.append(CaseEntry(f"lits-{number}", {"pv": volume}, segmentation=segmentation, metadata={"tumor_type": None, "scanner": None}, **LITS_LABELS))
+    return entries
+
+
+def read_cohort(root: str | os.PathLike) -> list[CaseEntry]:
+    """Case entries of a cohort folder (or a manifest file); read each with ``read_case``."""
+    root = Path(root)
+    if root.is_file() and root.suffix == ".json":
+        entries = read_manifest(root)
+    elif not root.is_dir():
+        raise FileNotFoundError(f"cohort folder {root} does not exist")
+    elif (root / MANIFEST).is_file():
+        entries = read_manifest(root / MANIFEST)
+    elif any(root.glob("volume-*.nii*")):
+        entries = _lits_entries(root)
+    else:
+        entries = [_entry_from_folder(f, f.name, {}) for f in sorted(root.iterdir()) if f.is_dir() and find_image(f, "pv")]
+    if not entries:
+        raise ValueError(
+            f"no cases found in {root}: expected a manifest.json, LiTS files volume-N.nii with segmentation-N.nii, "
+            "or case folders holding pv.nii.gz"
+        )
+    return entries

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.intensity_jitter = 0.0  # per-phase random scale/shift amplitude; 0 = off (reference)
     config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
+    config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
     config.train = ml_collections.ConfigDict()
     config.eval = ml_collections.ConfigDict()
     # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).

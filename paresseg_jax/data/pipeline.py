@@ -249,6 +249,9 @@ def make_train_loader(
         worker_count=workers,
         worker_buffer_size=data.worker_buffer_size,
         shard_options=shard,
+        # Our records only name a slice (the transform reads the window), so Grain's default 16 reader
+        # threads just contend with the transform; one was 15-35% faster on a 16-core host.
+        read_options=grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=max(4 * batch, 16)),
     )
 
 

@@ -57,9 +57,7 @@ def load_model(path: str | os.PathLike):
     spec = json.loads((path / SPEC_FILE).read_text())
     options = {k: v for k, v in spec.items() if k != "name"}
     module = models.create(spec["name"], **options)
-    # Shapes by tracing module.init (models.init_variables compiles eagerly, so it cannot be traced).
-    inputs = [jax.ShapeDtypeStruct((1, 32, 32, module.in_channels), jnp.float32) for _ in module.phases]
-    abstract = jax.eval_shape(lambda key, *x: module.init(key, *x, train=False), jax.random.key(0), *inputs)
+    abstract = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
     with ocp.StandardCheckpointer() as ckptr:
         variables = ckptr.restore(path / VARIABLES_DIR, abstract)
     return module, variables, spec

@@ -1,0 +1,99 @@
+"""One pure train step and one eval step; parallelism wraps them (``parallel.py``).
+
+``train_step(state, batch) -> (state, metrics)`` has no Python side effects
+and never leaves the device: a non-finite loss or gradient does not raise,
+it keeps the old state (``jnp.where``) and reports ``nonfinite = 1`` so the
+host loop can count consecutive skips without a synchronisation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from paresseg_jax.losses import LossFn
+from paresseg_jax.train.state import TrainState
+
+
+def model_inputs(module: nn.Module, batch: dict) -> list[jax.Array]:
+    """One input per phase, in the module's phase order (PV first)."""
+    missing = [p for p in module.phases if p not in batch]
+    if missing:
+        raise KeyError(f"batch has keys {sorted(batch)} but the model needs phases {module.phases}")
+    return [batch[p] for p in module.phases]
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def make_train_step(
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    schedule: optax.Schedule,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The step for ``module``; ``axis_name`` is the pmap axis (None under jit or one device).
+
+    Under pmap the loss and gradients are averaged over ``axis_name`` (the
+    module's BatchNorm must use the same ``bn_axis_name`` for cross-replica
+    statistics); under jit the batch is one global array and XLA inserts the
+    reductions, so the same function serves both.
+    """
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+        def compute_loss(params):
+            logits, updates = module.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                *model_inputs(module, batch),
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng},
+            )
+            return loss_fn(logits, batch["label"], batch["weight"]), updates.get("batch_stats", {})
+
+        (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        if axis_name is not None:
+            loss, grads = jax.lax.pmean((loss, grads), axis_name)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            batch_stats=keep_if_finite(batch_stats, state.batch_stats),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
+            "learning_rate": schedule(state.step),
+            "nonfinite": (~finite).astype(jnp.int32),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(module: nn.Module) -> Callable[[dict, dict], jax.Array]:
+    """``eval_step(variables, batch) -> p_tumor`` ``[B, H, W]`` float32 (softmax[..., 1])."""
+
+    def eval_step(variables: dict, batch: dict) -> jax.Array:
+        logits = module.apply(variables, *model_inputs(module, batch), train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
+
+    return eval_step

@@ -1,7 +1,9 @@
 """Model zoo: layers against torch, attention against float64 numpy formulas,
 every registered model and fusion block at tiny width."""
 
+import importlib
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ from paresseg_jax import models
 from paresseg_jax.models.attention import InterPhaseAttention, IntraPhaseAttention, inter_phase_scale
 from paresseg_jax.models.layers import BatchNorm, Conv, ConvTranspose
 
-ODD = (37, 45)  # H, W: not multiples of 32
+ODD = (27, 29)  # H, W: not multiples of 32 (padded to 32x32)
 
 
 def _jit(fn):
@@ -180,7 +182,17 @@ def test_unknown_attention_is_refused():
 
 # ------------------------------------------------------------------ fusion blocks
 
-@pytest.mark.parametrize("name", sorted(models.FUSION_BLOCKS))
+BUILT_IN_BLOCKS = ("pa", "intra", "concat", "sum", "weighted")
+BUILT_IN_MODELS = ("resseg", "dmp_resseg", "mpf_resseg", "msf_resseg", "paresseg", "unet", "msf_unet", "pa_unet",
+                   "mw_unet", "mc_fcn")
+
+
+def test_registries_hold_the_built_in_names():
+    assert set(BUILT_IN_BLOCKS) <= set(models.FUSION_BLOCKS)
+    assert set(BUILT_IN_MODELS) <= set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", BUILT_IN_BLOCKS)
 @pytest.mark.parametrize("num_others", [0, 1, 3])
 def test_fusion_blocks_take_any_number_of_phases(name, num_others):
     pv = _features(12, (2, 4, 3, 8))
@@ -298,7 +310,7 @@ class ModelRun:
          self.bf16_logits) = _jit(run)(self.variables, self.inputs)
 
 
-@pytest.fixture(scope="module", params=sorted(models.MODELS))
+@pytest.fixture(scope="module", params=BUILT_IN_MODELS)
 def model_run(request):
     return ModelRun(request.param)
 
@@ -330,18 +342,18 @@ def test_bfloat16_follows_float32(model_run):
 
 
 def test_init_variables_and_padding_to_multiples_of_32():
-    """A 45x37 slice gives the top-left 45x37 logits of the same slice
-    zero-padded to 64x64 (which passes through unpadded)."""
+    """A 45x37 slice gives the top-left 27x29 logits of the same slice
+    zero-padded to 32x32 (which passes through unpadded)."""
     module = models.create("resseg", width=4)
-    variables = models.init_variables(module, jax.random.key(1), height=64, width=64, batch=2)
+    variables = models.init_variables(module, jax.random.key(1), height=64, width=32, batch=2)
     assert sorted(variables) == ["batch_stats", "params"]
     bn = variables["batch_stats"]["final"]["1"]
     assert (np.all(bn["mean"] == 0) and np.all(bn["var"] == 1) and bn["num_batches_tracked"] == 0)
     x = np.random.default_rng(21).uniform(0, 1, (1, *ODD, 3)).astype(np.float32)
-    padded = np.pad(x, ((0, 0), (0, 64 - ODD[0]), (0, 64 - ODD[1]), (0, 0)))
+    padded = np.pad(x, ((0, 0), (0, 32 - ODD[0]), (0, 32 - ODD[1]), (0, 0)))
     apply = _jit(lambda v, x, p: (module.apply(v, x, train=False), module.apply(v, p, train=False)))
     cropped, full = apply(variables, x, padded)
-    assert full.shape == (1, 64, 64, 2)
+    assert full.shape == (1, 32, 32, 2)
     np.testing.assert_allclose(cropped, full[:, :ODD[0], :ODD[1]], rtol=1e-5, atol=1e-5)
 
 
@@ -359,3 +371,16 @@ def test_create_refuses_bad_options():
     module = models.create("paresseg", width=4)
     with pytest.raises(ValueError, match="takes 2 inputs"):
         module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("config_name", CONFIGS)
+def test_every_config_builds_its_model(config_name):
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    options = {**config.model.to_dict(), "width": 4}
+    module = models.create(**options)
+    inputs = [jax.ShapeDtypeStruct((1, *ODD, module.in_channels), jnp.float32)] * len(module.phases)
+    logits, _ = jax.eval_shape(lambda *x: module.init_with_output(jax.random.key(0), *x, train=False), *inputs)
+    assert logits.shape == (1, *ODD, config.model.num_classes)

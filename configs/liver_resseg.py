@@ -1,0 +1,11 @@
+"""Stage 1 of the cascade: the single-branch 'liver-ResSeg' on PV whose dilated output is the liver ROI."""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.name = "resseg"
+    config.model.fusion = None
+    config.model.phases = ("pv",)
+    return config

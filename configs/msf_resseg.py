@@ -1,0 +1,10 @@
+"""Table 4 row 3, Table 6 'MSF w/o PA': MSF-ResSeg, PV and ART features concatenated at six scales."""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.name = "msf_resseg"
+    config.model.fusion = "concat"
+    return config

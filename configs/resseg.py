@@ -1,0 +1,11 @@
+"""Table 4 row 1 (and Tables 8-11): single ResSeg on the PV phase."""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.name = "resseg"
+    config.model.fusion = None
+    config.model.phases = ("pv",)
+    return config

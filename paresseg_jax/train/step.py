@@ -65,9 +65,9 @@ def make_train_step(
         (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         if axis_name is not None:
             loss, grads = jax.lax.pmean((loss, grads), axis_name)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

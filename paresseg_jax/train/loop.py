@@ -1,0 +1,259 @@
+"""``train_and_evaluate(config, workdir)``: the whole training run, resumable at any point.
+
+Order of events: prepare the cache (preprocessing is idempotent) -> pick the
+fold's training and validation cases -> build the model, optimizer and Grain
+loader -> restore the latest complete checkpoint in ``workdir`` if there is
+one -> train, validating and checkpointing periodically -> export
+``best_model`` / ``last_model`` for inference.
+
+A checkpoint holds the train state and the data iterator together, so a
+resumed run sees exactly the batches an uninterrupted run would have seen.
+SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, save, and
+return. Metrics are fetched one step late, so the host never waits for the
+step it just dispatched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from paresseg_jax import losses, model_io, models
+from paresseg_jax.data import cache as cache_lib
+from paresseg_jax.data import splits
+from paresseg_jax.data.pipeline import LiverSliceSource, make_train_loader
+from paresseg_jax.train import step as step_lib
+from paresseg_jax.train.checkpoint import BEST_METRIC, Checkpoints, abstract_like
+from paresseg_jax.train.parallel import DataParallel
+from paresseg_jax.train.state import create_train_state, learning_rate_schedule, make_optimizer
+from paresseg_jax.train.validate import validate
+from paresseg_jax.train.writers import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_MODEL = "best_model"
+LAST_MODEL = "last_model"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Raised after too many consecutive non-finite steps; the last checkpoint is left intact."""
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a flag the loop polls (then saves and returns)."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def should_stop(self) -> bool:
+        """True on every process as soon as any process got a signal (all stop at the same step)."""
+        local = self.received is not None
+        if jax.process_count() == 1:
+            return local
+        return bool(np.asarray(multihost_utils.process_allgather(np.int32(local))).any())
+
+
+def _model_spec(config) -> dict:
+    return config.model.to_dict()
+
+
+def build_model(config, bn_axis_name: str | None = None):
+    """The configured model; ``bn_axis_name`` only for pmap training (not part of the saved spec)."""
+    spec = _model_spec(config)
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if bn_axis_name is not None:
+        options["bn_axis_name"] = bn_axis_name
+    return models.create(spec["name"], **options)
+
+
+def training_cases(config) -> tuple[list, list]:
+    """(train cases, validation cases) of ``config.data.fold`` from the prepared cache."""
+    data = config.data
+    if data.get("cohort_dir"):
+        from paresseg_jax.data.preprocess import preprocess_cohort
+
+        def prepare():
+            return preprocess_cohort(data.cohort_dir, data.cache_root, data.preprocess)
+
+        if jax.process_index() == 0:
+            cache_dir = prepare()
+        multihost_utils.sync_global_devices("paresseg preprocessing done")
+        if jax.process_index() != 0:
+            cache_dir = prepare()
+    elif data.get("cache_dir"):
+        cache_dir = data.cache_dir
+    else:
+        raise ValueError("set config.data.cohort_dir (a cohort to preprocess) or config.data.cache_dir (a preprocessed cache)")
+    cases = cache_lib.open_cohort(cache_dir)
+    ids = [c.case_id for c in cases]
+    strata = [c.tumor_type or "none" for c in cases]
+    train_ids, val_ids = splits.fold_split(ids, strata, data.fold, data.num_folds, seed=data.get("fold_seed", 0))
+    by_id = {c.case_id: c for c in cases}
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
+
+
+def num_train_steps(config, train_cases) -> int:
+    """``config.train.num_steps`` if positive, else ``num_epochs`` passes over the training slices."""
+    train = config.train
+    if train.num_steps > 0:
+        return int(train.num_steps)
+    records = len(LiverSliceSource(train_cases, tumor_free_fraction=config.data.tumor_free_fraction, seed=config.seed))
+    return int(train.num_epochs) * max(1, math.ceil(records / train.batch_size))
+
+
+def _write_config(config, workdir: Path) -> None:
+    if jax.process_index() == 0:
+        (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=list))
+
+
+def _export(workdir: Path, name: str, config, host_variables) -> None:
+    """Saved-model folder for inference (every process calls it; orbax writes once)."""
+    model_io.save_model(workdir / name, _model_spec(config), host_variables)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(config, workdir)
+    train = config.train
+    is_main = jax.process_index() == 0
+
+    train_cases, val_cases = training_cases(config)
+    total_steps = num_train_steps(config, train_cases)
+    parallel = DataParallel(train.parallel)
+    parallel.check_batch_size(train.batch_size)
+    module = build_model(config, parallel.bn_axis_name)
+    schedule = learning_rate_schedule(train, total_steps)
+    tx = make_optimizer(train, total_steps)
+    variables = models.init_variables(module, jax.random.PRNGKey(config.seed))
+    state = create_train_state(variables, tx, config.seed)
+
+    loader = make_train_loader(config, train_cases, seed=config.seed, local_device_count=len(parallel.local_devices))
+    iterator = iter(loader)
+    checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, train.keep_checkpoints)
+    meta = {"best_global_dice": None, "best_step": None}
+    start = checkpoints.latest_step()
+    if start is None:
+        state = parallel.put_state(state)
+        start = 0
+    else:
+        restored, meta = checkpoints.restore(start, abstract_like(state, parallel.replicated), iterator)
+        state = parallel.put_state(restored)
+        if is_main:
+            log.info("resumed from %s step %d", checkpoints.directory, start)
+
+    train_step = parallel.wrap_train_step(
+        step_lib.make_train_step(module, tx, losses.get_loss(train.loss), schedule, parallel.bn_axis_name)
+    )
+    eval_module = build_model(config)
+    eval_step = jax.jit(step_lib.make_eval_step(eval_module))
+    writer = MetricsWriter(workdir)
+    threshold = float(config.eval.get("threshold", 0.5))
+
+    def run_validation(step: int, state) -> dict:
+        variables = jax.device_put(parallel.host_state(state).variables, parallel.local_devices[0])
+        result = validate(
+            lambda batch: eval_step(variables, batch),
+            val_cases,
+            config.model.phases,
+            config.model.in_channels,
+            threshold,
+            train.eval_batch_size,
+        )
+        writer.write(step, "val", result)
+        return result
+
+    def save(step: int, state, val: dict | None = None) -> None:
+        metrics = {BEST_METRIC: val[BEST_METRIC]} if val is not None else None
+        checkpoints.save(step, parallel.global_state(state), iterator, meta, metrics)
+
+    streak = 0
+    last = {}
+    pending = None
+    bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    stopped_by = None
+    try:
+        with _StopSignals() as signals:
+            for step in range(start + 1, total_steps + 1):
+                batch = parallel.put_batch(next(iterator))
+                state, metrics = train_step(state, batch)
+                if pending is not None:
+                    last, streak = _account(pending, parallel, streak, train, writer, bar)
+                pending = (step, metrics)
+                bar.update(1)
+                val = None
+                if step % train.eval_every == 0 or step == total_steps:
+                    val = run_validation(step, state)
+                    if meta["best_global_dice"] is None or val[BEST_METRIC] > meta["best_global_dice"]:
+                        meta = {"best_global_dice": val[BEST_METRIC], "best_step": step}
+                        _export(workdir, BEST_MODEL, config, parallel.host_state(state).variables)
+                    bar.set_postfix(loss=last.get("loss"), val_dice=val[BEST_METRIC])
+                stop = signals.should_stop()
+                if val is not None or stop or step % train.checkpoint_every == 0 or step == total_steps:
+                    save(step, state, val)
+                if stop:
+                    stopped_by = signals.received or "a signal on another process"
+                    break
+            if pending is not None:
+                last, streak = _account(pending, parallel, streak, train, writer, bar)
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
+    _export(workdir, LAST_MODEL, config, parallel.host_state(state).variables)
+    elapsed = time.perf_counter() - started
+    if is_main:
+        if stopped_by:
+            log.warning("stopped by %s; checkpoint saved in %s, rerun the same command to resume", stopped_by, workdir)
+        log.info("done: %s (%.1f s)", last, elapsed)
+    return {**last, "stopped_by": stopped_by, "best_global_dice": meta["best_global_dice"], "seconds": elapsed}
+
+
+def _account(pending, parallel, streak, train, writer, bar) -> tuple[dict, int]:
+    """Fetch one step's metrics, log them and enforce ``max_consecutive_nonfinite``."""
+    step, metrics = pending
+    values = parallel.host_metrics(metrics)
+    streak = streak + 1 if values["nonfinite"] else 0
+    if values["nonfinite"]:
+        log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", step, values["loss"], streak)
+    if streak >= train.max_consecutive_nonfinite:
+        raise NonFiniteTrainingError(
+            f"{streak} consecutive steps up to step {step} had a non-finite loss or gradient, so training stopped. "
+            "The last checkpoint is intact; lower config.train.learning_rate or use config.model.dtype='float32', "
+            "then rerun to resume"
+        )
+    if step % train.log_every == 0:
+        values["steps_per_second"] = bar.format_dict["rate"] or 0.0
+        writer.write(step, "train", values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+    return values, streak

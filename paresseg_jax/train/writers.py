@@ -1,0 +1,49 @@
+"""Where training metrics go: ``<workdir>/metrics.jsonl`` and TensorBoard events (process 0 only).
+
+One JSON object per line (``{"step": ..., "split": "train"|"val", ...}``) is
+easy to read back for plots and reports; the same scalars go to TensorBoard
+under ``<split>/<name>``. Other processes get a writer that does nothing, so
+the loop never branches on the process index.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path):
+        self.enabled = jax.process_index() == 0
+        self._file = None
+        self._board = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._file = open(Path(workdir) / METRICS_FILE, "a", buffering=1)
+            self._board = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR))
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        """Scalars (numbers) go to both; nested values (per-case Dice) to the JSON line only."""
+        if not self.enabled:
+            return
+        self._file.write(json.dumps({"step": int(step), "split": split, **values}) + "\n")
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self._board.add_scalar(f"{split}/{name}", value, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._board.close()
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` in order."""
+    path = Path(workdir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -26,6 +26,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
     config.train = ml_collections.ConfigDict()
+    # Training (paresseg_jax.train): the reference's recipe, Adam 5e-4, batch 8, 500 epochs.
+    config.train.loss = "ce"  # 'ce' (reference), 'be' (paper's 3D boundary-enhanced loss), 'dice_ce'
+    config.train.batch_size = 8  # global batch over all devices and processes
+    config.train.learning_rate = 5e-4
+    config.train.schedule = "constant"  # 'constant' or 'cosine' (warmup then decay to 0)
+    config.train.warmup_steps = 0  # cosine schedule only
+    config.train.weight_decay = 0.0  # > 0 switches Adam to AdamW
+    config.train.num_epochs = 500  # passes over the training slices; used when num_steps is 0
+    config.train.num_steps = 0  # > 0 overrides num_epochs
+    config.train.parallel = "pmap"  # 'pmap' (per-device batches, pmean) or 'jit' (mesh + shardings, multi-host)
+    config.train.log_every = 50  # steps between training-metric records
+    config.train.eval_every = 1000  # steps between validations (full slices, global Dice)
+    config.train.eval_batch_size = 8  # slices per validation forward pass
+    config.train.checkpoint_every = 500  # steps between checkpoints (validations also checkpoint)
+    config.train.keep_checkpoints = 3  # latest checkpoints kept, plus the best by validation global Dice
+    config.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) steps in a row
     config.eval = ml_collections.ConfigDict()
     # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).
     config.eval.threshold = 0.6  # tumor if probability > threshold (the reference's 0.6)

@@ -24,7 +24,8 @@ __all__ = ["create", "init_variables", "MODELS", "FUSION_BLOCKS", "FusionBlock",
 # XLA options for functions run once, where compile time dominates.
 UNOPTIMIZED = {"xla_backend_optimization_level": 0}
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# float64 (needs JAX_ENABLE_X64=1) is for numerical cross-checks against the PyTorch reference.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def create(name: str, **options):
@@ -42,6 +43,8 @@ def create(name: str, **options):
     if "dtype" in options:
         if options["dtype"] not in DTYPES:
             raise ValueError(f"dtype={options['dtype']!r} is unsupported; use one of {sorted(DTYPES)}")
+        if options["dtype"] == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError("dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 before importing jax")
         options["dtype"] = DTYPES[options["dtype"]]
     if "phases" in options:
         phases = tuple(options["phases"])

@@ -10,7 +10,7 @@ Two semantics, chosen by `attention`:
 
 Channel energies are sums over all H*W pixels (|E| up to ~2.5e4 at full
 resolution), so energies, softmax and the attended features are always
-computed in float32, whatever the compute dtype.
+computed in at least float32, whatever the compute dtype.
 """
 
 from typing import Any
@@ -29,9 +29,9 @@ def check_attention(attention: str) -> str:
 
 
 def _flatten(x):
-    """[B, H, W, C] -> float32 [B, N, C]."""
+    """[B, H, W, C] -> [B, N, C] in at least float32."""
     b, h, w, c = x.shape
-    return x.reshape(b, h * w, c).astype(jnp.float32)
+    return x.reshape(b, h * w, c).astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class IntraPhaseAttention(nn.Module):
@@ -86,7 +86,7 @@ class InterPhaseAttention(nn.Module):
     @nn.compact
     def __call__(self, pv, other):
         scale = inter_phase_scale(pv, other, self.attention)[:, None, None, :]
-        other32 = other.astype(jnp.float32)
+        other32 = other.astype(jnp.promote_types(other.dtype, jnp.float32))
         if self.attention == "reference":
             gamma = self.param("gamma", nn.initializers.zeros, (1,), jnp.float32)
             out = gamma * (scale * other32) + other32

@@ -52,5 +52,5 @@ class SegmentationModel(nn.Module):
 
     @staticmethod
     def cropped_logits(logits, like):
-        """Logits cropped to the spatial size of input `like`, float32."""
-        return logits[:, :like.shape[1], :like.shape[2]].astype(jnp.float32)
+        """Logits cropped to the spatial size of input `like`, in at least float32."""
+        return logits[:, :like.shape[1], :like.shape[2]].astype(jnp.promote_types(logits.dtype, jnp.float32))

@@ -53,7 +53,7 @@ class BatchNorm(nn.Module):
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
         running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
         tracked = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if train:
             reduce_axes = tuple(range(x.ndim - 1))
             count = math.prod(x.shape[:-1])

@@ -1,0 +1,43 @@
+"""paresseg-convert: PyTorch reference checkpoints <-> our saved models.
+
+    # a reference RESNET_phase_att / RESNET_2D .pth -> a saved-model folder
+    paresseg-convert --input=PA-ResSeg_batch1.pth --output=models/paresseg_fold1
+    # a saved model or a paresseg-train workdir -> a .pth the reference code loads
+    paresseg-convert --input=runs/paresseg --output=paresseg.pth
+
+The direction follows --input: a file is read as a PyTorch checkpoint, a
+folder as a saved model. Architecture, width, input channels and classes
+are read from the weights.
+"""
+
+from pathlib import Path
+
+from absl import app, flags
+
+from paresseg_jax.interop import torch as interop
+
+_INPUT = flags.DEFINE_string("input", None, ".pth file, or a saved-model folder / training workdir", required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "saved-model folder (from a .pth), or .pth file (from a folder)",
+                              required=True)
+_ARCH = flags.DEFINE_enum("arch", None, sorted(interop.ARCHITECTURES),
+                          "reference architecture of the .pth (default: inferred from its keys)")
+
+
+def main(argv):
+    del argv
+    source = Path(_INPUT.value)
+    if source.is_dir():
+        written = interop.saved_model_to_torch_checkpoint(source, _OUTPUT.value)
+    elif source.is_file():
+        written = interop.torch_checkpoint_to_saved_model(source, _OUTPUT.value, _ARCH.value)
+    else:
+        raise app.UsageError(f"--input={source} does not exist; give a .pth file or a saved-model folder")
+    print(f"wrote {written}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -108,7 +108,8 @@ def test_phase_on_another_grid_is_resampled_onto_pv(tmp_path):
     art_spacing, art_origin, art_shape = (3.0, 3.0, 6.0), (-7.0, -5.0, -9.0), (8, 20, 22)
     x_mm = art_origin[0] + np.arange(art_shape[2]) * art_spacing[0]
     ramp = np.broadcast_to(10.0 + 2.0 * x_mm, art_shape).astype(np.float32)
-    io.write_image(ramp, {"spacing": art_spacing, "origin": art_origin, "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}, tmp_path / "c" / "art.nii.gz")
+    art_geometry = io.Geometry(art_spacing, art_origin, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    io.write_image(ramp, art_geometry, tmp_path / "c" / "art.nii.gz")
     case = io.read_case(tmp_path / "c")
     assert case.phases["art"].shape == pv.shape
     expected = np.broadcast_to(10.0 + 2.0 * (np.arange(pv.shape[2]) * 2.0), pv.shape)

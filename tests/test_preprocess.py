@@ -102,10 +102,20 @@ def test_registration_realigns_art_liver_with_pv_liver():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed, scanner", [(3, "scanner_5mm"), (4, "scanner_5mm"), (6, "scanner_5mm"), (7, "scanner_5mm"), (8, "scanner_7mm"), (9, "scanner_7mm")])
+@pytest.mark.parametrize("seed, scanner", [(3, "scanner_5mm"), (4, "scanner_5mm"), (6, "scanner_5mm"), (7, "scanner_5mm"),
+                                           (8, "scanner_7mm"), (9, "scanner_7mm")])
 def test_registration_realigns_more_cases(seed, scanner):
     before, after = _register(seed, (32, 128, 128), scanner)
     assert before < 0.95 and after >= 0.95
+
+
+@pytest.mark.parametrize("initial", ["affine", "none"])
+def test_registration_start_options_improve_the_metric(initial):
+    case = phantom.make_case(1, "HCC", (12, 48, 48))
+    settings = {"initial": initial, "initial_iterations": 20, "bspline_iterations": 5}
+    transform, report = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, settings, case.liver)
+    assert report["metric_after"] < report["metric_before"]
+    assert preprocess.apply_transform(case.phases["art"], case, transform).shape == case.shape
 
 
 def test_apply_transform_moves_masks_with_nearest_neighbour():
@@ -218,7 +228,8 @@ def test_roi_from_liver_prediction_folder(tmp_path):
         prediction = np.zeros_like(case.liver)
         prediction[4, 16, 16] = 1
         io.write_image(prediction, case, predictions / f"{entry.case_id}.nii.gz")
-    cache_dir = preprocess.preprocess_cohort(cohort, tmp_path / "cache", {"register": False, "roi_source": str(predictions)}, progress=False)
+    config = {"register": False, "roi_source": str(predictions)}
+    cache_dir = preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False)
     assert all(c.roi.sum() == 25 for c in cache.open_cohort(cache_dir))
     with pytest.raises(FileNotFoundError, match="roi_source"):
         preprocess.preprocess_cohort(cohort, tmp_path / "cache", {"register": False, "roi_source": str(tmp_path / "none")}, progress=False)

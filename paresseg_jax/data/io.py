@@ -269,7 +269,9 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
             raise FileNotFoundError(f"case folder {folder} does not exist")
         source = _entry_from_manifest(folder) or _entry_from_folder(folder, folder.name, {})
     if "pv" not in source.phases:
-        raise ValueError(f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)}); PV is the target phase and is required")
+        raise ValueError(
+            f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)}); PV is the target phase and is required"
+        )
     pv_path = source.phases["pv"]
     pv_image = read_image(pv_path)
     phases = {"pv": image_array(pv_image, pv_path)}
@@ -407,7 +409,8 @@ def _lits_entries(root: Path) -> list[CaseEntry]:
     for volume in sorted(root.glob("volume-*.nii*"), key=lambda p: int(re.findall(r"\d+", p.name)[0])):
         number = re.findall(r"\d+", volume.name)[0]
         segmentation = find_image(root, f"segmentation-{number}")
-        entries.append(CaseEntry(f"lits-{number}", {"pv": volume}, segmentation=segmentation, metadata={"tumor_type": None, "scanner": None}, **LITS_LABELS))
+        metadata = {"tumor_type": None, "scanner": None}
+        entries.append(CaseEntry(f"lits-{number}", {"pv": volume}, segmentation=segmentation, metadata=metadata, **LITS_LABELS))
     return entries
 
 

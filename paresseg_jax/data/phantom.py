@@ -205,7 +205,8 @@ def make_cohort(
     for case_id, case_seed, tumor_type, scanner in iterator:
         case = make_case(case_seed, tumor_type, shape=shape, scanner=scanner, phases=phases)
         io.write_case(case, out_dir / case_id)
-        records.append({"case_id": case_id, "tumor_type": tumor_type, "scanner": scanner, "split": f"fold-{fold_of[case_id]}", "seed": case_seed})
+        split = f"fold-{fold_of[case_id]}"
+        records.append({"case_id": case_id, "tumor_type": tumor_type, "scanner": scanner, "split": split, "seed": case_seed})
     io.write_manifest(out_dir, records)
     return out_dir
 
@@ -270,7 +271,8 @@ def _anatomy(rng, shape, spacing, z, y, x):
     paint("liver", liver)
     thickness = rng.uniform(0.24, 0.3)
     vessel_length = max(12.0, 3.0 * spacing[1])
-    vessels = (_smooth_field(rng, shape, spacing, vessel_length) ** 2 + _smooth_field(rng, shape, spacing, vessel_length) ** 2) < thickness**2
+    # where two smooth random fields are both near zero: thin, curved, branching tubes
+    vessels = _smooth_field(rng, shape, spacing, vessel_length) ** 2 + _smooth_field(rng, shape, spacing, vessel_length) ** 2 < thickness**2
     paint("vein", liver & vessels)
     return labels, center
 

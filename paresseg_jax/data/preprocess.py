@@ -225,10 +225,15 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
     """
     config = resolve_config(preprocess_config)
     if case.tumor is None:
-        raise ValueError(f"case {case.case_id!r} has no tumor mask; the cache holds training/evaluation cases (an empty tumor.nii.gz marks a healthy liver)")
+        raise ValueError(
+            f"case {case.case_id!r} has no tumor mask; the cache holds training/evaluation cases "
+            "(an empty tumor.nii.gz marks a healthy liver)"
+        )
     roi_source = liver_prediction if liver_prediction is not None else case.liver
     if roi_source is None:
-        raise ValueError(f"case {case.case_id!r} has no liver mask for the liver ROI; add liver.nii.gz or set roi_source to a folder of liver predictions")
+        raise ValueError(
+            f"case {case.case_id!r} has no liver mask for the liver ROI; add liver.nii.gz or set roi_source to a folder of liver predictions"
+        )
     registration = {}
     phases = dict(case.phases)
     if config["register"]:
@@ -256,7 +261,9 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
     }
 
 
-def preprocess_cohort(cohort_dir: str | os.PathLike, cache_root: str | os.PathLike, preprocess_config: Mapping | None = None, progress: bool = True) -> Path:
+def preprocess_cohort(
+    cohort_dir: str | os.PathLike, cache_root: str | os.PathLike, preprocess_config: Mapping | None = None, progress: bool = True
+) -> Path:
     """Preprocess every case of a cohort into ``cache_root/<config hash>/`` and return that folder.
 
     Cases already in the cache are skipped, so a killed run resumes where it
@@ -278,7 +285,9 @@ def preprocess_cohort(cohort_dir: str | os.PathLike, cache_root: str | os.PathLi
         if predictions is not None:
             path = io.find_image(predictions, entry.case_id)
             if path is None:
-                raise FileNotFoundError(f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)")
+                raise FileNotFoundError(
+                    f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)"
+                )
             prediction = io.read_mask(path, case)
         cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction))
         bar.update(1)

@@ -177,19 +177,29 @@ def test_load_torch_checkpoint_accepts_wrappers_and_refuses_pickled_code(tmp_pat
         interop.load_torch_checkpoint(tmp_path / "absent.pth")
 
 
-def test_convert_command_and_back(tmp_path):
-    """paresseg-convert .pth -> saved model (a subprocess, as users run it), then the library's reverse."""
-    state = reference_model("RESNET_phase_att", 4, "reference", seed=int.from_bytes(os.urandom(2), "little")).state_dict()
-    torch.save(state, tmp_path / "reference.pth")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "launch.convert", f"--input={tmp_path / 'reference.pth'}",
-               f"--output={tmp_path / 'saved'}"]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    module, variables, spec = model_io.load_model(tmp_path / "saved")
-    assert spec == {"name": "paresseg", "width": 4, "in_channels": 3, "num_classes": 2, "attention": "reference"}
-    assert module.phases == ("pv", "art")
-    written = interop.saved_model_to_torch_checkpoint(tmp_path / "saved", tmp_path / "back.pth")
+def test_torch_checkpoint_to_saved_model_and_back(tmp_path):
+    state = reference_model("RESNET_phase_att", 4, "paper", seed=int.from_bytes(os.urandom(2), "little")).state_dict()
+    torch.save({"state_dict": state}, tmp_path / "reference.pth")
+    interop.torch_checkpoint_to_saved_model(tmp_path / "reference.pth", tmp_path / "saved")
+    module, _, spec = model_io.load_model(tmp_path / "saved")
+    assert spec == {"name": "paresseg", "width": 4, "in_channels": 3, "num_classes": 2, "attention": "paper"}
+    assert module.phases == ("pv", "art") and module.attention == "paper"
+    written = interop.saved_model_to_torch_checkpoint(tmp_path / "saved", tmp_path / "out" / "back.pth")
     back = torch.load(written, weights_only=True)
     assert list(back) == list(state) and all(torch.equal(back[k], v) for k, v in state.items())
+
+
+@pytest.mark.slow
+def test_convert_command_both_ways(tmp_path):
+    """paresseg-convert as users run it: .pth -> saved model -> .pth."""
+    state = reference_model("RESNET_2D", 4, "reference", seed=int.from_bytes(os.urandom(2), "little")).state_dict()
+    torch.save(state, tmp_path / "reference.pth")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for source, target in (("reference.pth", "saved"), ("saved", "back.pth")):
+        command = [sys.executable, "-m", "launch.convert", f"--input={tmp_path / source}",
+                   f"--output={tmp_path / target}"]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    back = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert list(back) == list(state) and all(torch.equal(back[k], v) for k, v in state.items())
+    assert model_io.load_model(tmp_path / "saved")[2]["name"] == "resseg"

@@ -199,6 +199,29 @@ def _check_keys(got: Mapping, layout: Mapping, where: str) -> None:
         raise ValueError(f"{where} does not match the reference layout: " + "; ".join(problems))
 
 
+def _flatten_variables(variables: Mapping) -> dict[str, Any]:
+    """``'collection/a/b/leaf' -> array`` for the ``params`` and ``batch_stats`` collections."""
+    flat = {}
+
+    def visit(node, path):
+        if isinstance(node, Mapping):
+            for name, child in node.items():
+                visit(child, path + (str(name),))
+        else:
+            flat["/".join(path)] = node
+
+    for collection in ("params", "batch_stats"):
+        visit(variables.get(collection, {}), (collection,))
+    return flat
+
+
+def _flax_path(key: str, kind: str) -> tuple[str, tuple[int, ...] | None]:
+    """``'collection/a/b/leaf'`` of a torch key, and the axes moving its torch layout to Flax's."""
+    *path, leaf = key.split(".")
+    collection, flax_leaf, axes = _LEAVES[kind, leaf]
+    return "/".join([collection, *path, flax_leaf]), axes
+
+
 def from_torch_state_dict(state_dict: Mapping, arch: str | None = None) -> dict:
     """Flax ``{'params', 'batch_stats'}`` for ``models.create(**spec_from_state_dict(state_dict))``.
 
@@ -219,39 +242,17 @@ def from_torch_state_dict(state_dict: Mapping, arch: str | None = None) -> dict:
             raise ValueError(f"state_dict key {key!r} has shape {value.shape}, the {arch} layout (width "
                              f"{spec['width']}, {spec['in_channels']} input channels, {spec['num_classes']} "
                              f"classes) needs {shape}")
-        *path, leaf = key.split(".")
-        collection, flax_leaf, axes = _LEAVES[kind, leaf]
-        if flax_leaf == "num_batches_tracked":
+        path, axes = _flax_path(key, kind)
+        if key.endswith("num_batches_tracked"):
             value = value.astype(np.int32)
         elif axes is not None:
             value = value.transpose(axes)
-        node = variables[collection]
-        for name in path:
+        *parents, leaf = path.split("/")
+        node = variables
+        for name in parents:
             node = node.setdefault(name, {})
-        node[flax_leaf] = np.array(value, order="C")
+        node[leaf] = np.array(value, order="C")
     return variables
-
-
-def _flatten_variables(variables: Mapping) -> dict[str, Any]:
-    """``'collection/a/b/leaf' -> array`` for the ``params`` and ``batch_stats`` collections."""
-    flat = {}
-
-    def visit(node, path):
-        if isinstance(node, Mapping):
-            for name, child in node.items():
-                visit(child, path + (str(name),))
-        else:
-            flat["/".join(path)] = node
-
-    for collection in ("params", "batch_stats"):
-        visit(variables.get(collection, {}), (collection,))
-    return flat
-
-
-def _flax_path(key: str, kind: str) -> tuple[str, tuple[int, ...] | None]:
-    *path, leaf = key.split(".")
-    collection, flax_leaf, axes = _LEAVES[kind, leaf]
-    return "/".join([collection, *path, flax_leaf]), axes
 
 
 def to_torch_state_dict(variables: Mapping, arch: str) -> dict:

@@ -177,6 +177,18 @@ def test_load_torch_checkpoint_accepts_wrappers_and_refuses_pickled_code(tmp_pat
         interop.load_torch_checkpoint(tmp_path / "absent.pth")
 
 
+def test_conversion_to_flax_does_not_need_torch():
+    """torch is an optional extra: numpy state_dicts convert with torch unimportable."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\n"
+            "from paresseg_jax.interop import torch as interop\n"
+            "layout = interop.reference_layout('RESNET_2D', width=4)\n"
+            "state = {k: np.zeros(shape, np.float32) for k, (shape, _) in layout.items()}\n"
+            "assert interop.from_torch_state_dict(state)['params']['first']['0']['kernel'].shape == (3, 3, 3, 4)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_torch_checkpoint_to_saved_model_and_back(tmp_path):
     state = reference_model("RESNET_phase_att", 4, "paper", seed=int.from_bytes(os.urandom(2), "little")).state_dict()
     torch.save({"state_dict": state}, tmp_path / "reference.pth")

@@ -233,3 +233,25 @@ def test_predict_files_names_missing_phase(tmp_path, tiny_model):
     pv_path, *_ = _study(tmp_path, ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), False)
     with pytest.raises(ValueError, match="--art"):
         study.predict_files({"pv": pv_path, "art": None}, tiny_model, tmp_path / "m.nii.gz")
+
+
+@pytest.mark.slow  # a subprocess (imports, compile); predict_files itself is tested above
+def test_paresseg_predict_command_line(tmp_path, tiny_model):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    geometry = ((0.7, 0.8, 5.0), (10.0, -20.0, 30.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, art_path, liver_path, gt_path, _ = _study(tmp_path, geometry, pv_as_dicom=True)
+    out = tmp_path / "pred"
+    command = [
+        sys.executable, "-m", "launch.predict", f"--pv={pv_path}", f"--art={art_path}", f"--model={tiny_model}",
+        f"--liver={liver_path}", f"--gt={gt_path}", f"--out={out / 'mask.nii.gz'}", f"--prob={out / 'prob.nii.gz'}",
+        f"--overlay={out / 'overlay.png'}", "--threshold=0.5", "--noregister", "--mode=tile", "--tile=16", "--stride=8",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["mask"] == str(out / "mask.nii.gz") and report["roi"] == "liver mask"
+    assert "dice" in report["metrics"] and (out / "overlay.png").is_file() and (out / "prob.nii.gz").is_file()

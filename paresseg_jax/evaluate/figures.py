@@ -56,7 +56,8 @@ def per_type_bars(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
     for i, (name, content) in enumerate(runs.items()):
         per_type = content["summary"]["per_type"]
         values = [100 * per_type[t]["dpc"] if t in per_type else 0.0 for t in types]
-        axes.bar(positions + (i - (len(runs) - 1) / 2) * width, values, width, label=name)
+        bars = axes.bar(positions + (i - (len(runs) - 1) / 2) * width, values, width, label=name)
+        axes.bar_label(bars, fmt="%.1f", fontsize=7)
     axes.set_xticks(positions, types)
     axes.set(ylabel="DPC (%)", ylim=(0, 100), title="Dice per case by tumor type")
     axes.legend(fontsize=8)

@@ -73,7 +73,7 @@ def overlay_montage(
     legend = [Line2D([], [], color=PREDICTION_COLOR, label="prediction")]
     if gt is not None:
         legend.append(Line2D([], [], color=GROUND_TRUTH_COLOR, label="ground truth"))
-    figure.legend(handles=legend, loc="lower center", ncol=len(legend), frameon=False)
+    figure.legend(handles=legend, loc="outside lower center", ncol=len(legend), frameon=False)
     if title:
         figure.suptitle(title)
     path = Path(path)

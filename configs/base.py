@@ -25,6 +25,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
+    # Where training data comes from and which fold (read by paresseg_jax.train.loop; added by the training helper).
+    config.data.cohort_dir = ""  # cohort to preprocess (idempotent, cached); or set cache_dir instead
+    config.data.cache_root = ""  # where preprocessed caches go; "" = <cohort_dir>_cache next to the cohort
+    config.data.cache_dir = ""  # an already preprocessed cache folder (skips preprocessing)
+    config.data.num_folds = 5  # cross-validation folds, stratified by tumor type
+    config.data.fold = 0  # the fold held out for validation
+    config.data.fold_seed = 0  # shuffles cases into folds (separate from config.seed so folds stay fixed)
     config.train = ml_collections.ConfigDict()
     # Training (paresseg_jax.train): the reference's recipe, Adam 5e-4, batch 8, 500 epochs.
     config.train.loss = "ce"  # 'ce' (reference), 'be' (paper's 3D boundary-enhanced loss), 'dice_ce'
@@ -38,7 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.parallel = "pmap"  # 'pmap' (per-device batches, pmean) or 'jit' (mesh + shardings, multi-host)
     config.train.log_every = 50  # steps between training-metric records
     config.train.eval_every = 1000  # steps between validations (full slices, global Dice)
-    config.train.eval_batch_size = 8  # slices per validation forward pass
     config.train.checkpoint_every = 500  # steps between checkpoints (validations also checkpoint)
     config.train.keep_checkpoints = 3  # latest checkpoints kept, plus the best by validation global Dice
     config.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) steps in a row

@@ -12,7 +12,6 @@ def get_config():
     config.train.num_steps = 4
     config.train.log_every = 1
     config.train.eval_every = 2
-    config.train.eval_batch_size = 2
     config.train.checkpoint_every = 2
     config.eval.tile = 64
     config.eval.stride = 32

@@ -111,7 +111,7 @@ def tiny_config(cache_dir: Path, **train):
     config.train.log_every = 1
     config.train.eval_every = 6
     config.train.checkpoint_every = 3
-    config.train.eval_batch_size = 4
+    config.eval.batch_size = 4
     config.train.update(train)
     return config
 

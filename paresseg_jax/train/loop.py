@@ -93,28 +93,42 @@ def build_model(config, bn_axis_name: str | None = None):
     return models.create(spec["name"], **options)
 
 
-def training_cases(config) -> tuple[list, list]:
-    """(train cases, validation cases) of ``config.data.fold`` from the prepared cache."""
+def prepared_cache(config) -> Path:
+    """The preprocessed cache: ``config.data.cache_dir`` as is, or ``config.data.cohort_dir``
+    preprocessed (idempotently) into ``config.data.cache_root`` (default: ``<cohort_dir>_cache``)."""
     data = config.data
-    if data.get("cohort_dir"):
+    if data.cohort_dir:
         from paresseg_jax.data.preprocess import preprocess_cohort
 
-        def prepare():
-            return preprocess_cohort(data.cohort_dir, data.cache_root, data.preprocess)
+        cohort = Path(data.cohort_dir)
+        root = data.cache_root or cohort.with_name(cohort.name + "_cache")
+        options = data.get("preprocess")  # optional: the preprocessing module's defaults otherwise
+        options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else options
 
-        if jax.process_index() == 0:
-            cache_dir = prepare()
+        def prepare():
+            return preprocess_cohort(cohort, root, options, progress=jax.process_index() == 0)
+
+        # Process 0 does the work; the others then find every case cached (shared disk) or make their own.
+        cache_dir = prepare() if jax.process_index() == 0 else None
         multihost_utils.sync_global_devices("paresseg preprocessing done")
-        if jax.process_index() != 0:
-            cache_dir = prepare()
-    elif data.get("cache_dir"):
-        cache_dir = data.cache_dir
-    else:
-        raise ValueError("set config.data.cohort_dir (a cohort to preprocess) or config.data.cache_dir (a preprocessed cache)")
-    cases = cache_lib.open_cohort(cache_dir)
+        return cache_dir if cache_dir is not None else prepare()
+    if data.cache_dir:
+        return Path(data.cache_dir)
+    raise ValueError(
+        "config.data.cohort_dir (a cohort to preprocess) or config.data.cache_dir (a preprocessed cache) must be "
+        "set, e.g. --config.data.cohort_dir=/path/to/cohort (make one with paresseg-make-phantom)"
+    )
+
+
+def training_cases(config) -> tuple[list, list]:
+    """(train cases, validation cases): fold ``config.data.fold`` of the tumor-type-stratified folds."""
+    data = config.data
+    cases = cache_lib.open_cohort(prepared_cache(config))
     ids = [c.case_id for c in cases]
     strata = [c.tumor_type or "none" for c in cases]
-    train_ids, val_ids = splits.fold_split(ids, strata, data.fold, data.num_folds, seed=data.get("fold_seed", 0))
+    train_ids, val_ids = splits.fold_split(
+        ids, strata, data.fold, data.num_folds, seed=data.fold_seed
+    )
     by_id = {c.case_id: c for c in cases}
     return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
@@ -186,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config.model.phases,
             config.model.in_channels,
             threshold,
-            train.eval_batch_size,
+            config.eval.batch_size,
         )
         writer.write(step, "val", result)
         return result

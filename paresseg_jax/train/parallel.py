@@ -1,7 +1,8 @@
 """Data parallelism around the one train step: ``pmap`` or ``jit`` with shardings.
 
-- ``pmap``: the state is replicated on the local devices (leading axis =
-  device), the batch is split ``[devices, per_device, ...]``, gradients and
+- ``pmap``: the state is replicated on every device (leading axis =
+  device, one global array over all processes), the batch is split
+  ``[devices, per_device, ...]``, gradients and
   the loss are ``pmean``-ed and BatchNorm statistics are cross-replica
   (the model is built with ``bn_axis_name=AXIS``).
 - ``jit``: one device mesh over all devices of all processes, the state
@@ -37,7 +38,6 @@ class DataParallel:
         self.mesh = Mesh(np.array(self.devices), (AXIS,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.data_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
-        self.per_device = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), PartitionSpec(AXIS))
 
     @property
     def bn_axis_name(self) -> str | None:
@@ -54,7 +54,7 @@ class DataParallel:
     def wrap_train_step(self, train_step: Callable) -> Callable:
         """Compiled step taking and returning the state in this mode's layout."""
         if self.mode == "pmap":
-            return jax.pmap(train_step, axis_name=AXIS, devices=self.local_devices, donate_argnums=0)
+            return jax.pmap(train_step, axis_name=AXIS, devices=self.devices, donate_argnums=0)
         return jax.jit(
             train_step,
             in_shardings=(self.replicated, self.data_sharding),
@@ -67,7 +67,7 @@ class DataParallel:
         if self.mode == "pmap":
             n = len(self.local_devices)
             return jax.tree.map(
-                lambda x: jax.device_put(np.broadcast_to(_local_value(x), (n,) + np.shape(x)), self.per_device), state
+                lambda x: self._from_local(np.broadcast_to(_local_value(x), (n,) + np.shape(x))), state
             )
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, _local_value(x)), state)
 
@@ -75,14 +75,12 @@ class DataParallel:
         """This mode's layout -> globally replicated arrays (what checkpoints hold)."""
         if self.mode == "jit":
             return state
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self.replicated, np.asarray(x[0])), state
-        )
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, _replica(x)), state)
 
     def host_state(self, state):
         """This mode's layout -> numpy on this host (for export and evaluation)."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.asarray(x[0]), state)
+            return jax.tree.map(_replica, state)
         return jax.tree.map(_local_value, state)
 
     def put_batch(self, batch: dict) -> dict:
@@ -93,16 +91,24 @@ class DataParallel:
             def split(x):
                 if x.shape[0] % n:
                     raise ValueError(f"local batch of {x.shape[0]} does not split over {n} local devices")
-                return jax.device_put(np.reshape(x, (n, x.shape[0] // n) + x.shape[1:]), self.per_device)
+                return self._from_local(np.reshape(x, (n, x.shape[0] // n) + x.shape[1:]))
 
             return {k: split(np.asarray(v)) for k, v in batch.items()}
         return {k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v)) for k, v in batch.items()}
 
     def host_metrics(self, metrics: dict) -> dict:
         """Device metrics -> Python floats (the only host synchronisation; call off the hot path)."""
-        if self.mode == "pmap":
-            metrics = jax.tree.map(lambda x: x[0], metrics)
-        return {k: float(_local_value(v)) for k, v in metrics.items()}
+        read = _replica if self.mode == "pmap" else _local_value
+        return {k: float(read(v)) for k, v in metrics.items()}
+
+    def _from_local(self, x: np.ndarray) -> jax.Array:
+        """``[local devices, ...]`` on this process -> the global ``[all devices, ...]`` array pmap takes."""
+        return jax.make_array_from_process_local_data(self.data_sharding, x)
+
+
+def _replica(x) -> np.ndarray:
+    """Entry 0 of a pmap-layout array ``[devices, ...]`` (all entries are equal), from a local device."""
+    return np.asarray(x.addressable_data(0))[0]
 
 
 def _local_value(x) -> np.ndarray:

@@ -1,0 +1,72 @@
+"""paresseg-train: train one experiment; rerun the same command to resume.
+
+    paresseg-train --config=configs/paresseg.py --workdir=runs/paresseg \\
+        --config.data.cohort_dir=data/cohort --config.train.parallel=jit
+
+Any config field can be overridden as ``--config.<section>.<field>=value``.
+Multi-process runs (several hosts, or one process per GPU) start one copy per
+process; under Slurm nothing else is needed, otherwise give
+--coordinator_address, --num_processes and --process_id.
+"""
+
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file, e.g. configs/paresseg.py (one per experiment of the paper; configs/smoke.py is tiny). "
+    "Override fields with --config.<section>.<field>=value, e.g. --config.train.num_steps=1000.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Folder for checkpoints, metrics.jsonl, TensorBoard events, config.json and the exported best_model/ and "
+    "last_model/. If it holds checkpoints, training resumes from the latest complete one.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process only: host:port of process 0 (jax.distributed). Leave unset on one process or under Slurm.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process only: total number of processes (with --coordinator_address)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process only: this process's index, 0..num_processes-1 (with --coordinator_address)."
+)
+_VERBOSE = flags.DEFINE_boolean(
+    "verbose", False, "Also show library INFO logs (orbax, grain); by default only training progress and warnings."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value (see --help)")
+    from paresseg_jax.train import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    import jax
+
+    absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
+    logging.getLogger("paresseg_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
+
+    from paresseg_jax.train import train_and_evaluate
+
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        stopped = f"stopped by {result['stopped_by']}; rerun to resume" if result["stopped_by"] else "finished"
+        print(f"{stopped}: best validation global Dice {result['best_global_dice']}, workdir {_WORKDIR.value}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -6,7 +6,8 @@
 Any config field can be overridden as ``--config.<section>.<field>=value``.
 Multi-process runs (several hosts, or one process per GPU) start one copy per
 process; under Slurm nothing else is needed, otherwise give
---coordinator_address, --num_processes and --process_id.
+--coordinator_address, --num_processes and --process_id. Library INFO logs
+(orbax, grain) are hidden unless --verbosity=0 is given.
 """
 
 import logging
@@ -39,9 +40,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-process only: this process's index, 0..num_processes-1 (with --coordinator_address)."
 )
-_VERBOSE = flags.DEFINE_boolean(
-    "verbose", False, "Also show library INFO logs (orbax, grain); by default only training progress and warnings."
-)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,7 +51,8 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax
 
-    absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # library INFO logs (orbax, grain) only with -v 0
     logging.getLogger("paresseg_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
 
     from paresseg_jax.train import train_and_evaluate

@@ -26,8 +26,8 @@ from paresseg_jax.train import parallel as P, state as S, step as T
 def run(mode):
     par = P.DataParallel(mode) if mode else None
     axis = par.bn_axis_name if par else None
-    module = TinySeg(width=4, dtype=jnp.float64, bn_axis_name=axis)
-    variables = models.init_variables(module, jax.random.PRNGKey(0), 16, 16)
+    module = MODEL
+    variables = models.init_variables(module, jax.random.PRNGKey(0), HW, HW)
     variables = jax.tree.map(lambda x: np.asarray(x, np.float64), variables)
     tx = S.make_optimizer({"learning_rate": 1e-2}, 3)
     state = S.create_train_state(variables, tx, 0)
@@ -37,7 +37,7 @@ def run(mode):
     rng = np.random.default_rng(1)
     losses_seen = []
     for _ in range(3):
-        batch = random_batch(rng, 8, 16, np.float64)
+        batch = random_batch(rng, 8, HW, np.float64)
         state, metrics = step(state, par.put_batch(batch) if par else batch)
         losses_seen.append(par.host_metrics(metrics)["loss"] if par else float(metrics["loss"]))
     host = par.host_state(state) if par else jax.device_get(state)
@@ -65,8 +65,8 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_pmap_jit_and_one_device_agree_after_three_steps_float64():
-    out = run_script(EQUIVALENCE, devices=8)
+def _equivalence(model: str, hw: int) -> dict:
+    out = run_script(EQUIVALENCE.replace("MODEL", model).replace("HW", str(hw)), devices=8, timeout=3000)
     result = json.loads(out.split("RESULT")[-1])
     print(result)
     for mode in ("pmap", "jit"):
@@ -75,6 +75,16 @@ def test_pmap_jit_and_one_device_agree_after_three_steps_float64():
             assert result[mode][key] < 1e-12, (mode, key, result[mode][key])
         assert result[mode]["loss"] < 1e-12
     assert result["moved"] > 1e-3  # the three steps did change the parameters
+    return result
+
+
+def test_pmap_jit_and_one_device_agree_after_three_steps_float64():
+    _equivalence("TinySeg(width=4, dtype=jnp.float64, bn_axis_name=axis)", 16)
+
+
+@pytest.mark.slow  # the real PA-ResSeg step compiles for minutes on 2 CPU cores (three times here)
+def test_paresseg_pmap_jit_and_one_device_agree_float64():
+    _equivalence('models.create("paresseg", width=4, dtype="float64", bn_axis_name=axis)', 32)
 
 
 def _tiny_setup(dtype="float32", lr=1e-2):

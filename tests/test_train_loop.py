@@ -119,7 +119,7 @@ def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_p
     cache_dir = write_tiny_cache(tmp_path / "cache", num_cases=5, seed=1)
     for weight in cache_dir.glob("*/weight.npy"):
         np.save(weight, np.full(np.load(weight).shape, np.nan, np.float32))
-    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100)
+    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit")
     with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps"):
         loop.train_and_evaluate(config, str(tmp_path / "work"))
     checkpoints = Checkpoints(tmp_path / "work" / loop.CHECKPOINT_DIR, 3)

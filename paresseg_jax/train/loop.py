@@ -258,7 +258,7 @@ def _account(pending, parallel, streak, train, writer, bar) -> tuple[dict, int]:
     step, metrics = pending
     values = parallel.host_metrics(metrics)
     streak = streak + 1 if values["nonfinite"] else 0
-    if values["nonfinite"]:
+    if values["nonfinite"] and jax.process_index() == 0:
         log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", step, values["loss"], streak)
     if streak >= train.max_consecutive_nonfinite:
         raise NonFiniteTrainingError(

@@ -47,3 +47,21 @@ def test_config_file_overrides_and_resume(tmp_path):
 def test_typo_in_override_is_rejected(tmp_path):
     with pytest.raises(AssertionError, match="num_stepz"):
         run_script(LAUNCH.replace("ARGS", repr(["--config=configs/smoke.py", f"--workdir={tmp_path}", "--config.train.num_stepz=3"])))
+
+
+@pytest.mark.slow  # the real PA-ResSeg (width 4) compiles for minutes on 2 CPU cores
+def test_smoke_config_trains_the_real_model_on_a_phantom_cohort(tmp_path):
+    cohort = tmp_path / "cohort"
+    run_script(
+        "import runpy, sys; sys.argv = ['paresseg-make-phantom', "
+        f"'--out={cohort}', '--num_cases=5', '--size=64', '--slices=12']; "
+        f"runpy.run_path({str(REPO / 'launch' / 'make_phantom.py')!r}, run_name='__main__')"
+    )
+    workdir = tmp_path / "work"
+    args = ["--config=configs/smoke.py", f"--workdir={workdir}", f"--config.data.cohort_dir={cohort}",
+            "--config.train.num_steps=8"]
+    run_script(LAUNCH.replace("ARGS", repr(args)), timeout=3000)
+    train = [r for r in read_metrics(workdir) if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert sum(r["loss"] for r in train[-3:]) < sum(r["loss"] for r in train[:3])
+    assert (workdir / "checkpoints" / "8").is_dir() and (workdir / "best_model" / "model.json").exists()

@@ -27,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
+    config.data.target = "tumor"  # 'tumor' (ROI-gated inputs, tumor label) or 'liver' (whole images, liver label: cascade stage 1)
     # Where training data comes from and which fold (read by paresseg_jax.train.loop; added by the training helper).
     config.data.cohort_dir = ""  # cohort to preprocess (idempotent, cached); or set cache_dir instead
     config.data.cache_root = ""  # where preprocessed caches go; "" = <cohort_dir>_cache next to the cohort

@@ -8,4 +8,5 @@ def get_config():
     config.model.name = "resseg"
     config.model.fusion = None
     config.model.phases = ("pv",)
+    config.data.target = "liver"
     return config

@@ -19,8 +19,11 @@ from configs import base
 from paresseg_jax.data import cache, pipeline
 
 
-def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None):
-    """A coded case; the tumor pattern is on every slice, or only on ``tumor_slices``."""
+def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
+    """A coded case; the tumor pattern is on every slice, or only on ``tumor_slices``.
+
+    The ROI covers everything unless given, so no pixel's code is gated away.
+    """
     depth, height, width = shape
     zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
     code = (zz * height * width + yy * width + xx + 1).astype(np.float32)
@@ -32,7 +35,8 @@ def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None):
     if tumor_slices is not None:
         tumor[[z for z in range(depth) if z not in tumor_slices]] = 0
     images = {"pv": code, "art": 2 * code}
-    return cache.write_case(cache_dir, case_id, images, liver, tumor, liver, 3 * code, {"tumor_type": "HCC"})
+    roi = np.ones(shape, np.uint8) if roi is None else roi
+    return cache.write_case(cache_dir, case_id, images, liver, tumor, roi, 3 * code, {"tumor_type": "HCC"})
 
 
 def _config(crop=16, batch=4, in_channels=3):
@@ -321,3 +325,29 @@ def test_intensity_jitter_is_one_scale_and_shift_per_phase(tmp_path):
     assert not np.allclose(fits[0], fits[1])
     np.testing.assert_array_equal(jittered["label"], plain["label"])
     np.testing.assert_array_equal(jittered["weight"], plain["weight"])
+
+
+def test_tumor_target_gates_inputs_by_the_roi_and_liver_target_does_not(tmp_path):
+    shape = (5, 24, 24)
+    roi = np.zeros(shape, np.uint8)
+    roi[:, 4:20, 6:18] = 1
+    case = _write(tmp_path, "g", shape, (1, 4, 4, 20, 6, 18), roi=roi)
+    code = np.asarray(case.image("pv"))
+    for target, label in (("tumor", case.tumor), ("liver", case.liver)):
+        config = _config(crop=24, batch=2)
+        config.data.target = target
+        batch = next(iter(pipeline.make_train_loader(config, [case], seed=0, worker_count=0)))
+        for i in range(2):
+            z, y, x = _decode(batch["pv"][i][..., 1], shape)
+            if target == "tumor":  # zero exactly where the ROI is 0 (codes are never 0 otherwise)
+                (zc,) = {int(v) for v in z[z >= 0]}
+                assert (z >= 0).sum() == roi[zc].sum()
+            else:  # the whole slice, any slice (the liver target samples outside the liver z-range too)
+                assert (z >= 0).all()
+        items = list(pipeline.eval_slices(case, ("pv",), 3, target=target))
+        rebuilt = np.stack([item["pv"][..., 1] for item in items])
+        expected = code * roi if target == "tumor" else code
+        np.testing.assert_array_equal(rebuilt, expected)
+        np.testing.assert_array_equal(np.stack([item["label"] for item in items]), label)
+    with pytest.raises(ValueError, match="config.data.target"):
+        pipeline.PairedPatch(("pv",), 3, 16, target="vessels")

@@ -136,14 +136,15 @@ def _cohort(tmp_path, n=2):
     return phantom.make_cohort(tmp_path / "cohort", n, seed=0, shape=(8, 32, 32), progress=False)
 
 
-def test_preprocess_case_windows_masks_roi_and_weights():
+def test_preprocess_case_windows_keeps_roi_and_weights():
     case = phantom.make_case(2, "FNH", (8, 32, 32))
     out = preprocess.preprocess_case(case, {"register": False})
     roi = preprocess.liver_roi(case.liver)
     np.testing.assert_array_equal(out["roi"], roi)
     for name, image in out["images"].items():
-        expected = np.where(roi > 0, np.clip((case.phases[name] + 70.0) / 250.0, 0, 1), 0.0)
-        np.testing.assert_allclose(image, expected, atol=1e-6)
+        windowed = np.clip((case.phases[name] + 70.0) / 250.0, 0, 1)
+        np.testing.assert_allclose(image, windowed, atol=1e-6)
+        np.testing.assert_allclose(preprocess.roi_gate(image, roi), np.where(roi > 0, windowed, 0.0), atol=1e-6)
     np.testing.assert_allclose(out["weight"], _be_oracle(case.tumor), rtol=1e-6)
     assert out["meta"]["tumor_type"] == "FNH" and out["meta"]["spacing"] == list(case.spacing)
     assert set(out["meta"]) >= {"scanner", "origin", "direction", "registration"}
@@ -154,7 +155,7 @@ def test_preprocess_case_uses_a_liver_prediction_for_the_roi():
     prediction = np.zeros_like(case.liver)
     prediction[4, 10, 10] = 1
     out = preprocess.preprocess_case(case, {"register": False}, liver_prediction=prediction)
-    assert out["roi"].sum() == 25 and np.count_nonzero(out["images"]["pv"]) <= 25
+    assert out["roi"].sum() == 25 and np.count_nonzero(preprocess.roi_gate(out["images"]["pv"], out["roi"])) <= 25
     np.testing.assert_array_equal(out["liver"], case.liver)
 
 

@@ -15,6 +15,12 @@ contains the window; a smaller box is contained in it), then clipped to
 for an image smaller than the crop, covers it; pixels outside the image are 0
 in images, label and weight.
 
+Two targets (``config.data.target``): ``'tumor'`` (the tumor model) reads
+images with voxels outside the case's dilated liver ROI set to 0 (the paper's
+ROI input) and the tumor label; ``'liver'`` (stage 1 of the cascade, the
+liver-ResSeg) reads whole images and the liver label, over every slice, with
+the crop box the whole image.
+
 Randomness comes from Grain: the sampler gives each record a generator seeded
 by (seed, position in the stream), so a seed fixes order and augmentation and a
 restored iterator state continues both exactly.
@@ -35,6 +41,19 @@ from paresseg_jax.data.cache import CachedCase
 MAX_CROP_SIZE = 1024
 ITERATOR_ITEM = "data_iterator"
 """Name of the data iterator inside the training checkpoint's orbax Composite."""
+TARGETS = ("tumor", "liver")
+
+
+def check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"config.data.target={target!r} is unknown; choose one of {TARGETS}")
+
+
+def sampling_box(case: CachedCase, target: str) -> tuple[int, ...]:
+    """Half-open (z0, z1, y0, y1, x0, x1) where slices and crops are drawn: the liver box, or all for the liver target."""
+    if target == "liver":
+        return tuple(v for n in case.shape for v in (0, n))
+    return tuple(case.liver_bbox)
 
 
 def slice_indices(z: int, depth: int, in_channels: int) -> np.ndarray:
@@ -69,12 +88,16 @@ def crop_start(rng: np.random.Generator, box_lo: int, box_hi: int, size: int, ex
 class LiverSliceSource:
     """Random-access source: one record ``{'case': CachedCase, 'z': int}`` per slice.
 
-    Slices inside each case's liver z-range are kept; of those without tumor
+    Slices inside each case's liver z-range (every slice for the ``'liver'``
+    target) are kept; of those without tumor
     only ``tumor_free_fraction`` (rounded, chosen by ``seed``) are kept. Records
     are small, so workers read only the crop windows they need.
     """
 
-    def __init__(self, cases: Sequence[CachedCase], *, tumor_free_fraction: float = 1.0, seed: int = 0):
+    def __init__(
+        self, cases: Sequence[CachedCase], *, tumor_free_fraction: float = 1.0, seed: int = 0, target: str = "tumor"
+    ):
+        check_target(target)
         if not cases:
             raise ValueError("no cases given to the training pipeline; check the fold's case list and the cache folder")
         if not 0.0 <= tumor_free_fraction <= 1.0:
@@ -82,9 +105,10 @@ class LiverSliceSource:
         self._cases = tuple(cases)
         self._fraction = float(tumor_free_fraction)
         self._seed = int(seed)
+        self._target = target
         case_index, z, has_tumor = [], [], []
         for i, case in enumerate(self._cases):
-            z0, z1 = case.liver_bbox[:2]
+            z0, z1 = sampling_box(case, target)[:2]
             case_index += [i] * (z1 - z0)
             z += range(z0, z1)
             if self._fraction < 1.0:
@@ -117,20 +141,29 @@ class LiverSliceSource:
         ids = hashlib.sha256(cases.encode()).hexdigest()[:12]
         return (
             f"LiverSliceSource(cases={len(self._cases)}, cases_sha={ids}, records={len(self)}, "
-            f"tumor_free_fraction={self._fraction}, seed={self._seed})"
+            f"tumor_free_fraction={self._fraction}, seed={self._seed}, target={self._target})"
         )
 
 
 class PairedPatch(grain.transforms.RandomMap):
     """Record -> paired training patch (see the module docstring for the rule).
 
-    Output: one ``[H, W, in_channels]`` float32 array per phase, ``'label'``
-    ``[H, W]`` int32 tumor 0/1 and ``'weight'`` ``[H, W]`` float32. With
+    Output: one ``[H, W, in_channels]`` float32 array per phase (ROI-gated
+    for the tumor target), ``'label'`` ``[H, W]`` int32 0/1 of the target and
+    ``'weight'`` ``[H, W]`` float32. With
     ``intensity_jitter = a > 0`` each phase is independently scaled by
     ``1 + U(-a, a)``, shifted by ``U(-a, a)`` and clipped to [0, 1].
     """
 
-    def __init__(self, phases: Sequence[str], in_channels: int, crop_size: int = 224, intensity_jitter: float = 0.0):
+    def __init__(
+        self,
+        phases: Sequence[str],
+        in_channels: int,
+        crop_size: int = 224,
+        intensity_jitter: float = 0.0,
+        target: str = "tumor",
+    ):
+        check_target(target)
         check_crop_size(crop_size)
         check_in_channels(in_channels)
         if intensity_jitter < 0:
@@ -139,11 +172,12 @@ class PairedPatch(grain.transforms.RandomMap):
         self.in_channels = int(in_channels)
         self.crop_size = int(crop_size)
         self.intensity_jitter = float(intensity_jitter)
+        self.target = target
 
     def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         case, z = element["case"], element["z"]
         depth, height, width = case.shape
-        _, _, y0, y1, x0, x1 = case.liver_bbox
+        _, _, y0, y1, x0, x1 = sampling_box(case, self.target)
         size = self.crop_size
         top = crop_start(rng, y0, y1, size, height)
         left = crop_start(rng, x0, x1, size, width)
@@ -156,14 +190,19 @@ class PairedPatch(grain.transforms.RandomMap):
             return np.ascontiguousarray(np.moveaxis(window, 0, -1) if window.ndim == 3 else window, dtype=dtype)
 
         zs = slice_indices(z, depth, self.in_channels)
-        out = {p: augment(read_window(case.image(p), zs, top, left, size)) for p in self.phases}
+        windows = {p: read_window(case.image(p), zs, top, left, size) for p in self.phases}
+        if self.target == "tumor":
+            outside = read_window(case.roi, zs, top, left, size) == 0
+            windows = {p: np.where(outside, np.float32(0), w) for p, w in windows.items()}
+        out = {p: augment(w) for p, w in windows.items()}
         if self.intensity_jitter:
             a = self.intensity_jitter
             for p in self.phases:
                 scale, shift = rng.uniform(-a, a, size=2)
                 out[p] = np.clip(out[p] * np.float32(1 + scale) + np.float32(shift), 0, 1).astype(np.float32)
         centre = np.array([z])
-        out["label"] = augment(read_window(case.tumor, centre, top, left, size)[0], np.int32)
+        label = case.tumor if self.target == "tumor" else case.liver
+        out["label"] = augment(read_window(label, centre, top, left, size)[0], np.int32)
         out["weight"] = augment(read_window(case.weight, centre, top, left, size)[0])
         return out
 
@@ -228,14 +267,15 @@ def make_train_loader(
             f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
             "preprocess them with those phases or train on fewer phases"
         )
-    source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed)
+    target = data.get("target", "tumor")
+    source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed, target=target)
     if len(source) < shard.shard_count:
         raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed
     )
     operations = [
-        PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter),
+        PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter, target),
         grain.transforms.Batch(batch_size=batch, drop_remainder=True),
     ]
     workers = data.worker_count if worker_count is None else worker_count
@@ -278,20 +318,28 @@ def iterator_restore_args(iterator: grain.DataLoaderIterator):
     return grain.checkpoint.CheckpointRestore(iterator)
 
 
-def eval_slices(case: CachedCase, phases: Sequence[str], in_channels: int) -> Iterator[dict[str, Any]]:
+def eval_slices(
+    case: CachedCase, phases: Sequence[str], in_channels: int, target: str = "tumor"
+) -> Iterator[dict[str, Any]]:
     """Every slice of a case, z ascending, uncropped, for inference and validation.
 
     Yields ``{'z': int, <phase>: [H, W, in_channels] float32, 'label': [H, W]
-    int32 tumor, 'roi': [H, W] uint8}``; stacking the per-slice results along
-    z rebuilds the volume.
+    int32 of the target, 'roi': [H, W] uint8}``; stacking the per-slice results
+    along z rebuilds the volume. For the tumor target the images are ROI-gated
+    as in training; for the liver target they are whole and 'roi' is all ones.
     """
+    check_target(target)
     depth = case.shape[0]
     images = {p: case.image(p) for p in phases}
-    tumor, roi = case.tumor, case.roi
+    label = case.tumor if target == "tumor" else case.liver
+    roi = case.roi if target == "tumor" else np.ones(case.shape, np.uint8)
     for z in range(depth):
         zs = slice_indices(z, depth, in_channels)
+        outside = roi[zs] == 0
         item = {"z": z}
-        item.update({p: np.ascontiguousarray(np.moveaxis(images[p][zs], 0, -1), np.float32) for p in phases})
-        item["label"] = np.asarray(tumor[z], np.int32)
+        for p in phases:
+            stack = np.where(outside, np.float32(0), images[p][zs]) if target == "tumor" else images[p][zs]
+            item[p] = np.ascontiguousarray(np.moveaxis(stack, 0, -1), np.float32)
+        item["label"] = np.asarray(label[z], np.int32)
         item["roi"] = np.asarray(roi[z], np.uint8)
         yield item

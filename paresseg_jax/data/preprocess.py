@@ -3,10 +3,12 @@
 Order per case (paper, Sec. 3): every non-PV phase is registered to PV
 (B-spline, Mattes mutual information, multi-resolution, after an optional
 rigid or affine start), all phases are windowed to [-70, 180] HU and scaled
-to [0, 1], voxels outside the liver ROI (liver mask or a liver model's
-prediction, dilated 5 x 5 per slice) are set to 0, and the boundary-enhanced
-weight map (Eq. 5-6) is computed from the 3D tumor mask. Results go to the
-on-disk cache (``paresseg_jax.data.cache``).
+to [0, 1], the liver ROI (liver mask or a liver model's prediction, dilated
+5 x 5 per slice) is stored beside them, and the boundary-enhanced weight map
+(Eq. 5-6) is computed from the 3D tumor mask. Results go to the on-disk cache
+(``paresseg_jax.data.cache``). Images are cached without the ROI applied:
+readers of the tumor model set voxels outside the ROI to 0 (``roi_gate``),
+while the liver model of the cascade trains on the same, whole images.
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ def resolve_config(preprocess_config: Mapping | None) -> dict:
 def hu_window(hu: np.ndarray, low: float = -70.0, high: float = 180.0) -> np.ndarray:
     """Clip HU to [low, high] and scale to [0, 1] (float32)."""
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def roi_gate(image: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """The paper's ROI input: voxels outside the dilated liver ROI set to 0."""
+    return np.where(np.asarray(roi) > 0, image, np.zeros((), np.asarray(image).dtype))
 
 
 def liver_roi(liver: np.ndarray, dilation: int = 5) -> np.ndarray:
@@ -242,7 +249,7 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
             phases[name] = apply_transform(phases[name], case, transform)
     roi = liver_roi(roi_source, int(config["roi_dilation"]))
     low, high = config["window"]
-    images = {name: hu_window(array, low, high) * roi for name, array in phases.items()}
+    images = {name: hu_window(array, low, high) for name, array in phases.items()}
     liver = case.liver if case.liver is not None else np.asarray(roi_source, np.uint8)
     meta = {
         **case.metadata,

@@ -201,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config.model.in_channels,
             threshold,
             config.eval.batch_size,
+            config.data.get("target", "tumor"),
         )
         writer.write(step, "val", result)
         return result

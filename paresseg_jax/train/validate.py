@@ -38,9 +38,10 @@ def case_counts(
     in_channels: int,
     threshold: float,
     batch_size: int,
+    target: str = "tumor",
 ) -> np.ndarray:
-    """``[tp, fp, fn, tn]`` of one case: ``p_tumor > threshold`` inside the ROI vs the tumor mask."""
-    items = list(eval_slices(case, phases, in_channels))
+    """``[tp, fp, fn, tn]`` of one case: ``p > threshold`` inside the ROI vs the target's mask."""
+    items = list(eval_slices(case, phases, in_channels, target))
     counts = np.zeros(4, np.int64)
     done = 0
     for used, batch in _batches(items, phases, batch_size):
@@ -65,13 +66,14 @@ def validate(
     in_channels: int,
     threshold: float,
     batch_size: int,
+    target: str = "tumor",
 ) -> dict:
-    """``{'global_dice', 'mean_dice', 'case_dice': {case_id: dice}}`` over ``cases``."""
+    """``{'global_dice', 'mean_dice', 'case_dice': {case_id: dice}}`` over ``cases`` (``target``: tumor or liver)."""
     counts = np.zeros((len(cases), 4), np.int64)
     index, count = jax.process_index(), jax.process_count()
     for i, case in enumerate(cases):
         if i % count == index:
-            counts[i] = case_counts(predict, case, phases, in_channels, threshold, batch_size)
+            counts[i] = case_counts(predict, case, phases, in_channels, threshold, batch_size, target)
     if count > 1:
         counts = np.asarray(multihost_utils.process_allgather(counts)).astype(np.int64).sum(axis=0)
     case_dice = {case.case_id: overlap_metrics(*map(int, c))["dice"] for case, c in zip(cases, counts)}

@@ -138,7 +138,13 @@ def num_train_steps(config, train_cases) -> int:
     train = config.train
     if train.num_steps > 0:
         return int(train.num_steps)
-    records = len(LiverSliceSource(train_cases, tumor_free_fraction=config.data.tumor_free_fraction, seed=config.seed))
+    source = LiverSliceSource(
+        train_cases,
+        tumor_free_fraction=config.data.tumor_free_fraction,
+        seed=config.seed,
+        target=config.data.get("target", "tumor"),
+    )
+    records = len(source)
     return int(train.num_epochs) * max(1, math.ceil(records / train.batch_size))
 
 

@@ -54,9 +54,9 @@ def assert_within(case: dict, errors: dict, limits: dict) -> None:
         assert errors["num_batches_tracked_equal"], f"{case}: num_batches_tracked differs"
 
 
-# Both architectures, both image sizes of the issue, and the paper attention.
-FLOAT32_CASES = [("RESNET_phase_att", "reference", 224, 224), ("RESNET_2D", "reference", 96, 160),
-                 ("RESNET_phase_att", "paper", 96, 160)]
+# Both image sizes of the issue and both attentions; RESNET_2D (whose layers PA-ResSeg contains, and
+# whose naming test_interop_torch checks) runs in the slow tier, to keep the default tier short.
+FLOAT32_CASES = [("RESNET_phase_att", "reference", 224, 224), ("RESNET_phase_att", "paper", 96, 160)]
 
 
 def test_float32_logits_match_the_oracle():

@@ -97,6 +97,6 @@ def test_inter_phase_attention_reference_and_paper_semantics():
 def test_fusion_head_and_models_output_shapes():
     head = FANetHead(16, "reference")
     assert head(torch.rand(1, 16, 8, 8), torch.rand(1, 16, 8, 8)).shape == (1, 8, 8, 8)
-    x = torch.rand(1, 3, 96, 160)
-    assert RESNET_phase_att(nc=4)(x, x).shape == (1, 2, 96, 160)
-    assert RESNET_2D(num_classes=3, num_channels=1, nc=4)(x[:, :1]).shape == (1, 3, 96, 160)
+    x = torch.rand(1, 3, 64, 96)
+    assert RESNET_phase_att(nc=4)(x, x).shape == (1, 2, 64, 96)
+    assert RESNET_2D(num_classes=3, num_channels=1, nc=4)(x[:, :1]).shape == (1, 3, 64, 96)

@@ -1,7 +1,8 @@
 """Runs the same weights and batch through the oracle and the Flax port and measures the differences.
 
-Used by the float32 tests directly and, in float64, by ``float64_check`` in a
-subprocess with ``JAX_ENABLE_X64=1``. Errors are relative Frobenius norms,
+`compare` is what ``torch_reference.check`` runs (in a subprocess, with
+``JAX_ENABLE_X64=1`` for float64); `reference_model` also gives the
+conversion tests their random weights. Errors are relative Frobenius norms,
 ``||jax - torch|| / ||torch||``.
 """
 

@@ -1,0 +1,146 @@
+"""Stride-1 2D convolution with a fast weight gradient on CPU.
+
+Forward and input gradient are XLA's own convolutions (they run at the CPU's
+matrix-multiply rate). The weight gradient
+``dW[i, j, c, o] = sum_{n, y, x} xpad[n, y + i, x + j, c] * dy[n, y, x, o]``
+is what XLA's CPU backend computes slowly: it lowers it to a convolution
+whose window is the whole image and whose contracted feature axis is the
+batch (a handful of elements), which runs 4-10x below the machine's matrix
+multiply rate at the large spatial sizes of PA-ResSeg. Here it is a loop over
+chunks of output rows of one image: each chunk's patches (rows * width,
+kh * kw * C) are built while they fit in cache and multiplied with the
+chunk's ``dy`` in one GEMM, accumulated in float32 (float64 for float64
+inputs). On other backends (GPU: cuDNN) XLA's weight gradient is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# Patch bytes per chunk: large enough for an efficient GEMM, small enough to
+# stay in the last-level cache while the patches are built and consumed.
+PATCH_BYTES = 4 << 20
+
+Padding = Union[str, int, Sequence[Sequence[int]]]
+
+
+def _explicit_padding(padding: Padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """'SAME' | 'VALID' | int | ((top, bottom), (left, right)) -> explicit pairs."""
+    kh, kw = kernel_size
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return (0, 0), (0, 0)
+        if mode == "SAME":
+            return ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2)
+        raise ValueError(f"padding={padding!r}: use 'SAME', 'VALID', an int or ((top, bottom), (left, right))")
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    pairs = tuple(tuple(int(v) for v in p) for p in padding)
+    if len(pairs) != 2 or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"padding={padding!r}: give ((top, bottom), (left, right))")
+    return pairs  # type: ignore[return-value]
+
+
+def _accumulator_dtype(dtype) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _conv(x, kernel, padding):
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=DIMENSION_NUMBERS)
+
+
+def _rows_per_chunk(rows: int, row_bytes: int, budget: int) -> int:
+    """Largest row count whose patches fit `budget`, preferring a divisor of `rows`."""
+    limit = max(1, min(rows, budget // max(row_bytes, 1)))
+    divisor = max(r for r in range(1, limit + 1) if rows % r == 0)
+    return divisor if 2 * divisor >= limit else limit
+
+
+def conv_weight_grad(x, dy, kernel_shape, padding, budget: int = PATCH_BYTES):
+    """dW of a stride-1 NHWC/HWIO convolution as chunked im2col + GEMM.
+
+    `x` is the convolution's input, `dy` the cotangent of its output,
+    `padding` explicit ((top, bottom), (left, right)). Returns `kernel_shape`
+    in the accumulator dtype (float32, or float64 for float64 inputs).
+    """
+    kh, kw, cin, cout = kernel_shape
+    n, _, _, _ = x.shape
+    _, ho, wo, _ = dy.shape
+    acc_dtype = _accumulator_dtype(x.dtype)
+    if kh == kw == 1 and padding == ((0, 0), (0, 0)):
+        return lax.dot_general(x.reshape(-1, cin), dy.reshape(-1, cout), (((0,), (0,)), ((), ())),
+                               preferred_element_type=acc_dtype).reshape(kernel_shape)
+    rows = _rows_per_chunk(ho, wo * kh * kw * cin * x.dtype.itemsize, budget)
+    chunks = -(-ho // rows)
+    extra = chunks * rows - ho  # zero rows of dy contribute nothing
+    xp = jnp.pad(x, ((0, 0), (padding[0][0], padding[0][1] + extra), padding[1], (0, 0)))
+    if extra:
+        dy = jnp.pad(dy, ((0, 0), (0, extra), (0, 0), (0, 0)))
+    width = xp.shape[2]
+
+    def accumulate(step, acc):
+        image, chunk = step // chunks, step % chunks
+        top = chunk * rows
+        window = lax.dynamic_slice(xp, (image, top, 0, 0), (1, rows + kh - 1, width, cin))
+        patches = jnp.concatenate([window[:, i:i + rows, j:j + wo] for i in range(kh) for j in range(kw)], axis=-1)
+        grads = lax.dynamic_slice(dy, (image, top, 0, 0), (1, rows, wo, cout))
+        # (cout, taps * cin): contracting both operands' leading axis was the
+        # fastest orientation of XLA's CPU GEMM here.
+        return acc + lax.dot_general(grads.reshape(rows * wo, cout), patches.reshape(rows * wo, kh * kw * cin),
+                                     (((0,), (0,)), ((), ())), preferred_element_type=acc_dtype)
+
+    acc = lax.fori_loop(0, n * chunks, accumulate, jnp.zeros((cout, kh * kw * cin), acc_dtype))
+    return acc.T.reshape(kernel_shape)
+
+
+def _xla_weight_grad(x, dy, kernel_shape, padding):
+    kernel = jnp.zeros(kernel_shape, x.dtype)
+    _, pullback = jax.vjp(lambda k: _conv(x, k, padding), kernel)
+    return pullback(dy)[0].astype(_accumulator_dtype(x.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d(x, kernel, padding):
+    return _conv(x, kernel, padding)
+
+
+def _conv2d_fwd(x, kernel, padding):
+    return _conv(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(padding, residuals, dy):
+    x, kernel = residuals
+    _, pullback = jax.vjp(lambda v: _conv(v, kernel, padding), x)
+    dx = pullback(dy)[0]
+    dw = lax.platform_dependent(
+        x, dy, cpu=lambda a, b: conv_weight_grad(a, b, kernel.shape, padding),
+        default=lambda a, b: _xla_weight_grad(a, b, kernel.shape, padding))
+    return dx, dw.astype(kernel.dtype)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, padding: Padding = "SAME") -> jax.Array:
+    """Stride-1 convolution of NHWC `x` with an HWIO `kernel` (+ `bias`).
+
+    Same values as ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``; its gradient with respect
+    to `kernel` is computed by `conv_weight_grad` on CPU.
+    """
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"conv2d takes NHWC x and HWIO kernel, got shapes {x.shape} and {kernel.shape}")
+    if x.shape[-1] != kernel.shape[2]:
+        raise ValueError(f"x has {x.shape[-1]} channels but kernel {kernel.shape} expects {kernel.shape[2]}")
+    pads = _explicit_padding(padding, kernel.shape[:2])
+    y = _conv2d(x, kernel, pads)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return y

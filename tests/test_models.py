@@ -228,6 +228,20 @@ def test_pa_block_at_init_is_the_block_without_attention():
                            intra_block.apply(without_pa, pv, [art], train=False))
 
 
+@pytest.mark.parametrize("name", BUILT_IN_BLOCKS)
+def test_fusion_block_gradients_reach_every_parameter(name):
+    pv, art = _features(20, (2, 4, 3, 8)), _features(21, (2, 4, 3, 8))
+    block = models.FUSION_BLOCKS[name]()
+    variables = block.init(jax.random.key(0), pv, [art], train=False)
+    params = jax.tree_util.tree_map(lambda x: x + 0.5, variables.get("params", {}))  # gammas off zero
+
+    def loss(params, pv, art):
+        return jnp.sum(jnp.sin(block.apply({**variables, "params": params}, pv, [art], train=False)))
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, pv, art)
+    assert all(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads))
+
+
 def test_paper_semantics_differ_from_the_reference_in_the_pa_block():
     pv, art = _features(18, (2, 4, 3, 8)), _features(19, (2, 4, 3, 8))
     reference, paper = models.FUSION_BLOCKS["pa"](), models.FUSION_BLOCKS["pa"](attention="paper")
@@ -304,15 +318,38 @@ class ModelRun:
         self.logits, self.grads, self.stats, self.bf16_logits = jax.jit(run)(self.variables, self.inputs)
 
 
-# Each model class in the fast tier; the names that only swap the fusion block
-# or the input stacking (their blocks are tested above) run in the slow tier.
-SLOW_MODELS = ("dmp_resseg", "msf_resseg", "msf_unet", "mw_unet")
+# Compiling a model's backward pass costs ~10 s of CPU per model, so the
+# fast tier runs ResSeg fully and the forward pass of one model per remaining
+# class (the PA block's gradients are tested above); `-m slow` runs all.
+FULL_RUN_FAST = ("resseg",)
+FORWARD_FAST = ("paresseg", "mpf_resseg", "unet", "pa_unet", "mc_fcn")
 
 
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n
-                                        for n in BUILT_IN_MODELS])
+def _tier(names, fast):
+    return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.fixture(scope="module", params=_tier(BUILT_IN_MODELS, FULL_RUN_FAST))
 def model_run(request):
     return ModelRun(request.param)
+
+
+@pytest.mark.parametrize("name", BUILT_IN_MODELS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_model_traces_at_an_odd_size(name, dtype):
+    module = models.create(name, width=4, dtype=dtype)
+    inputs = [jax.ShapeDtypeStruct((2, *ODD, 3), jnp.float32)] * len(module.phases)
+    logits = jax.eval_shape(lambda *x: module.init_with_output(jax.random.key(0), *x, train=False)[0], *inputs)
+    assert logits.shape == (2, *ODD, 2) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", _tier(BUILT_IN_MODELS, FORWARD_FAST + FULL_RUN_FAST))
+def test_jitted_forward_at_an_odd_size(name):
+    module = models.create(name, width=4)
+    variables = _random_variables(module, seed=1)
+    inputs = [np.random.default_rng(k).uniform(0, 1, (2, *ODD, 3)).astype(np.float32) for k in range(len(module.phases))]
+    logits = jax.jit(lambda v, x: module.apply(v, *x, train=False))(variables, inputs)
+    assert logits.shape == (2, *ODD, 2) and np.isfinite(logits).all() and np.std(logits) > 0
 
 
 def test_model_logits_have_the_input_size(model_run):

@@ -49,6 +49,7 @@ def test_typo_in_override_is_rejected(tmp_path):
         run_script(LAUNCH.replace("ARGS", repr(["--config=configs/smoke.py", f"--workdir={tmp_path}", "--config.train.num_stepz=3"])))
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.slow  # the real PA-ResSeg (width 4) compiles for minutes on 2 CPU cores
 def test_smoke_config_trains_the_real_model_on_a_phantom_cohort(tmp_path):
     cohort = tmp_path / "cohort"

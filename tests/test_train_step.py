@@ -82,6 +82,7 @@ def test_pmap_jit_and_one_device_agree_after_three_steps_float64():
     _equivalence("TinySeg(width=4, dtype=jnp.float64, bn_axis_name=axis)", 16)
 
 
+@pytest.mark.timeout(3600)
 @pytest.mark.slow  # the real PA-ResSeg step compiles for minutes on 2 CPU cores (three times here)
 def test_paresseg_pmap_jit_and_one_device_agree_float64():
     _equivalence('models.create("paresseg", width=4, dtype="float64", bn_axis_name=axis)', 32)

@@ -421,6 +421,10 @@ def test_create_refuses_bad_options():
     module = models.create("paresseg", width=4)
     with pytest.raises(ValueError, match="takes 2 inputs"):
         module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    with pytest.raises(ValueError, match="in_channels"):
+        module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 32, 4)), train=False)
+    with pytest.raises(ValueError, match="same shape"):
+        module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 31, 3)), train=False)
 
 
 CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py") if p.stem != "__init__")

@@ -33,21 +33,23 @@ class SegmentationModel(nn.Module):
     def layer_options(self) -> dict:
         return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
 
-    def padded_inputs(self, inputs: Sequence) -> list:
-        """Checks one [B, H, W, in_channels] array per phase, casts to the
-        compute dtype and zero-pads H, W to multiples of 32."""
+    def check_inputs(self, inputs: Sequence) -> None:
+        """One [B, H, W, in_channels] array per phase, all of one shape."""
         if len(inputs) != len(self.phases):
             raise ValueError(f"{type(self).__name__} with phases={self.phases} takes {len(self.phases)} inputs "
                              f"(one per phase, in that order), got {len(inputs)}")
-        shape = None
         for phase, x in zip(self.phases, inputs):
             if x.ndim != 4 or x.shape[-1] != self.in_channels:
                 raise ValueError(f"input for phase {phase!r} must be NHWC with {self.in_channels} channels "
                                  f"(in_channels), got shape {x.shape}")
-            if shape is not None and x.shape != shape:
-                raise ValueError(f"all phases must have the same shape; {phase!r} has {x.shape}, PV has {shape}")
-            shape = x.shape
-        pad_h, pad_w = (-shape[1]) % MULTIPLE, (-shape[2]) % MULTIPLE
+            if x.shape != inputs[0].shape:
+                raise ValueError(f"all phases must have the same shape; {phase!r} has {x.shape}, "
+                                 f"PV has {inputs[0].shape}")
+
+    def padded_inputs(self, inputs: Sequence) -> list:
+        """Checked inputs in the compute dtype, H and W zero-padded to multiples of 32."""
+        self.check_inputs(inputs)
+        pad_h, pad_w = (-inputs[0].shape[1]) % MULTIPLE, (-inputs[0].shape[2]) % MULTIPLE
         return [jnp.pad(x.astype(self.dtype), ((0, 0), (0, pad_h), (0, pad_w), (0, 0))) for x in inputs]
 
     @staticmethod

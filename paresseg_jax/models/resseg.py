@@ -96,7 +96,7 @@ class MPFResSeg(SegmentationModel):
 
     @nn.compact
     def __call__(self, *inputs, train: bool = False):
-        self.padded_inputs(inputs)  # validates
+        self.check_inputs(inputs)
         options = dict(in_channels=self.in_channels, width=self.width, num_classes=self.num_classes,
                        attention=self.attention, fusion=self.fusion, **self.layer_options)
         return sum(ResSeg(phases=(p,), name=f"{p.upper()}_net", **options)(x, train=train)

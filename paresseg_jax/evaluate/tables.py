@@ -17,7 +17,7 @@ from scipy import stats
 PERCENT_COLUMNS = ("dpc", "dg", "voe", "rvd", "tpr", "tnr", "acc")
 MM_COLUMNS = ("hd95", "assd")
 SLICE_COLUMNS = ("dpc", "voe", "rvd", "tpr", "tnr", "acc")
-SLICE_ROWS = ("marginal", "middle", "tumor")
+SLICE_ROWS = {"marginal": "marginal", "middle": "middle", "tumor": "all tumor"}  # group -> row label
 
 
 def metrics_table(runs: Mapping[str, Mapping]) -> str:
@@ -56,13 +56,13 @@ def slice_table(runs: Mapping[str, Mapping]) -> str:
     """
     header = ["slices", "run", "cases"] + [c.upper() for c in SLICE_COLUMNS]
     rows = []
-    for group in SLICE_ROWS:
+    for group, label in SLICE_ROWS.items():
         for name, content in runs.items():
             found = content["summary"]["slices"].get(group)
             if found is None:
-                rows.append([group, name, "0"] + ["-"] * len(SLICE_COLUMNS))
+                rows.append([label, name, "0"] + ["-"] * len(SLICE_COLUMNS))
             else:
-                rows.append([group, name, str(found["n_cases"])] + [_percent(found.get(c)) for c in SLICE_COLUMNS])
+                rows.append([label, name, str(found["n_cases"])] + [_percent(found.get(c)) for c in SLICE_COLUMNS])
     return _markdown(header, rows)
 
 

@@ -438,3 +438,15 @@ def test_every_config_builds_its_model(config_name):
     inputs = [jax.ShapeDtypeStruct((1, *ODD, module.in_channels), jnp.float32)] * len(module.phases)
     logits, _ = jax.eval_shape(lambda *x: module.init_with_output(jax.random.key(0), *x, train=False), *inputs)
     assert logits.shape == (1, *ODD, config.model.num_classes)
+
+
+@pytest.mark.parametrize("name", ["paresseg", "dmp_resseg", "mpf_resseg", "mc_fcn"])
+def test_more_than_two_phases(name):
+    """NC and DL as extra phases, each fused against PV (one encoder each)."""
+    module = models.create(name, width=4, phases=("pv", "art", "nc", "dl"))
+    inputs = [jax.ShapeDtypeStruct((1, *ODD, 3), jnp.float32)] * 4
+    logits, variables = jax.eval_shape(lambda *x: module.init_with_output(jax.random.key(0), *x, train=False), *inputs)
+    assert logits.shape == (1, *ODD, 2)
+    if name == "paresseg":
+        assert {"PV_encoder", "ART_encoder", "NC_encoder", "DL_encoder"} <= set(variables["params"])
+        assert {"pa", "pa_1", "pa_2", "conv52_2"} <= set(variables["params"]["cf1"])

@@ -119,3 +119,27 @@ def test_evaluate_folder_and_launcher_tables(tmp_path):
     assert f"{100 * (1 + 5 / 6 + 4 / 6) / 3:.2f}" in out
     assert "paired t-test on dice (3 cases): B" in out
     assert (tmp_path / "figs" / "per_type_dpc.png").is_file()
+
+
+def test_evaluate_cases_liver_target_scores_whole_slices_against_the_liver(tmp_path):
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    class BrightPV(nn.Module):
+        """Foreground wherever the centre PV slice is above 0 (the tiny cache's images are 0 off the liver)."""
+
+        phases: tuple = ("pv",)
+        in_channels: int = 3
+
+        @nn.compact
+        def __call__(self, pv, train=False):
+            score = 1e4 * pv[..., 1:2] - 1e-3
+            return jnp.concatenate([jnp.zeros_like(score), score], axis=-1)
+
+    cases = cache.open_cohort(_tiny_cache(tmp_path))
+    liver = crossval.evaluate_cases(BrightPV(), {}, cases, {"batch_size": 2}, target="liver")
+    assert [r["metrics"]["dice"] for r in liver] == [1.0] * 4
+    tumor = crossval.evaluate_cases(BrightPV(), {}, cases, {"batch_size": 2}, target="tumor")
+    assert all(r["metrics"]["dice"] < 0.2 for r in tumor)  # the whole liver ROI is called tumor
+    with pytest.raises(ValueError, match="target"):
+        crossval.evaluate_cases(BrightPV(), {}, cases, {}, target="spleen")

@@ -43,37 +43,43 @@ def evaluate_cases(
     eval_config: Mapping,
     out_dir: str | os.PathLike | None = None,
     overlays: bool = False,
+    target: str = "tumor",
     **info,
 ) -> list[dict]:
     """Predict and score cached cases; records as :func:`evaluate_case` makes them.
 
+    ``target`` 'tumor': inside the case's liver ROI, against the tumor mask;
+    'liver' (the cascade's first stage): whole slices against the liver mask.
     With ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
     geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
     ``info`` (e.g. ``fold=k``) is added to every record.
     """
+    if target not in ("tumor", "liver"):
+        raise ValueError(f"target={target!r} (config.data.target) must be 'tumor' or 'liver'")
     options = {k: eval_config[k] for k in PREDICT_OPTIONS if k in eval_config}
     threshold = float(eval_config.get("threshold", 0.6))
     records = []
     for case in tqdm(cases, desc="evaluate", unit="case", leave=False):
         images = {p: case.image(p) for p in module.phases}
-        prob = predict_volume(module, variables, images, case.roi, **options)
+        roi, truth = (case.roi, case.tumor) if target == "tumor" else (None, case.liver)
+        prob = predict_volume(module, variables, images, roi, **options)
         mask = (prob > threshold).astype(np.uint8)
         spacing_zyx = tuple(reversed(case.meta["spacing"]))
         records.append(
-            evaluate_case(mask, case.tumor, spacing_zyx, case.case_id, case.tumor_type, scanner=case.meta.get("scanner"), **info)
+            evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type, scanner=case.meta.get("scanner"), **info)
         )
         if out_dir is not None:
             io.write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
             if overlays:
                 overlay_montage(
-                    case.image("pv"), mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=case.tumor,
+                    case.image("pv"), mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=truth,
                     spacing_zyx=spacing_zyx, title=f"{case.case_id} ({case.tumor_type}): prediction red, truth green",
                 )
     return records
 
 
 def evaluate_workdir(workdir: str | os.PathLike, overlays: bool = False, **info) -> dict:
-    """Score a ``paresseg-train`` workdir's best model on its validation fold; writes ``summary.json`` there."""
+    """Score a ``paresseg-train`` workdir's best model on its validation fold (its ``config.data.target``); writes ``summary.json`` there."""
     workdir = Path(workdir)
     config_file = workdir / CONFIG_FILE
     if not config_file.is_file():
@@ -81,7 +87,8 @@ def evaluate_workdir(workdir: str | os.PathLike, overlays: bool = False, **info)
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     module, variables, _ = model_io.load_model(workdir)
     _, held_out = training_cases(config)
-    records = evaluate_cases(module, variables, held_out, config.eval.to_dict(), workdir, overlays, **info)
+    target = config.data.get("target", "tumor")
+    records = evaluate_cases(module, variables, held_out, config.eval.to_dict(), workdir, overlays, target, **info)
     write_summary(workdir, records, workdir=str(workdir), **info)
     return read_summary(workdir)
 

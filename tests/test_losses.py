@@ -9,9 +9,10 @@ from paresseg_jax import losses
 
 @pytest.fixture(scope="module", autouse=True)
 def _x64():
+    before = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     yield
-    jax.config.update("jax_enable_x64", False)
+    jax.config.update("jax_enable_x64", before)
 
 
 def _case():

@@ -74,9 +74,9 @@ FULL = DemoScale(
 )
 
 
-def run_config(run: str, workdir: Path, scale: DemoScale, seed: int = 0) -> ml_collections.ConfigDict:
-    """The experiment config of one demo run at ``scale`` (the paper's config files, resized)."""
-    config = _CONFIGS[run].get_config()
+def scaled_config(config_module, workdir: Path, scale: DemoScale, steps: int, seed: int = 0) -> ml_collections.ConfigDict:
+    """An experiment config file's ``get_config()`` resized to ``scale``, on the cohort in ``workdir``."""
+    config = config_module.get_config()
     config.seed = seed
     config.model.width = scale.width
     config.data.cohort_dir = str(workdir / "cohort")
@@ -86,13 +86,19 @@ def run_config(run: str, workdir: Path, scale: DemoScale, seed: int = 0) -> ml_c
     config.data.num_folds = scale.num_folds
     config.data.fold = 0
     config.train.batch_size = scale.batch_size
-    config.train.num_steps = scale.liver_steps if run == LIVER_RUN else scale.tumor_steps
-    config.train.log_every = max(1, config.train.num_steps // 50)
-    config.train.eval_every = max(1, config.train.num_steps // 4)
+    config.train.num_steps = steps
+    config.train.log_every = max(1, steps // 50)
+    config.train.eval_every = max(1, steps // 4)
     config.train.checkpoint_every = config.train.eval_every
     config.eval.tile = scale.crop_size
     config.eval.stride = scale.crop_size // 2
     return config
+
+
+def run_config(run: str, workdir: Path, scale: DemoScale, seed: int = 0) -> ml_collections.ConfigDict:
+    """The config of one demo run (the paper's config files, resized)."""
+    steps = scale.liver_steps if run == LIVER_RUN else scale.tumor_steps
+    return scaled_config(_CONFIGS[run], workdir, scale, steps, seed)
 
 
 def make_cohort(workdir: Path, scale: DemoScale, seed: int = 0) -> Path:

@@ -66,6 +66,22 @@ def slice_table(runs: Mapping[str, Mapping]) -> str:
     return _markdown(header, rows)
 
 
+def paper_comparison_table(runs: Mapping[str, Mapping], paper: Mapping[str, Mapping]) -> str:
+    """Our DPC/DG/VOE/RVD (%) beside the paper's for the same rows (``name -> paper_tables.json row``)."""
+    columns = ("dpc", "dg", "voe", "rvd")
+    header = ["model"] + [f"{c.upper()} ours" for c in columns] + [f"{c.upper()} paper" for c in columns]
+    rows = []
+    for name, content in runs.items():
+        overall = content["summary"]["all"]
+        published = paper.get(name, {})
+        rows.append(
+            [name]
+            + [_percent(overall.get(c)) for c in columns]
+            + [f"{published[c]:.2f}" if c in published else "-" for c in columns]
+        )
+    return _markdown(header, rows)
+
+
 def paired_t_test(cases_a: Sequence[Mapping], cases_b: Sequence[Mapping], metric: str = "dice") -> dict:
     """Two-sided paired t-test of a per-case metric between two runs on the same cases.
 

@@ -44,6 +44,18 @@ def _suffix(k: int) -> str:
     return "" if k == 0 else f"_{k}"
 
 
+def _intra_phase_branch(block: FusionBlock, pv, train: bool):
+    """The PV branch shared by the PA and intra blocks: conv5c -> intra-PA (`sc`) -> conv51.
+
+    Returns (inter channels, conv5c features, [PV branch output]); called
+    inside the block's compact `__call__`, so the layers belong to it.
+    """
+    inter = _head_channels(pv)
+    pv_features = block.conv(inter, "conv5c")(pv, train)
+    attended = IntraPhaseAttention(block.attention, block.dtype, name="sc")(pv_features)
+    return inter, pv_features, [block.conv(inter, "conv51")(attended, train)]
+
+
 @register_fusion_block("pa")
 class PhaseAttentionBlock(FusionBlock):
     """The PA block (reference `FANetHead(C)`), inter = C // 4 channels.
@@ -55,10 +67,7 @@ class PhaseAttentionBlock(FusionBlock):
 
     @nn.compact
     def __call__(self, pv, others: Sequence, train: bool):
-        inter = _head_channels(pv)
-        pv_features = self.conv(inter, "conv5c")(pv, train)
-        branches = [self.conv(inter, "conv51")(IntraPhaseAttention(self.attention, self.dtype, name="sc")(pv_features),
-                                                train)]
+        inter, pv_features, branches = _intra_phase_branch(self, pv, train)
         for k, other in enumerate(others):
             s = _suffix(k)
             other_features = self.conv(inter, "conv5p" + s)(other, train)
@@ -74,10 +83,7 @@ class IntraPhaseAttentionBlock(FusionBlock):
 
     @nn.compact
     def __call__(self, pv, others: Sequence, train: bool):
-        inter = _head_channels(pv)
-        pv_features = self.conv(inter, "conv5c")(pv, train)
-        branches = [self.conv(inter, "conv51")(IntraPhaseAttention(self.attention, self.dtype, name="sc")(pv_features),
-                                                train)]
+        inter, _, branches = _intra_phase_branch(self, pv, train)
         for k, other in enumerate(others):
             s = _suffix(k)
             branches.append(self.conv(inter, "conv52" + s)(self.conv(inter, "conv5p" + s)(other, train), train))

@@ -1,0 +1,163 @@
+"""paresseg-bench: speed of the train step, inference and input pipeline, as a table and JSON.
+
+    paresseg-bench --model=paresseg --batch=2 --size=224 --slices=2 --compare_torch --json=bench.json
+    paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
+    paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
+    paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
+
+Timing: compile time reported apart, warm-up calls excluded, variants run
+interleaved in rounds, medians. With --compare_torch the PyTorch oracle
+(tests/torch_reference) runs the same weights and inputs in the same process
+and the table gives JAX/PyTorch speed ratios.
+"""
+
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from absl import app, flags
+
+SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
+PARTS = ("train", "infer", "pipeline")
+REPO = Path(__file__).resolve().parents[1]
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("model", "paresseg", "registered model name (paresseg_jax.models.MODELS)")
+    flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
+    flags.DEFINE_enum("attention", "reference", ["reference", "paper"], "attention semantics")
+    flags.DEFINE_integer("batch", 8, "train batch size (the paper's is 8)")
+    flags.DEFINE_integer("size", 224, "train patch size")
+    flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes of the JAX train step")
+    flags.DEFINE_list("parts", list(PARTS), f"what to measure, among {PARTS}")
+    flags.DEFINE_integer("repeats", 5, "timed calls per variant (median reported)")
+    flags.DEFINE_integer("warmup", 1, "untimed calls per variant after compilation")
+    flags.DEFINE_integer("slices", 60, "slices of the inference volume (times are scaled to 60 slices)")
+    flags.DEFINE_integer("slice_size", 512, "in-plane size of the inference volume")
+    flags.DEFINE_integer("infer_batch", 8, "slices or tiles per inference batch")
+    flags.DEFINE_integer("tile", 224, "overlap-tile size")
+    flags.DEFINE_integer("stride", 112, "overlap-tile stride")
+    flags.DEFINE_list("pipeline_workers", ["0", "2"], "Grain worker counts for the pipeline part")
+    flags.DEFINE_integer("pipeline_batches", 20, "timed pipeline batches per worker count")
+    flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch and tests/torch_reference)")
+    flags.DEFINE_float("peak_tflops", None, "the device's peak TFLOP/s, to report the fraction achieved")
+    flags.DEFINE_string("json", None, "write all results here")
+
+
+def _torch_oracle(name: str, width: int, attention: str):
+    """(torch model, Flax module spec, Flax variables) with the same random weights."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from torch_reference import harness
+    except ImportError as error:
+        raise app.UsageError(f"--compare_torch needs torch and {REPO / 'tests' / 'torch_reference'}: {error}")
+    from paresseg_jax.interop import torch as interop
+
+    archs = {ours: ref for ref, ours in interop.ARCHITECTURES.items()}
+    if name not in archs:
+        raise app.UsageError(f"--compare_torch: the oracle has only {sorted(archs)}, not --model={name}")
+    model = harness.reference_model(archs[name], width, attention, seed=0)
+    state = model.state_dict()
+    return model, interop.spec_from_state_dict(state), interop.from_torch_state_dict(state)
+
+
+def _pipeline(batch: int, size: int) -> list[dict]:
+    """Runs the pipeline benchmark in its own process (its workers must not share our timing)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pipeline.json"
+        cmd = [sys.executable, "-m", "paresseg_jax.benchmarks.pipeline", f"--json={out}", f"--batch={batch}",
+               f"--crop={size}", f"--workers={','.join(FLAGS.pipeline_workers)}",
+               f"--batches={FLAGS.pipeline_batches}"]
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        record = json.loads(out.read_text())
+    return [{"part": "pipeline", "variant": f"{w} workers", "batch": batch, "size": size, "patches_per_s": rate}
+            for w, rate in record["patches_per_second"].items()]
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """JAX/torch speed ratio on each JAX row that has a float32 torch row of the same part (and mode)."""
+    for row in rows:
+        if row.get("variant") != "jax":
+            continue
+        key = "step_s" if row["part"] == "train" else "slices_per_s"
+        for other in rows:
+            if other.get("variant") == "torch" and other["part"] == row["part"] and other.get("mode") == (
+                    row.get("mode") if row.get("mode") != "tile" else "full"):
+                row["vs_torch"] = (other[key] / row[key]) if key == "step_s" else (row[key] / other[key])
+
+
+def _print_table(rows: list[dict], peak_tflops) -> None:
+    columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
+               ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
+               ("patches_per_s", "{:.1f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
+               ("vs_torch", "{:.2f}x"), ("compile_s", "{:.1f}")]
+    for row in rows:
+        if peak_tflops and row.get("gflops"):
+            row["peak_fraction"] = row["gflops"] / 1e3 / peak_tflops
+    used = [(c, f) for c, f in columns if any(row.get(c) is not None for row in rows)]
+    cells = [[c for c, _ in used]] + [["" if row.get(c) is None else f.format(row[c]) for c, f in used] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(used))]
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; subcommands are {sorted(SUBCOMMANDS)}, first")
+    unknown = sorted(set(FLAGS.parts) - set(PARTS))
+    if unknown:
+        raise app.UsageError(f"--parts: unknown {unknown}; choose among {PARTS}")
+    import jax
+
+    from paresseg_jax import models
+    from paresseg_jax.benchmarks import infer, train
+
+    if FLAGS.compare_torch:
+        torch_model, spec, variables = _torch_oracle(FLAGS.model, FLAGS.width, FLAGS.attention)
+    else:
+        torch_model = None
+        spec = {"name": FLAGS.model, "width": FLAGS.width, "attention": FLAGS.attention}
+        variables = models.init_variables(train.module_factory(spec)("float32"), jax.random.key(0))
+    factory = train.module_factory(spec)
+    rows = []
+    if "train" in FLAGS.parts:
+        rows += train.benchmark_train(factory, variables, FLAGS.batch, FLAGS.size, FLAGS.dtypes, FLAGS.repeats,
+                                      FLAGS.warmup, torch_model)
+    if "infer" in FLAGS.parts:
+        rows += infer.benchmark_infer(factory("float32"), variables, FLAGS.slice_size, FLAGS.slices, FLAGS.infer_batch,
+                                      FLAGS.tile, FLAGS.stride, FLAGS.repeats, FLAGS.warmup, torch_model)
+    if "pipeline" in FLAGS.parts:
+        rows += _pipeline(FLAGS.batch, FLAGS.size)
+    _add_ratios(rows)
+    device = jax.devices()[0]
+    print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}")
+    _print_table(rows, FLAGS.peak_tflops)
+    if FLAGS.json:
+        record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,
+                                            "count": jax.device_count(), "cpus": os.cpu_count(),
+                                            "host": platform.node()},
+                  "jax": jax.__version__, "flags": {f: FLAGS[f].value for f in (
+                      "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
+                      "stride", "compare_torch", "peak_tflops")},
+                  "rows": rows}
+        Path(FLAGS.json).write_text(json.dumps(record, indent=1))
+
+
+def run():
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
+        app.run(module.main, argv=[sys.argv[0]] + sys.argv[2:])
+    else:
+        _define_flags()
+        app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,52 @@
+"""Side-by-side timing: warm-up excluded, variants interleaved, medians.
+
+The machine may be shared and its load may drift during a run, so variants
+are timed in rounds (A, B, A, B, ...) rather than one after the other, and
+ratios of medians from the same run are what a comparison reports.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Seconds per call of each blocking callable: ``{name: {'median', 'min', 'times'}}``.
+
+    Every callable must return only when its work is done (call
+    ``block_until_ready`` inside it).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median": float(np.median(t)), "min": float(np.min(t)), "times": t} for name, t in times.items()}
+
+
+def xla_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled jax function from XLA's cost analysis (None if unavailable)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (some backends do not implement it)
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def compile_timed(jitted, *args) -> tuple[Any, float]:
+    """(compiled executable, seconds spent tracing and compiling)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start

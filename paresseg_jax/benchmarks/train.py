@@ -1,0 +1,100 @@
+"""Train-step throughput: samples/s and achieved GFLOP/s, optionally beside the PyTorch oracle.
+
+The JAX step is the library's own (`train.step.make_train_step`: forward,
+backward, Adam, finite-guard), jitted with the state donated. FLOPs come
+from XLA's cost analysis of the compiled step. With a torch model the same
+weights and batch run the reference recipe (cross-entropy, Adam 5e-4) in the
+same process, interleaved with the JAX steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paresseg_jax import losses, models
+from paresseg_jax.benchmarks.timing import compile_timed, time_interleaved, xla_flops
+from paresseg_jax.train.state import create_train_state, make_optimizer
+from paresseg_jax.train.step import make_train_step
+
+TRAIN_CONFIG = {"learning_rate": 5e-4, "schedule": "constant"}
+
+
+def random_batch(phases, batch: int, size: int, in_channels: int = 3, seed: int = 0) -> dict:
+    """A training batch as the pipeline gives it (inputs in [0, 1], 0/1 labels, unit weights)."""
+    rng = np.random.default_rng(seed)
+    out = {p: rng.random((batch, size, size, in_channels), np.float32) for p in phases}
+    out["label"] = (rng.random((batch, size, size)) > 0.7).astype(np.int32)
+    out["weight"] = np.ones((batch, size, size), np.float32)
+    return out
+
+
+class JaxTrainStep:
+    """A compiled train step with its own state; calling it runs one step and blocks."""
+
+    def __init__(self, module, variables, batch: dict):
+        tx = make_optimizer(TRAIN_CONFIG, 1)
+        step = make_train_step(module, tx, losses.get_loss("ce"), lambda _: TRAIN_CONFIG["learning_rate"])
+        self.state = create_train_state(jax.tree.map(jnp.asarray, variables), tx, seed=0)
+        self.batch = jax.device_put(batch)
+        self.compiled, self.compile_s = compile_timed(jax.jit(step, donate_argnums=0), self.state, self.batch)
+        self.flops = xla_flops(self.compiled)
+
+    def __call__(self):
+        self.state, metrics = self.compiled(self.state, self.batch)
+        metrics["loss"].block_until_ready()
+
+
+def torch_train_step(model, batch: dict, phases) -> Any:
+    """One reference-recipe step of the torch oracle on the same batch (NCHW copies)."""
+    import torch
+
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=TRAIN_CONFIG["learning_rate"])
+    inputs = [torch.from_numpy(np.ascontiguousarray(batch[p].transpose(0, 3, 1, 2))) for p in phases]
+    label = torch.from_numpy(batch["label"]).long()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(*inputs), label)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dtypes, repeats: int, warmup: int,
+                    torch_model=None) -> list[dict]:
+    """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
+    'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype."""
+    first = module_for_dtype(dtypes[0])
+    batch = random_batch(first.phases, batch_size, size, first.in_channels)
+    steps, fns = {}, {}
+    for dtype in dtypes:
+        steps[dtype] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
+        fns[f"jax {dtype}"] = steps[dtype]
+    if torch_model is not None:
+        fns["torch float32"] = torch_train_step(torch_model, batch, first.phases)
+    timed = time_interleaved(fns, repeats, warmup)
+    rows = []
+    for name, t in timed.items():
+        variant, dtype = name.split()
+        step = steps.get(dtype) if variant == "jax" else None
+        flops = step.flops if step else (steps[dtypes[0]].flops if dtypes[0] == "float32" else None)
+        rows.append({
+            "part": "train", "variant": variant, "dtype": dtype, "batch": batch_size, "size": size,
+            "step_s": t["median"], "samples_per_s": batch_size / t["median"],
+            "gflop_per_step": flops / 1e9 if flops else None,
+            "gflops": flops / t["median"] / 1e9 if flops else None,
+            "compile_s": step.compile_s if step else None,
+        })
+    return rows
+
+
+def module_factory(spec: dict):
+    """`dtype -> module` for a saved-model spec (``{'name', **create options}``)."""
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return lambda dtype: models.create(spec["name"], **{**options, "dtype": dtype})

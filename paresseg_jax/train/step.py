@@ -69,15 +69,14 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
 
-        def keep_if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        new_state = state.replace(
-            step=state.step + 1,
-            params=keep_if_finite(params, state.params),
-            batch_stats=keep_if_finite(batch_stats, state.batch_stats),
-            opt_state=keep_if_finite(opt_state, state.opt_state),
+        # One branch selects the whole tree: an elementwise select per leaf made XLA CPU compile
+        # PA-ResSeg's step for many minutes and >10 GB (one fusion over every parameter).
+        params, batch_stats, opt_state = jax.lax.cond(
+            finite,
+            lambda: (params, batch_stats, opt_state),
+            lambda: (state.params, state.batch_stats, state.opt_state),
         )
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         metrics = {
             "loss": loss,
             "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),

@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500  # steps between checkpoints (validations also checkpoint)
     config.train.keep_checkpoints = 3  # latest checkpoints kept, plus the best by validation global Dice
     config.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) steps in a row
+    config.train.init_from = ""  # start from a saved model (paresseg-convert output) or a workdir, not the seed
     config.eval = ml_collections.ConfigDict()
     # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).
     config.eval.threshold = 0.6  # tumor if probability > threshold (the reference's 0.6)

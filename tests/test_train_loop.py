@@ -125,3 +125,18 @@ def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_p
     checkpoints = Checkpoints(tmp_path / "work" / loop.CHECKPOINT_DIR, 3)
     assert checkpoints.latest_step() == 3
     assert not (tmp_path / "work" / loop.LAST_MODEL).exists()
+
+
+def test_init_from_a_saved_model_starts_from_its_weights_and_refuses_another_model(uninterrupted, cache_dir):
+    workdir, _ = uninterrupted
+    config = tiny_config(cache_dir, init_from=str(workdir / loop.LAST_MODEL))
+    module = loop.build_model(config)
+    started = jax.tree.map(np.asarray, loop.initial_variables(config, module))
+    saved = _variables(workdir)
+    jax.tree.map(np.testing.assert_array_equal, started, saved)
+    fresh = jax.tree.map(np.asarray, loop.initial_variables(tiny_config(cache_dir), module))
+    assert not np.array_equal(jax.tree.leaves(fresh["params"])[0], jax.tree.leaves(saved["params"])[0])
+    wider = tiny_config(cache_dir, init_from=str(workdir / loop.LAST_MODEL))
+    wider.model.width = 8
+    with pytest.raises(ValueError, match="do not fit"):
+        loop.initial_variables(wider, loop.build_model(wider))

@@ -158,6 +158,25 @@ def _export(workdir: Path, name: str, config, host_variables) -> None:
     model_io.save_model(workdir / name, _model_spec(config), host_variables)
 
 
+def initial_variables(config, module) -> dict:
+    """Fresh weights from the seed, or ``config.train.init_from``: a saved model (e.g. a PyTorch
+    checkpoint converted by ``paresseg-convert``) or a training workdir, whose model spec must match."""
+    source = config.train.get("init_from", "")
+    if not source:
+        return models.init_variables(module, jax.random.PRNGKey(config.seed))
+    _, variables, spec = model_io.load_model(source)
+    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    wanted = jax.eval_shape(lambda: models.init_variables(module, jax.random.PRNGKey(0)))
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
+    if shapes(variables) != shapes(wanted):
+        raise ValueError(
+            f"config.train.init_from={source} holds model {spec}, whose weights do not fit the configured "
+            f"model {_model_spec(config)}; make config.model match it (name, width, in_channels, num_classes, "
+            "attention, fusion, phases)"
+        )
+    return variables
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the last metrics."""
     workdir = Path(workdir).absolute()
@@ -173,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     module = build_model(config, parallel.bn_axis_name)
     schedule = learning_rate_schedule(train, total_steps)
     tx = make_optimizer(train, total_steps)
-    variables = models.init_variables(module, jax.random.PRNGKey(config.seed))
+    variables = initial_variables(config, module)
     state = create_train_state(variables, tx, config.seed)
 
     loader = make_train_loader(config, train_cases, seed=config.seed, local_device_count=len(parallel.local_devices))

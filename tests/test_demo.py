@@ -20,6 +20,7 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     for run_name in demo.TUMOR_RUNS.values():
         assert run_name in text
     assert "DPC per tumor type" in text and "not clinical accuracy" in text
+    assert "t-test of the per-case Dice not computed" in text  # one held-out case
     for picture in ("training_curves.png", "per_type_dpc.png"):
         assert (tmp_path / picture).stat().st_size > 0
 

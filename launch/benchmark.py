@@ -81,8 +81,13 @@ def _pipeline(batch: int, size: int) -> list[dict]:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """JAX/torch speed ratio on each JAX row that has a float32 torch row of the same part (and mode)."""
+    """JAX/torch speed ratio on each JAX row that has a float32 torch row of the same part (and mode),
+    and on pipeline rows the ratio of patches/s to the fastest JAX train step's samples/s."""
+    jax_train = [r["samples_per_s"] for r in rows if r["part"] == "train" and r.get("variant") == "jax"]
     for row in rows:
+        if row["part"] == "pipeline" and jax_train:
+            # > 1: the loader delivers more patches than the fastest JAX train step consumes.
+            row["vs_train_step"] = row["patches_per_s"] / max(jax_train)
         if row.get("variant") != "jax":
             continue
         key = "step_s" if row["part"] == "train" else "slices_per_s"
@@ -96,7 +101,7 @@ def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
                ("patches_per_s", "{:.1f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
-               ("vs_torch", "{:.2f}x"), ("compile_s", "{:.1f}")]
+               ("vs_torch", "{:.2f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}")]
     for row in rows:
         if peak_tflops and row.get("gflops"):
             row["peak_fraction"] = row["gflops"] / 1e3 / peak_tflops

@@ -112,7 +112,7 @@ def test_evaluate_folder_and_launcher_tables(tmp_path):
 
     command = [sys.executable, "-m", "launch.evaluate", f"--run=A={tmp_path / 'preds'}",
                f"--run=B={tmp_path / 'preds' / 'summary.json'}", f"--figures={tmp_path / 'figs'}"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", cwd=Path(__file__).parents[1], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert "Table 7 layout" in out and "Tables 8/11" in out and "Table 12" in out

@@ -250,7 +250,7 @@ def test_paresseg_predict_command_line(tmp_path, tiny_model):
         f"--liver={liver_path}", f"--gt={gt_path}", f"--out={out / 'mask.nii.gz'}", f"--prob={out / 'prob.nii.gz'}",
         f"--overlay={out / 'overlay.png'}", "--threshold=0.5", "--noregister", "--mode=tile", "--tile=16", "--stride=8",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", cwd=Path(__file__).parents[1], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.index("{"):])
     assert report["mask"] == str(out / "mask.nii.gz") and report["roi"] == "liver mask"

@@ -41,7 +41,7 @@ def run_checks(cases: list[dict], fast_compile: bool) -> list[dict]:
     if fast_compile:
         env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
     done = subprocess.run([sys.executable, "-m", "torch_reference.check", json.dumps(cases)], cwd=TESTS, env=env,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -17,7 +17,7 @@ from torch_reference import RESNET_2D, RESNET_phase_att
 from torch_reference.harness import reference_model
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_JSON = REPO.parent / "shared" / "reference" / "state_dict_keys.json"
+KEYS_JSON = REPO / "tests" / "torch_reference" / "state_dict_keys.json"  # copied from shared/reference
 # (reference class, attention) of every convertible model.
 VARIANTS = [("RESNET_2D", "reference"), ("RESNET_phase_att", "reference"), ("RESNET_phase_att", "paper")]
 
@@ -185,7 +185,7 @@ def test_conversion_to_flax_does_not_need_torch():
             "layout = interop.reference_layout('RESNET_2D', width=4)\n"
             "state = {k: np.zeros(shape, np.float32) for k, (shape, _) in layout.items()}\n"
             "assert interop.from_torch_state_dict(state)['params']['first']['0']['kernel'].shape == (3, 3, 3, 4)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -210,7 +210,7 @@ def test_convert_command_both_ways(tmp_path):
     for source, target in (("reference.pth", "saved"), ("saved", "back.pth")):
         command = [sys.executable, "-m", "launch.convert", f"--input={tmp_path / source}",
                    f"--output={tmp_path / target}"]
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     back = torch.load(tmp_path / "back.pth", weights_only=True)
     assert list(back) == list(state) and all(torch.equal(back[k], v) for k, v in state.items())

@@ -15,7 +15,7 @@ LAUNCH = f"import runpy, sys; sys.argv = ['paresseg-train'] + ARGS; runpy.run_pa
 def test_help_explains_every_flag():
     out = subprocess.run(
         [sys.executable, str(REPO / "launch" / "train.py"), "--help"],
-        capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": ""}, cwd=REPO, timeout=120,
+        capture_output=True, encoding="utf-8", errors="replace", env={"PYTHONPATH": str(REPO), "PATH": ""}, cwd=REPO, timeout=120,
     ).stdout
     own = out.split("launch/train.py:")[1].split("Try --helpfull")[0]
     for flag in ("config", "workdir", "coordinator_address", "num_processes", "process_id"):

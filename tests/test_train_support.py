@@ -127,8 +127,8 @@ def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None
     full_env.update(env or {})
     args = [sys.executable, "-c", code]
     if not wait:
-        return subprocess.Popen(args, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result = subprocess.run(args, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(args, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
+    result = subprocess.run(args, env=full_env, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     if result.returncode:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result.stdout

@@ -124,3 +124,38 @@ def test_errors_name_the_argument():
         conv2d(x, jnp.zeros((3, 3, 3, 4)), padding="FULL")
     with pytest.raises(ValueError, match="NHWC"):
         conv2d(jnp.zeros((4, 4, 3)), jnp.zeros((3, 3, 3, 4)))
+
+
+def test_weight_grad_switch_traces_plain_xla_convolution():
+    """Inside weight_grad('xla') conv2d is lax.conv_general_dilated itself (no custom VJP in the
+    jaxpr), outside it the custom VJP; the switch is undone on exit and bad names are refused."""
+    x, kernel, _, _ = _inputs(jnp.float32)
+
+    def loss(k):  # a fresh function per trace: jax caches traces by function, not by this switch
+        return conv2d(x, k).sum()
+
+    assert "custom_vjp_call" in str(jax.make_jaxpr(loss)(kernel))
+    with conv_ops.weight_grad("xla"):
+        plain = jax.make_jaxpr(lambda k: conv2d(x, k).sum())(kernel)
+        xla_grad = jax.grad(lambda k: conv2d(x, k).sum())(kernel)
+    assert "custom_vjp_call" not in str(plain) and "conv_general_dilated" in str(plain)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda k: conv2d(x, k).sum())(kernel))
+    scale = float(jnp.abs(xla_grad).max())
+    np.testing.assert_allclose(jax.grad(loss)(kernel), xla_grad, rtol=0, atol=2e-5 * scale)
+    with pytest.raises(ValueError, match="chunked"):
+        with conv_ops.weight_grad("fast"):
+            pass
+
+
+def test_model_convolutions_use_the_fast_gradient():
+    """Every stride-1 convolution of a model goes through conv2d (so the CPU weight gradient applies)."""
+    from paresseg_jax import models
+
+    module = models.create("paresseg", width=4)
+    variables = models.init_variables(module, jax.random.key(0))
+    inputs = [jnp.ones((2, 32, 32, 3))] * 2
+    jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, *inputs, train=False))(variables))
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(variables["params"])]
+    stride1 = [p for p in paths if p.endswith("['kernel']") and "deconv" not in p]
+    assert len(stride1) > 20
+    assert jaxpr.count("custom_vjp_call") == len(stride1)

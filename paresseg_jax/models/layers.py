@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from paresseg_jax import ops
+
 # The up path of the reference: every scale ends with this many channels.
 UP_CHANNELS = 16
 
@@ -80,7 +82,11 @@ class BatchNorm(nn.Module):
 
 
 class Conv(nn.Module):
-    """Conv2d, stride 1, 'same' zero padding (odd kernels), HWIO kernel."""
+    """Conv2d, stride 1, 'same' zero padding (odd kernels), HWIO kernel.
+
+    Runs through `ops.conv2d`: XLA's convolution, with a faster weight
+    gradient on CPU (BENCHMARKS.md).
+    """
 
     features: int
     kernel_size: int = 3
@@ -93,9 +99,7 @@ class Conv(nn.Module):
         bound = 1.0 / math.sqrt(cin * k * k)
         kernel = self.param("kernel", _uniform(bound), (k, k, cin, self.features), jnp.float32)
         pad = k // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), padding=((pad, pad), (pad, pad)))
         if self.use_bias:
             y = y + self.param("bias", _uniform(bound), (self.features,), jnp.float32).astype(self.dtype)
         return y

@@ -6,6 +6,6 @@ gradient as a convolution with a window the size of the image, at a fraction
 of the speed of its forward convolution (see BENCHMARKS.md).
 """
 
-from paresseg_jax.ops.conv import conv2d, conv_weight_grad
+from paresseg_jax.ops.conv import conv2d, conv_weight_grad, weight_grad
 
-__all__ = ["conv2d", "conv_weight_grad"]
+__all__ = ["conv2d", "conv_weight_grad", "weight_grad"]

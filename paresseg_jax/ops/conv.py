@@ -11,10 +11,15 @@ chunks of output rows of one image: each chunk's patches (rows * width,
 kh * kw * C) are built while they fit in cache and multiplied with the
 chunk's ``dy`` in one GEMM, accumulated in float32 (float64 for float64
 inputs). On other backends (GPU: cuDNN) XLA's weight gradient is kept.
+
+`weight_grad("xla")` turns the custom gradient off while a function is
+traced, which is how the benchmarks time the plain XLA convolution beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Sequence, Union
 
@@ -28,6 +33,25 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 PATCH_BYTES = 4 << 20
 
 Padding = Union[str, int, Sequence[Sequence[int]]]
+WEIGHT_GRADS = ("chunked", "xla")
+_WEIGHT_GRAD = contextvars.ContextVar("paresseg_conv_weight_grad", default="chunked")
+
+
+@contextlib.contextmanager
+def weight_grad(impl: str):
+    """Within the block, functions traced use `impl` for conv2d's weight gradient on CPU:
+    'chunked' (the default) or 'xla' (plain `lax.conv_general_dilated`, no custom VJP).
+
+    The switch acts at trace time and jax caches traces per function, so jit a
+    function created inside the block (a `jax.jit` traced before keeps its choice).
+    """
+    if impl not in WEIGHT_GRADS:
+        raise ValueError(f"weight_grad({impl!r}): choose one of {WEIGHT_GRADS}")
+    token = _WEIGHT_GRAD.set(impl)
+    try:
+        yield
+    finally:
+        _WEIGHT_GRAD.reset(token)
 
 
 def _explicit_padding(padding: Padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -133,14 +157,15 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, paddi
 
     Same values as ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``; its gradient with respect
-    to `kernel` is computed by `conv_weight_grad` on CPU.
+    to `kernel` is computed by `conv_weight_grad` on CPU (unless traced
+    inside ``weight_grad('xla')``).
     """
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"conv2d takes NHWC x and HWIO kernel, got shapes {x.shape} and {kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"x has {x.shape[-1]} channels but kernel {kernel.shape} expects {kernel.shape[2]}")
     pads = _explicit_padding(padding, kernel.shape[:2])
-    y = _conv2d(x, kernel, pads)
+    y = _conv(x, kernel, pads) if _WEIGHT_GRAD.get() == "xla" else _conv2d(x, kernel, pads)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y

@@ -1,6 +1,7 @@
 """paresseg-bench: speed of the train step, inference and input pipeline, as a table and JSON.
 
-    paresseg-bench --model=paresseg --batch=2 --size=224 --slices=2 --compare_torch --json=bench.json
+    paresseg-bench --model=paresseg --batch=2 --size=224 --slices=4 --compare_torch --json=bench.json
+    paresseg-bench --parts=train --dtypes=float32 --batch=2 --xla_conv --compare_torch   # CPU conv gradient
     paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
@@ -40,11 +41,13 @@ def _define_flags():
     flags.DEFINE_integer("warmup", 1, "untimed calls per variant after compilation")
     flags.DEFINE_integer("slices", 60, "slices of the inference volume (times are scaled to 60 slices)")
     flags.DEFINE_integer("slice_size", 512, "in-plane size of the inference volume")
-    flags.DEFINE_integer("infer_batch", 8, "slices or tiles per inference batch")
+    flags.DEFINE_integer("infer_batch", 4, "slices or tiles per inference batch (must divide --slices)")
     flags.DEFINE_integer("tile", 224, "overlap-tile size")
     flags.DEFINE_integer("stride", 112, "overlap-tile stride")
     flags.DEFINE_list("pipeline_workers", ["0", "2"], "Grain worker counts for the pipeline part")
     flags.DEFINE_integer("pipeline_batches", 20, "timed pipeline batches per worker count")
+    flags.DEFINE_bool("xla_conv", False, "also time the train step with XLA's own conv weight gradient "
+                      "(variant jax-xla-conv: the baseline of ops.conv2d's CPU gradient)")
     flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch and tests/torch_reference)")
     flags.DEFINE_float("peak_tflops", None, "the device's peak TFLOP/s, to report the fraction achieved")
     flags.DEFINE_string("json", None, "write all results here")
@@ -81,19 +84,18 @@ def _pipeline(batch: int, size: int) -> list[dict]:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """JAX/torch speed ratio on each JAX row that has a float32 torch row of the same part (and mode),
+    """JAX/torch speed ratio on each JAX row that has a torch row of the same part (torch: float32, whole slices),
     and on pipeline rows the ratio of patches/s to the fastest JAX train step's samples/s."""
-    jax_train = [r["samples_per_s"] for r in rows if r["part"] == "train" and r.get("variant") == "jax"]
+    jax_train = [r["samples_per_s"] for r in rows if r["part"] == "train" and r.get("variant", "").startswith("jax")]
     for row in rows:
         if row["part"] == "pipeline" and jax_train:
             # > 1: the loader delivers more patches than the fastest JAX train step consumes.
             row["vs_train_step"] = row["patches_per_s"] / max(jax_train)
-        if row.get("variant") != "jax":
+        if not row.get("variant", "").startswith("jax"):
             continue
         key = "step_s" if row["part"] == "train" else "slices_per_s"
         for other in rows:
-            if other.get("variant") == "torch" and other["part"] == row["part"] and other.get("mode") == (
-                    row.get("mode") if row.get("mode") != "tile" else "full"):
+            if other.get("variant") == "torch" and other["part"] == row["part"]:  # torch: whole slices only
                 row["vs_torch"] = (other[key] / row[key]) if key == "step_s" else (row[key] / other[key])
 
 
@@ -118,6 +120,9 @@ def main(argv):
     unknown = sorted(set(FLAGS.parts) - set(PARTS))
     if unknown:
         raise app.UsageError(f"--parts: unknown {unknown}; choose among {PARTS}")
+    if "infer" in FLAGS.parts and FLAGS.slices % FLAGS.infer_batch:
+        raise app.UsageError(f"--slices={FLAGS.slices} must be a multiple of --infer_batch={FLAGS.infer_batch}: "
+                             "a padded last batch would count in the per-volume time")
     import jax
 
     from paresseg_jax import models
@@ -133,7 +138,7 @@ def main(argv):
     rows = []
     if "train" in FLAGS.parts:
         rows += train.benchmark_train(factory, variables, FLAGS.batch, FLAGS.size, FLAGS.dtypes, FLAGS.repeats,
-                                      FLAGS.warmup, torch_model)
+                                      FLAGS.warmup, torch_model, FLAGS.xla_conv)
     if "infer" in FLAGS.parts:
         rows += infer.benchmark_infer(factory("float32"), variables, FLAGS.slice_size, FLAGS.slices, FLAGS.infer_batch,
                                       FLAGS.tile, FLAGS.stride, FLAGS.repeats, FLAGS.warmup, torch_model)
@@ -150,7 +155,7 @@ def main(argv):
                                             "host": platform.node()},
                   "jax": jax.__version__, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
-                      "stride", "compare_torch", "peak_tflops")},
+                      "stride", "xla_conv", "compare_torch", "peak_tflops")},
                   "rows": rows}
         Path(FLAGS.json).write_text(json.dumps(record, indent=1))
 

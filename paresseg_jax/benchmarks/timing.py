@@ -33,10 +33,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup:
     return {name: {"median": float(np.median(t)), "min": float(np.min(t)), "times": t} for name, t in times.items()}
 
 
-def xla_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled jax function from XLA's cost analysis (None if unavailable)."""
+def xla_flops(computation) -> float | None:
+    """FLOPs of one call of a lowered or compiled jax function from XLA's cost analysis (None if unavailable)."""
     try:
-        analysis = compiled.cost_analysis()
+        analysis = computation.cost_analysis()
     except Exception:  # noqa: BLE001  (some backends do not implement it)
         return None
     if isinstance(analysis, (list, tuple)):

@@ -2,7 +2,8 @@
 
 The JAX step is the library's own (`train.step.make_train_step`: forward,
 backward, Adam, finite-guard), jitted with the state donated. FLOPs come
-from XLA's cost analysis of the compiled step. With a torch model the same
+from XLA's cost analysis of the step with plain XLA convolutions (the same
+arithmetic as the chunked weight gradient, which it would undercount). With a torch model the same
 weights and batch run the reference recipe (cross-entropy, Adam 5e-4) in the
 same process, interleaved with the JAX steps.
 """
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paresseg_jax import losses, models
+from paresseg_jax import losses, models, ops
 from paresseg_jax.benchmarks.timing import compile_timed, time_interleaved, xla_flops
 from paresseg_jax.train.state import create_train_state, make_optimizer
 from paresseg_jax.train.step import make_train_step
@@ -38,10 +39,14 @@ class JaxTrainStep:
     def __init__(self, module, variables, batch: dict):
         tx = make_optimizer(TRAIN_CONFIG, 1)
         step = make_train_step(module, tx, losses.get_loss("ce"), lambda _: TRAIN_CONFIG["learning_rate"])
-        self.state = create_train_state(jax.tree.map(jnp.asarray, variables), tx, seed=0)
+        # A copy: the step donates its state, and other variants start from the same variables.
+        self.state = create_train_state(jax.tree.map(jnp.array, variables), tx, seed=0)
         self.batch = jax.device_put(batch)
-        self.compiled, self.compile_s = compile_timed(jax.jit(step, donate_argnums=0), self.state, self.batch)
-        self.flops = xla_flops(self.compiled)
+        jitted = jax.jit(step, donate_argnums=0)
+        self.compiled, self.compile_s = compile_timed(jitted, self.state, self.batch)
+        with ops.weight_grad("xla"):  # cost analysis would count the chunked gradient's loop body once;
+            # a fresh function, since jax reuses the trace of `step` made outside this block
+            self.flops = xla_flops(jax.jit(lambda *args: step(*args)).lower(self.state, self.batch))
 
     def __call__(self):
         self.state, metrics = self.compiled(self.state, self.batch)
@@ -67,23 +72,29 @@ def torch_train_step(model, batch: dict, phases) -> Any:
 
 
 def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dtypes, repeats: int, warmup: int,
-                    torch_model=None) -> list[dict]:
+                    torch_model=None, xla_conv: bool = False) -> list[dict]:
     """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
-    'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype."""
+    'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype.
+
+    With `xla_conv`, variant 'jax-xla-conv' is the same step traced with XLA's own convolution
+    weight gradient (`ops.weight_grad('xla')`), the baseline of `ops.conv2d`'s CPU gradient."""
     first = module_for_dtype(dtypes[0])
     batch = random_batch(first.phases, batch_size, size, first.in_channels)
     steps, fns = {}, {}
     for dtype in dtypes:
-        steps[dtype] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
-        fns[f"jax {dtype}"] = steps[dtype]
+        steps[f"jax {dtype}"] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
+        if xla_conv:
+            with ops.weight_grad("xla"):
+                steps[f"jax-xla-conv {dtype}"] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
+    fns.update(steps)
     if torch_model is not None:
         fns["torch float32"] = torch_train_step(torch_model, batch, first.phases)
     timed = time_interleaved(fns, repeats, warmup)
     rows = []
     for name, t in timed.items():
         variant, dtype = name.split()
-        step = steps.get(dtype) if variant == "jax" else None
-        flops = step.flops if step else (steps[dtypes[0]].flops if dtypes[0] == "float32" else None)
+        step = steps.get(name)
+        flops = step.flops if step else (steps[f"jax {dtypes[0]}"].flops if dtypes[0] == "float32" else None)
         rows.append({
             "part": "train", "variant": variant, "dtype": dtype, "batch": batch_size, "size": size,
             "step_s": t["median"], "samples_per_s": batch_size / t["median"],

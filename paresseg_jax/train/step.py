@@ -2,7 +2,7 @@
 
 ``train_step(state, batch) -> (state, metrics)`` has no Python side effects
 and never leaves the device: a non-finite loss or gradient does not raise,
-it keeps the old state (``jnp.where``) and reports ``nonfinite = 1`` so the
+it keeps the old state (one ``lax.cond``) and reports ``nonfinite = 1`` so the
 host loop can count consecutive skips without a synchronisation.
 """
 

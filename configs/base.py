@@ -62,5 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 8  # slices or tiles per forward pass (fixed shape: one compile)
     config.eval.tta = False  # average over flips along H, W and both
     config.eval.pad_multiple = 32  # full mode pads slices to a multiple of the network's downsampling
+    config.eval.crop_to_roi = True  # with a liver ROI, compute only its bounding box (+ roi_margin pixels)
+    config.eval.roi_margin = 32  # pixels of context kept around the ROI's bounding box
     config.eval.liver_threshold = 0.5  # cascade: liver if liver-model probability > this
     return config

@@ -31,10 +31,12 @@ _WEIGHTING = flags.DEFINE_enum("weighting", None, ["pyramid", "gaussian", "const
 _TTA = flags.DEFINE_boolean("tta", None, "average over flipped inputs")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "tumor if probability > threshold")
 _BATCH = flags.DEFINE_integer("batch_size", None, "slices or tiles per forward pass")
+_CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px)")
+_MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register ART to PV (default: as the model was trained)")
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
-             "threshold": _THRESHOLD, "batch_size": _BATCH}
+             "threshold": _THRESHOLD, "batch_size": _BATCH, "crop_to_roi": _CROP, "roi_margin": _MARGIN}
 
 
 def main(argv):

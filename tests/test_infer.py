@@ -162,6 +162,39 @@ def test_roi_gates_inputs_and_output(mode):
     assert not prob[roi == 0].any()
 
 
+def test_roi_box_by_hand():
+    inside = np.zeros((2, 200, 300), bool)
+    inside[1, 50:60, 10:20] = True
+    rows, cols = predict.roi_box(inside, margin=5)
+    # rows 45..64 grow to 64 centred on them; cols 5..24 grow to 64, pushed inside the image
+    assert (rows, cols) == (slice(23, 87), slice(0, 64))
+    assert predict.roi_box(inside, margin=500) == (slice(0, 200), slice(0, 300))
+    with pytest.raises(ValueError, match="roi_margin"):
+        predict.roi_box(inside, margin=-1)
+
+
+@pytest.mark.parametrize("mode,module", [("full", Conv3x3()), ("tile", Pointwise())])
+def test_roi_crop_computes_only_the_box_and_changes_nothing_for_a_local_model(mode, module, monkeypatch):
+    """A 3x3 convolution over whole slices sees zeros beyond the ROI either way, so cropping to the
+    ROI box is exact (tiles move with the crop, so there only a pointwise model is unchanged);
+    the model is compiled for the cropped size, not the whole slice."""
+    variables = _init(module, seed=4)
+    images = _images(shape=(4, 150, 140), seed=4)
+    roi = np.zeros(images["pv"].shape, np.uint8)
+    roi[1:3, 70:90, 30:52] = 1
+    shapes = []
+    compiled_forward = predict._compiled_forward
+    monkeypatch.setattr(predict, "_compiled_forward",
+                        lambda m, v, tta, shape: shapes.append(shape) or compiled_forward(m, v, tta, shape))
+    options = dict(mode=mode, tile=32, stride=16, pad_multiple=1)
+    whole = predict.predict_volume(module, variables, images, roi, crop_to_roi=False, **options)
+    cropped = predict.predict_volume(module, variables, images, roi, roi_margin=0, **options)
+    np.testing.assert_allclose(cropped, whole, atol=1e-6)
+    assert cropped[roi > 0].std() > 0 and not cropped[roi == 0].any()
+    if mode == "full":
+        assert [s[1:3] for s in shapes] == [(150, 140), (64, 64)]
+
+
 def test_input_errors_name_the_fix():
     module = Pointwise()
     variables = _init(module)

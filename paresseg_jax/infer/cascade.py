@@ -15,7 +15,8 @@ import numpy as np
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.predict import predict_volume
 
-PREDICT_OPTIONS = ("mode", "tile", "stride", "weighting", "batch_size", "tta", "pad_multiple")
+PREDICT_OPTIONS = ("mode", "tile", "stride", "weighting", "batch_size", "tta", "pad_multiple", "crop_to_roi",
+                   "roi_margin")
 
 
 def options_from_config(eval_config: Mapping) -> dict:

@@ -10,6 +10,12 @@ Two ways to cover a slice:
   with a pyramid or Gaussian weight. Any image size works: windows reaching
   past the image read zeros there.
 
+With a ROI (the cascade's dilated liver), only slices that hold some of it
+are computed, and by default only the ROI's in-plane bounding box (grown by
+``roi_margin`` and rounded up to ``ROI_GRID`` pixels, so volumes share a few
+compiled shapes): outside the ROI the inputs are zero and the output is
+discarded, and training patches were crops of the same zero-gated images.
+
 Slices or tiles go through the model in batches of a fixed shape (the last
 batch is padded), so a volume compiles the model once per mode and size.
 While the device runs one batch the host prepares the next.
@@ -29,6 +35,8 @@ from paresseg_jax.data.pipeline import read_window, slice_indices
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
 MODES = ("full", "tile")
+# The ROI crop's height and width are multiples of this (or the whole image side).
+ROI_GRID = 64
 _FLIPS = ((), (1,), (2,), (1, 2))
 
 
@@ -68,6 +76,8 @@ def predict_volume(
     batch_size: int = 8,
     tta: bool = False,
     pad_multiple: int = 32,
+    crop_to_roi: bool = True,
+    roi_margin: int = 32,
 ) -> np.ndarray:
     """Tumor (class 1) probability volume ``(z, y, x)`` float32 of a windowed study.
 
@@ -75,7 +85,8 @@ def predict_volume(
     other phases registered to it); the model's ``phases`` must all be there.
     With a ``roi`` (the dilated liver mask), voxels outside it are set to 0 in
     the inputs (as the paper does), slices without ROI are not computed, and
-    the probability outside the ROI is 0.
+    the probability outside the ROI is 0; with ``crop_to_roi`` only the ROI's
+    bounding box plus ``roi_margin`` pixels (see :func:`roi_box`) is computed.
     """
     phases, shape = _check_inputs(module, images, roi)
     if mode not in MODES:
@@ -92,13 +103,32 @@ def predict_volume(
     prob = np.zeros(shape, np.float32)
     if len(slices):
         variables = jax.device_put(variables)
+        box = (slice(None), slice(None), slice(None))
+        if roi is not None and crop_to_roi:
+            box = (slice(None), *roi_box(inside, roi_margin))
+            volumes = {p: v[box] for p, v in volumes.items()}
         if mode == "full":
-            _full_slices(module, variables, volumes, slices, prob, batch_size, tta, pad_multiple)
+            _full_slices(module, variables, volumes, slices, prob[box], batch_size, tta, pad_multiple)
         else:
-            _overlap_tiles(module, variables, volumes, slices, prob, batch_size, tta, tile, stride, weighting)
+            _overlap_tiles(module, variables, volumes, slices, prob[box], batch_size, tta, tile, stride, weighting)
     if roi is not None:
         prob[~inside] = 0.0
     return prob
+
+
+def roi_box(inside: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """In-plane ``(rows, cols)`` slices of the ROI's bounding box over all slices, grown by `margin`
+    and then to a multiple of `ROI_GRID` (centred, kept inside the image; at most the whole side)."""
+    if margin < 0:
+        raise ValueError(f"roi_margin={margin} must be >= 0 (config.eval.roi_margin)")
+    box = []
+    for axis, extent in ((1, inside.shape[1]), (2, inside.shape[2])):
+        hits = np.flatnonzero(inside.any(axis=(0, 3 - axis)))
+        low, high = max(0, hits[0] - margin), min(extent, hits[-1] + 1 + margin)
+        size = min(extent, -(-(high - low) // ROI_GRID) * ROI_GRID)
+        low = min(max(0, (low + high - size) // 2), extent - size)
+        box.append(slice(int(low), int(low + size)))
+    return box[0], box[1]
 
 
 def _full_slices(module, variables, volumes, slices, prob, batch_size, tta, pad_multiple):

@@ -41,8 +41,9 @@ def test_conv_matches_torch_with_hwio_kernel():
     np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel_size,stride,padding", [(4, 2, 1), (2, 2, 0), (16, 8, 4)])
+@pytest.mark.parametrize("kernel_size,stride,padding", [(4, 2, 1), (2, 2, 0), (16, 8, 4), (3, 2, 1), (5, 3, 1)])
 def test_conv_transpose_matches_torch(kernel_size, stride, padding):
+    """Sub-pixel form (k - 2p = s: every model's) and the dilated form (other shapes) against torch."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 3, 6)).astype(np.float32)
     layer = ConvTranspose(4, kernel_size, stride, padding, use_bias=True)
@@ -53,8 +54,28 @@ def test_conv_transpose_matches_torch(kernel_size, stride, padding):
                                                     torch.from_numpy(bias), stride=stride, padding=padding)
     expected = expected.permute(0, 2, 3, 1).numpy()
     got = layer.apply(variables, x)
-    assert got.shape == (2, 5 * stride, 3 * stride, 4)
+    assert got.shape == expected.shape == (2, *((n - 1) * stride - 2 * padding + kernel_size for n in (5, 3)), 4)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", [(4, 2, 1), (2, 2, 0)])
+def test_conv_transpose_gradients_match_torch(kernel_size, stride, padding):
+    """Input and kernel gradients of the sub-pixel form equal torch's conv_transpose2d's (float64)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 5, 3))
+    kernel = rng.standard_normal((kernel_size, kernel_size, 3, 2))
+    cotangent = rng.standard_normal((2, 4 * stride, 5 * stride, 2))
+    layer = ConvTranspose(2, kernel_size, stride, padding, dtype=jnp.float64)
+    with jax.enable_x64(True):
+        apply = lambda x, k: layer.apply({"params": {"kernel": k}}, x)  # noqa: E731
+        _, pullback = jax.vjp(apply, jnp.asarray(x), jnp.asarray(kernel))
+        dx, dk = (np.asarray(g) for g in pullback(jnp.asarray(cotangent)))
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_()
+    tw = torch.from_numpy(kernel).permute(2, 3, 0, 1).requires_grad_()
+    out = torch.nn.functional.conv_transpose2d(tx, tw, stride=stride, padding=padding)
+    out.backward(torch.from_numpy(cotangent).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(dx, tx.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dk, tw.grad.permute(2, 3, 0, 1).numpy(), rtol=1e-10, atol=1e-10)
 
 
 def test_batchnorm_matches_torch_in_train_and_eval_mode():

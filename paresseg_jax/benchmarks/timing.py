@@ -13,11 +13,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                     settle_s: float = 0.2) -> dict[str, dict]:
     """Seconds per call of each blocking callable: ``{name: {'median', 'min', 'times'}}``.
 
     Every callable must return only when its work is done (call
-    ``block_until_ready`` inside it).
+    ``block_until_ready`` inside it). Each timed call starts `settle_s` after
+    the previous one ended: PyTorch's OpenMP threads keep spinning for a while
+    after a call and would otherwise slow whichever variant runs next.
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
@@ -27,6 +30,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

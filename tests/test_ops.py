@@ -148,7 +148,8 @@ def test_weight_grad_switch_traces_plain_xla_convolution():
 
 
 def test_model_convolutions_use_the_fast_gradient():
-    """Every stride-1 convolution of a model goes through conv2d (so the CPU weight gradient applies)."""
+    """Every stride-1 convolution of a model goes through conv2d (so the CPU weight gradient applies),
+    and every transposed one (k4 s2 p1) as four sub-pixel phase convolutions."""
     from paresseg_jax import models
 
     module = models.create("paresseg", width=4)
@@ -157,5 +158,6 @@ def test_model_convolutions_use_the_fast_gradient():
     jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, *inputs, train=False))(variables))
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(variables["params"])]
     stride1 = [p for p in paths if p.endswith("['kernel']") and "deconv" not in p]
-    assert len(stride1) > 20
-    assert jaxpr.count("custom_vjp_call") == len(stride1)
+    transposed = [p for p in paths if p.endswith("['kernel']") and "deconv" in p]
+    assert len(stride1) > 20 and len(transposed) > 5
+    assert jaxpr.count("custom_vjp_call") == len(stride1) + 4 * len(transposed)

@@ -3,9 +3,10 @@
 The JAX step is the library's own (`train.step.make_train_step`: forward,
 backward, Adam, finite-guard), jitted with the state donated. FLOPs come
 from XLA's cost analysis of the step with plain XLA convolutions (the same
-arithmetic as the chunked weight gradient, which it would undercount). With a torch model the same
-weights and batch run the reference recipe (cross-entropy, Adam 5e-4) in the
-same process, interleaved with the JAX steps.
+arithmetic as the chunked weight gradient, which it would undercount). With
+a torch model the same weights and batch run the reference recipe
+(cross-entropy, Adam 5e-4) in the same process, interleaved with the JAX
+steps.
 """
 
 from __future__ import annotations

@@ -145,7 +145,6 @@ class ConvTranspose(nn.Module):
             y = y + self.param("bias", _uniform(bound), (self.features,), jnp.float32).astype(self.dtype)
         return y
 
-
     def _phase_taps(self, phase: int) -> tuple[list[int], tuple[int, int]]:
         """Kernel taps (in correlation order) and (before, after) padding of output phase `phase`.
 
@@ -161,14 +160,11 @@ class ConvTranspose(nn.Module):
     def _sub_pixel(self, x, kernel):
         n, h, w, _ = x.shape
         s = self.stride
+        taps = [self._phase_taps(phase) for phase in range(s)]  # the same for rows and columns
         rows = []
-        for r in range(s):
-            row_taps, row_pad = self._phase_taps(r)
-            phases = []
-            for c in range(s):
-                col_taps, col_pad = self._phase_taps(c)
-                sub = kernel[jnp.array(row_taps)][:, jnp.array(col_taps)]
-                phases.append(ops.conv2d(x, sub, padding=(row_pad, col_pad)))
+        for row_taps, row_pad in taps:
+            phases = [ops.conv2d(x, kernel[jnp.array(row_taps)][:, jnp.array(col_taps)], padding=(row_pad, col_pad))
+                      for col_taps, col_pad in taps]
             rows.append(jnp.stack(phases, axis=3))  # [n, h, w, s (column phase), out]
         return jnp.stack(rows, axis=2).reshape(n, h * s, w * s, self.features)
 

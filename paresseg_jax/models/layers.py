@@ -284,5 +284,5 @@ class SegmentationHead(nn.Module):
 
 def max_pool(x):
     """MaxPool 2x2, stride 2 (inputs are padded to multiples of 32, so the
-    reference's ceil_mode never applies)."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    reference's ceil_mode never applies); `ops.max_pool` for its fast gradient."""
+    return ops.max_pool(x, 2)

@@ -105,8 +105,10 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir
     expected, got = _variables(uninterrupted[0]), _variables(workdir)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-    steps_logged = sorted({r["step"] for r in read_metrics(workdir) if r["split"] == "train"})
-    assert steps_logged == list(range(1, STEPS + 1))
+    # Each step logged once (what the killed run logged past its checkpoint was dropped), as uninterrupted.
+    logged = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
+    assert logged == [(r["step"], r["loss"]) for r in read_metrics(uninterrupted[0]) if r["split"] == "train"]
+    assert [step for step, _ in logged] == list(range(1, STEPS + 1))
 
 
 def test_partial_step_directory_is_not_a_checkpoint(tmp_path):
@@ -140,3 +142,19 @@ def test_init_from_a_saved_model_starts_from_its_weights_and_refuses_another_mod
     wider.model.width = 8
     with pytest.raises(ValueError, match="do not fit"):
         loop.initial_variables(wider, loop.build_model(wider))
+
+
+def test_metrics_writer_drops_records_past_the_resumed_checkpoint(tmp_path):
+    from paresseg_jax.train.writers import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    for step in range(1, 8):
+        writer.write(step, "train", {"loss": float(step)})
+    writer.write(4, "val", {"global_dice": 0.5})
+    writer.close()
+    writer = MetricsWriter(tmp_path, resume_step=4)  # killed at step 7, last checkpoint at 4
+    writer.write(5, "train", {"loss": 50.0})
+    writer.close()
+    assert [(r["step"], r["split"]) for r in read_metrics(tmp_path)] == [
+        (1, "train"), (2, "train"), (3, "train"), (4, "train"), (4, "val"), (5, "train")]
+    assert read_metrics(tmp_path)[-1]["loss"] == 50.0

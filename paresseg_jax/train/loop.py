@@ -214,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     eval_module = build_model(config)
     eval_step = jax.jit(step_lib.make_eval_step(eval_module))
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resume_step=start)
     threshold = float(config.eval.get("threshold", 0.5))
 
     def run_validation(step: int, state) -> dict:

@@ -3,7 +3,9 @@
 One JSON object per line (``{"step": ..., "split": "train"|"val", ...}``) is
 easy to read back for plots and reports; the same scalars go to TensorBoard
 under ``<split>/<name>``. Other processes get a writer that does nothing, so
-the loop never branches on the process index.
+the loop never branches on the process index. A resumed run writes again the
+steps after its checkpoint, so what an interrupted run logged past it is
+dropped first (from the JSON lines, and purged from TensorBoard).
 """
 
 from __future__ import annotations
@@ -18,15 +20,24 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 class MetricsWriter:
-    def __init__(self, workdir: str | Path):
+    """Appends to ``<workdir>/metrics.jsonl`` after dropping its records past `resume_step`."""
+
+    def __init__(self, workdir: str | Path, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
         self._file = None
         self._board = None
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._file = open(Path(workdir) / METRICS_FILE, "a", buffering=1)
-            self._board = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR))
+            path = Path(workdir) / METRICS_FILE
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines(keepends=True)
+                        if line.strip() and json.loads(line)["step"] <= resume_step]
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(kept))
+                tmp.replace(path)
+            self._file = open(path, "a", buffering=1)
+            self._board = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), purge_step=resume_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:
         """Scalars (numbers) go to both; nested values (per-case Dice) to the JSON line only."""

@@ -50,3 +50,19 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     refused = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                              env={**env, "ALLOW_CPU": "0"})
     assert refused.returncode == 1 and "no GPU" in refused.stderr
+
+
+def test_time_interleaved_rounds_rewarm_each_variant():
+    from paresseg_jax.benchmarks.timing import time_interleaved
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    timed = time_interleaved(fns, repeats=3, warmup=2, settle_s=0.0, rewarm=1)
+    # two warm-up calls each, then per round an untimed and a timed call of a, then of b
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3
+    assert all(len(t["times"]) == 3 and t["min"] <= t["median"] for t in timed.values())
+    calls.clear()
+    time_interleaved({"a": fns["a"]}, repeats=3, warmup=1, settle_s=0.0)
+    assert calls == ["a"] * 4  # a lone variant has nothing to re-warm from
+    with pytest.raises(ValueError, match="repeats"):
+        time_interleaved(fns, repeats=0)

@@ -2,7 +2,12 @@
 
 The machine may be shared and its load may drift during a run, so variants
 are timed in rounds (A, B, A, B, ...) rather than one after the other, and
-ratios of medians from the same run are what a comparison reports.
+ratios of medians from the same run are what a comparison reports. Within a
+round each variant first makes an untimed call: the first call after another
+variant (another framework's allocator) ran touches memory the operating
+system has to hand out afresh, a cost a training run using one framework
+never pays (measured: a JAX train step right after a PyTorch step, 3.4-5.0 s;
+the next one, 2.6 s).
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import numpy as np
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                     settle_s: float = 0.2) -> dict[str, dict]:
+                     settle_s: float = 0.2, rewarm: int = 1) -> dict[str, dict]:
     """Seconds per call of each blocking callable: ``{name: {'median', 'min', 'times'}}``.
 
     Every callable must return only when its work is done (call
-    ``block_until_ready`` inside it). Each timed call starts `settle_s` after
-    the previous one ended: PyTorch's OpenMP threads keep spinning for a while
-    after a call and would otherwise slow whichever variant runs next.
+    ``block_until_ready`` inside it). `warmup` untimed calls per variant come
+    first; in each of the `repeats` rounds a variant makes `rewarm` untimed
+    calls before its timed one (with a single variant there is nothing to
+    re-warm from). Each timed call starts `settle_s` after the previous call
+    ended: PyTorch's OpenMP threads keep spinning for a while after a call and
+    would otherwise slow whichever variant runs next.
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be >= 1")
@@ -28,8 +36,11 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup:
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    rewarm = rewarm if len(fns) > 1 else 0
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(rewarm):
+                fn()
             time.sleep(settle_s)
             start = time.perf_counter()
             fn()

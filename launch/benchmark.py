@@ -23,6 +23,8 @@ from pathlib import Path
 
 from absl import app, flags
 
+from launch import huge_pages
+
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
 REPO = Path(__file__).resolve().parents[1]
@@ -147,13 +149,13 @@ def main(argv):
     _add_ratios(rows)
     device = jax.devices()[0]
     print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
-          f"{os.cpu_count()} CPUs, jax {jax.__version__}")
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     _print_table(rows, FLAGS.peak_tflops)
     if FLAGS.json:
         record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,
                                             "count": jax.device_count(), "cpus": os.cpu_count(),
                                             "host": platform.node()},
-                  "jax": jax.__version__, "flags": {f: FLAGS[f].value for f in (
+                  "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
                       "stride", "xla_conv", "compare_torch", "peak_tflops")},
                   "rows": rows}
@@ -161,6 +163,7 @@ def main(argv):
 
 
 def run():
+    huge_pages.restart_with_huge_pages()
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
         app.run(module.main, argv=[sys.argv[0]] + sys.argv[2:])

@@ -12,6 +12,7 @@ Rerunning with the same --workdir reuses every finished stage.
 
 from absl import app, flags, logging
 
+from launch import huge_pages
 from paresseg_jax import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, cache, runs and report.md (reused on rerun)", required=True)
@@ -27,6 +28,7 @@ def main(argv):
 
 
 def run():
+    huge_pages.restart_with_huge_pages()
     app.run(main)
 
 

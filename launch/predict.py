@@ -13,6 +13,7 @@ import json
 
 from absl import app, flags, logging
 
+from launch import huge_pages
 from paresseg_jax.infer import study
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
@@ -66,6 +67,7 @@ def main(argv):
 
 
 def run():
+    huge_pages.restart_with_huge_pages()
     app.run(main)
 
 

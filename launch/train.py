@@ -16,6 +16,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from launch import huge_pages
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -64,6 +66,7 @@ def main(argv):
 
 
 def run():
+    huge_pages.restart_with_huge_pages()
     app.run(main)
 
 

@@ -1,0 +1,39 @@
+"""launch.huge_pages: the launchers restart once with glibc's huge-page malloc setting."""
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import huge_pages
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = ("import os, sys; from launch import huge_pages; huge_pages.restart_with_huge_pages(); "
+          "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
+
+
+def _run(env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.OPT_OUT)}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, "--flag=1", "x"], cwd=REPO, env={**env, **env_extra},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()
+
+
+@pytest.mark.skipif(not huge_pages.wanted({}), reason="needs Linux with glibc >= 2.35 (the setting does not exist elsewhere)")
+def test_restarts_once_with_the_setting_added_and_arguments_kept():
+    assert _run({}) == ["glibc.malloc.hugetlb=1 ['--flag=1', 'x']"]  # one line: the first process was replaced
+    assert _run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == [
+        "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1 ['--flag=1', 'x']"]
+
+
+def test_opt_out_and_present_setting_and_other_platforms_leave_the_process_alone(monkeypatch):
+    assert _run({huge_pages.OPT_OUT: "0"}) == ["['--flag=1', 'x']"]
+    assert _run({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == ["glibc.malloc.hugetlb=0 ['--flag=1', 'x']"]
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.31"))
+    assert not huge_pages.wanted({})
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    assert not huge_pages.wanted({})

@@ -31,7 +31,7 @@ def test_conv_matches_torch_with_hwio_kernel():
     x = rng.standard_normal((2, 5, 3, 7)).astype(np.float32)
     conv = Conv(4, 3)
     variables = conv.init(jax.random.key(0), x)
-    kernel, bias = (np.asarray(variables["params"][k]) for k in ("kernel", "bias"))
+    kernel, bias = (np.array(variables["params"][k]) for k in ("kernel", "bias"))  # writable copies for torch
     assert kernel.shape == (3, 3, 7, 4)
     # torch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     assert np.abs(kernel).max() <= 1 / math.sqrt(63) and np.abs(kernel).max() > 0.8 / math.sqrt(63)

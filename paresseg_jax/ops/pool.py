@@ -34,10 +34,10 @@ def _max_pool_fwd(x, size):
 
 
 def _max_pool_bwd(size, x, g):
-    # The maximum must be found in the very values the forward pass pooled. Without the barrier XLA
-    # fuses the ops producing `x` into this function again and recomputes them (with other rounding):
-    # in a whole model's float64 gradient, maxima then matched nothing and gradients went astray
-    # (relative error 1.0 against PyTorch; 4e-13 with the barrier or without XLA's optimisations).
+    # The maximum must be found in the very values the forward pass pooled. Without the barrier, XLA
+    # CPU's optimised code went wrong here inside a whole model's float64 gradient (relative error 1.0
+    # against PyTorch; 4e-13 with the barrier, without optimisation or without YNNPACK fusions), most
+    # likely by recomputing the ops that produce `x` with other rounding so that maxima matched nothing.
     x, g = jax.lax.optimization_barrier((x, g))
     taps = _taps(x, size)
     peak = functools.reduce(jnp.maximum, taps)

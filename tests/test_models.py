@@ -48,7 +48,7 @@ def test_conv_transpose_matches_torch(kernel_size, stride, padding):
     x = rng.standard_normal((2, 5, 3, 6)).astype(np.float32)
     layer = ConvTranspose(4, kernel_size, stride, padding, use_bias=True)
     variables = layer.init(jax.random.key(0), x)
-    kernel, bias = (np.asarray(variables["params"][k]) for k in ("kernel", "bias"))
+    kernel, bias = (np.array(variables["params"][k]) for k in ("kernel", "bias"))  # writable copies for torch
     torch_weight = torch.from_numpy(kernel).permute(2, 3, 0, 1)  # (kh, kw, in, out) -> (in, out, kh, kw)
     expected = torch.nn.functional.conv_transpose2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch_weight,
                                                     torch.from_numpy(bias), stride=stride, padding=padding)

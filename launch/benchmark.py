@@ -148,14 +148,15 @@ def main(argv):
         rows += _pipeline(FLAGS.batch, FLAGS.size)
     _add_ratios(rows)
     device = jax.devices()[0]
+    tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by launch/huge_pages.py unless opted out
     print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
-          f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}")
     _print_table(rows, FLAGS.peak_tflops)
     if FLAGS.json:
         record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,
                                             "count": jax.device_count(), "cpus": os.cpu_count(),
                                             "host": platform.node()},
-                  "jax": jax.__version__, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "flags": {f: FLAGS[f].value for f in (
+                  "jax": jax.__version__, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
                       "stride", "xla_conv", "compare_torch", "peak_tflops")},
                   "rows": rows}

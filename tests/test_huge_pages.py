@@ -23,7 +23,8 @@ def _run(env_extra):
     return result.stdout.strip().splitlines()
 
 
-@pytest.mark.skipif(not huge_pages.wanted({}), reason="needs Linux with glibc >= 2.35 (the setting does not exist elsewhere)")
+@pytest.mark.skipif(not huge_pages.wanted({}),
+                    reason="needs Linux with glibc >= 2.35 (the setting does not exist elsewhere)")
 def test_restarts_once_with_the_setting_added_and_arguments_kept():
     assert _run({}) == ["glibc.malloc.hugetlb=1 ['--flag=1', 'x']"]  # one line: the first process was replaced
     assert _run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == [

@@ -67,9 +67,23 @@ def _torch_oracle(name: str, width: int, attention: str):
     archs = {ours: ref for ref, ours in interop.ARCHITECTURES.items()}
     if name not in archs:
         raise app.UsageError(f"--compare_torch: the oracle has only {sorted(archs)}, not --model={name}")
+    from paresseg_jax.benchmarks import torch_device
+
     model = harness.reference_model(archs[name], width, attention, seed=0)
     state = model.state_dict()
-    return model, interop.spec_from_state_dict(state), interop.from_torch_state_dict(state)
+    spec, variables = interop.spec_from_state_dict(state), interop.from_torch_state_dict(state)
+    return model.to(torch_device.device()), spec, variables
+
+
+def _oracle_record(torch_model) -> dict | None:
+    """Torch version and the oracle's device (CUDA float32 convolutions may use TF32, torch's default)."""
+    if torch_model is None:
+        return None
+    import torch
+
+    target = next(torch_model.parameters()).device.type
+    return {"version": torch.__version__, "device": target,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if target == "cuda" else None}
 
 
 def _pipeline(batch: int, size: int) -> list[dict]:
@@ -79,7 +93,10 @@ def _pipeline(batch: int, size: int) -> list[dict]:
         cmd = [sys.executable, "-m", "paresseg_jax.benchmarks.pipeline", f"--json={out}", f"--batch={batch}",
                f"--crop={size}", f"--workers={','.join(FLAGS.pipeline_workers)}",
                f"--batches={FLAGS.pipeline_batches}"]
-        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        # The pipeline runs on the host: its process must not claim the accelerator this one holds
+        # (JAX would preallocate most of a GPU's memory a second time).
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         record = json.loads(out.read_text())
     return [{"part": "pipeline", "variant": f"{w} workers", "batch": batch, "size": size, "patches_per_s": rate}
             for w, rate in record["patches_per_second"].items()]
@@ -149,14 +166,16 @@ def main(argv):
     _add_ratios(rows)
     device = jax.devices()[0]
     tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by launch/huge_pages.py unless opted out
+    oracle = _oracle_record(torch_model)
     print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
-          f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}")
+          f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}"
+          + (f", torch {oracle['version']} on {oracle['device']}" if oracle else ""))
     _print_table(rows, FLAGS.peak_tflops)
     if FLAGS.json:
         record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,
                                             "count": jax.device_count(), "cpus": os.cpu_count(),
                                             "host": platform.node()},
-                  "jax": jax.__version__, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
+                  "jax": jax.__version__, "torch": oracle, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
                       "stride", "xla_conv", "compare_torch", "peak_tflops")},
                   "rows": rows}

@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# GPU check: PA-ResSeg train-step throughput (float32 and bfloat16, at the paper's batch 8 and at a
-# batch that fills the GPU) and whole-volume inference, with achieved TFLOP/s and the fraction of
-# the card's peak. Installs nothing; uses the Python environment it is started in.
+# GPU check: PA-ResSeg train-step throughput (float32 and bfloat16, at a batch that fills the GPU and
+# at the paper's batch 8), whole-volume inference, and the input pipeline on this machine's CPUs,
+# with achieved TFLOP/s and the fraction of the card's peak. Installs nothing; uses the Python
+# environment it is started in. The headline (large-batch) run comes first; a failed run (out of
+# memory, say) is reported and the others still run; the exit status is 1 if any failed.
 #
 #   bash launch/gpu_check.sh                 # writes gpu_check/*.json beside the printed tables
-#   BIG_BATCH=128 PEAK_TFLOPS=989 OUT=/tmp/gc bash launch/gpu_check.sh
+#   BIG_BATCH=64 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
 #   ALLOW_CPU=1 WIDTH=4 SIZE=32 BIG_BATCH=4 SLICES=2 INFER_BATCH=2 SLICE_SIZE=64 bash launch/gpu_check.sh  # smoke test
 #
 # PEAK_TFLOPS defaults to the card's dense bfloat16 tensor-core peak (H100/H200 SXM: 989); the
 # float32 rows are compared with the same number, so their fraction is a lower bound.
-set -euo pipefail
+# COMPARE_TORCH=1 also runs the PyTorch oracle (on the GPU, float32) at batch 8 and for inference.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-gpu_check}
-BIG_BATCH=${BIG_BATCH:-128}
+BIG_BATCH=${BIG_BATCH:-96}
 REPEATS=${REPEATS:-5}
 WIDTH=${WIDTH:-64}
 SIZE=${SIZE:-224}
 SLICES=${SLICES:-60}
 SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
+PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
 mkdir -p "$OUT"
 
 if [[ "${ALLOW_CPU:-0}" != 1 ]] && ! "$PYTHON" -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 1)"; then
@@ -34,15 +38,27 @@ if [[ -z "${PEAK_TFLOPS:-}" ]]; then
     *) PEAK_TFLOPS=0 ;;
   esac
 fi
-peak=()
-[[ "$PEAK_TFLOPS" != 0 ]] && peak=(--peak_tflops="$PEAK_TFLOPS")
+common=(--width="$WIDTH" --repeats="$REPEATS")
+[[ "$PEAK_TFLOPS" != 0 ]] && common+=(--peak_tflops="$PEAK_TFLOPS")
+torch=()
+if [[ "${COMPARE_TORCH:-0}" == 1 ]]; then
+  torch=(--compare_torch)
+  # Both frameworks then share the card: JAX takes memory as it needs it instead of most of it up front.
+  export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
+fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}  # room for the large batch
 
-for batch in 8 "$BIG_BATCH"; do
-  echo "== train step, batch $batch"
-  "$PYTHON" launch/benchmark.py --parts=train --dtypes=float32,bfloat16 --width="$WIDTH" --batch="$batch" --size="$SIZE" \
-    --repeats="$REPEATS" --warmup=2 "${peak[@]}" --json="$OUT/train_b$batch.json"
-done
-echo "== inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume"
-"$PYTHON" launch/benchmark.py --parts=infer --width="$WIDTH" --slices="$SLICES" --slice_size="$SLICE_SIZE" --infer_batch="$INFER_BATCH" \
-  --repeats=3 --warmup=1 "${peak[@]}" --json="$OUT/infer.json"
+failed=0
+bench() {  # bench TITLE ARGS...: one benchmark process; a failure is counted, not fatal
+  echo "== $1"
+  shift
+  "$PYTHON" launch/benchmark.py "${common[@]}" "$@" || { echo "gpu_check: FAILED: $*" >&2; failed=1; }
+}
+bench "train step and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16,float32 \
+  --batch="$BIG_BATCH" --size="$SIZE" --warmup=2 --pipeline_workers="$PIPELINE_WORKERS" --json="$OUT/train_b$BIG_BATCH.json"
+bench "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --batch=8 --size="$SIZE" --warmup=2 \
+  "${torch[@]}" --json="$OUT/train_b8.json"
+bench "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \
+  --slice_size="$SLICE_SIZE" --infer_batch="$INFER_BATCH" --warmup=1 "${torch[@]}" --json="$OUT/infer.json"
 echo "results: $OUT/"
+exit "$failed"

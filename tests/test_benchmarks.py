@@ -39,14 +39,28 @@ def test_bench_rows_ratios_and_table(tmp_path):
     assert "jax-xla-conv" in table and "vs_torch" in table
 
 
-@pytest.mark.slow  # six compiles in three processes (~2 min on 2 cores)
+@pytest.mark.slow  # eight compiles in three processes (~3 min on 2 cores)
 def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
+    pytest.importorskip("torch", reason="COMPARE_TORCH=1 needs the test extra's torch")
     env = {**os.environ, "ALLOW_CPU": "1", "WIDTH": "4", "SIZE": "32", "BIG_BATCH": "4", "SLICES": "2",
-           "INFER_BATCH": "2", "SLICE_SIZE": "64", "REPEATS": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
+           "INFER_BATCH": "2", "SLICE_SIZE": "64", "REPEATS": "1", "PIPELINE_WORKERS": "0", "COMPARE_TORCH": "1",
+           "OUT": str(tmp_path), "PYTHON": sys.executable}
     _run(["bash", "launch/gpu_check.sh"], env=env)
-    for name, parts in (("train_b8.json", {"train"}), ("train_b4.json", {"train"}), ("infer.json", {"forward", "volume"})):
+    for name, parts in (("train_b4.json", {"train", "pipeline"}), ("train_b8.json", {"train"}),
+                        ("infer.json", {"forward", "volume"})):
         record = json.loads((tmp_path / name).read_text())
         assert {r["part"] for r in record["rows"]} == parts
+    variants = {(r["variant"], r.get("dtype")) for r in json.loads((tmp_path / "train_b8.json").read_text())["rows"]}
+    assert variants == {("jax", "bfloat16"), ("jax", "float32"), ("torch", "float32")}
+    assert json.loads((tmp_path / "infer.json").read_text())["torch"]["device"] == "cpu"  # JAX is on the CPU too
+
+    # A failed run (here: a batch that does not divide the volume) is reported; the others still run.
+    broken = tmp_path / "broken"
+    result = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
+                            env={**env, "INFER_BATCH": "3", "COMPARE_TORCH": "0", "OUT": str(broken)})
+    assert result.returncode == 1 and "FAILED" in result.stderr
+    assert sorted(p.name for p in broken.iterdir()) == ["train_b4.json", "train_b8.json"]
+
     refused = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                              env={**env, "ALLOW_CPU": "0"})
     assert refused.returncode == 1 and "no GPU" in refused.stderr
@@ -66,3 +80,20 @@ def test_time_interleaved_rounds_rewarm_each_variant():
     assert calls == ["a"] * 4  # a lone variant has nothing to re-warm from
     with pytest.raises(ValueError, match="repeats"):
         time_interleaved(fns, repeats=0)
+
+
+def test_xla_flops_counts_a_convolution_by_hand():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from paresseg_jax.benchmarks.timing import xla_flops
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    x, w = jnp.ones((2, 10, 12, 3), jnp.bfloat16), jnp.ones((3, 3, 3, 5), jnp.bfloat16)
+    # a multiply and an add per tap: 2 * N * Ho * Wo * Cout * kh * kw * Cin
+    assert xla_flops(conv, x, w) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3
+    host = {"x": np.ones((2, 10, 12, 3), np.float32), "w": np.ones((3, 3, 3, 5), np.float32)}  # a pytree of numpy
+    assert xla_flops(lambda p: conv(p["x"], p["w"]), host) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3

@@ -12,10 +12,13 @@ about an adult liver at 0.75 mm pixels), cropped to its box.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paresseg_jax.benchmarks import torch_device
 from paresseg_jax.benchmarks.timing import time_interleaved, xla_flops
 from paresseg_jax.infer.predict import predict_volume, tumor_probability
 
@@ -38,12 +41,15 @@ def torch_probability(model, inputs_nhwc) -> callable:
     """The oracle's whole-slice tumor probability (eval mode, no grad) on NCHW copies of a batch."""
     import torch
 
+    target = next(model.parameters()).device.type
     model.eval()
-    inputs = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))) for x in inputs_nhwc]
+    inputs = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(target) for x in inputs_nhwc]
 
     def run():
         with torch.no_grad():
-            return torch.softmax(model(*inputs), dim=1)[:, 1]
+            out = torch.softmax(model(*inputs), dim=1)[:, 1]
+        torch_device.synchronize(target)
+        return out
 
     return run
 
@@ -60,8 +66,9 @@ def benchmark_infer(module, variables, size: int, slices: int, batch: int, tile:
     rng = np.random.default_rng(1)
     stack = [rng.random((batch, size, size, module.in_channels), np.float32) for _ in phases]
     inputs = tuple(jax.device_put(x) for x in stack)
-    jitted = jax.jit(lambda v, xs: tumor_probability(module, v, xs))
-    flops = xla_flops(jitted.lower(variables, inputs))
+    probability = functools.partial(tumor_probability, module)
+    jitted = jax.jit(probability)
+    flops = xla_flops(probability, variables, inputs)
     fns = {"jax": lambda: jitted(variables, inputs).block_until_ready()}
     if torch_model is not None:
         fns["torch"] = torch_probability(torch_model, stack)
@@ -87,9 +94,11 @@ def benchmark_infer(module, variables, size: int, slices: int, batch: int, tile:
 
 
 def _torch_volume(model, volumes: dict, batch: int):
-    """Whole-slice torch inference of the same volumes: 2.5D stacks, batches of `batch` slices."""
+    """Whole-slice torch inference of the same volumes: 2.5D stacks, batches of `batch` slices, results
+    copied back to the host as `predict_volume`'s are."""
     import torch
 
+    target = next(model.parameters()).device.type
     model.eval()
     arrays = list(volumes.values())
     depth = arrays[0].shape[0]
@@ -100,8 +109,8 @@ def _torch_volume(model, volumes: dict, batch: int):
             for start in range(0, depth, batch):
                 zs = range(start, min(start + batch, depth))
                 inputs = [torch.from_numpy(np.stack([v[np.clip([z - 1, z, z + 1], 0, depth - 1)] for z in zs]))
-                          for v in arrays]
-                out[start:start + len(zs)] = torch.softmax(model(*inputs), dim=1)[:, 1].numpy()
+                          .to(target) for v in arrays]
+                out[start:start + len(zs)] = torch.softmax(model(*inputs), dim=1)[:, 1].cpu().numpy()
         return out
 
     return run

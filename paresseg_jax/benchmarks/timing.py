@@ -15,6 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,11 +50,18 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup:
     return {name: {"median": float(np.median(t)), "min": float(np.min(t)), "times": t} for name, t in times.items()}
 
 
-def xla_flops(computation) -> float | None:
-    """FLOPs of one call of a lowered or compiled jax function from XLA's cost analysis (None if unavailable)."""
+def xla_flops(fn: Callable, *args) -> float | None:
+    """FLOPs of one call of ``fn(*args)`` from XLA's cost analysis of its lowering for the CPU (None if unavailable).
+
+    Counted on a CPU lowering whatever device runs `fn`, so CPU and GPU rows use
+    the same count: on the GPU the analysis gave none (jax 0.11) or left the
+    cuDNN convolutions out (3.7 of ~355 GFLOP per PA-ResSeg sample, jax 0.10).
+    """
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=cpu), args)
     try:
-        analysis = computation.cost_analysis()
-    except Exception:  # noqa: BLE001  (some backends do not implement it)
+        analysis = jax.jit(fn).lower(*specs).cost_analysis()
+    except Exception:  # noqa: BLE001  (a backend may not implement it)
         return None
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else None

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paresseg_jax import losses, models, ops
+from paresseg_jax.benchmarks import torch_device
 from paresseg_jax.benchmarks.timing import compile_timed, time_interleaved, xla_flops
 from paresseg_jax.train.state import create_train_state, make_optimizer
 from paresseg_jax.train.step import make_train_step
@@ -47,7 +48,7 @@ class JaxTrainStep:
         self.compiled, self.compile_s = compile_timed(jitted, self.state, self.batch)
         with ops.weight_grad("xla"):  # cost analysis would count the chunked gradient's loop body once;
             # a fresh function, since jax reuses the trace of `step` made outside this block
-            self.flops = xla_flops(jax.jit(lambda *args: step(*args)).lower(self.state, self.batch))
+            self.flops = xla_flops(lambda *args: step(*args), self.state, self.batch)
 
     def __call__(self):
         self.state, metrics = self.compiled(self.state, self.batch)
@@ -55,19 +56,21 @@ class JaxTrainStep:
 
 
 def torch_train_step(model, batch: dict, phases) -> Any:
-    """One reference-recipe step of the torch oracle on the same batch (NCHW copies)."""
+    """One reference-recipe step of the torch oracle on the same batch (NCHW copies on the model's device)."""
     import torch
 
+    target = next(model.parameters()).device.type
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=TRAIN_CONFIG["learning_rate"])
-    inputs = [torch.from_numpy(np.ascontiguousarray(batch[p].transpose(0, 3, 1, 2))) for p in phases]
-    label = torch.from_numpy(batch["label"]).long()
+    inputs = [torch.from_numpy(np.ascontiguousarray(batch[p].transpose(0, 3, 1, 2))).to(target) for p in phases]
+    label = torch.from_numpy(batch["label"]).long().to(target)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(*inputs), label)
         loss.backward()
         optimizer.step()
+        torch_device.synchronize(target)
 
     return step
 

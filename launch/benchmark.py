@@ -51,6 +51,9 @@ def _define_flags():
     flags.DEFINE_bool("xla_conv", False, "also time the train step with XLA's own conv weight gradient "
                       "(variant jax-xla-conv: the baseline of ops.conv2d's CPU gradient)")
     flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch and tests/torch_reference)")
+    flags.DEFINE_integer("profile_calls", 0, "after timing, trace this many steps of each JAX train variant with "
+                         "jax.profiler and print where the time goes, by operation (0: off)")
+    flags.DEFINE_string("profile_dir", None, "keep the --profile_calls traces here (for TensorBoard/XProf)")
     flags.DEFINE_float("peak_tflops", None, "the device's peak TFLOP/s, to report the fraction achieved")
     flags.DEFINE_string("json", None, "write all results here")
 
@@ -118,6 +121,16 @@ def _add_ratios(rows: list[dict]) -> None:
                 row["vs_torch"] = (other[key] / row[key]) if key == "step_s" else (row[key] / other[key])
 
 
+def _print_profiles(rows: list[dict]) -> None:
+    """Per profiled train variant: milliseconds of XLA op time per step by kind of operation."""
+    for row in rows:
+        if "profile" not in row:
+            continue
+        print(f"\nwhere a {row['variant']} {row['dtype']} step's op time goes (summed over threads on a CPU):")
+        for entry in row["profile"]:
+            print(f"  {entry['ms']:9.1f} ms  {entry['share']:6.1%}  {entry['ops']:4d} ops  {entry['what']}")
+
+
 def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
@@ -157,7 +170,8 @@ def main(argv):
     rows = []
     if "train" in FLAGS.parts:
         rows += train.benchmark_train(factory, variables, FLAGS.batch, FLAGS.size, FLAGS.dtypes, FLAGS.repeats,
-                                      FLAGS.warmup, torch_model, FLAGS.xla_conv)
+                                      FLAGS.warmup, torch_model, FLAGS.xla_conv, FLAGS.profile_calls,
+                                      FLAGS.profile_dir)
     if "infer" in FLAGS.parts:
         rows += infer.benchmark_infer(factory("float32"), variables, FLAGS.slice_size, FLAGS.slices, FLAGS.infer_batch,
                                       FLAGS.tile, FLAGS.stride, FLAGS.repeats, FLAGS.warmup, torch_model)
@@ -171,13 +185,14 @@ def main(argv):
           f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}"
           + (f", torch {oracle['version']} on {oracle['device']}" if oracle else ""))
     _print_table(rows, FLAGS.peak_tflops)
+    _print_profiles(rows)
     if FLAGS.json:
         record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,
                                             "count": jax.device_count(), "cpus": os.cpu_count(),
                                             "host": platform.node()},
                   "jax": jax.__version__, "torch": oracle, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
-                      "stride", "xla_conv", "compare_torch", "peak_tflops")},
+                      "stride", "xla_conv", "compare_torch", "peak_tflops", "profile_calls")},
                   "rows": rows}
         Path(FLAGS.json).write_text(json.dumps(record, indent=1))
 

@@ -23,7 +23,7 @@ def test_bench_rows_ratios_and_table(tmp_path):
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
     table = _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=train,infer", "--dtypes=float32",
-                  "--xla_conv", "--compare_torch", f"--json={out}"])
+                  "--xla_conv", "--compare_torch", "--profile_calls=1", f"--json={out}"])
     record = json.loads(out.read_text())
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in record["rows"]}
     assert set(rows) == {("train", "jax", None), ("train", "jax-xla-conv", None), ("train", "torch", None),
@@ -37,6 +37,11 @@ def test_bench_rows_ratios_and_table(tmp_path):
         rows["volume", "jax", "roi"]["slices_per_s"] / rows["volume", "torch", "full"]["slices_per_s"])
     assert "vs_torch" not in torch_row
     assert "jax-xla-conv" in table and "vs_torch" in table
+    # --profile_calls: each JAX train variant says where its op time went; the shares add up.
+    for row in (train, baseline):
+        assert sum(entry["share"] for entry in row["profile"]) == pytest.approx(1.0)
+        assert any("conv_general_dilated" in entry["what"] for entry in row["profile"])
+    assert "profile" not in torch_row and "where a jax float32 step's op time goes" in table
 
 
 @pytest.mark.slow  # eight compiles in three processes (~3 min on 2 cores)
@@ -97,3 +102,37 @@ def test_xla_flops_counts_a_convolution_by_hand():
     assert xla_flops(conv, x, w) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3
     host = {"x": np.ones((2, 10, 12, 3), np.float32), "w": np.ones((3, 3, 3, 5), np.float32)}  # a pytree of numpy
     assert xla_flops(lambda p: conv(p["x"], p["w"]), host) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3
+
+
+def test_profile_self_times_labels_and_summary():
+    from paresseg_jax.benchmarks import profile
+
+    # a while loop (0-100 ns) holding two ops, then an op after it; nested time is the children's
+    events = [("while.1", 0, 100), ("dot.2", 10, 30), ("slice.3", 50, 20), ("copy.4", 120, 5)]
+    assert profile._self_times(events) == {"while.1": 50, "dot.2": 30, "slice.3": 20, "copy.4": 5}
+    sources = {"while.1": "jit(step)/transpose(jvp(Model))/while", "dot.2": "jit(step)/transpose(jvp())/while/body/dot_general",
+               "slice.3": "jit(step)/jvp(Model)/conv/slice"}
+    assert profile.describe("dot.2", sources["dot.2"]) == "backward loop dot_general"
+    assert profile.describe("slice.3", sources["slice.3"]) == "forward slice"
+    assert profile.describe("copy.4", None) == "(XLA) copy"
+    rows = profile.summarize({"while.1": 0.5, "dot.2": 0.3, "slice.3": 0.15, "copy.4": 0.05}, sources, top=2)
+    assert [(r["what"], r["ops"]) for r in rows] == [("backward while", 1), ("backward loop dot_general", 1),
+                                                     ("(2 other kinds)", 2)]
+    assert [r["ms"] for r in rows] == pytest.approx([500, 300, 200]) and sum(r["share"] for r in rows) == pytest.approx(1)
+
+
+def test_profile_op_times_of_a_jitted_function(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from paresseg_jax.benchmarks import profile
+
+    x = jnp.ones((256, 256))
+    compiled = jax.jit(lambda a: jnp.tanh(a @ a)).lower(x).compile()
+    times = profile.op_times(lambda: compiled(x).block_until_ready(), calls=2, logdir=str(tmp_path))
+    labels = {profile.describe(name, profile.op_sources(compiled).get(name)) for name in times}
+    assert all(t >= 0 for t in times.values()) and sum(times.values()) > 0
+    assert any("dot_general" in label or "tanh" in label for label in labels), labels
+    assert list(tmp_path.rglob("*.xplane.pb"))  # the trace is kept where asked
+    with pytest.raises(ValueError, match="calls"):
+        profile.op_times(lambda: None, calls=0)

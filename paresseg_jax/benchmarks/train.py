@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paresseg_jax import losses, models, ops
-from paresseg_jax.benchmarks import torch_device
+from paresseg_jax.benchmarks import profile, torch_device
 from paresseg_jax.benchmarks.timing import compile_timed, time_interleaved, xla_flops
 from paresseg_jax.train.state import create_train_state, make_optimizer
 from paresseg_jax.train.step import make_train_step
@@ -76,12 +76,15 @@ def torch_train_step(model, batch: dict, phases) -> Any:
 
 
 def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dtypes, repeats: int, warmup: int,
-                    torch_model=None, xla_conv: bool = False) -> list[dict]:
+                    torch_model=None, xla_conv: bool = False, profile_calls: int = 0,
+                    profile_dir: str | None = None) -> list[dict]:
     """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
     'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype.
 
     With `xla_conv`, variant 'jax-xla-conv' is the same step traced with XLA's own convolution
-    weight gradient (`ops.weight_grad('xla')`), the baseline of `ops.conv2d`'s CPU gradient."""
+    weight gradient (`ops.weight_grad('xla')`), the baseline of `ops.conv2d`'s CPU gradient.
+    With `profile_calls`, each JAX row also gets ``'profile'``: `profile.summarize` rows of that
+    many traced steps (after the timing; traces kept under `profile_dir` if given)."""
     first = module_for_dtype(dtypes[0])
     batch = random_batch(first.phases, batch_size, size, first.in_channels)
     steps, fns = {}, {}
@@ -106,6 +109,10 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
             "gflops": flops / t["median"] / 1e9 if flops else None,
             "compile_s": step.compile_s if step else None,
         })
+        if step and profile_calls:
+            logdir = f"{profile_dir}/{variant}-{dtype}" if profile_dir else None
+            times = profile.op_times(step, profile_calls, logdir)
+            rows[-1]["profile"] = profile.summarize(times, profile.op_sources(step.compiled))
     return rows
 
 

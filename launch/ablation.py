@@ -12,7 +12,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from launch import huge_pages
+from launch import compilation_cache, huge_pages
 from paresseg_jax import ablation, demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
@@ -36,6 +36,7 @@ def main(argv):
 
 def run():
     huge_pages.restart_with_huge_pages()
+    compilation_cache.enable()
     app.run(main)
 
 

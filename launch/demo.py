@@ -12,7 +12,7 @@ Rerunning with the same --workdir reuses every finished stage.
 
 from absl import app, flags, logging
 
-from launch import huge_pages
+from launch import compilation_cache, huge_pages
 from paresseg_jax import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, cache, runs and report.md (reused on rerun)", required=True)
@@ -29,6 +29,7 @@ def main(argv):
 
 def run():
     huge_pages.restart_with_huge_pages()
+    compilation_cache.enable()
     app.run(main)
 
 

@@ -13,7 +13,7 @@ import json
 
 from absl import app, flags, logging
 
-from launch import huge_pages
+from launch import compilation_cache, huge_pages
 from paresseg_jax.infer import study
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
@@ -68,6 +68,7 @@ def main(argv):
 
 def run():
     huge_pages.restart_with_huge_pages()
+    compilation_cache.enable()
     app.run(main)
 
 

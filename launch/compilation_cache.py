@@ -1,0 +1,43 @@
+"""A persistent XLA compilation cache for the launchers.
+
+A second run with the same model, shapes, flags and jax version loads its
+compiled steps from disk instead of compiling them again: PA-ResSeg's train
+step (width 8, 64 px) on this 2-core CPU, 28.0 s of compilation -> 8.6 s of
+tracing and loading; on a GPU, where compilation includes convolution
+autotuning, 50-120 s per step are at stake (BENCHMARKS.md). Resuming a
+training, predicting with a trained model and rerunning the demo gain most.
+
+Where: ``$PARESSEG_XLA_CACHE``, else JAX's own ``$JAX_COMPILATION_CACHE_DIR``,
+else ``~/.cache/paresseg_jax/xla``; ``PARESSEG_XLA_CACHE=0`` turns it off.
+Only compilations longer than a second are stored, and the folder is kept
+under 2 GB (JAX drops the least recently used entries).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "PARESSEG_XLA_CACHE"
+MAX_BYTES = 2 << 30
+
+
+def cache_dir(environ=os.environ) -> Path | None:
+    """The folder to use, or None when turned off."""
+    chosen = environ.get(ENV) or environ.get("JAX_COMPILATION_CACHE_DIR")
+    if chosen == "0":
+        return None
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "paresseg_jax" / "xla"
+
+
+def enable(min_compile_secs: float = 1.0) -> Path | None:
+    """Points JAX's persistent compilation cache at `cache_dir()` (before anything compiles); returns it."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    return folder

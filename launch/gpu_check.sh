@@ -3,7 +3,8 @@
 # at the paper's batch 8), whole-volume inference, and the input pipeline on this machine's CPUs,
 # with achieved TFLOP/s and the fraction of the card's peak. Installs nothing; uses the Python
 # environment it is started in. The headline (large-batch) run comes first; a failed run (out of
-# memory, say) is reported and the others still run; the exit status is 1 if any failed.
+# memory, say) is reported and the others still run; the exit status is 1 if any failed. The
+# large-batch run also prints where each step's GPU time goes, by operation (--profile_calls).
 #
 #   bash launch/gpu_check.sh                 # writes gpu_check/*.json beside the printed tables
 #   BIG_BATCH=64 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
@@ -24,6 +25,7 @@ SLICES=${SLICES:-60}
 SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
 PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
+PROFILE_CALLS=${PROFILE_CALLS:-3}  # traced large-batch steps for the op-time breakdown (0: none)
 mkdir -p "$OUT"
 
 if [[ "${ALLOW_CPU:-0}" != 1 ]] && ! "$PYTHON" -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 1)"; then
@@ -55,7 +57,8 @@ bench() {  # bench TITLE ARGS...: one benchmark process; a failure is counted, n
   "$PYTHON" launch/benchmark.py "${common[@]}" "$@" || { echo "gpu_check: FAILED: $*" >&2; failed=1; }
 }
 bench "train step and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16,float32 \
-  --batch="$BIG_BATCH" --size="$SIZE" --warmup=2 --pipeline_workers="$PIPELINE_WORKERS" --json="$OUT/train_b$BIG_BATCH.json"
+  --batch="$BIG_BATCH" --size="$SIZE" --warmup=2 --pipeline_workers="$PIPELINE_WORKERS" --profile_calls="$PROFILE_CALLS" \
+  --json="$OUT/train_b$BIG_BATCH.json"
 bench "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --batch=8 --size="$SIZE" --warmup=2 \
   "${torch[@]}" --json="$OUT/train_b8.json"
 bench "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \

@@ -55,6 +55,8 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
                         ("infer.json", {"forward", "volume"})):
         record = json.loads((tmp_path / name).read_text())
         assert {r["part"] for r in record["rows"]} == parts
+    large = json.loads((tmp_path / "train_b4.json").read_text())["rows"]
+    assert all("profile" in r for r in large if r["part"] == "train")  # the op-time breakdown
     variants = {(r["variant"], r.get("dtype")) for r in json.loads((tmp_path / "train_b8.json").read_text())["rows"]}
     assert variants == {("jax", "bfloat16"), ("jax", "float32"), ("torch", "float32")}
     assert json.loads((tmp_path / "infer.json").read_text())["torch"]["device"] == "cpu"  # JAX is on the CPU too

@@ -1,11 +1,13 @@
 """Where a compiled step spends its time: XLA op times from a ``jax.profiler`` trace.
 
 `op_times` runs a blocking callable under ``jax.profiler.trace`` and reads the
-trace back with ``jax.profiler.ProfileData``: every event that names an XLA op
-(an ``hlo_op`` stat; on a GPU, the device's "XLA Ops" line) counts with its
-self time, i.e. minus the ops nested in it on the same line (a while loop's
-body, say). On a CPU these are the thunk times of XLA's worker threads, which
-can overlap, so shares are of the summed op time, not of the wall time.
+trace back with ``jax.profiler.ProfileData``. Every event that names an XLA op
+counts with its self time, i.e. minus the ops nested in it on the same line
+(a while loop's body, say). On a GPU these are the events of the device's
+"XLA Ops" line (kernel times; written from the trace format, not yet run on
+a GPU here). On a CPU they are the host events with an ``hlo_op`` stat, the
+thunk times of XLA's worker threads, which can overlap: shares are then of
+the summed op time, not of the wall time.
 
 `op_sources` maps op names to the JAX operation each came from (the op_name
 metadata of the compiled HLO), so a row reads "backward conv_general_dilated"
@@ -62,15 +64,18 @@ def _self_times(events) -> dict[str, int]:
 
 
 def _trace_events(path: Path):
-    """Yields (line key, op name, start_ns, duration_ns) for every XLA op event of a trace file."""
+    """Yields (line key, op name, start_ns, duration_ns) for every XLA op event of a trace file.
+
+    With an accelerator, the device planes' "XLA Ops" lines (kernel times; host-side launch
+    events are left out); on a CPU, the host events that carry an ``hlo_op`` stat."""
     profile = jax.profiler.ProfileData.from_file(str(path))
-    for plane in profile.planes:
-        for line in plane.lines:
-            device_ops = line.name == "XLA Ops"
-            for event in line.events:
-                stats = dict(event.stats)
-                if "hlo_op" in stats or device_ops:
-                    yield (plane.name, line.name), str(stats.get("hlo_op", event.name)), event.start_ns, event.duration_ns
+    device_lines = [(plane, line) for plane in profile.planes for line in plane.lines if line.name == "XLA Ops"]
+    pairs = device_lines or [(plane, line) for plane in profile.planes for line in plane.lines]
+    for plane, line in pairs:
+        for event in line.events:
+            stats = dict(event.stats)
+            if device_lines or "hlo_op" in stats:
+                yield (plane.name, line.name), str(stats.get("hlo_op", event.name)), event.start_ns, event.duration_ns
 
 
 def op_times(fn: Callable[[], object], calls: int = 3, logdir: str | None = None) -> dict[str, float]:

@@ -140,6 +140,25 @@ def test_non_finite_batch_skips_the_update_and_is_counted():
     assert np.all(np.isfinite(jax.tree.leaves(jax.device_get(state.params))[0]))
 
 
+def test_finite_loss_with_a_non_finite_gradient_is_skipped_too():
+    from paresseg_jax.train import state as S, step as T
+
+    state, _ = _tiny_setup()
+    module = TinySeg(width=4)
+    tx = S.make_optimizer({"learning_rate": 1e-2}, 10)
+
+    def sqrt_at_zero(logits, label, weight):  # value 0, gradient 0 * inf = NaN
+        return jnp.sum(jnp.sqrt(jnp.abs(logits) * 0.0))
+
+    step = jax.jit(T.make_train_step(module, tx, sqrt_at_zero, lambda _: 1e-2))
+    before = jax.device_get(state)
+    state, metrics = step(state, random_batch(np.random.default_rng(0), 4))
+    assert float(metrics["loss"]) == 0.0 and int(metrics["nonfinite"]) == 1
+    assert not np.isfinite(float(metrics["grad_norm"]))
+    for x, y in zip(jax.tree.leaves(before.params), jax.tree.leaves(jax.device_get(state.params))):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_unknown_parallel_mode_and_bad_batch_size_are_clear_errors():
     from paresseg_jax.train.parallel import DataParallel
 

@@ -27,11 +27,6 @@ def model_inputs(module: nn.Module, batch: dict) -> list[jax.Array]:
     return [batch[p] for p in module.phases]
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
-
-
 def make_train_step(
     module: nn.Module,
     tx: optax.GradientTransformation,
@@ -67,7 +62,11 @@ def make_train_step(
             loss, grads = jax.lax.pmean((loss, grads), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+        # One reduction serves the guard and the metric: a NaN or inf anywhere in the gradients (or squares
+        # beyond float32, |g| > ~1e19) makes the squared norm non-finite. Finite gradients give finite
+        # updates, so the new parameters need no pass of their own (2.9% of a PA-ResSeg CPU step).
+        grad_square = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_square)
 
         # One branch selects the whole tree: an elementwise select per leaf made XLA CPU compile
         # PA-ResSeg's step for many minutes and >10 GB (one fusion over every parameter).
@@ -79,7 +78,7 @@ def make_train_step(
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         metrics = {
             "loss": loss,
-            "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))),
+            "grad_norm": jnp.sqrt(grad_square),
             "learning_rate": schedule(state.step),
             "nonfinite": (~finite).astype(jnp.int32),
         }

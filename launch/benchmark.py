@@ -124,6 +124,8 @@ def _add_ratios(rows: list[dict]) -> None:
 def _print_profiles(rows: list[dict]) -> None:
     """Per profiled train variant: milliseconds of XLA op time per step by kind of operation."""
     for row in rows:
+        if "profile_error" in row:
+            print(f"\nno profile of the {row['variant']} {row['dtype']} step: {row['profile_error']}")
         if "profile" not in row:
             continue
         print(f"\nwhere a {row['variant']} {row['dtype']} step's op time goes (summed over threads on a CPU):")

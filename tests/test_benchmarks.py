@@ -138,3 +138,22 @@ def test_profile_op_times_of_a_jitted_function(tmp_path):
     assert list(tmp_path.rglob("*.xplane.pb"))  # the trace is kept where asked
     with pytest.raises(ValueError, match="calls"):
         profile.op_times(lambda: None, calls=0)
+
+
+def test_a_failed_profile_keeps_the_timings(monkeypatch):
+    import jax
+
+    from paresseg_jax import models
+    from paresseg_jax.benchmarks import profile, train
+    from test_train_support import TinySeg
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("no trace here")
+
+    monkeypatch.setattr(profile, "op_times", broken_trace)
+    module = TinySeg()
+    variables = models.init_variables(module, jax.random.key(0), 16, 16)
+    rows = train.benchmark_train(lambda dtype: TinySeg(dtype=models.DTYPES[dtype]), variables, 2, 16, ["float32"],
+                                 repeats=1, warmup=0, profile_calls=1)
+    assert len(rows) == 1 and rows[0]["samples_per_s"] > 0
+    assert rows[0]["profile_error"] == "RuntimeError: no trace here" and "profile" not in rows[0]

@@ -57,11 +57,11 @@ def xla_flops(fn: Callable, *args) -> float | None:
     the same count: on the GPU the analysis gave none (jax 0.11) or left the
     cuDNN convolutions out (3.7 of ~355 GFLOP per PA-ResSeg sample, jax 0.10).
     """
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=cpu), args)
     try:
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=cpu), args)
         analysis = jax.jit(fn).lower(*specs).cost_analysis()
-    except Exception:  # noqa: BLE001  (a backend may not implement it)
+    except Exception:  # noqa: BLE001  (no CPU backend, e.g. JAX_PLATFORMS=cuda, or no analysis)
         return None
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else None

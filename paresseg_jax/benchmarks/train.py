@@ -111,8 +111,11 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
         })
         if step and profile_calls:
             logdir = f"{profile_dir}/{variant}-{dtype}" if profile_dir else None
-            times = profile.op_times(step, profile_calls, logdir)
-            rows[-1]["profile"] = profile.summarize(times, profile.op_sources(step.compiled))
+            try:
+                times = profile.op_times(step, profile_calls, logdir)
+                rows[-1]["profile"] = profile.summarize(times, profile.op_sources(step.compiled))
+            except Exception as error:  # noqa: BLE001  (a failed trace must not cost the timings)
+                rows[-1]["profile_error"] = f"{type(error).__name__}: {error}"
     return rows
 
 

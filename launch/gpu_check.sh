@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check: PA-ResSeg train-step throughput (float32 and bfloat16, at a batch that fills the GPU and
+# GPU check: PA-ResSeg train-step throughput (bfloat16 and float32, at a batch that fills the GPU and
 # at the paper's batch 8), whole-volume inference, and the input pipeline on this machine's CPUs,
 # with achieved TFLOP/s and the fraction of the card's peak. Installs nothing; uses the Python
 # environment it is started in. The headline (large-batch) run comes first; a failed run (out of
@@ -7,7 +7,7 @@
 # large-batch run also prints where each step's GPU time goes, by operation (--profile_calls).
 #
 #   bash launch/gpu_check.sh                 # writes gpu_check/*.json beside the printed tables
-#   BIG_BATCH=64 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
+#   BIG_BATCH=128 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
 #   ALLOW_CPU=1 WIDTH=4 SIZE=32 BIG_BATCH=4 SLICES=2 INFER_BATCH=2 SLICE_SIZE=64 bash launch/gpu_check.sh  # smoke test
 #
 # PEAK_TFLOPS defaults to the card's dense bfloat16 tensor-core peak (H100/H200 SXM: 989); the
@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 OUT=${OUT:-gpu_check}
-BIG_BATCH=${BIG_BATCH:-96}
+BIG_BATCH=${BIG_BATCH:-}  # default: 96 on a card with >= 100 GB (H200), else 64 (H100 80 GB)
 REPEATS=${REPEATS:-5}
 WIDTH=${WIDTH:-64}
 SIZE=${SIZE:-224}
@@ -33,6 +33,10 @@ if [[ "${ALLOW_CPU:-0}" != 1 ]] && ! "$PYTHON" -c "import jax, sys; sys.exit(0 i
   exit 1
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [[ -z "$BIG_BATCH" ]]; then  # float32 needs ~0.85 GB per 224 px sample (XLA's memory analysis)
+  mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 || true)
+  BIG_BATCH=$([[ "${mib:-0}" -ge 100000 ]] && echo 96 || echo 64)
+fi
 if [[ -z "${PEAK_TFLOPS:-}" ]]; then
   case "$("$PYTHON" -c 'import jax; print(jax.devices()[0].device_kind)')" in
     *H100*|*H200*|*H800*) PEAK_TFLOPS=989 ;;
@@ -56,9 +60,12 @@ bench() {  # bench TITLE ARGS...: one benchmark process; a failure is counted, n
   shift
   "$PYTHON" launch/benchmark.py "${common[@]}" "$@" || { echo "gpu_check: FAILED: $*" >&2; failed=1; }
 }
-bench "train step and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16,float32 \
+# One process per dtype at the large batch: float32 running out of memory must not cost the bfloat16 row.
+bench "train step (bfloat16) and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16 \
   --batch="$BIG_BATCH" --size="$SIZE" --warmup=2 --pipeline_workers="$PIPELINE_WORKERS" --profile_calls="$PROFILE_CALLS" \
-  --json="$OUT/train_b$BIG_BATCH.json"
+  --json="$OUT/train_b${BIG_BATCH}_bfloat16.json"
+bench "train step (float32), batch $BIG_BATCH" --parts=train --dtypes=float32 --batch="$BIG_BATCH" --size="$SIZE" \
+  --warmup=2 --json="$OUT/train_b${BIG_BATCH}_float32.json"
 bench "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --batch=8 --size="$SIZE" --warmup=2 \
   "${torch[@]}" --json="$OUT/train_b8.json"
 bench "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \

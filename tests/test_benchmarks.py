@@ -44,18 +44,18 @@ def test_bench_rows_ratios_and_table(tmp_path):
     assert "profile" not in torch_row and "where a jax float32 step's op time goes" in table
 
 
-@pytest.mark.slow  # eight compiles in three processes (~3 min on 2 cores)
+@pytest.mark.slow  # eleven compiles in four processes (~6 min on 2 cores)
 def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     pytest.importorskip("torch", reason="COMPARE_TORCH=1 needs the test extra's torch")
     env = {**os.environ, "ALLOW_CPU": "1", "WIDTH": "4", "SIZE": "32", "BIG_BATCH": "4", "SLICES": "2",
            "INFER_BATCH": "2", "SLICE_SIZE": "64", "REPEATS": "1", "PIPELINE_WORKERS": "0", "COMPARE_TORCH": "1",
            "OUT": str(tmp_path), "PYTHON": sys.executable}
     _run(["bash", "launch/gpu_check.sh"], env=env)
-    for name, parts in (("train_b4.json", {"train", "pipeline"}), ("train_b8.json", {"train"}),
-                        ("infer.json", {"forward", "volume"})):
+    for name, parts in (("train_b4_bfloat16.json", {"train", "pipeline"}), ("train_b4_float32.json", {"train"}),
+                        ("train_b8.json", {"train"}), ("infer.json", {"forward", "volume"})):
         record = json.loads((tmp_path / name).read_text())
         assert {r["part"] for r in record["rows"]} == parts
-    large = json.loads((tmp_path / "train_b4.json").read_text())["rows"]
+    large = json.loads((tmp_path / "train_b4_bfloat16.json").read_text())["rows"]
     assert all("profile" in r for r in large if r["part"] == "train")  # the op-time breakdown
     variants = {(r["variant"], r.get("dtype")) for r in json.loads((tmp_path / "train_b8.json").read_text())["rows"]}
     assert variants == {("jax", "bfloat16"), ("jax", "float32"), ("torch", "float32")}
@@ -66,7 +66,8 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     result = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                             env={**env, "INFER_BATCH": "3", "COMPARE_TORCH": "0", "OUT": str(broken)})
     assert result.returncode == 1 and "FAILED" in result.stderr
-    assert sorted(p.name for p in broken.iterdir()) == ["train_b4.json", "train_b8.json"]
+    assert sorted(p.name for p in broken.iterdir()) == ["train_b4_bfloat16.json", "train_b4_float32.json",
+                                                         "train_b8.json"]
 
     refused = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                              env={**env, "ALLOW_CPU": "0"})

@@ -4,7 +4,7 @@ A second run with the same model, shapes, flags and jax version loads its
 compiled steps from disk instead of compiling them again: PA-ResSeg's train
 step (width 8, 64 px) on this 2-core CPU, 28.0 s of compilation -> 8.6 s of
 tracing and loading; on a GPU, where compilation includes convolution
-autotuning, 50-120 s per step are at stake (BENCHMARKS.md). Resuming a
+autotuning, 51-123 s per step were measured (BENCHMARKS.md). Resuming a
 training, predicting with a trained model and rerunning the demo gain most.
 
 Where: ``$PARESSEG_XLA_CACHE``, else JAX's own ``$JAX_COMPILATION_CACHE_DIR``,

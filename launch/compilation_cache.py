@@ -10,7 +10,8 @@ training, predicting with a trained model and rerunning the demo gain most.
 Where: ``$PARESSEG_XLA_CACHE``, else JAX's own ``$JAX_COMPILATION_CACHE_DIR``,
 else ``~/.cache/paresseg_jax/xla``; ``PARESSEG_XLA_CACHE=0`` turns it off.
 Only compilations longer than a second are stored, and the folder is kept
-under 2 GB (JAX drops the least recently used entries).
+under 2 GB (JAX drops the least recently used entries; it needs ``filelock``
+for that, without which it caches nothing, hence our dependency on it).
 """
 
 from __future__ import annotations

@@ -43,3 +43,11 @@ def test_a_second_process_loads_the_compiled_function(tmp_path):
     assert any(cache.iterdir())  # the executable was stored
     assert _run({compilation_cache.ENV: str(cache)}) == [str(cache), "hit"]
     assert _run({compilation_cache.ENV: "0"}) == ["None", "miss"]
+
+
+def test_the_size_limit_has_its_lock_package_declared():
+    """JAX refuses a cache size limit without `filelock` (then it caches nothing); torch, which the tests
+    install, brings filelock too, so only the declared requirement protects a plain `pip install`."""
+    from importlib.metadata import requires
+
+    assert any(r.split(">")[0].split("=")[0].strip().lower() == "filelock" for r in requires("paresseg_jax"))

@@ -128,7 +128,8 @@ def _method(settings: Mapping, stage: str, level_sizes: list[int]) -> sitk.Image
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(settings["histogram_bins"]))
     method.SetMetricSamplingStrategy(method.RANDOM)
     percentages = [min(1.0, float(settings["metric_samples"]) / n) for n in level_sizes]
-    method.SetMetricSamplingPercentagePerLevel(percentages, int(settings["seed"]))
+    # ITK reads seed 0 as "seed from the wall clock" (sitk.sitkWallClock): shift ours so every seed is fixed.
+    method.SetMetricSamplingPercentagePerLevel(percentages, int(settings["seed"]) + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel([int(f) for f in settings["shrink_factors"]])
     method.SetSmoothingSigmasPerLevel([float(s) for s in settings["smoothing_sigmas"]])

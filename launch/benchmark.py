@@ -84,7 +84,9 @@ def _oracle_record(torch_model) -> dict | None:
         return None
     import torch
 
-    target = next(torch_model.parameters()).device.type
+    from paresseg_jax.benchmarks import torch_device
+
+    target = torch_device.of(torch_model)
     return {"version": torch.__version__, "device": target,
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if target == "cuda" else None}
 

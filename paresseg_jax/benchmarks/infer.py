@@ -41,7 +41,7 @@ def torch_probability(model, inputs_nhwc) -> callable:
     """The oracle's whole-slice tumor probability (eval mode, no grad) on NCHW copies of a batch."""
     import torch
 
-    target = next(model.parameters()).device.type
+    target = torch_device.of(model)
     model.eval()
     inputs = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(target) for x in inputs_nhwc]
 
@@ -98,7 +98,7 @@ def _torch_volume(model, volumes: dict, batch: int):
     copied back to the host as `predict_volume`'s are."""
     import torch
 
-    target = next(model.parameters()).device.type
+    target = torch_device.of(model)
     model.eval()
     arrays = list(volumes.values())
     depth = arrays[0].shape[0]

@@ -17,6 +17,11 @@ def device() -> str:
     return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
+def of(model) -> str:
+    """The device type ('cpu', 'cuda') a torch model's parameters are on."""
+    return next(model.parameters()).device.type
+
+
 def synchronize(target: str) -> None:
     """Waits for the work queued on `target` (a no-op on the CPU, whose torch calls block)."""
     import torch

@@ -59,7 +59,7 @@ def torch_train_step(model, batch: dict, phases) -> Any:
     """One reference-recipe step of the torch oracle on the same batch (NCHW copies on the model's device)."""
     import torch
 
-    target = next(model.parameters()).device.type
+    target = torch_device.of(model)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=TRAIN_CONFIG["learning_rate"])
     inputs = [torch.from_numpy(np.ascontiguousarray(batch[p].transpose(0, 3, 1, 2))).to(target) for p in phases]

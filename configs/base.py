@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Where training data comes from and which fold (read by paresseg_jax.train.loop; added by the training helper).
     config.data.cohort_dir = ""  # cohort to preprocess (idempotent, cached); or set cache_dir instead
     config.data.cache_root = ""  # where preprocessed caches go; "" = <cohort_dir>_cache next to the cohort
+    config.data.preprocess_workers = 0  # processes preprocessing the cohort (0: one per CPU, at most 8)
     config.data.cache_dir = ""  # an already preprocessed cache folder (skips preprocessing)
     config.data.num_folds = 5  # cross-validation folds, stratified by tumor type
     config.data.fold = 0  # the fold held out for validation

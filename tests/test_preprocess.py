@@ -109,9 +109,8 @@ def test_registration_is_reproducible(four_itk_threads):
     clock) and one work unit (ITK merges multithreaded Mattes derivatives in finishing order)."""
     case = phantom.make_case(0, "HCC", shape=(20, 128, 128))
     moved = [preprocess.apply_transform(case.phases["art"], case, preprocess.register_phase(
-        case.phases["pv"], case.phases["art"], case, None, preprocess.liver_roi(case.liver))[0]) for _ in range(3)]
+        case.phases["pv"], case.phases["art"], case, None, preprocess.liver_roi(case.liver))[0]) for _ in range(2)]
     np.testing.assert_array_equal(moved[0], moved[1])
-    np.testing.assert_array_equal(moved[0], moved[2])
 
 
 def test_registration_realigns_art_liver_with_pv_liver():
@@ -229,7 +228,7 @@ def test_killed_write_leaves_no_case_that_reads_as_valid(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache.np, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False)
+        preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False, workers=1)
     monkeypatch.undo()
     cache_dir = cache.cache_dir_for(tmp_path / "cache", preprocess.resolve_config(config))
     assert [c.case_id for c in cache.open_cohort(cache_dir)] == ["case_0000"]
@@ -239,6 +238,27 @@ def test_killed_write_leaves_no_case_that_reads_as_valid(tmp_path, monkeypatch):
     np.save(leftover / "pv.npy", np.zeros(3))
     preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False)
     assert [c.case_id for c in cache.open_cohort(cache_dir)] == ["case_0000", "case_0001"]
+
+
+def test_worker_processes_give_the_same_cache(tmp_path):
+    """Cases preprocessed in two spawned processes (registration included) match the in-process ones byte
+    for byte, and a worker's failure reaches the caller."""
+    cohort = phantom.make_cohort(tmp_path / "cohort", 3, seed=0, shape=(12, 64, 64), progress=False)
+    config = {"registration": {"bspline_iterations": 5, "initial_iterations": 5}}
+    serial = preprocess.preprocess_cohort(cohort, tmp_path / "serial", config, progress=False, workers=1)
+    parallel = preprocess.preprocess_cohort(cohort, tmp_path / "parallel", config, progress=False, workers=2)
+    for a, b in zip(cache.open_cohort(serial), cache.open_cohort(parallel), strict=True):
+        for name, array in {"pv": a.image("pv"), "art": a.image("art"), "roi": a.roi, "weight": a.weight}.items():
+            other = b.image(name) if name in b.phases else getattr(b, name)
+            np.testing.assert_array_equal(array, other, err_msg=f"{a.case_id} {name}")
+    predictions = tmp_path / "liver_pred"
+    case = io.read_case(io.read_cohort(cohort)[0])
+    io.write_image(case.liver, case, predictions / "case_0000.nii.gz")  # case_0001 and case_0002 have none
+    with pytest.raises(FileNotFoundError, match="no liver prediction"):
+        preprocess.preprocess_cohort(cohort, tmp_path / "pred", {"register": False, "roi_source": str(predictions)},
+                                     progress=False, workers=2)
+    with pytest.raises(ValueError, match="workers"):
+        preprocess.preprocess_cohort(cohort, tmp_path / "serial", config, progress=False, workers=-1)
 
 
 def test_roi_from_liver_prediction_folder(tmp_path):

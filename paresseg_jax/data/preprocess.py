@@ -273,12 +273,19 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
 
 
 def preprocess_cohort(
-    cohort_dir: str | os.PathLike, cache_root: str | os.PathLike, preprocess_config: Mapping | None = None, progress: bool = True
+    cohort_dir: str | os.PathLike,
+    cache_root: str | os.PathLike,
+    preprocess_config: Mapping | None = None,
+    progress: bool = True,
+    workers: int = 0,
 ) -> Path:
     """Preprocess every case of a cohort into ``cache_root/<config hash>/`` and return that folder.
 
     Cases already in the cache are skipped, so a killed run resumes where it
-    stopped; each case is written atomically by ``cache.write_case``.
+    stopped; each case is written atomically by ``cache.write_case``. Cases
+    run in ``workers`` processes (0: one per CPU, at most 8; 1: in this
+    process): registration is single-threaded for reproducibility, so
+    processes are what uses the cores. Results do not depend on ``workers``.
     """
     from tqdm import tqdm
 
@@ -289,18 +296,56 @@ def preprocess_cohort(
     predictions = None if config["roi_source"] == "liver" else Path(config["roi_source"])
     if predictions is not None and not predictions.is_dir():
         raise FileNotFoundError(f"roi_source {predictions} is not a folder of liver predictions <case_id>.nii.gz")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0: one per CPU), got {workers}")
+    workers = min(workers or min(os.cpu_count() or 1, 8), len(todo))
     bar = tqdm(total=len(entries), initial=len(entries) - len(todo), desc="preprocess", unit="case", disable=not progress)
-    for entry in todo:
-        case = io.read_case(entry)
-        prediction = None
-        if predictions is not None:
-            path = io.find_image(predictions, entry.case_id)
-            if path is None:
-                raise FileNotFoundError(
-                    f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)"
-                )
-            prediction = io.read_mask(path, case)
-        cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction))
-        bar.update(1)
-    bar.close()
+    try:
+        if workers <= 1:
+            for entry in todo:
+                _preprocess_into_cache(cache_dir, entry, config, predictions)
+                bar.update(1)
+        else:
+            _preprocess_in_processes(cache_dir, todo, config, predictions, workers, bar)
+    finally:
+        bar.close()
     return cache_dir
+
+
+def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, predictions: Path | None) -> None:
+    """Read, preprocess and atomically cache one case (the unit of work of ``preprocess_cohort``)."""
+    case = io.read_case(entry)
+    prediction = None
+    if predictions is not None:
+        path = io.find_image(predictions, entry.case_id)
+        if path is None:
+            raise FileNotFoundError(
+                f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)"
+            )
+        prediction = io.read_mask(path, case)
+    cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction))
+
+
+def _share_cores(threads: int) -> None:
+    """Worker initializer: ITK's own threads (resampling, smoothing) split the cores among the workers."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _preprocess_in_processes(cache_dir, todo, config, predictions, workers: int, bar) -> None:
+    """``_preprocess_into_cache`` over ``todo`` in ``workers`` spawned processes (fork is unsafe once JAX
+    runs threads); the first failure cancels the cases not started and is raised here."""
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(_preprocess_into_cache, cache_dir, entry, config, predictions) for entry in todo]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

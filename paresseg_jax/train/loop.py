@@ -106,7 +106,9 @@ def prepared_cache(config) -> Path:
         options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else options
 
         def prepare():
-            return preprocess_cohort(cohort, root, options, progress=jax.process_index() == 0)
+            return preprocess_cohort(
+                cohort, root, options, progress=jax.process_index() == 0, workers=data.get("preprocess_workers", 0)
+            )
 
         # Process 0 does the work; the others then find every case cached (shared disk) or make their own.
         cache_dir = prepare() if jax.process_index() == 0 else None

@@ -153,6 +153,24 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     assert any(not np.array_equal(a["pv"], c["pv"]) for a, c in zip(first, other))
 
 
+def test_neighbouring_seeds_do_not_replay_one_stream_shifted(tmp_path):
+    """Grain seeds record generators with seed + position and epoch shuffles with seed + epoch: unhashed,
+    seed 8 would give seed 7's patches one position later and seed 7's second epoch order first."""
+    config = _config(batch=1)
+    single = _write(tmp_path, "one", (3, 40, 48), (1, 2, 5, 35, 5, 43))  # one record: only the generators differ
+    seven = [b["pv"] for b in _first_batches(pipeline.make_train_loader(config, [single], seed=7, worker_count=0), 4)]
+    eight = [b["pv"] for b in _first_batches(pipeline.make_train_loader(config, [single], seed=8, worker_count=0), 3)]
+    assert not all(np.array_equal(a, b) for a, b in zip(seven[1:], eight))
+    case = _write(tmp_path, "six", (6, 40, 48), (0, 6, 5, 35, 5, 43))  # six records: epoch orders
+
+    def slice_order(seed, n):
+        batches = _first_batches(pipeline.make_train_loader(config, [case], seed=seed, worker_count=0), n)
+        return [int(_decode(b["pv"][0, 8, 8, 1], case.shape)[0]) for b in batches]
+
+    assert slice_order(7, 12)[6:] != slice_order(8, 6)
+    assert pipeline.stream_seed(7) != pipeline.stream_seed(8) and 0 <= pipeline.stream_seed(7) < 2**32
+
+
 def test_processes_read_disjoint_records_covering_the_epoch(tmp_path):
     case = _write(tmp_path, "a", (12, 32, 32), (1, 10, 0, 32, 0, 32))  # 9 records: shards of 5 and 4
     config = _config(crop=16, batch=4)

@@ -23,7 +23,8 @@ the crop box the whole image.
 
 Randomness comes from Grain: the sampler gives each record a generator seeded
 by (seed, position in the stream), so a seed fixes order and augmentation and a
-restored iterator state continues both exactly.
+restored iterator state continues both exactly (the seed is hashed first:
+``stream_seed``).
 """
 
 from __future__ import annotations
@@ -217,6 +218,16 @@ def check_crop_size(crop_size: int) -> None:
         raise ValueError(f"config.data.crop_size={crop_size!r} must be an integer in 1..{MAX_CROP_SIZE} (the paper uses 224)")
 
 
+def stream_seed(seed: int) -> int:
+    """The seed given to Grain: a hash of ``seed`` in [0, 2**32).
+
+    Grain keys each record's generator by seed + stream position and each
+    epoch's shuffle by seed + epoch, so seeds s and s + 1 would replay one
+    stream shifted by a record and an epoch; hashed seeds keep runs apart.
+    """
+    return int(np.random.SeedSequence(int(seed)).generate_state(1, np.uint32)[0])
+
+
 def make_train_loader(
     config,
     cases: Sequence[CachedCase],
@@ -272,7 +283,7 @@ def make_train_loader(
     if len(source) < shard.shard_count:
         raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")
     sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed
+        num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=stream_seed(seed)
     )
     operations = [
         PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter, target),

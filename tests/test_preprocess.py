@@ -192,6 +192,17 @@ def test_unknown_setting_raises():
         preprocess.resolve_config({"registration": {"mesh": 3}})
 
 
+def test_code_revision_is_part_of_the_cache_key(tmp_path, monkeypatch):
+    """A cache made by code that registered differently is made again, not reused."""
+    resolved = preprocess.resolve_config({"register": False})
+    assert resolved["revision"] == preprocess.REVISION and preprocess.resolve_config(resolved) == resolved
+    current = cache.cache_dir_for(tmp_path, resolved)
+    monkeypatch.setattr(preprocess, "REVISION", preprocess.REVISION + 1)
+    assert cache.cache_dir_for(tmp_path, preprocess.resolve_config({"register": False})) != current
+    with pytest.raises(ValueError, match="revision"):
+        preprocess.resolve_config(resolved)
+
+
 def test_preprocess_cohort_fills_cache_and_is_idempotent(tmp_path, monkeypatch):
     cohort = _cohort(tmp_path)
     config = {"register": False}

@@ -26,6 +26,12 @@ from scipy import ndimage
 from paresseg_jax.data import cache, io
 
 
+# Bumped when a code change alters the cached arrays of an unchanged config; it is part of the resolved
+# config, hence of the cache key, so caches made by older code are made again, not silently reused.
+# 2: registration in one ITK work unit (reproducible; revision 1 registered differently run to run).
+REVISION = 2
+
+
 def default_preprocess_config() -> dict:
     """The paper's preprocessing settings as a plain dict (its JSON hash keys the cache).
 
@@ -59,8 +65,12 @@ def default_preprocess_config() -> dict:
 
 
 def resolve_config(preprocess_config: Mapping | None) -> dict:
-    """Defaults updated with the given settings (nested sections merged); unknown keys are an error."""
+    """Defaults updated with the given settings (nested sections merged) plus ``revision``; unknown keys are
+    an error, and so is a resolved config of another ``REVISION``."""
     given = preprocess_config.to_dict() if hasattr(preprocess_config, "to_dict") else dict(preprocess_config or {})
+    revision = given.pop("revision", REVISION)
+    if revision != REVISION:
+        raise ValueError(f"preprocessing config of revision {revision}; this code makes revision {REVISION}")
     config = default_preprocess_config()
     for key, value in given.items():
         if key not in config:
@@ -75,6 +85,7 @@ def resolve_config(preprocess_config: Mapping | None) -> dict:
     config["window"] = [float(v) for v in config["window"]]
     if config["registration"]["initial"] not in ("rigid", "affine", "none"):
         raise ValueError(f"registration initial must be 'rigid', 'affine' or 'none', got {config['registration']['initial']!r}")
+    config["revision"] = REVISION
     return config
 
 

@@ -1,7 +1,7 @@
 """paresseg-bench: speed of the train step, inference and input pipeline, as a table and JSON.
 
     paresseg-bench --model=paresseg --batch=2 --size=224 --slices=4 --compare_torch --json=bench.json
-    paresseg-bench --parts=train --dtypes=float32 --batch=2 --xla_conv --compare_torch   # CPU conv gradient
+    paresseg-bench --parts=train --dtypes=float32 --batch=2 --conv_impls=direct,xla --compare_torch   # CPU convs
     paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
@@ -27,6 +27,7 @@ from launch import huge_pages
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
+BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 
@@ -48,8 +49,8 @@ def _define_flags():
     flags.DEFINE_integer("stride", 112, "overlap-tile stride")
     flags.DEFINE_list("pipeline_workers", ["0", "2"], "Grain worker counts for the pipeline part")
     flags.DEFINE_integer("pipeline_batches", 20, "timed pipeline batches per worker count")
-    flags.DEFINE_bool("xla_conv", False, "also time the train step with XLA's own conv weight gradient "
-                      "(variant jax-xla-conv: the baseline of ops.conv2d's CPU gradient)")
+    flags.DEFINE_list("conv_impls", [], "also time the train step with these ops.conv_impl settings (variants "
+                      "jax-direct: no Winograd; jax-xla: XLA's own convolutions and gradients)")
     flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch and tests/torch_reference)")
     flags.DEFINE_integer("profile_calls", 0, "after timing, trace this many steps of each JAX train variant with "
                          "jax.profiler and print where the time goes, by operation (0: off)")
@@ -156,6 +157,9 @@ def main(argv):
     unknown = sorted(set(FLAGS.parts) - set(PARTS))
     if unknown:
         raise app.UsageError(f"--parts: unknown {unknown}; choose among {PARTS}")
+    unknown = sorted(set(FLAGS.conv_impls) - set(BASELINE_CONV_IMPLS))
+    if unknown:
+        raise app.UsageError(f"--conv_impls: unknown {unknown}; choose among {BASELINE_CONV_IMPLS}")
     if "infer" in FLAGS.parts and FLAGS.slices % FLAGS.infer_batch:
         raise app.UsageError(f"--slices={FLAGS.slices} must be a multiple of --infer_batch={FLAGS.infer_batch}: "
                              "a padded last batch would count in the per-volume time")
@@ -174,7 +178,7 @@ def main(argv):
     rows = []
     if "train" in FLAGS.parts:
         rows += train.benchmark_train(factory, variables, FLAGS.batch, FLAGS.size, FLAGS.dtypes, FLAGS.repeats,
-                                      FLAGS.warmup, torch_model, FLAGS.xla_conv, FLAGS.profile_calls,
+                                      FLAGS.warmup, torch_model, FLAGS.conv_impls, FLAGS.profile_calls,
                                       FLAGS.profile_dir)
     if "infer" in FLAGS.parts:
         rows += infer.benchmark_infer(factory("float32"), variables, FLAGS.slice_size, FLAGS.slices, FLAGS.infer_batch,
@@ -196,7 +200,7 @@ def main(argv):
                                             "host": platform.node()},
                   "jax": jax.__version__, "torch": oracle, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
-                      "stride", "xla_conv", "compare_torch", "peak_tflops", "profile_calls")},
+                      "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls")},
                   "rows": rows}
         Path(FLAGS.json).write_text(json.dumps(record, indent=1))
 

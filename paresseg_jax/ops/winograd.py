@@ -38,11 +38,18 @@ def _stack16(planes: list) -> jax.Array:
     return jnp.stack(groups).reshape(16, *planes[0].shape)
 
 
-def _separable(transform, planes, size: int):
+def _separable(transform, planes):
     """Apply a 1-D `transform` (list of planes -> list of planes) along both tile axes of
-    `planes[i][j]`; returns the flat row-major list of the results."""
-    cols = [transform([planes[i][j] for i in range(size)]) for j in range(len(planes[0]))]
+    `planes[i][j]` (nested lists, or an array with the two tile axes leading); returns the
+    flat row-major list of the results."""
+    cols = [transform([planes[i][j] for i in range(len(planes))]) for j in range(len(planes[0]))]
     return [v for a in range(len(cols[0])) for v in transform([col[a] for col in cols])]
+
+
+def _interleave(planes: list, shape: tuple[int, int, int, int]) -> jax.Array:
+    """Four NHWC planes at half resolution, ``planes[2 * a + b]`` holding pixels ``(2 r + a, 2 s + b)``,
+    as one NHWC array of `shape`."""
+    return jnp.stack([jnp.stack(planes[2 * a:2 * a + 2], axis=3) for a in range(2)], axis=2).reshape(shape)
 
 
 # The 1-D transforms as plane arithmetic (Lavin & Gray's B^T, G, A^T and their transposes).
@@ -77,29 +84,26 @@ def input_tiles(x: jax.Array) -> jax.Array:
     n, h, w, c = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     tiles = [[xp[:, i:i + h:2, j:j + w:2] for j in range(_TILE)] for i in range(_TILE)]
-    return _stack16(_separable(_input_1d, tiles, _TILE)).reshape(16, -1, c)
+    return _stack16(_separable(_input_1d, tiles)).reshape(16, -1, c)
 
 
 def kernel_tiles(kernel: jax.Array) -> jax.Array:
     """HWIO 3x3 `kernel` -> ``(16, I, O)``: ``G g G^T``."""
-    return _stack16(_separable(_kernel_1d, [[kernel[i, j] for j in range(3)] for i in range(3)], 3))
+    return _stack16(_separable(_kernel_1d, kernel))
 
 
 def output_tiles(m: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
     """``(16, T, O)`` products -> NHWC output of `shape`: ``A^T m A`` per tile, tiles interleaved."""
     n, h, w, co = shape
-    m = m.reshape(_TILE, _TILE, n, h // 2, w // 2, co)
-    y = _separable(_output_1d, [[m[i, j] for j in range(_TILE)] for i in range(_TILE)], _TILE)
-    # y[2 * a + b] is output pixel (2 * row + a, 2 * col + b) of each tile
-    return jnp.stack([jnp.stack(y[2 * a:2 * a + 2], axis=3) for a in range(2)], axis=2).reshape(shape)
+    return _interleave(_separable(_output_1d, m.reshape(_TILE, _TILE, n, h // 2, w // 2, co)), shape)
 
 
 def output_grad_tiles(dy: jax.Array) -> jax.Array:
     """NHWC `dy` -> ``(16, T, O)``: ``A dy A^T`` per 2x2 output tile (the transpose of `output_tiles`)."""
     n, h, w, co = dy.shape
     tiles = dy.reshape(n, h // 2, 2, w // 2, 2, co)
-    return _stack16(_separable(_output_grad_1d, [[tiles[:, :, a, :, b] for b in range(2)] for a in range(2)],
-                               2)).reshape(16, -1, co)
+    return _stack16(_separable(_output_grad_1d, [[tiles[:, :, a, :, b] for b in range(2)] for a in range(2)])
+                    ).reshape(16, -1, co)
 
 
 def _from_previous(t: jax.Array, axis: int) -> jax.Array:
@@ -124,8 +128,7 @@ def input_grad(du: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
     ``B du B^T`` gives each 4x4 tile's gradient, and each pixel sums the tiles that cover it.
     Built per output parity from shifted tiles (2.4x faster here than padding and cropping)."""
     n, h, w, c = shape
-    du = du.reshape(_TILE, _TILE, n, h // 2, w // 2, c)
-    grads = _separable(_input_grad_1d, [[du[a, b] for b in range(_TILE)] for a in range(_TILE)], _TILE)
+    grads = _separable(_input_grad_1d, du.reshape(_TILE, _TILE, n, h // 2, w // 2, c))
 
     def rows(e: int, b: int) -> jax.Array:  # output rows of parity e, from tile column b
         own, other, shift = _OVERLAPS[e]
@@ -135,7 +138,7 @@ def input_grad(du: jax.Array, shape: tuple[int, int, int, int]) -> jax.Array:
         own, other, shift = _OVERLAPS[f]
         return rows(e, own) + shift(rows(e, other), 2)
 
-    return jnp.stack([jnp.stack([pixels(e, f) for f in range(2)], axis=3) for e in range(2)], axis=2).reshape(shape)
+    return _interleave([pixels(e, f) for e in range(2) for f in range(2)], shape)
 
 
 def _forward(x, kernel):
@@ -156,7 +159,7 @@ def _conv3x3_bwd(residuals, dy):
     dm = output_grad_tiles(dy)
     dkt = lax.dot_general(u, dm, _TILES_BY_TILES, preferred_element_type=u.dtype).reshape(_TILE, _TILE, *kt.shape[1:])
     du = lax.dot_general(dm, kt, _TILES_BY_KERNEL_T, preferred_element_type=dy.dtype)
-    taps = _separable(_kernel_grad_1d, [[dkt[a, b] for b in range(_TILE)] for a in range(_TILE)], _TILE)
+    taps = _separable(_kernel_grad_1d, dkt)
     dkernel = jnp.stack([jnp.stack(taps[3 * i:3 * i + 3]) for i in range(3)])  # rows of 3: fused, see _stack16
     return input_grad(du, dy.shape[:3] + u.shape[2:]), dkernel
 

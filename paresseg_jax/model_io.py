@@ -57,7 +57,6 @@ def load_model(path: str | os.PathLike):
     spec = json.loads((path / SPEC_FILE).read_text())
     options = {k: v for k, v in spec.items() if k != "name"}
     module = models.create(spec["name"], **options)
-    abstract = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
     with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(path / VARIABLES_DIR, abstract)
+        variables = ckptr.restore(path / VARIABLES_DIR, models.variable_shapes(module))
     return module, variables, spec

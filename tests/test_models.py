@@ -281,13 +281,13 @@ def test_parameter_counts_equal_the_reference_at_width_64():
     expected = {"paresseg": 67_732_286, "resseg": 34_794_098}
     for name, count in expected.items():
         module = models.create(name)
-        shapes = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))
+        shapes = models.variable_shapes(module)
         assert _count(shapes["params"]) == count
 
 
 def test_reference_state_dict_paths():
     module = models.create("paresseg")
-    params = jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0)))["params"]
+    params = models.variable_shapes(module)["params"]
     assert params["PV_encoder"]["second_1"]["bn"]["0"]["kernel"].shape == (3, 3, 64, 128)
     assert params["PV_encoder"]["second_1"]["residual"]["0"]["kernel"].shape == (1, 1, 64, 128)
     assert params["cf3"]["conv5c"]["0"]["kernel"].shape == (3, 3, 256, 64)

@@ -1,7 +1,8 @@
 """The model zoo: PA-ResSeg, its ablations and the paper's baselines.
 
 `create(name, **options)` builds a registered model (see `MODELS`);
-`init_variables(module, rng)` gives its `{'params', 'batch_stats'}`.
+`init_variables(module, rng)` gives its `{'params', 'batch_stats'}`,
+`variable_shapes(module)` their shapes and dtypes without computing them.
 A model is called as `module.apply(variables, *inputs, train=...)` with one
 NHWC input per phase in the order of `module.phases` (PV first); in train
 mode pass `mutable=['batch_stats']`.
@@ -18,7 +19,7 @@ from paresseg_jax.models.fusion import FusionBlock
 from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, register_fusion_block,
                                           register_model)
 
-__all__ = ["create", "init_variables", "MODELS", "FUSION_BLOCKS", "FusionBlock", "register_model",
+__all__ = ["create", "init_variables", "variable_shapes", "MODELS", "FUSION_BLOCKS", "FusionBlock", "register_model",
            "register_fusion_block", "DTYPES"]
 
 # XLA options for functions run once, where compile time dominates.
@@ -76,3 +77,9 @@ def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 
     if isinstance(rng, jax.core.Tracer):
         return init(rng)
     return jax.jit(init, compiler_options=UNOPTIMIZED)(rng)
+
+
+def variable_shapes(module) -> dict:
+    """`init_variables`' tree as `jax.ShapeDtypeStruct`s, traced only: a template for restoring or checking
+    saved weights, where initialising would compile the model for nothing."""
+    return jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))

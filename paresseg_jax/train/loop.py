@@ -168,7 +168,7 @@ def initial_variables(config, module) -> dict:
         return models.init_variables(module, jax.random.PRNGKey(config.seed))
     _, variables, spec = model_io.load_model(source)
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    wanted = jax.eval_shape(lambda: models.init_variables(module, jax.random.PRNGKey(0)))
+    wanted = models.variable_shapes(module)
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
     if shapes(variables) != shapes(wanted):
         raise ValueError(
@@ -206,8 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         # The checkpoint holds every value: its layout is all we need, so nothing is initialised or compiled
         # (PA-ResSeg's init compiles for 4-9 s on a 2-core CPU).
-        fresh = lambda: create_train_state(models.init_variables(module, jax.random.PRNGKey(0)), tx, config.seed)  # noqa: E731
-        abstract_state = abstract_like(jax.eval_shape(fresh), parallel.replicated)
+        shapes = jax.eval_shape(lambda v: create_train_state(v, tx, config.seed), models.variable_shapes(module))
+        abstract_state = abstract_like(shapes, parallel.replicated)
         restored, meta = checkpoints.restore(start, abstract_state, iterator)
         state = parallel.put_state(restored)
         if is_main:

@@ -10,9 +10,9 @@ Prints the metrics beside the paper's and the DPC per tumor type, and writes
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from launch import compilation_cache, huge_pages
+from launch import entry
 from paresseg_jax import ablation, demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
@@ -35,9 +35,7 @@ def main(argv):
 
 
 def run():
-    huge_pages.restart_with_huge_pages()
-    compilation_cache.enable()
-    app.run(main)
+    entry.run_app(main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch import huge_pages
+from launch import entry
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
@@ -206,13 +206,12 @@ def main(argv):
 
 
 def run():
-    huge_pages.restart_with_huge_pages()
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
-        app.run(module.main, argv=[sys.argv[0]] + sys.argv[2:])
+        entry.run_app(module.main, cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
     else:
         _define_flags()
-        app.run(main)
+        entry.run_app(main, cache_compilations=False)
 
 
 if __name__ == "__main__":

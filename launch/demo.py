@@ -1,6 +1,6 @@
 """paresseg-demo: the whole system on built-in synthetic data, one command.
 
-    paresseg-demo --workdir=runs/demo          # about 15 minutes on 2 CPU cores
+    paresseg-demo --workdir=runs/demo          # about 10 minutes on 2 CPU cores
     paresseg-demo --workdir=runs/full --full   # the paper's widths and schedule (GPU)
 
 Generates a phantom cohort (five tumor types, two scanner profiles),
@@ -10,9 +10,9 @@ cascade and writes <workdir>/report.md with tables, curves and overlays.
 Rerunning with the same --workdir reuses every finished stage.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from launch import compilation_cache, huge_pages
+from launch import entry
 from paresseg_jax import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, cache, runs and report.md (reused on rerun)", required=True)
@@ -28,9 +28,7 @@ def main(argv):
 
 
 def run():
-    huge_pages.restart_with_huge_pages()
-    compilation_cache.enable()
-    app.run(main)
+    entry.run_app(main)
 
 
 if __name__ == "__main__":

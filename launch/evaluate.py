@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import compilation_cache
+from launch import entry
 from paresseg_jax.evaluate import crossval, figures, summary, tables
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config: run its k-fold cross-validation")
@@ -85,8 +85,7 @@ def main(argv):
 
 
 def run():
-    compilation_cache.enable()
-    app.run(main)
+    entry.run_app(main, huge_page_malloc=False)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ scanner profiles (5 mm and 7 mm slices); each case is reproducible from
 --seed and its index. See shared/reference/PHANTOM.md for what they look like.
 """
 
-from absl import app, flags
+from absl import flags
 
+from launch import entry
 from paresseg_jax.data import phantom
 
 _OUT = flags.DEFINE_string("out", None, "cohort folder to write (one folder per case, manifest.json)", required=True)
@@ -35,7 +36,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    entry.run_app(main, huge_page_malloc=False, cache_compilations=False)
 
 
 if __name__ == "__main__":

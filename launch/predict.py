@@ -1,7 +1,7 @@
 """paresseg-predict: segment the liver tumors of one multi-phase CT study.
 
-    paresseg-predict --pv PV --art ART --model MODEL --out mask.nii.gz \
-        [--liver_model LIVER_MODEL | --liver liver.nii.gz] [--prob prob.nii.gz] \
+    paresseg-predict --pv PV --art ART --model MODEL --out mask.nii.gz \\
+        [--liver_model LIVER_MODEL | --liver liver.nii.gz] [--prob prob.nii.gz] \\
         [--overlay overlay.png] [--gt tumor.nii.gz]
 
 PV/ART: NIfTI (or MHA/NRRD) files or DICOM series folders. MODEL: a
@@ -13,7 +13,7 @@ import json
 
 from absl import app, flags, logging
 
-from launch import compilation_cache, huge_pages
+from launch import entry
 from paresseg_jax.infer import study
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
@@ -67,9 +67,7 @@ def main(argv):
 
 
 def run():
-    huge_pages.restart_with_huge_pages()
-    compilation_cache.enable()
-    app.run(main)
+    entry.run_app(main)
 
 
 if __name__ == "__main__":

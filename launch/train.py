@@ -16,7 +16,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from launch import compilation_cache, huge_pages
+from launch import entry
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -66,9 +66,7 @@ def main(argv):
 
 
 def run():
-    huge_pages.restart_with_huge_pages()
-    compilation_cache.enable()
-    app.run(main)
+    entry.run_app(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""How every launcher starts: environment set-up, then absl's app with a `--help` about the launcher.
+
+A console script (``paresseg-train``) runs the launcher's ``run()`` from a
+generated ``__main__`` without a docstring and under another name than the
+launcher's module, so absl's ``--help`` would print neither the launcher's
+usage text nor its flags. `run_app` gives ``__main__`` the launcher's
+docstring and makes the launcher's flags the key flags of ``sys.argv[0]``,
+the name absl looks up (``python launch/train.py --help`` already works).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+from launch import compilation_cache, huge_pages
+
+
+def run_app(main: Callable[[list[str]], object], *, huge_page_malloc: bool = True,
+            cache_compilations: bool = True, argv: Sequence[str] | None = None) -> None:
+    """`app.run(main)` after the optional huge-page restart and persistent compilation cache."""
+    if huge_page_malloc:
+        huge_pages.restart_with_huge_pages()
+    if cache_compilations:
+        compilation_cache.enable()
+    _describe_in_help(sys.modules[main.__module__])
+    app.run(main, argv=argv)
+
+
+def _describe_in_help(module) -> None:
+    """Show `module`'s docstring and flags in `--help` when it is not `__main__` itself."""
+    main_module = sys.modules["__main__"]
+    if module is main_module:
+        return
+    main_module.__doc__ = module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

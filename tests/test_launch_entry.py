@@ -1,0 +1,53 @@
+"""launch.entry: a console script's `--help` shows its launcher's usage text and flags."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# (module, run() source, flags that module defines). `-c` stands in for the generated console script:
+# its __main__ has no docstring and is not the launcher's module, as with `paresseg-train`.
+LAUNCHERS = {
+    "launch.train": ("config", "workdir", "coordinator_address"),
+    "launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
+    "launch.evaluate": ("run", "predictions", "folds"),
+    "launch.demo": ("workdir", "full", "seed"),
+    "launch.ablation": ("workdir", "runs", "steps"),
+    "launch.convert": ("input", "output", "arch"),
+    "launch.make_phantom": ("out", "num_cases"),
+    "launch.benchmark": ("parts", "batch", "compare_torch"),
+}
+
+
+def _first_doc_line(module: str) -> str:
+    """Read from the source: importing a launcher here would define its flags in this process."""
+    path = REPO / (module.replace(".", "/") + ".py")
+    return ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+
+
+def _help(source: str) -> str:
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    result = subprocess.run([sys.executable, "-c", source, "--help"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert "Try --helpfull" in result.stdout, result.stderr  # absl's help, which exits with status 1
+    return result.stdout
+
+
+@pytest.mark.parametrize("module", sorted(LAUNCHERS))
+def test_console_script_help_shows_usage_and_flags(module):
+    out = _help(f"from {module} import run; run()")
+    assert out.startswith(_first_doc_line(module))
+    for name in LAUNCHERS[module]:
+        assert f"--{name}:" in out or f"--[no]{name}:" in out, (name, out)
+    assert "--xla_" not in out and "--jax_" not in out  # only the launcher's own flags, not every library's
+
+
+def test_benchmark_subcommand_help_is_the_subcommand_module():
+    out = _help("import sys; sys.argv[1:1] = ['pipeline']; from launch.benchmark import run; run()")
+    assert out.startswith(_first_doc_line("paresseg_jax.benchmarks.pipeline"))
+    assert "--workers:" in out and "--parts:" not in out
+

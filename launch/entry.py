@@ -6,12 +6,16 @@ launcher's module, so absl's ``--help`` would print neither the launcher's
 usage text nor its flags. `run_app` gives ``__main__`` the launcher's
 docstring and makes the launcher's flags the key flags of ``sys.argv[0]``,
 the name absl looks up (``python launch/train.py --help`` already works).
+A missing input (our FileNotFoundErrors say what to pass instead) ends the
+run with that one line, not a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from absl import app, flags
 
@@ -26,7 +30,20 @@ def run_app(main: Callable[[list[str]], object], *, huge_page_malloc: bool = Tru
     if cache_compilations:
         compilation_cache.enable()
     _describe_in_help(sys.modules[main.__module__])
-    app.run(main, argv=argv)
+    app.run(_missing_files_as_one_line(main), argv=argv)
+
+
+def _missing_files_as_one_line(main):
+    """`main` that exits with the message of a FileNotFoundError (status 1) instead of its traceback."""
+
+    @functools.wraps(main)
+    def checked_main(argv):
+        try:
+            return main(argv)
+        except FileNotFoundError as error:
+            raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
+
+    return checked_main
 
 
 def _describe_in_help(module) -> None:

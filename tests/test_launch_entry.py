@@ -1,4 +1,4 @@
-"""launch.entry: a console script's `--help` shows its launcher's usage text and flags."""
+"""launch.entry: a console script's `--help` shows its launcher's usage text and flags; a missing input is one line."""
 
 import ast
 import os
@@ -51,3 +51,14 @@ def test_benchmark_subcommand_help_is_the_subcommand_module():
     assert out.startswith(_first_doc_line("paresseg_jax.benchmarks.pipeline"))
     assert "--workers:" in out and "--parts:" not in out
 
+
+
+def test_missing_input_ends_with_one_line_not_a_traceback(tmp_path):
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    result = subprocess.run([sys.executable, "-c", "from launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz",
+                             f"--model={tmp_path}", f"--out={tmp_path}/mask.nii.gz"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"-c: error: {tmp_path} holds no saved model (model.json); pass a "
+                                                  "folder written by paresseg-train (its workdir), paresseg-convert, "
+                                                  "or paresseg_jax.model_io.save_model"]

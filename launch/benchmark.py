@@ -12,7 +12,6 @@ interleaved in rounds, medians. With --compare_torch the PyTorch oracle
 and the table gives JAX/PyTorch speed ratios.
 """
 
-import importlib
 import json
 import os
 import platform
@@ -207,8 +206,7 @@ def main(argv):
 
 def run():
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        module = importlib.import_module(SUBCOMMANDS[sys.argv[1]])
-        entry.run_app(module.main, cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
+        entry.run_app(f"{SUBCOMMANDS[sys.argv[1]]}:main", cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
     else:
         _define_flags()
         entry.run_app(main, cache_compilations=False)

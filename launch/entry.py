@@ -13,6 +13,7 @@ run with that one line, not a traceback.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,11 +23,17 @@ from absl import app, flags
 from launch import compilation_cache, huge_pages
 
 
-def run_app(main: Callable[[list[str]], object], *, huge_page_malloc: bool = True,
+def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool = True,
             cache_compilations: bool = True, argv: Sequence[str] | None = None) -> None:
-    """`app.run(main)` after the optional huge-page restart and persistent compilation cache."""
+    """`app.run(main)` after the optional huge-page restart and persistent compilation cache.
+
+    `main` may be given as ``"module:function"``, imported only after the restart (not twice).
+    """
     if huge_page_malloc:
         huge_pages.restart_with_huge_pages()
+    if isinstance(main, str):
+        module_name, function_name = main.split(":")
+        main = getattr(importlib.import_module(module_name), function_name)
     if cache_compilations:
         compilation_cache.enable()
     _describe_in_help(sys.modules[main.__module__])

@@ -10,7 +10,7 @@ Prints the metrics beside the paper's and the DPC per tumor type, and writes
 
 import dataclasses
 
-from absl import flags, logging
+from absl import flags
 
 from launch import entry
 from paresseg_jax import ablation, demo
@@ -26,8 +26,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of the cohort, the initialisation 
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     scale = demo.FULL if _FULL.value else demo.SMALL
     changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
     scale = dataclasses.replace(scale, **{k: v for k, v in changes.items() if v is not None})

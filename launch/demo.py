@@ -10,7 +10,7 @@ cascade and writes <workdir>/report.md with tables, curves and overlays.
 Rerunning with the same --workdir reuses every finished stage.
 """
 
-from absl import flags, logging
+from absl import flags
 
 from launch import entry
 from paresseg_jax import demo
@@ -22,8 +22,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "seed of the cohort, the initialisation 
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     demo.run_demo(_WORKDIR.value, full=_FULL.value, seed=_SEED.value)
 
 

@@ -6,8 +6,10 @@ launcher's module, so absl's ``--help`` would print neither the launcher's
 usage text nor its flags. `run_app` gives ``__main__`` the launcher's
 docstring and makes the launcher's flags the key flags of ``sys.argv[0]``,
 the name absl looks up (``python launch/train.py --help`` already works).
-A missing input (our FileNotFoundErrors say what to pass instead) ends the
-run with that one line, not a traceback.
+Library INFO logs (orbax, grain, jax's backend probing) stay out of the
+launchers' output unless ``--verbosity`` is given. A missing input (our
+FileNotFoundErrors say what to pass instead) ends the run with that one
+line, not a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from launch import compilation_cache, huge_pages
 
@@ -37,14 +39,16 @@ def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool
     if cache_compilations:
         compilation_cache.enable()
     _describe_in_help(sys.modules[main.__module__])
-    app.run(_missing_files_as_one_line(main), argv=argv)
+    app.run(_launcher_main(main), argv=argv)
 
 
-def _missing_files_as_one_line(main):
-    """`main` that exits with the message of a FileNotFoundError (status 1) instead of its traceback."""
+def _launcher_main(main):
+    """`main` with library logs at WARNING by default, exiting on a FileNotFoundError with its message (status 1)."""
 
     @functools.wraps(main)
     def checked_main(argv):
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except FileNotFoundError as error:

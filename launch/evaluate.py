@@ -13,7 +13,7 @@ A run is a summary.json, a folder holding one, or a paresseg-train workdir
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from launch import entry
@@ -45,8 +45,6 @@ def _training_workdirs(name: str, path: Path) -> dict:
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep library INFO logs (orbax) out of the report
     runs, paths = {}, {}
     if _CONFIG.value is not None:
         if not _WORKDIR.value:

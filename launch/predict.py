@@ -11,7 +11,7 @@ checkpoint). Outputs are written in the PV image's geometry.
 
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from launch import entry
 from paresseg_jax.infer import study
@@ -42,8 +42,6 @@ _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIG
 
 def main(argv):
     del argv
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep library INFO logs (orbax) out of the report
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
     eval_config = {k: f.value for k, f in _SETTINGS.items() if f.value is not None}

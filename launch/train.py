@@ -13,7 +13,6 @@ process; under Slurm nothing else is needed, otherwise give
 import logging
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from launch import entry
@@ -53,8 +52,6 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax
 
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)  # library INFO logs (orbax, grain) only with -v 0
     logging.getLogger("paresseg_jax").setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
 
     from paresseg_jax.train import train_and_evaluate

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# (module, run() source, flags that module defines). `-c` stands in for the generated console script:
-# its __main__ has no docstring and is not the launcher's module, as with `paresseg-train`.
+# Launcher module -> some flags it defines. `python -c "...run()"` stands in for the generated console
+# script: its __main__ has no docstring and is not the launcher's module, as with `paresseg-train`.
 LAUNCHERS = {
     "launch.train": ("config", "workdir", "coordinator_address"),
     "launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
@@ -29,10 +29,14 @@ def _first_doc_line(module: str) -> str:
     return ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
 
 
-def _help(source: str) -> str:
+def _run(source: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
-    result = subprocess.run([sys.executable, "-c", source, "--help"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", source, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _help(source: str) -> str:
+    result = _run(source, "--help")
     assert "Try --helpfull" in result.stdout, result.stderr  # absl's help, which exits with status 1
     return result.stdout
 
@@ -52,12 +56,9 @@ def test_benchmark_subcommand_help_is_the_subcommand_module():
     assert "--workers:" in out and "--parts:" not in out
 
 
-
 def test_missing_input_ends_with_one_line_not_a_traceback(tmp_path):
-    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
-    result = subprocess.run([sys.executable, "-c", "from launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz",
-                             f"--model={tmp_path}", f"--out={tmp_path}/mask.nii.gz"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = _run("from launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz", f"--model={tmp_path}",
+                  f"--out={tmp_path}/mask.nii.gz")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"-c: error: {tmp_path} holds no saved model (model.json); pass a "
                                                   "folder written by paresseg-train (its workdir), paresseg-convert, "

@@ -9,6 +9,7 @@
 #   bash launch/gpu_check.sh                 # writes gpu_check/*.json beside the printed tables
 #   BIG_BATCH=128 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
 #   ALLOW_CPU=1 WIDTH=4 SIZE=32 BIG_BATCH=4 SLICES=2 INFER_BATCH=2 SLICE_SIZE=64 bash launch/gpu_check.sh  # smoke test
+#   RUNS=big_bf16 bash launch/gpu_check.sh   # only the headline run and its op-time breakdown (short device time)
 #
 # PEAK_TFLOPS defaults to the card's dense bfloat16 tensor-core peak (H100/H200 SXM: 989); the
 # float32 rows are compared with the same number, so their fraction is a lower bound.
@@ -26,6 +27,13 @@ SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
 PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
 PROFILE_CALLS=${PROFILE_CALLS:-3}  # traced large-batch steps for the op-time breakdown (0: none)
+RUNS=${RUNS:-big_bf16,big_f32,batch8,infer}  # which runs, in this order: any of those four
+for run in ${RUNS//,/ }; do
+  case "$run" in
+    big_bf16|big_f32|batch8|infer) ;;
+    *) echo "gpu_check: RUNS: unknown run '$run'; choose among big_bf16,big_f32,batch8,infer" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$OUT"
 
 if [[ "${ALLOW_CPU:-0}" != 1 ]] && ! "$PYTHON" -c "import jax, sys; sys.exit(0 if jax.default_backend() == 'gpu' else 1)"; then
@@ -55,20 +63,21 @@ fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}  # room for the large batch
 
 failed=0
-bench() {  # bench TITLE ARGS...: one benchmark process; a failure is counted, not fatal
-  echo "== $1"
-  shift
+bench() {  # bench RUN TITLE ARGS...: one benchmark process if RUN is in RUNS; a failure is counted, not fatal
+  [[ ",$RUNS," == *",$1,"* ]] || return 0
+  echo "== $2"
+  shift 2
   "$PYTHON" launch/benchmark.py "${common[@]}" "$@" || { echo "gpu_check: FAILED: $*" >&2; failed=1; }
 }
 # One process per dtype at the large batch: float32 running out of memory must not cost the bfloat16 row.
-bench "train step (bfloat16) and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16 \
+bench big_bf16 "train step (bfloat16) and input pipeline, batch $BIG_BATCH" --parts=train,pipeline --dtypes=bfloat16 \
   --batch="$BIG_BATCH" --size="$SIZE" --warmup=2 --pipeline_workers="$PIPELINE_WORKERS" --profile_calls="$PROFILE_CALLS" \
   --json="$OUT/train_b${BIG_BATCH}_bfloat16.json"
-bench "train step (float32), batch $BIG_BATCH" --parts=train --dtypes=float32 --batch="$BIG_BATCH" --size="$SIZE" \
+bench big_f32 "train step (float32), batch $BIG_BATCH" --parts=train --dtypes=float32 --batch="$BIG_BATCH" --size="$SIZE" \
   --warmup=2 --json="$OUT/train_b${BIG_BATCH}_float32.json"
-bench "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --batch=8 --size="$SIZE" --warmup=2 \
+bench batch8 "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --batch=8 --size="$SIZE" --warmup=2 \
   "${torch[@]}" --json="$OUT/train_b8.json"
-bench "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \
+bench infer "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \
   --slice_size="$SLICE_SIZE" --infer_batch="$INFER_BATCH" --warmup=1 "${torch[@]}" --json="$OUT/infer.json"
 echo "results: $OUT/"
 exit "$failed"

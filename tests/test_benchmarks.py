@@ -84,6 +84,18 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     assert refused.returncode == 1 and "no GPU" in refused.stderr
 
 
+def test_gpu_check_runs_only_the_chosen_runs(tmp_path):
+    """RUNS picks runs (a short device session can spend its minutes on one); a typo is refused before any run."""
+    env = {**os.environ, "ALLOW_CPU": "1", "WIDTH": "4", "SLICES": "2", "INFER_BATCH": "2", "SLICE_SIZE": "64",
+           "REPEATS": "1", "RUNS": "infer", "OUT": str(tmp_path / "infer"), "PYTHON": sys.executable}
+    out = _run(["bash", "launch/gpu_check.sh"], env=env)
+    assert "== inference" in out and "== train step" not in out
+    assert [p.name for p in (tmp_path / "infer").iterdir()] == ["infer.json"]
+    typo = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
+                          env={**env, "RUNS": "infer,big_bf61", "OUT": str(tmp_path / "typo")})
+    assert typo.returncode == 2 and "unknown run 'big_bf61'" in typo.stderr
+    assert not (tmp_path / "typo").exists()
+
 def test_time_interleaved_rounds_rewarm_each_variant():
     from paresseg_jax.benchmarks.timing import time_interleaved
 

@@ -27,12 +27,11 @@ SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
 PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
 PROFILE_CALLS=${PROFILE_CALLS:-3}  # traced large-batch steps for the op-time breakdown (0: none)
-RUNS=${RUNS:-big_bf16,big_f32,batch8,infer}  # which runs, in this order: any of those four
+ALL_RUNS=big_bf16,big_f32,batch8,infer
+RUNS=${RUNS:-$ALL_RUNS}  # which runs (always in the order of ALL_RUNS)
+listed() { [[ ",$2," == *",$1,"* ]]; }  # listed NAME LIST: NAME is an item of the comma-separated LIST
 for run in ${RUNS//,/ }; do
-  case "$run" in
-    big_bf16|big_f32|batch8|infer) ;;
-    *) echo "gpu_check: RUNS: unknown run '$run'; choose among big_bf16,big_f32,batch8,infer" >&2; exit 2 ;;
-  esac
+  listed "$run" "$ALL_RUNS" || { echo "gpu_check: RUNS: unknown run '$run'; choose among $ALL_RUNS" >&2; exit 2; }
 done
 mkdir -p "$OUT"
 
@@ -64,7 +63,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}  # 
 
 failed=0
 bench() {  # bench RUN TITLE ARGS...: one benchmark process if RUN is in RUNS; a failure is counted, not fatal
-  [[ ",$RUNS," == *",$1,"* ]] || return 0
+  listed "$1" "$RUNS" || return 0
   echo "== $2"
   shift 2
   "$PYTHON" launch/benchmark.py "${common[@]}" "$@" || { echo "gpu_check: FAILED: $*" >&2; failed=1; }

@@ -62,7 +62,7 @@ class DemoScale:
     worker_count: int
 
 
-# About 10 minutes on 2 CPU cores (9.5-11 min measured in a fresh environment).
+# About 10 minutes on 2 CPU cores (6.7-11 min measured in fresh environments on two VMs).
 SMALL = DemoScale(
     num_cases=25, shape=(20, 128, 128), width=8, crop_size=64, batch_size=8,
     tumor_steps=500, liver_steps=150, num_folds=5, worker_count=0,

@@ -19,7 +19,8 @@ from paresseg_jax import demo, model_io
 from paresseg_jax.evaluate import tables
 from paresseg_jax.evaluate.crossval import evaluate_cases
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
-from paresseg_jax.train.loop import LAST_MODEL, train_and_evaluate, training_cases
+from paresseg_jax.train.loop import train_and_evaluate, training_cases
+from paresseg_jax.workdir import LAST_MODEL
 
 # (row name in paper_tables.json, run folder, config module); Table 4 then Table 6's fusion baselines.
 ROWS = (

@@ -38,7 +38,8 @@ from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summ
 from paresseg_jax.infer.cascade import options_from_config, segment_study
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import overlap_metrics
-from paresseg_jax.train.loop import LAST_MODEL, train_and_evaluate, training_cases
+from paresseg_jax.train.loop import train_and_evaluate, training_cases
+from paresseg_jax.workdir import LAST_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from paresseg_jax.workdir import EXPORTED_MODELS
+
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
-_WORKDIR_EXPORTS = ("best_model", "last_model")
 
 
 def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapping) -> Path:
@@ -40,7 +41,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path).absolute()
     if (path / SPEC_FILE).exists():
         return path
-    for name in _WORKDIR_EXPORTS:
+    for name in EXPORTED_MODELS:
         if (path / name / SPEC_FILE).exists():
             return path / name
     raise FileNotFoundError(

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from test_train_support import REPO, run_script, write_tiny_cache
-from paresseg_jax.train.writers import read_metrics
+from paresseg_jax.workdir import read_metrics
 
 LAUNCH = f"import runpy, sys; sys.argv = ['paresseg-train'] + ARGS; runpy.run_path({str(REPO / 'launch' / 'train.py')!r}, run_name='__main__')"
 

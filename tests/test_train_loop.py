@@ -12,7 +12,8 @@ from test_train_support import run_script, tiny_config, write_tiny_cache
 from paresseg_jax import model_io
 from paresseg_jax.train import loop
 from paresseg_jax.train.checkpoint import Checkpoints
-from paresseg_jax.train.writers import read_metrics
+from paresseg_jax import workdir as workdir_layout
+from paresseg_jax.workdir import read_metrics
 
 STEPS = 18
 
@@ -54,7 +55,7 @@ def _child(cache_dir, workdir, at: int, signal_name: str):
 
 
 def _variables(workdir):
-    _, variables, _ = model_io.load_model(workdir / loop.LAST_MODEL)
+    _, variables, _ = model_io.load_model(workdir / workdir_layout.LAST_MODEL)
     return jax.tree.map(np.asarray, variables)
 
 
@@ -69,7 +70,7 @@ def test_smoke_training_decreases_loss_and_writes_everything(uninterrupted):
     assert last < first
     assert [r["step"] for r in val] == [6, 12, 18]
     assert set(val[0]["case_dice"]) and 0 <= val[0]["global_dice"] <= 1
-    assert Checkpoints(workdir / loop.CHECKPOINT_DIR, 3).latest_step() == STEPS
+    assert Checkpoints(workdir / workdir_layout.CHECKPOINT_DIR, 3).latest_step() == STEPS
     assert (workdir / "best_model" / "model.json").exists() and (workdir / "last_model" / "model.json").exists()
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == STEPS
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
@@ -81,7 +82,7 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir
     killed = _child(cache_dir, workdir, 6, "SIGKILL")
     out, _ = killed.communicate(timeout=300)
     assert killed.returncode == -9, out[-3000:]
-    checkpoints = workdir / loop.CHECKPOINT_DIR
+    checkpoints = workdir / workdir_layout.CHECKPOINT_DIR
     steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert 6 in steps and max(steps) < STEPS
 
@@ -124,21 +125,21 @@ def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_p
     config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit")
     with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps"):
         loop.train_and_evaluate(config, str(tmp_path / "work"))
-    checkpoints = Checkpoints(tmp_path / "work" / loop.CHECKPOINT_DIR, 3)
+    checkpoints = Checkpoints(tmp_path / "work" / workdir_layout.CHECKPOINT_DIR, 3)
     assert checkpoints.latest_step() == 3
-    assert not (tmp_path / "work" / loop.LAST_MODEL).exists()
+    assert not (tmp_path / "work" / workdir_layout.LAST_MODEL).exists()
 
 
 def test_init_from_a_saved_model_starts_from_its_weights_and_refuses_another_model(uninterrupted, cache_dir):
     workdir, _ = uninterrupted
-    config = tiny_config(cache_dir, init_from=str(workdir / loop.LAST_MODEL))
+    config = tiny_config(cache_dir, init_from=str(workdir / workdir_layout.LAST_MODEL))
     module = loop.build_model(config)
     started = jax.tree.map(np.asarray, loop.initial_variables(config, module))
     saved = _variables(workdir)
     jax.tree.map(np.testing.assert_array_equal, started, saved)
     fresh = jax.tree.map(np.asarray, loop.initial_variables(tiny_config(cache_dir), module))
     assert not np.array_equal(jax.tree.leaves(fresh["params"])[0], jax.tree.leaves(saved["params"])[0])
-    wider = tiny_config(cache_dir, init_from=str(workdir / loop.LAST_MODEL))
+    wider = tiny_config(cache_dir, init_from=str(workdir / workdir_layout.LAST_MODEL))
     wider.model.width = 8
     with pytest.raises(ValueError, match="do not fit"):
         loop.initial_variables(wider, loop.build_model(wider))

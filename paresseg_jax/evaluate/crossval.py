@@ -30,7 +30,8 @@ from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summ
 from paresseg_jax.infer.cascade import PREDICT_OPTIONS
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import predict_volume
-from paresseg_jax.train.loop import CONFIG_FILE, train_and_evaluate, training_cases
+from paresseg_jax.train.loop import train_and_evaluate, training_cases
+from paresseg_jax.workdir import CONFIG_FILE
 
 PREDICTIONS_DIR = "predictions"
 OVERLAYS_DIR = "overlays"

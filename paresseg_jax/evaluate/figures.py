@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from paresseg_jax.train.writers import read_metrics
+from paresseg_jax.workdir import read_metrics
 
 
 def training_curves(workdirs: Mapping[str, str | os.PathLike], path: str | os.PathLike) -> Path:

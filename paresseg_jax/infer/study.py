@@ -9,7 +9,6 @@ fed what it was trained on; explicit arguments override them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping
@@ -21,15 +20,16 @@ from paresseg_jax.data import io, preprocess
 from paresseg_jax.infer.cascade import options_from_config, segment_study
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
-from paresseg_jax.train.loop import CONFIG_FILE
+from paresseg_jax.workdir import read_config
 
 
 def training_config(model_path: str | os.PathLike) -> dict | None:
     """The config of the training run that exported a saved model, or None (e.g. a converted checkpoint)."""
     model_dir = model_io.resolve_model_dir(model_path)
     for folder in (model_dir, model_dir.parent):
-        if (folder / CONFIG_FILE).is_file():
-            return json.loads((folder / CONFIG_FILE).read_text())
+        config = read_config(folder)
+        if config is not None:
+            return config
     return None
 
 

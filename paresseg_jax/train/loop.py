@@ -39,13 +39,9 @@ from paresseg_jax.train.parallel import DataParallel
 from paresseg_jax.train.state import create_train_state, learning_rate_schedule, make_optimizer
 from paresseg_jax.train.validate import validate
 from paresseg_jax.train.writers import MetricsWriter
+from paresseg_jax.workdir import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_MODEL = "best_model"
-LAST_MODEL = "last_model"
-CONFIG_FILE = "config.json"
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import jax
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from paresseg_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
+
 
 
 class MetricsWriter:
@@ -52,9 +52,3 @@ class MetricsWriter:
         if self.enabled:
             self._file.close()
             self._board.close()
-
-
-def read_metrics(workdir: str | Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in order."""
-    path = Path(workdir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,24 @@
+"""The project's own error type: what a user can cause, with the file and the fix.
+
+Launchers print a ``PareSegError`` as one short message and exit with status 2;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class PareSegError(Exception):
+    """An error the user can fix: ``path`` names the offending file, ``fix`` says what to do."""
+
+    def __init__(self, problem: str, *, path: str | os.PathLike | None = None, fix: str | None = None):
+        self.problem = problem
+        self.path = None if path is None else os.fspath(path)
+        self.fix = fix
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        text = f"{self.path}: {self.problem}" if self.path else self.problem
+        return f"{text}; {self.fix}" if self.fix else text

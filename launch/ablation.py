@@ -12,7 +12,7 @@ import dataclasses
 
 from absl import flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax import ablation, demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
@@ -33,7 +33,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

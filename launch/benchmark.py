@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch import entry
+from paresseg_jax import cli
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
@@ -186,7 +186,7 @@ def main(argv):
         rows += _pipeline(FLAGS.batch, FLAGS.size)
     _add_ratios(rows)
     device = jax.devices()[0]
-    tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by launch/huge_pages.py unless opted out
+    tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by paresseg_jax.huge_pages unless opted out
     oracle = _oracle_record(torch_model)
     print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}"
@@ -206,10 +206,10 @@ def main(argv):
 
 def run():
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        entry.run_app(f"{SUBCOMMANDS[sys.argv[1]]}:main", cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
+        cli.run_app(f"{SUBCOMMANDS[sys.argv[1]]}:main", cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
     else:
         _define_flags()
-        entry.run_app(main, cache_compilations=False)
+        cli.run_app(main, cache_compilations=False)
 
 
 if __name__ == "__main__":

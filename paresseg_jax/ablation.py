@@ -14,7 +14,6 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from configs import dmp_resseg, mpf_resseg, msf_intra, msf_resseg, paresseg, paresseg_be, resseg, resseg_intra
 from paresseg_jax import demo, model_io
 from paresseg_jax.evaluate import tables
 from paresseg_jax.evaluate.crossval import evaluate_cases
@@ -22,16 +21,16 @@ from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summ
 from paresseg_jax.train.loop import train_and_evaluate, training_cases
 from paresseg_jax.workdir import LAST_MODEL
 
-# (row name in paper_tables.json, run folder, config module); Table 4 then Table 6's fusion baselines.
+# (row name in paper_tables.json, run folder, built-in config); Table 4 then Table 6's fusion baselines.
 ROWS = (
-    ("single ResSeg (PV)", "resseg", resseg),
-    ("single ResSeg + intra-PA", "resseg_intra", resseg_intra),
-    ("MSF-ResSeg (concat)", "msf_resseg", msf_resseg),
-    ("MSF + intra-PA", "msf_intra", msf_intra),
-    ("PA-ResSeg (CE)", "paresseg", paresseg),
-    ("PA-ResSeg + BE-loss", "paresseg_be", paresseg_be),
-    ("DMP", "dmp_resseg", dmp_resseg),
-    ("MPF", "mpf_resseg", mpf_resseg),
+    ("single ResSeg (PV)", "resseg", "resseg"),
+    ("single ResSeg + intra-PA", "resseg_intra", "resseg_intra"),
+    ("MSF-ResSeg (concat)", "msf_resseg", "msf_resseg"),
+    ("MSF + intra-PA", "msf_intra", "msf_intra"),
+    ("PA-ResSeg (CE)", "paresseg", "paresseg"),
+    ("PA-ResSeg + BE-loss", "paresseg_be", "paresseg_be"),
+    ("DMP", "dmp_resseg", "dmp_resseg"),
+    ("MPF", "mpf_resseg", "mpf_resseg"),
 )
 RUN_NAMES = tuple(run for _, run, _ in ROWS)
 
@@ -52,12 +51,12 @@ def run_ablation(workdir: str, scale: demo.DemoScale, runs=RUN_NAMES, seed: int 
     (workdir / "ablation_scale.json").write_text(json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, seed)
     summaries = {}
-    for name, run, config_module in ROWS:
+    for name, run, config_name in ROWS:
         if run not in runs:
             continue
         out = workdir / "eval" / run
         if not (out / SUMMARY_FILE).is_file():
-            config = demo.scaled_config(config_module, workdir, scale, scale.tumor_steps, seed)
+            config = demo.scaled_config(config_name, workdir, scale, scale.tumor_steps, seed)
             print(f"[ablation] {name}: training {run}", flush=True)
             train_and_evaluate(config, str(workdir / run))
             module, variables, _ = model_io.load_model(workdir / run / LAST_MODEL)

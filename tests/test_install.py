@@ -34,6 +34,11 @@ def _python_files(folder: Path) -> set[Path]:
     return {p.relative_to(folder) for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
 
 
+def test_data_files_are_installed(site):
+    assert (site / "paresseg_jax" / "evaluate" / "paper_tables.json").is_file()
+    assert {p.name for p in (REPO / "configs").glob("*.toml")} == {p.name for p in (site / "paresseg_jax_configs").glob("*.toml")}
+
+
 def test_only_the_projects_own_names_are_top_level(site):
     top_level = {p.name for p in site.iterdir() if not p.name.endswith(".dist-info")}
     assert top_level == {"bin", *INSTALLED_AS.values()}
@@ -42,7 +47,6 @@ def test_only_the_projects_own_names_are_top_level(site):
 def test_every_source_file_is_installed(site):
     for folder, name in INSTALLED_AS.items():
         assert _python_files(site / name) == _python_files(REPO / folder), folder
-    assert (site / "paresseg_jax" / "evaluate" / "paper_tables.json").is_file()
 
 
 def test_console_script_and_built_in_configs_run_from_the_install(site, tmp_path):

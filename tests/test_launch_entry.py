@@ -17,7 +17,7 @@ LAUNCHERS = {
     "paresseg_jax_launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
     "paresseg_jax_launch.evaluate": ("run", "predictions", "folds"),
     "paresseg_jax_launch.demo": ("workdir", "full", "seed"),
-    "paresseg_jax_launch.ablation": ("workdir", "runs", "steps"),
+    "paresseg_jax_launch.ablation": ("workdir", "rows", "runs", "steps"),
     "paresseg_jax_launch.convert": ("input", "output", "arch"),
     "paresseg_jax_launch.make_phantom": ("out", "num_cases"),
     "paresseg_jax_launch.benchmark": ("parts", "batch", "compare_torch"),

@@ -1,10 +1,10 @@
 """Table 4 row 3, Table 6 'MSF w/o PA': MSF-ResSeg, PV and ART features concatenated at six scales."""
 
-from configs import base
+from paresseg_jax import config_defaults
 
 
 def get_config():
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.model.name = "msf_resseg"
     config.model.fusion = "concat"
     return config

@@ -1,10 +1,10 @@
 """Table 5 'PA-UNet': a UNet encoder per phase, the PA block at each level."""
 
-from configs import base
+from paresseg_jax import config_defaults
 
 
 def get_config():
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.model.name = "pa_unet"
     config.model.fusion = "pa"
     return config

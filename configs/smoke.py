@@ -1,10 +1,10 @@
 """A tiny PA-ResSeg run for tests and a first try: width 4, small crops, a few steps."""
 
-from configs import base
+from paresseg_jax import config_defaults
 
 
 def get_config():
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.model.width = 4
     config.data.crop_size = 64
     config.data.worker_count = 0

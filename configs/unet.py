@@ -1,10 +1,10 @@
 """Table 5 'single UNet': a standard UNet on the PV phase."""
 
-from configs import base
+from paresseg_jax import config_defaults
 
 
 def get_config():
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.model.name = "unet"
     config.model.fusion = None
     config.model.phases = ("pv",)

@@ -3,6 +3,10 @@
     paresseg-ablation --workdir=runs/ablation                       # CPU scale
     paresseg-ablation --workdir=runs/ablation --runs=resseg,paresseg --steps=2000
     paresseg-ablation --workdir=runs/ablation_full --full           # paper widths (GPU)
+    paresseg-ablation --workdir=runs/mine --rows=my_rows.toml       # rows of your own
+
+The rows (label, run folder, config, overrides) are a TOML file: by default
+the built-in configs/ablation.toml, which describes the format.
 
 Prints the metrics beside the paper's and the DPC per tumor type, and writes
 <workdir>/ablation.md. Finished rows are reused on a rerun.
@@ -12,11 +16,12 @@ import dataclasses
 
 from absl import flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax import ablation, demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
-_RUNS = flags.DEFINE_list("runs", list(ablation.RUN_NAMES), f"rows to run, from {list(ablation.RUN_NAMES)}")
+_ROWS = flags.DEFINE_string("rows", None, "TOML file of [[row]] tables (default: the built-in configs/ablation.toml)")
+_RUNS = flags.DEFINE_list("runs", None, "run only these rows, by run folder name (default: every row)")
 _FULL = flags.DEFINE_bool("full", False, "paper scale (width 64, 224 px patches, 512x512 cases, long schedule) for a GPU")
 _NUM_CASES = flags.DEFINE_integer("num_cases", None, "cohort size (default: the demo's for the chosen scale)")
 _WIDTH = flags.DEFINE_integer("width", None, "network width nc (default: the demo's; the paper's is 64)")
@@ -29,11 +34,12 @@ def main(argv):
     scale = demo.FULL if _FULL.value else demo.SMALL
     changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
     scale = dataclasses.replace(scale, **{k: v for k, v in changes.items() if v is not None})
-    print(ablation.run_ablation(_WORKDIR.value, scale, runs=tuple(_RUNS.value), seed=_SEED.value))
+    rows = ablation.read_rows(_ROWS.value)
+    print(ablation.run_ablation(_WORKDIR.value, scale, rows, runs=_RUNS.value, seed=_SEED.value))
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

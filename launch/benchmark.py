@@ -22,12 +22,11 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch import entry
+from paresseg_jax import cli
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
 BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default
-REPO = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 
 
@@ -50,7 +49,7 @@ def _define_flags():
     flags.DEFINE_integer("pipeline_batches", 20, "timed pipeline batches per worker count")
     flags.DEFINE_list("conv_impls", [], "also time the train step with these ops.conv_impl settings (variants "
                       "jax-direct: no Winograd; jax-xla: XLA's own convolutions and gradients)")
-    flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch and tests/torch_reference)")
+    flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch, and PYTHONPATH=tests in a checkout)")
     flags.DEFINE_integer("profile_calls", 0, "after timing, trace this many steps of each JAX train variant with "
                          "jax.profiler and print where the time goes, by operation (0: off)")
     flags.DEFINE_string("profile_dir", None, "keep the --profile_calls traces here (for TensorBoard/XProf)")
@@ -60,11 +59,11 @@ def _define_flags():
 
 def _torch_oracle(name: str, width: int, attention: str):
     """(torch model, Flax module spec, Flax variables) with the same random weights."""
-    sys.path.insert(0, str(REPO / "tests"))
     try:
         from torch_reference import harness
     except ImportError as error:
-        raise app.UsageError(f"--compare_torch needs torch and {REPO / 'tests' / 'torch_reference'}: {error}")
+        raise app.UsageError(f"--compare_torch needs torch and the oracle tests/torch_reference of a checkout on the "
+                             f"import path (PYTHONPATH=tests, from the checkout's root): {error}")
     from paresseg_jax.interop import torch as interop
 
     archs = {ours: ref for ref, ours in interop.ARCHITECTURES.items()}
@@ -101,7 +100,7 @@ def _pipeline(batch: int, size: int) -> list[dict]:
         # The pipeline runs on the host: its process must not claim the accelerator this one holds
         # (JAX would preallocate most of a GPU's memory a second time).
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env=env)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
         record = json.loads(out.read_text())
     return [{"part": "pipeline", "variant": f"{w} workers", "batch": batch, "size": size, "patches_per_s": rate}
             for w, rate in record["patches_per_second"].items()]
@@ -186,7 +185,7 @@ def main(argv):
         rows += _pipeline(FLAGS.batch, FLAGS.size)
     _add_ratios(rows)
     device = jax.devices()[0]
-    tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by launch/huge_pages.py unless opted out
+    tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by paresseg_jax.huge_pages unless opted out
     oracle = _oracle_record(torch_model)
     print(f"{FLAGS.model} width {FLAGS.width} on {device.platform} ({device.device_kind}), "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}"
@@ -206,10 +205,10 @@ def main(argv):
 
 def run():
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        entry.run_app(f"{SUBCOMMANDS[sys.argv[1]]}:main", cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
+        cli.run_app(f"{SUBCOMMANDS[sys.argv[1]]}:main", cache_compilations=False, argv=[sys.argv[0]] + sys.argv[2:])
     else:
         _define_flags()
-        entry.run_app(main, cache_compilations=False)
+        cli.run_app(main, cache_compilations=False)
 
 
 if __name__ == "__main__":

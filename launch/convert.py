@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax.interop import torch as interop
 
 _INPUT = flags.DEFINE_string("input", None, ".pth file, or a saved-model folder / training workdir", required=True)
@@ -37,7 +37,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main, huge_page_malloc=False, cache_compilations=False)
+    cli.run_app(main, huge_page_malloc=False, cache_compilations=False)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Rerunning with the same --workdir reuses every finished stage.
 
 from absl import flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, cache, runs and report.md (reused on rerun)", required=True)
@@ -26,7 +26,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

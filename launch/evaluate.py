@@ -1,7 +1,7 @@
 """paresseg-evaluate: the paper's tables (and figures) from predictions, workdirs or a cross-validation.
 
     # k-fold cross-validation (trains every fold, then scores the held-out cases)
-    paresseg-evaluate --config=configs/paresseg.py --workdir=runs/cv_paresseg
+    paresseg-evaluate --config=paresseg --workdir=runs/cv_paresseg
     # tables of finished runs, with a paired t-test of each run against the first
     paresseg-evaluate --run single=runs/cv_single --run paresseg=runs/cv_paresseg --figures=report/
     # a folder of predicted masks <case_id>.nii.gz against a cohort's ground truth
@@ -14,12 +14,11 @@ A run is a summary.json, a folder holding one, or a paresseg-train workdir
 from pathlib import Path
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax.evaluate import crossval, figures, summary, tables
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config: run its k-fold cross-validation")
+_CONFIG = cli.define_config_flag("experiment config (built-in name or file path): run its k-fold cross-validation")
 _WORKDIR = flags.DEFINE_string("workdir", None, "cross-validation workdir (fold_k/ subfolders, summary.json)")
 _FOLDS = flags.DEFINE_list("folds", None, "only these folds (default: all config.data.num_folds)")
 _RUNS = flags.DEFINE_multi_string("run", [], "NAME=PATH of a finished run (summary.json, its folder, or a workdir)")
@@ -83,7 +82,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main, huge_page_malloc=False)
+    cli.run_app(main, huge_page_malloc=False)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ common=(--width="$WIDTH" --repeats="$REPEATS")
 torch=()
 if [[ "${COMPARE_TORCH:-0}" == 1 ]]; then
   torch=(--compare_torch)
+  export PYTHONPATH="$PWD/tests${PYTHONPATH:+:$PYTHONPATH}"  # the oracle, tests/torch_reference
   # Both frameworks then share the card: JAX takes memory as it needs it instead of most of it up front.
   export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 fi

@@ -10,7 +10,7 @@ scanner profiles (5 mm and 7 mm slices); each case is reproducible from
 
 from absl import flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax.data import phantom
 
 _OUT = flags.DEFINE_string("out", None, "cohort folder to write (one folder per case, manifest.json)", required=True)
@@ -36,7 +36,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main, huge_page_malloc=False, cache_compilations=False)
+    cli.run_app(main, huge_page_malloc=False, cache_compilations=False)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 
 from absl import app, flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax.infer import study
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
@@ -65,7 +65,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """paresseg-train: train one experiment; rerun the same command to resume.
 
-    paresseg-train --config=configs/paresseg.py --workdir=runs/paresseg \\
+    paresseg-train --config=paresseg --workdir=runs/paresseg \\
         --config.data.cohort_dir=data/cohort --config.train.parallel=jit
 
 Any config field can be overridden as ``--config.<section>.<field>=value``.
@@ -13,16 +13,13 @@ process; under Slurm nothing else is needed, otherwise give
 import logging
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from launch import entry
+from paresseg_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config",
-    None,
-    "Experiment config file, e.g. configs/paresseg.py (one per experiment of the paper; configs/smoke.py is tiny). "
-    "Override fields with --config.<section>.<field>=value, e.g. --config.train.num_steps=1000.",
-    lock_config=True,
+_CONFIG = cli.define_config_flag(
+    "Experiment config: a built-in name (paresseg, resseg, ...; smoke is tiny) or a config file's path, e.g. "
+    "configs/paresseg.py (one per experiment of the paper). Override fields with --config.<section>.<field>=value, "
+    "e.g. --config.train.num_steps=1000.",
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir",
@@ -63,7 +60,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

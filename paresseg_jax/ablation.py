@@ -1,8 +1,10 @@
 """The paper's ablation (Table 4) and fusion baselines (DMP, MPF of Table 6) on a synthetic cohort.
 
-Every row is one config file of ``configs/``, resized by a ``DemoScale`` and
-trained on the same folds of the same phantom cohort; each run's last model
-segments the held-out fold inside the ground-truth liver ROI (so rows differ
+The rows are data (``configs/ablation.toml``, or a TOML file of one's own):
+a label, a run folder, a config (built-in name or file) and optional field
+overrides, so adding a row touches no Python. Each row's config is resized
+by a ``DemoScale`` and trained on the same folds of the same phantom cohort;
+each run's last model segments the held-out fold inside the ground-truth liver ROI (so rows differ
 only by the tumor model), and the tables print next to the paper's numbers
 (``evaluate/paper_tables.json``, copied from the paper).
 """
@@ -11,29 +13,69 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from importlib import resources
 from pathlib import Path
 
-from configs import dmp_resseg, mpf_resseg, msf_intra, msf_resseg, paresseg, paresseg_be, resseg, resseg_intra
-from paresseg_jax import demo, model_io
+import ml_collections
+
+from paresseg_jax import config_files, demo, model_io
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import tables
 from paresseg_jax.evaluate.crossval import evaluate_cases
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
 from paresseg_jax.train.loop import train_and_evaluate, training_cases
 from paresseg_jax.workdir import LAST_MODEL
 
-# (row name in paper_tables.json, run folder, config module); Table 4 then Table 6's fusion baselines.
-ROWS = (
-    ("single ResSeg (PV)", "resseg", resseg),
-    ("single ResSeg + intra-PA", "resseg_intra", resseg_intra),
-    ("MSF-ResSeg (concat)", "msf_resseg", msf_resseg),
-    ("MSF + intra-PA", "msf_intra", msf_intra),
-    ("PA-ResSeg (CE)", "paresseg", paresseg),
-    ("PA-ResSeg + BE-loss", "paresseg_be", paresseg_be),
-    ("DMP", "dmp_resseg", dmp_resseg),
-    ("MPF", "mpf_resseg", mpf_resseg),
-)
-RUN_NAMES = tuple(run for _, run, _ in ROWS)
+ROWS_FILE = "ablation.toml"  # the built-in rows, beside the built-in configs
+_ROW_FIELDS = {"label", "run", "config", "overrides"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One trained model of the ablation: its report label, run folder, config and config changes."""
+
+    label: str
+    run: str
+    config: str  # built-in config name or config file path
+    overrides: dict = dataclasses.field(default_factory=dict)  # dotted field -> value
+
+
+def read_rows(path: str | Path | None = None) -> list[Row]:
+    """The ``[[row]]`` tables of a TOML file (default: the built-in ``ablation.toml``)."""
+    path = Path(path) if path else config_files.builtin_dir() / ROWS_FILE
+    try:
+        tables = tomllib.loads(path.read_text()).get("row", [])
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise PareSegError(f"cannot read the ablation rows: {error}", path=path,
+                           fix="give a TOML file of [[row]] tables (label, run, config, overrides)") from None
+    rows = []
+    for number, table in enumerate(tables, 1):
+        unknown, missing = set(table) - _ROW_FIELDS, {"label", "run", "config"} - set(table)
+        if unknown or missing:
+            raise PareSegError(f"row {number}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}",
+                               path=path, fix=f"a row has {sorted(_ROW_FIELDS)} (overrides optional)")
+        rows.append(Row(**table))
+    runs = [row.run for row in rows]
+    if not rows or len(set(runs)) < len(runs):
+        raise PareSegError(f"need rows with distinct run folders, got {runs}", path=path)
+    return rows
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, row: str) -> None:
+    """Sets each dotted field of ``overrides`` in ``config``; a field the config lacks is an error, not ignored."""
+    for key, value in overrides.items():
+        *parents, field = key.split(".")
+        node = config
+        try:
+            for part in parents:
+                node = node[part]
+            if field not in node:
+                raise KeyError(field)
+            node[field] = tuple(value) if isinstance(node[field], tuple) and isinstance(value, list) else value
+        except (KeyError, TypeError, AttributeError) as error:
+            raise PareSegError(f"ablation row {row!r}: cannot set {key} = {value!r} ({error})",
+                               fix="override an existing config field with a value of its type") from None
 
 
 def paper_rows() -> dict[str, dict]:
@@ -42,22 +84,26 @@ def paper_rows() -> dict[str, dict]:
     return {row["model"]: row for row in published["table4_ablation_resseg"] + published["table6_fusion"]}
 
 
-def run_ablation(workdir: str, scale: demo.DemoScale, runs=RUN_NAMES, seed: int = 0) -> str:
-    """Train and score the chosen rows in ``workdir`` (finished runs are reused); returns the report text."""
+def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = None, runs=None, seed: int = 0) -> str:
+    """Train and score ``rows`` (default: the built-in ones), only the ``runs`` named if given, in ``workdir``
+    (finished runs are reused); returns the report text."""
     workdir = Path(workdir).absolute()
-    unknown = sorted(set(runs) - set(RUN_NAMES))
+    rows = read_rows() if rows is None else rows
+    unknown = sorted(set(runs or ()) - {row.run for row in rows})
     if unknown:
-        raise ValueError(f"unknown ablation runs {unknown}; choose from {list(RUN_NAMES)}")
+        raise PareSegError(f"unknown ablation runs {unknown}", fix=f"choose from {[row.run for row in rows]}")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "ablation_scale.json").write_text(json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, seed)
     summaries = {}
-    for name, run, config_module in ROWS:
-        if run not in runs:
+    for row in rows:
+        if runs and row.run not in runs:
             continue
+        name, run = row.label, row.run
         out = workdir / "eval" / run
         if not (out / SUMMARY_FILE).is_file():
-            config = demo.scaled_config(config_module, workdir, scale, scale.tumor_steps, seed)
+            config = demo.scaled_config(row.config, workdir, scale, scale.tumor_steps, seed)
+            apply_overrides(config, row.overrides, name)
             print(f"[ablation] {name}: training {run}", flush=True)
             train_and_evaluate(config, str(workdir / run))
             module, variables, _ = model_io.load_model(workdir / run / LAST_MODEL)

@@ -30,8 +30,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from configs import liver_resseg, paresseg, resseg
-from paresseg_jax import model_io
+from paresseg_jax import config_files, model_io
 from paresseg_jax.data import io, phantom
 from paresseg_jax.evaluate import figures, tables
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 
 LIVER_RUN = "liver"
 TUMOR_RUNS = {"resseg": "ResSeg (PV only)", "paresseg": "PA-ResSeg (PV + ART)"}
-_CONFIGS = {LIVER_RUN: liver_resseg, "resseg": resseg, "paresseg": paresseg}
+_CONFIGS = {LIVER_RUN: "liver_resseg", "resseg": "resseg", "paresseg": "paresseg"}  # run -> built-in config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +74,9 @@ FULL = DemoScale(
 )
 
 
-def scaled_config(config_module, workdir: Path, scale: DemoScale, steps: int, seed: int = 0) -> ml_collections.ConfigDict:
-    """An experiment config file's ``get_config()`` resized to ``scale``, on the cohort in ``workdir``."""
-    config = config_module.get_config()
+def scaled_config(config: str, workdir: Path, scale: DemoScale, steps: int, seed: int = 0) -> ml_collections.ConfigDict:
+    """An experiment config (built-in name or file path) resized to ``scale``, on the cohort in ``workdir``."""
+    config = config_files.load(config)
     config.seed = seed
     config.model.width = scale.width
     config.data.cohort_dir = str(workdir / "cohort")

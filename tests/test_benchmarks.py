@@ -23,7 +23,7 @@ def test_bench_rows_ratios_and_table(tmp_path):
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
     table = _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=train,infer", "--dtypes=float32",
-                  "--compare_torch", f"--json={out}"])
+                  "--compare_torch", f"--json={out}"], env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
     record = json.loads(out.read_text())
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in record["rows"]}
     assert set(rows) == {("train", "jax", None), ("train", "torch", None),

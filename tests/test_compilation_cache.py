@@ -1,17 +1,17 @@
-"""launch.compilation_cache: where the launchers' persistent XLA cache lives, and that a rerun hits it."""
+"""paresseg_jax.compilation_cache: where the launchers' persistent XLA cache lives, and that a rerun hits it."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from launch import compilation_cache
+from paresseg_jax import compilation_cache
 
 REPO = Path(__file__).resolve().parents[1]
 # One process: enable the cache (storing every compilation), compile, report whether it was a cache hit.
 SCRIPT = """
 import jax, jax.numpy as jnp
-from launch import compilation_cache
+from paresseg_jax import compilation_cache
 hits = []
 jax.monitoring.register_event_listener(lambda name, **_: hits.append(name) if name.endswith("cache_hits") else None)
 print(compilation_cache.enable(min_compile_secs=0))

@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import msf_resseg
-from paresseg_jax import models
+from paresseg_jax import config_files, models
 from paresseg_jax.models.layers import Conv
 
 
@@ -40,7 +39,7 @@ def test_spatial_block_gates_the_other_phase_per_pixel():
 
 
 def test_a_config_line_puts_the_block_into_the_msf_model():
-    config = msf_resseg.get_config()
+    config = config_files.load("msf_resseg")
     config.model.fusion = "spatial_pa"  # the one config line
     config.model.width = 4
     module = models.create(**config.model.to_dict())

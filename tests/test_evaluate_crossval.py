@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from test_infer_study import save_tiny_model
 
-from configs import base
+from paresseg_jax import config_defaults
 from paresseg_jax import model_io
 from paresseg_jax.data import cache, io
 from paresseg_jax.evaluate import crossval, summary
@@ -37,7 +37,7 @@ def _tiny_cache(root):
 
 
 def _config(cache_dir):
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.data.cache_dir = str(cache_dir)
     config.data.num_folds = 2
     config.data.fold = 0
@@ -110,7 +110,7 @@ def test_evaluate_folder_and_launcher_tables(tmp_path):
     assert content["summary"]["per_type"]["Cyst"]["dpc"] == pytest.approx((1 + 4 / 6) / 2)
     assert (tmp_path / "preds" / "summary.json").is_file()
 
-    command = [sys.executable, "-m", "launch.evaluate", f"--run=A={tmp_path / 'preds'}",
+    command = [sys.executable, "-m", "paresseg_jax_launch.evaluate", f"--run=A={tmp_path / 'preds'}",
                f"--run=B={tmp_path / 'preds' / 'summary.json'}", f"--figures={tmp_path / 'figs'}"]
     done = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", cwd=Path(__file__).parents[1], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""launch.huge_pages: the launchers restart once with glibc's huge-page malloc setting."""
+"""paresseg_jax.huge_pages: the launchers restart once with glibc's huge-page malloc setting."""
 
 import os
 import platform
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from launch import huge_pages
+from paresseg_jax import huge_pages
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = ("import os, sys; from launch import huge_pages; huge_pages.restart_with_huge_pages(); "
+SCRIPT = ("import os, sys; from paresseg_jax import huge_pages; huge_pages.restart_with_huge_pages(); "
           "print(os.environ.get('GLIBC_TUNABLES', ''), sys.argv[1:])")
 
 

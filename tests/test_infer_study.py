@@ -246,7 +246,7 @@ def test_paresseg_predict_command_line(tmp_path, tiny_model):
     pv_path, art_path, liver_path, gt_path, _ = _study(tmp_path, geometry, pv_as_dicom=True)
     out = tmp_path / "pred"
     command = [
-        sys.executable, "-m", "launch.predict", f"--pv={pv_path}", f"--art={art_path}", f"--model={tiny_model}",
+        sys.executable, "-m", "paresseg_jax_launch.predict", f"--pv={pv_path}", f"--art={art_path}", f"--model={tiny_model}",
         f"--liver={liver_path}", f"--gt={gt_path}", f"--out={out / 'mask.nii.gz'}", f"--prob={out / 'prob.nii.gz'}",
         f"--overlay={out / 'overlay.png'}", "--threshold=0.5", "--noregister", "--mode=tile", "--tile=16", "--stride=8",
     ]

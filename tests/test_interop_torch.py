@@ -208,7 +208,7 @@ def test_convert_command_both_ways(tmp_path):
     torch.save(state, tmp_path / "reference.pth")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     for source, target in (("reference.pth", "saved"), ("saved", "back.pth")):
-        command = [sys.executable, "-m", "launch.convert", f"--input={tmp_path / source}",
+        command = [sys.executable, "-m", "paresseg_jax_launch.convert", f"--input={tmp_path / source}",
                    f"--output={tmp_path / target}"]
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]

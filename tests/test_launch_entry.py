@@ -1,6 +1,7 @@
-"""launch.entry: a console script's `--help` shows its launcher's usage text and flags; a missing input is one line."""
+"""paresseg_jax.cli (how launchers start): a console script's `--help` shows its launcher's usage text and flags; a missing input is one line."""
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -9,23 +10,23 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Launcher module -> some flags it defines. `python -c "...run()"` stands in for the generated console
+# Installed launcher module -> some flags it defines. `python -c "...run()"` stands in for the generated console
 # script: its __main__ has no docstring and is not the launcher's module, as with `paresseg-train`.
 LAUNCHERS = {
-    "launch.train": ("config", "workdir", "coordinator_address"),
-    "launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
-    "launch.evaluate": ("run", "predictions", "folds"),
-    "launch.demo": ("workdir", "full", "seed"),
-    "launch.ablation": ("workdir", "runs", "steps"),
-    "launch.convert": ("input", "output", "arch"),
-    "launch.make_phantom": ("out", "num_cases"),
-    "launch.benchmark": ("parts", "batch", "compare_torch"),
+    "paresseg_jax_launch.train": ("config", "workdir", "coordinator_address"),
+    "paresseg_jax_launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
+    "paresseg_jax_launch.evaluate": ("run", "predictions", "folds"),
+    "paresseg_jax_launch.demo": ("workdir", "full", "seed"),
+    "paresseg_jax_launch.ablation": ("workdir", "rows", "runs", "steps"),
+    "paresseg_jax_launch.convert": ("input", "output", "arch"),
+    "paresseg_jax_launch.make_phantom": ("out", "num_cases"),
+    "paresseg_jax_launch.benchmark": ("parts", "batch", "compare_torch"),
 }
 
 
 def _first_doc_line(module: str) -> str:
     """Read from the source: importing a launcher here would define its flags in this process."""
-    path = REPO / (module.replace(".", "/") + ".py")
+    path = Path(importlib.util.find_spec(module).origin)
     return ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
 
 
@@ -51,13 +52,13 @@ def test_console_script_help_shows_usage_and_flags(module):
 
 
 def test_benchmark_subcommand_help_is_the_subcommand_module():
-    out = _help("import sys; sys.argv[1:1] = ['pipeline']; from launch.benchmark import run; run()")
+    out = _help("import sys; sys.argv[1:1] = ['pipeline']; from paresseg_jax_launch.benchmark import run; run()")
     assert out.startswith(_first_doc_line("paresseg_jax.benchmarks.pipeline"))
     assert "--workers:" in out and "--parts:" not in out
 
 
 def test_missing_input_ends_with_one_line_not_a_traceback(tmp_path):
-    result = _run("from launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz", f"--model={tmp_path}",
+    result = _run("from paresseg_jax_launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz", f"--model={tmp_path}",
                   f"--out={tmp_path}/mask.nii.gz")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"-c: error: {tmp_path} holds no saved model (model.json); pass a "

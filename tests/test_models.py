@@ -2,7 +2,6 @@
 every registered model and fusion block at tiny width."""
 
 import functools
-import importlib
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 from scipy.special import expit, softmax
 
-from paresseg_jax import models
+from paresseg_jax import config_files, models
 from paresseg_jax.models.attention import InterPhaseAttention, IntraPhaseAttention, inter_phase_scale
 from paresseg_jax.models.layers import BatchNorm, Conv, ConvTranspose
 
@@ -448,12 +447,12 @@ def test_create_refuses_bad_options():
         module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1, 32, 31, 3)), train=False)
 
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py") if p.stem != "__init__")
+CONFIGS = config_files.builtin_names()
 
 
 @pytest.mark.parametrize("config_name", CONFIGS)
 def test_every_config_builds_its_model(config_name):
-    config = importlib.import_module(f"configs.{config_name}").get_config()
+    config = config_files.load(config_name)
     options = {**config.model.to_dict(), "width": 4}
     module = models.create(**options)
     inputs = [jax.ShapeDtypeStruct((1, *ODD, module.in_channels), jnp.float32)] * len(module.phases)

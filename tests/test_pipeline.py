@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from configs import base
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache, pipeline
 
 
@@ -40,7 +40,7 @@ def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
 
 
 def _config(crop=16, batch=4, in_channels=3):
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.data.crop_size = crop
     config.model.in_channels = in_channels
     config.train.batch_size = batch
@@ -270,12 +270,12 @@ _RESUME = """
 import sys
 import numpy as np
 import orbax.checkpoint as ocp
-from configs import base
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache, pipeline
 
 
 def main(cache_dir, ckpt_dir, out, n, workers):
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.data.crop_size = 16
     config.train.batch_size = 4
     loader = pipeline.make_train_loader(config, cache.open_cohort(cache_dir), seed=11, worker_count=workers)

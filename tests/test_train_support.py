@@ -96,9 +96,9 @@ def write_tiny_cache(root: Path, num_cases: int = 5, shape=(6, 40, 40), seed: in
 
 def tiny_config(cache_dir: Path, **train):
     """Smoke-sized config over a tiny cache with the stand-in model."""
-    from configs import base
+    from paresseg_jax import config_defaults
 
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.model.name = TINY
     config.model.width = 4
     config.data.cache_dir = str(cache_dir)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from configs import base
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache, pipeline
 
 _CASES = flags.DEFINE_integer("cases", 3, "synthetic cases in the cache")
@@ -61,7 +61,7 @@ def patches_per_second(config, cases, workers, batches, warmup):
 
 def main(argv):
     del argv
-    config = base.get_config()
+    config = config_defaults.get_config()
     config.data.crop_size = _CROP.value
     config.train.batch_size = _BATCH.value
     with tempfile.TemporaryDirectory() as tmp:

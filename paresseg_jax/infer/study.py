@@ -87,7 +87,7 @@ def predict_files(
     model. ``gt``: a tumor mask to score against and draw in green.
     ``eval_config`` (keys of a config's ``eval`` section) and
     ``preprocess_config`` override the training run's settings; what neither
-    sets takes the library defaults (those of ``configs/base.py``).
+    sets takes the library defaults (those of ``paresseg_jax.config_defaults``).
     Returns a report: paths written, tumor volume (ml), registration, metrics.
     """
     tumor_model = model_io.load_model(model)

@@ -1,4 +1,4 @@
-"""Base experiment: PA-ResSeg as the paper trains it. Other configs import and edit this."""
+"""Every config field with its default: PA-ResSeg as the paper trains it. The files of configs/ start from this."""
 
 import ml_collections
 

@@ -1,4 +1,4 @@
-"""How every launcher starts: environment set-up, then absl's app with a `--help` about the launcher.
+"""How every launcher (``launch/``) starts: environment set-up, then absl's app with a `--help` about it.
 
 A console script (``paresseg-train``) runs the launcher's ``run()`` from a
 generated ``__main__`` without a docstring and under another name than the
@@ -21,8 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from launch import compilation_cache, huge_pages
+from paresseg_jax import compilation_cache, config_files, huge_pages
+
+# Flags defined by `define_config_flag` belong to the launcher that calls it (they show in its --help).
+flags.disclaim_key_flags()
 
 
 def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool = True,
@@ -65,3 +69,10 @@ def _describe_in_help(module) -> None:
     main_module.__doc__ = module.__doc__
     for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
         flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def define_config_flag(help_string: str, name: str = "config") -> flags.FlagHolder:
+    """ml_collections' ``--config`` flag (with ``--config.<field>=value`` overrides) that also takes built-in names."""
+    holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+    flags.FLAGS[name].parser = config_files.NamedConfigParser(flags.FLAGS[name].parser)
+    return holder

@@ -1,0 +1,131 @@
+"""DICOM objects as the rest of the library needs them: series headers, volumes and SEG masks as SimpleITK images.
+
+pydicom and highdicom are an optional extra (``pip install 'paresseg_jax[dicom]'``):
+they are imported only when a DICOM object other than a plain image series is
+read or written, and their absence is a user-fixable error, not an ImportError.
+Plain DICOM image series are read by SimpleITK (``io.read_image``) without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from paresseg_jax.errors import PareSegError
+
+_GRID_ATOL = 1e-3  # voxel fraction / direction cosine / mm
+
+
+def require(module: str, purpose: str):
+    """Import ``module`` (``pydicom`` or ``highdicom``) or fail with the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PareSegError(f"{purpose} needs the {module} package, which is not installed",
+                           fix="install the DICOM extra: pip install 'paresseg_jax[dicom]'") from None
+
+
+def read_header(path: str | os.PathLike):
+    """The header of a DICOM file (no pixel data), or None if the file is not DICOM."""
+    pydicom = require("pydicom", "reading DICOM headers")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+        return None
+
+
+def slice_normal(header) -> np.ndarray:
+    """The unit normal of a slice: row direction x column direction (ImageOrientationPatient)."""
+    orientation = np.asarray(header.ImageOrientationPatient, float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return normal / np.linalg.norm(normal)
+
+
+def sort_slices(headers: Sequence) -> list[int]:
+    """Order of the slices of one series along their normal (what SimpleITK stacks as z)."""
+    normal = slice_normal(headers[0])
+    positions = [float(np.dot(normal, np.asarray(h.ImagePositionPatient, float))) for h in headers]
+    return sorted(range(len(headers)), key=positions.__getitem__)
+
+
+def series_headers(folder: str | os.PathLike) -> list:
+    """Headers of the one image series in ``folder``, sorted along the slice normal, each with ``.filename``.
+
+    Files that are not DICOM are skipped; several series in the folder are an error.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PareSegError("is not a folder of DICOM slices", path=folder, fix="give the PV series' folder")
+    headers = [h for p in sorted(folder.iterdir()) if p.is_file() and (h := read_header(p)) is not None]
+    headers = [h for h in headers if "ImagePositionPatient" in h and "ImageOrientationPatient" in h]
+    if not headers:
+        raise PareSegError("holds no DICOM image slices", path=folder, fix="give the PV series' folder")
+    series = {h.SeriesInstanceUID for h in headers}
+    if len(series) > 1:
+        raise PareSegError(f"holds {len(series)} DICOM series", path=folder, fix="put each series in its own folder")
+    return [headers[i] for i in sort_slices(headers)]
+
+
+def read_series_image(paths: Iterable[str | os.PathLike]) -> sitk.Image:
+    """The volume of one series' slice files (any order), in HU with the DICOM geometry."""
+    paths = [Path(p) for p in paths]
+    headers = [read_header(p) for p in paths]
+    ordered = [str(paths[i]) for i in sort_slices(headers)]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(ordered)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise PareSegError(f"cannot read this DICOM series ({str(error).strip().splitlines()[-1]})",
+                           path=Path(ordered[0]).parent, fix="check that its files are complete CT slices") from None
+
+
+def volume_to_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A SimpleITK image of a ``(slice, row, column)`` array with a 4x4 index-to-patient (LPS) affine,
+    as highdicom's ``Volume`` holds a segmentation."""
+    affine = np.asarray(affine, float)
+    columns = affine[:3, :3][:, ::-1]  # SimpleITK index order (x=column, y=row, z=slice)
+    spacing = np.linalg.norm(columns, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(tuple(spacing.tolist()))
+    image.SetOrigin(tuple(affine[:3, 3].tolist()))
+    image.SetDirection(tuple((columns / spacing).ravel().tolist()))
+    return image
+
+
+def slice_indices_on_grid(headers: Sequence, image: sitk.Image) -> list[int]:
+    """For each slice header, the z index of the image slice it lies on; an error if any is off the image's grid.
+
+    A slice is on the grid when its first pixel is a voxel center of the
+    image, its rows and columns run along the image's x and y axes, and its
+    pixel spacing and size are the image's.
+    """
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    spacing = image.GetSpacing()
+    indices = []
+    for header in headers:
+        orientation = np.asarray(header.ImageOrientationPatient, float)
+        row_spacing, column_spacing = map(float, header.PixelSpacing)
+        index = np.asarray(image.TransformPhysicalPointToContinuousIndex(tuple(map(float, header.ImagePositionPatient))))
+        on_grid = (
+            (int(header.Columns), int(header.Rows)) == tuple(image.GetSize()[:2])
+            and np.allclose(orientation[:3], direction[:, 0], atol=_GRID_ATOL)
+            and np.allclose(orientation[3:], direction[:, 1], atol=_GRID_ATOL)
+            and np.allclose((column_spacing, row_spacing), spacing[:2], atol=_GRID_ATOL)
+            and np.allclose(index[:2], 0.0, atol=_GRID_ATOL)
+            and abs(index[2] - round(index[2])) < _GRID_ATOL
+            and 0 <= round(index[2]) < image.GetSize()[2]
+        )
+        if not on_grid:
+            raise PareSegError(
+                f"slice {getattr(header, 'filename', header.SOPInstanceUID)} of the source series does not lie on the "
+                f"label map's grid (size {image.GetSize()}, spacing {spacing}, origin {image.GetOrigin()})",
+                fix="give the label map in the geometry of that series, as it was read from it",
+            )
+        indices.append(int(round(index[2])))
+    return indices

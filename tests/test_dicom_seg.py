@@ -1,0 +1,123 @@
+"""DICOM-SEG writer: read back with pydicom/highdicom, frames checked against the source series the test wrote."""
+
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from dicom_studies import Grid, Study, write_ct_series
+from paresseg_jax.data import io
+from paresseg_jax.errors import PareSegError
+from paresseg_jax.infer.dicom_seg import write_dicom_seg
+
+# an oblique series (rotated 30 degrees about the patient's z axis), slices stored in shuffled file order
+_C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
+GRID = Grid(shape=(8, 32, 24), spacing=(0.7, 0.9, 3.0), origin=(-10.0, 5.0, 100.0), row=(_C, _S, 0.0),
+            column=(-_S, _C, 0.0))
+FILE_ORDER = [5, 0, 7, 2, 1, 6, 3, 4]
+
+
+def _labels() -> np.ndarray:
+    """Liver on slices 1..6, a tumor on slices 3..4; each slice's liver a different size so slice mix-ups show."""
+    labels = np.zeros(GRID.shape, np.uint8)
+    for z in range(1, 7):
+        labels[z, 4:10 + 2 * z, 3:18] = 1
+    labels[3:5, 6:10, 5:9] = 2
+    return labels
+
+
+@pytest.fixture
+def pv_series(tmp_path):
+    hu = np.random.default_rng(0).integers(-100, 200, GRID.shape).astype(np.int16)
+    return write_ct_series(tmp_path / "dicom", Study(), hu, GRID, number=5, description="PORTAL VENOUS",
+                           slice_order=FILE_ORDER)
+
+
+def _label_image(labels, series):
+    image = sitk.GetImageFromArray(labels)
+    image.CopyInformation(io.read_image(series))
+    return image
+
+
+def test_seg_frames_are_the_source_slices_with_their_geometry(tmp_path, pv_series):
+    labels = _labels()
+    out = write_dicom_seg(_label_image(labels, pv_series), pv_series, tmp_path / "out" / "seg.dcm")
+    seg = pydicom.dcmread(out)
+    sources = {d.SOPInstanceUID: d for d in map(pydicom.dcmread, sorted(pv_series.iterdir()))}
+    first = next(iter(sources.values()))
+
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID and seg.StudyInstanceUID == first.StudyInstanceUID
+    (referenced_series,) = seg.ReferencedSeriesSequence
+    assert referenced_series.SeriesInstanceUID == first.SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in referenced_series.ReferencedInstanceSequence} == set(sources)
+
+    liver, tumor = seg.SegmentSequence
+    assert (liver.SegmentNumber, liver.SegmentLabel, tumor.SegmentNumber, tumor.SegmentLabel) == (1, "Liver", 2, "Tumor")
+    codes = [(s.SegmentedPropertyCategoryCodeSequence[0], s.SegmentedPropertyTypeCodeSequence[0]) for s in (liver, tumor)]
+    assert [(c.CodingSchemeDesignator, c.CodeValue, t.CodingSchemeDesignator, t.CodeValue) for c, t in codes] == [
+        ("SCT", "91723000", "SCT", "10200004"),  # anatomical structure / liver
+        ("SCT", "49755003", "SCT", "108369006"),  # morphologically abnormal structure / neoplasm
+    ]
+
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+                               first.ImageOrientationPatient, atol=1e-6)
+    np.testing.assert_allclose(shared.PixelMeasuresSequence[0].PixelSpacing, first.PixelSpacing, atol=1e-6)
+    frames = seg.pixel_array.reshape(-1, *GRID.shape[1:])
+    expected = {1: labels >= 1, 2: labels == 2}
+    seen = set()
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        source_uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        source = sources[source_uid]
+        z = int(source.InstanceNumber) - 1  # the test wrote slice z as instance z + 1
+        np.testing.assert_allclose(group.PlanePositionSequence[0].ImagePositionPatient, GRID.position(z), atol=1e-4)
+        segment = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        np.testing.assert_array_equal(frame, expected[segment][z])
+        seen.add((segment, z))
+    # empty frames are left out: every slice with liver or tumor is there, no other
+    assert seen == {(s, z) for s, mask in expected.items() for z in range(GRID.shape[0]) if mask[z].any()}
+
+
+def test_seg_reads_back_with_highdicom_onto_the_pv_grid(tmp_path, pv_series):
+    import highdicom as hd
+
+    labels = _labels()
+    out = write_dicom_seg(_label_image(labels, pv_series), pv_series, tmp_path / "seg.dcm")
+    volume = hd.seg.segread(out).get_volume(combine_segments=False)
+    pv = io.read_image(pv_series)
+    for channel, expected in ((0, labels >= 1), (1, labels == 2)):
+        corners = volume.affine @ np.array([[k, 0, 0, 1] for k in range(volume.array.shape[0])]).T  # slices' first pixels
+        indices = [pv.TransformPhysicalPointToIndex(tuple(p[:3])) for p in corners.T]
+        for k, (x, y, slice_index) in enumerate(indices):
+            assert (x, y) == (0, 0)
+            np.testing.assert_array_equal(volume.array[k, :, :, channel], expected[slice_index])
+
+
+def test_empty_label_map_is_a_valid_seg(tmp_path, pv_series):
+    out = write_dicom_seg(_label_image(np.zeros(GRID.shape, np.uint8), pv_series), pv_series, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(out)
+    assert seg.NumberOfFrames >= 1 and not seg.pixel_array.any()
+
+
+def test_label_map_off_the_series_grid_is_refused(tmp_path, pv_series):
+    image = _label_image(_labels(), pv_series)
+    image.SetSpacing((0.7, 0.9, 2.0))
+    with pytest.raises(PareSegError, match="does not lie on the label map's grid"):
+        write_dicom_seg(image, pv_series, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_labels_other_than_0_1_2_are_refused(tmp_path, pv_series):
+    labels = _labels()
+    labels[0, 0, 0] = 3
+    with pytest.raises(PareSegError, match="0 background, 1 liver, 2 tumor"):
+        write_dicom_seg(_label_image(labels, pv_series), pv_series, tmp_path / "seg.dcm")
+
+
+def test_without_highdicom_the_error_says_what_to_install(tmp_path, pv_series, monkeypatch):
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now raises ImportError
+    with pytest.raises(PareSegError, match=r"pip install 'paresseg_jax\[dicom\]'"):
+        write_dicom_seg(_label_image(_labels(), pv_series), pv_series, tmp_path / "seg.dcm")

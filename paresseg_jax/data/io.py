@@ -10,6 +10,8 @@ Cohort layouts (``read_cohort`` detects which one a folder holds):
 
 * a ``manifest.json`` (our layout, and any other layout through explicit
   file paths; see ``read_manifest``);
+* an nnU-Net raw dataset or an MSD task (``dataset.json``, ``imagesTr/``; see
+  ``layouts``);
 * LiTS: ``volume-N.nii`` with ``segmentation-N.nii`` (labels 0 background,
   1 liver, 2 tumor) as a single-phase (PV) cohort;
 * case folders holding ``pv.nii.gz`` (and ``art``, ``nc``, ``dl``,
@@ -414,8 +416,14 @@ def _lits_entries(root: Path) -> list[CaseEntry]:
     return entries
 
 
-def read_cohort(root: str | os.PathLike) -> list[CaseEntry]:
-    """Case entries of a cohort folder (or a manifest file); read each with ``read_case``."""
+def read_cohort(root: str | os.PathLike, *, channel_phases: Mapping[str, str] | None = None) -> list[CaseEntry]:
+    """Case entries of a cohort folder (or a manifest file); read each with ``read_case``.
+
+    ``channel_phases`` maps the channels of an nnU-Net/MSD dataset (index or
+    name) to phases where their names do not say (see ``layouts``).
+    """
+    from paresseg_jax.data import layouts  # builds on this module's CaseEntry
+
     root = Path(root)
     if root.is_file() and root.suffix == ".json":
         entries = read_manifest(root)
@@ -423,13 +431,15 @@ def read_cohort(root: str | os.PathLike) -> list[CaseEntry]:
         raise FileNotFoundError(f"cohort folder {root} does not exist")
     elif (root / MANIFEST).is_file():
         entries = read_manifest(root / MANIFEST)
+    elif layouts.dataset_split(root):
+        entries = layouts.dataset_entries(root, channel_phases)
     elif any(root.glob("volume-*.nii*")):
         entries = _lits_entries(root)
     else:
         entries = [_entry_from_folder(f, f.name, {}) for f in sorted(root.iterdir()) if f.is_dir() and find_image(f, "pv")]
     if not entries:
         raise ValueError(
-            f"no cases found in {root}: expected a manifest.json, LiTS files volume-N.nii with segmentation-N.nii, "
-            "or case folders holding pv.nii.gz"
+            f"no cases found in {root}: expected a manifest.json, an nnU-Net or MSD dataset (dataset.json, imagesTr/), "
+            "LiTS files volume-N.nii with segmentation-N.nii, or case folders holding pv.nii.gz"
         )
     return entries

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from paresseg_jax import compilation_cache, config_files, huge_pages
+from paresseg_jax.errors import PareSegError
 
 # Flags defined by `define_config_flag` belong to the launcher that calls it (they show in its --help).
 flags.disclaim_key_flags()
@@ -47,7 +48,8 @@ def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool
 
 
 def _launcher_main(main):
-    """`main` with library logs at WARNING by default, exiting on a FileNotFoundError with its message (status 1)."""
+    """`main` with library logs at WARNING by default, exiting on a FileNotFoundError with its message (status 1)
+    and on a PareSegError with its message (status 2)."""
 
     @functools.wraps(main)
     def checked_main(argv):
@@ -57,6 +59,9 @@ def _launcher_main(main):
             return main(argv)
         except FileNotFoundError as error:
             raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
+        except PareSegError as error:
+            print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return checked_main
 

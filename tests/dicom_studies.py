@@ -58,7 +58,8 @@ def _series_folder(study: Study, root: Path, number: int, description: str, uid:
 
 
 def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, number: int, description: str,
-                    acquisition_time: str = "101500", slice_order=None) -> Path:
+                    acquisition_time: str | None = "101500", slice_order=None,
+                    image_type=("ORIGINAL", "PRIMARY", "AXIAL")) -> Path:
     """One CT image per file (int16 with rescale intercept -1024), as a scanner writes them; returns the folder.
 
     ``slice_order`` permutes which file holds which slice (file names say nothing about position).
@@ -80,9 +81,10 @@ def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, num
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName, ds.StudyDescription = "1", "", "", study.description
         ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, number, description
         ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = "CT", "TOSHIBA", "Aquilion"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageType = list(image_type)
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
-        ds.AcquisitionTime = ds.SeriesTime = acquisition_time
+        if acquisition_time is not None:
+            ds.AcquisitionTime = ds.SeriesTime = acquisition_time
         ds.InstanceNumber = z + 1
         ds.ImagePositionPatient = [float(v) for v in grid.position(z)]
         ds.ImageOrientationPatient = [*map(float, grid.row), *map(float, grid.column)]

@@ -20,6 +20,7 @@ LAUNCHERS = {
     "paresseg_jax_launch.ablation": ("workdir", "rows", "runs", "steps"),
     "paresseg_jax_launch.convert": ("input", "output", "arch"),
     "paresseg_jax_launch.make_phantom": ("out", "num_cases"),
+    "paresseg_jax_launch.import_dicom": ("input", "output", "phase_keyword", "segment_label"),
     "paresseg_jax_launch.benchmark": ("parts", "batch", "compare_torch"),
 }
 

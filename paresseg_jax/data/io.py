@@ -32,6 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from paresseg_jax.atomic import write_text
+
 PHASES = ("pv", "art", "nc", "dl")
 MASK_NAMES = ("liver", "tumor")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -400,10 +402,7 @@ def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
 
 def write_manifest(root: str | os.PathLike, records: Sequence[Mapping]) -> Path:
     """Write ``root/manifest.json`` from case records (see ``read_manifest`` for the keys)."""
-    path = Path(root) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"cases": [dict(r) for r in records]}, indent=1))
-    return path
+    return write_text(Path(root) / MANIFEST, json.dumps({"cases": [dict(r) for r in records]}, indent=1))
 
 
 def _lits_entries(root: Path) -> list[CaseEntry]:

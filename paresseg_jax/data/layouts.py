@@ -37,10 +37,10 @@ TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES = "imagesTr", "labelsTr", "imagesTs"
 
 # phase -> phrases naming it; a phrase matches whole words, case-insensitively ("AP" in "LIVER 3 PHASE AP", not in "MAP")
 PHASE_KEYWORDS: dict[str, tuple[str, ...]] = {
-    "pv": ("pv", "pvp", "portal", "venous", "portal venous", "portovenous", "portal phase"),
-    "art": ("art", "arterial", "ap", "hap", "late arterial"),
+    "pv": ("pv", "pvp", "portal", "venous", "portovenous"),
+    "art": ("art", "arterial", "ap", "hap"),
     "nc": ("nc", "non contrast", "noncontrast", "unenhanced", "plain", "native", "pre", "precontrast"),
-    "dl": ("dl", "delay", "delayed", "equilibrium", "late"),
+    "dl": ("dl", "delay", "delayed", "equilibrium"),
 }
 TUMOR_LABEL_WORDS = ("tumor", "tumour", "cancer", "lesion", "lesions", "mass", "neoplasm", "hcc", "metastasis",
                      "metastases")

@@ -1,0 +1,278 @@
+"""DICOM studies (as TCIA downloads them) into a cohort of our layout with ``manifest.json``.
+
+TCIA's HCC-TACE-Seg, the public multi-phase liver tumor collection, comes as
+``patient/study/series/*.dcm``: each study holds several CT series (non-contrast,
+arterial, portal-venous, delayed) and a DICOM-SEG with the liver and tumor
+masks. The import reads every file's header (the folder names are not
+trusted), groups series by study, and per study:
+
+1. names each CT series' phase from its description (``layouts.PHASE_KEYWORDS``,
+   whole words, overridable) and, for series the descriptions leave open,
+   from acquisition times: those series, in time order, take the phases still
+   free in protocol order (nc, art, pv, dl) when they are as many, and when
+   the result agrees in time with the phases the descriptions named;
+2. reads the SEG objects' segments by label (``SEGMENT_KEYWORDS``:
+   "Liver" -> liver; "Mass", "Tumor", ... -> tumor; others such as "Portal
+   vein" are left out) into masks on the PV grid (a SEG drawn on another
+   phase's series is resampled geometrically, not registered); the liver mask
+   covers the tumors, as in LiTS;
+3. writes ``<case>/<phase>.nii.gz``, ``liver.nii.gz`` and ``tumor.nii.gz``.
+
+``manifest.json`` lists the imported cases with their DICOM UIDs, and
+``import_report.json`` says, per study, what was assigned and how, and
+what could not be (a study without a PV series is not imported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from paresseg_jax.atomic import atomic_path, write_text
+from paresseg_jax.data import dicom, io, layouts
+from paresseg_jax.errors import PareSegError
+
+REPORT = "import_report.json"
+PROTOCOL_ORDER = ("nc", "art", "pv", "dl")  # the order a multiphase liver CT acquires its phases in
+SEGMENT_KEYWORDS: dict[str, tuple[str, ...]] = {"liver": layouts.LIVER_LABEL_WORDS, "tumor": layouts.TUMOR_LABEL_WORDS}
+MIN_SLICES = 3  # fewer slices is a scout or a single key image, not a volume
+
+
+@dataclasses.dataclass
+class Series:
+    """One DICOM series as found on disk: its files and the header fields the import decides on."""
+
+    uid: str
+    modality: str
+    description: str
+    number: int | None
+    time_s: float | None
+    image_type: tuple[str, ...]
+    files: list[Path] = dataclasses.field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"#{self.number} {self.description!r}" if self.number is not None else repr(self.description)
+
+
+@dataclasses.dataclass
+class Study:
+    uid: str
+    patient_id: str
+    date: str
+    scanner: str | None
+    series: dict[str, Series] = dataclasses.field(default_factory=dict)
+
+
+def _seconds(header) -> float | None:
+    """Acquisition (else series, else content) time of day in seconds, from DICOM TM ``HHMMSS.ffffff``."""
+    for keyword in ("AcquisitionTime", "SeriesTime", "ContentTime"):
+        value = str(header.get(keyword, "") or "").strip()
+        if re.fullmatch(r"\d{2,6}(\.\d+)?", value):
+            whole, _, fraction = value.partition(".")
+            whole = whole.ljust(6, "0")
+            return int(whole[:2]) * 3600 + int(whole[2:4]) * 60 + int(whole[4:6]) + float(f"0.{fraction or 0}")
+    return None
+
+
+def scan(input_dir: str | os.PathLike, *, progress: bool = True) -> list[Study]:
+    """Every study under ``input_dir`` with its series, from the files' headers (files that are not DICOM are skipped)."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DICOM folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    studies: dict[str, Study] = {}
+    for path in tqdm(files, desc="read DICOM headers", unit="file", disable=not progress):
+        header = dicom.read_header(path)
+        if header is None or "SeriesInstanceUID" not in header or "StudyInstanceUID" not in header:
+            continue
+        study = studies.get(header.StudyInstanceUID)
+        if study is None:
+            scanner = " ".join(str(header.get(k, "") or "") for k in ("Manufacturer", "ManufacturerModelName")).strip()
+            study = studies[header.StudyInstanceUID] = Study(
+                header.StudyInstanceUID, str(header.get("PatientID", "") or "unknown"),
+                str(header.get("StudyDate", "") or ""), scanner or None)
+        series = study.series.get(header.SeriesInstanceUID)
+        if series is None:
+            number = header.get("SeriesNumber")
+            series = study.series[header.SeriesInstanceUID] = Series(
+                header.SeriesInstanceUID, str(header.get("Modality", "")), str(header.get("SeriesDescription", "") or ""),
+                None if number in (None, "") else int(number), _seconds(header),
+                tuple(str(t).upper() for t in (header.get("ImageType") or ())))
+        series.files.append(path)
+    return sorted(studies.values(), key=lambda s: (s.patient_id, s.date, s.uid))
+
+
+def _is_volume(series: Series) -> bool:
+    return series.modality == "CT" and "LOCALIZER" not in series.image_type and len(series.files) >= MIN_SLICES
+
+
+def assign_phases(series: Sequence[Series], keywords: Mapping[str, Iterable[str]] = layouts.PHASE_KEYWORDS,
+                  preferred: Iterable[str] = ()) -> tuple[dict[str, Series], list[str]]:
+    """``(phase -> series, notes)`` for a study's CT volumes: by description, then by acquisition time.
+
+    Several series named for one phase (e.g. thin and thick reconstructions):
+    the one whose UID is in ``preferred`` (the series a SEG was drawn on),
+    else the one with the most slices; the notes say which were left out.
+    """
+    volumes = [s for s in series if _is_volume(s)]
+    notes, named, open_ = [], defaultdict(list), []
+    for s in volumes:
+        found = layouts.phases_named(s.description, keywords)
+        if len(found) == 1:
+            named[found[0]].append(s)
+        else:
+            open_.append(s)
+            if found:
+                notes.append(f"series {s.name} names several phases {found}; decided by acquisition time")
+    preferred = set(preferred)
+    chosen = {}
+    for phase, candidates in named.items():
+        best = max(candidates, key=lambda s: (s.uid in preferred, len(s.files)))
+        chosen[phase] = best
+        notes += [f"series {s.name} also looks like {phase}; used {best.name}" for s in candidates if s is not best]
+    free = [p for p in PROTOCOL_ORDER if p not in chosen]
+    if open_:
+        timed = sorted((s for s in open_ if s.time_s is not None), key=lambda s: s.time_s)
+        by_time = dict(zip(free, timed))
+        order = sorted({**chosen, **by_time}.items(), key=lambda item: PROTOCOL_ORDER.index(item[0]))
+        times = [s.time_s for _, s in order]
+        if len(timed) != len(open_) or len(timed) != len(free):
+            notes.append(f"series {[s.name for s in open_]} not assigned: their descriptions name no phase and "
+                         f"{len(timed)} with acquisition times cannot fill the free phases {free} one to one")
+        elif None in times or times != sorted(times):
+            notes.append(f"series {[s.name for s in open_]} not assigned: by acquisition time they would be "
+                         f"{[p for p in by_time]}, which contradicts the phases named by description")
+        else:
+            chosen.update(by_time)
+            notes += [f"series {s.name} assigned {p} by acquisition time" for p, s in by_time.items()]
+    return chosen, notes
+
+
+def _segment_masks(seg_files: Sequence[Path], pv: sitk.Image, segment_keywords: Mapping[str, Iterable[str]]
+                   ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``({'liver': mask, 'tumor': mask} on the PV grid, notes)`` from SEG files (none: no masks)."""
+    if not seg_files:
+        return {}, []
+    hd = dicom.require("highdicom", "reading DICOM-SEG masks")
+    masks, notes = {}, []
+    for path in seg_files:
+        try:
+            seg = hd.seg.segread(path)
+        except Exception as error:  # any failure to parse a file another tool wrote: report it, go on
+            notes.append(f"SEG {path} not read ({type(error).__name__}: {error})")
+            continue
+        numbers = defaultdict(list)
+        for segment in seg.SegmentSequence:
+            label = str(segment.SegmentLabel)
+            kind = next((k for k in ("tumor", "liver") if layouts.matches(label, segment_keywords.get(k, ()))), None)
+            if kind is None:
+                notes.append(f"SEG segment {label!r} left out (neither liver nor tumor)")
+            else:
+                numbers[kind].append(int(segment.SegmentNumber))
+        for kind, segment_numbers in numbers.items():
+            volume = seg.get_volume(segment_numbers=segment_numbers, combine_segments=False)
+            image = dicom.volume_to_image(volume.array.any(axis=-1).astype(np.uint8), volume.affine)
+            mask = sitk.GetArrayFromImage(io.resample_onto(image, pv, path, nearest=True))
+            masks[kind] = masks[kind] | mask if kind in masks else mask
+    if "liver" in masks and "tumor" in masks:
+        masks["liver"] = masks["liver"] | masks["tumor"]  # the liver mask covers its tumors
+    return masks, notes
+
+
+def _case_ids(studies: Sequence[Study]) -> dict[str, str]:
+    """Study UID -> case id: the patient id, with the study date (and a count) when a patient has several."""
+    per_patient = defaultdict(list)
+    for study in studies:
+        per_patient[study.patient_id].append(study)
+    ids = {}
+    for patient, own in per_patient.items():
+        for k, study in enumerate(own):
+            name = patient if len(own) == 1 else f"{patient}_{study.date or k}"
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            while name in ids.values():
+                name = f"{name}_{k}"
+            ids[study.uid] = name
+    return ids
+
+
+def _import_study(study: Study, case_id: str, output: Path, keywords, segment_keywords) -> tuple[dict | None, dict]:
+    """Write one study's case folder; ``(manifest record or None, report entry)``."""
+    segs = [f for s in study.series.values() if s.modality == "SEG" for f in s.files]
+    referenced = {r.SeriesInstanceUID for path in segs for r in dicom.read_header(path).get("ReferencedSeriesSequence", [])}
+    phases, notes = assign_phases(list(study.series.values()), keywords, preferred=referenced)
+    report = {"patient_id": study.patient_id, "study_instance_uid": study.uid, "study_date": study.date,
+              "phases": {p: {"series": s.name, "series_instance_uid": s.uid} for p, s in phases.items()},
+              "notes": notes}
+    used = {s.uid for s in phases.values()}
+    report["unassigned_series"] = [s.name for s in study.series.values() if s.modality != "SEG" and s.uid not in used]
+    if "pv" not in phases:
+        report["imported"] = None
+        notes.append("no portal-venous series: study not imported (name it with a phase keyword for pv)")
+        return None, report
+    if referenced and phases["pv"].uid not in referenced:
+        drawn_on = [s.name for s in study.series.values() if s.uid in referenced]
+        notes.append(f"SEG drawn on series {drawn_on}, not on PV: masks moved onto the PV grid by geometry alone "
+                     "(no registration)")
+    with atomic_path(output / case_id, directory=True) as folder:
+        images = {p: dicom.read_series_image(s.files) for p, s in phases.items()}
+        for phase, image in images.items():
+            sitk.WriteImage(image, str(folder / f"{phase}.nii.gz"), useCompression=True)
+        masks, seg_notes = _segment_masks(segs, images["pv"], segment_keywords)
+        notes += seg_notes
+        for kind, mask in masks.items():
+            io.write_image(mask, io.Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
+    if not segs:
+        notes.append("no DICOM-SEG in the study: no masks")
+    notes += [f"no {kind} segment found" for kind in io.MASK_NAMES if segs and kind not in masks]
+    report["imported"] = case_id
+    report["masks"] = sorted(masks)
+    record = {"case_id": case_id, "tumor_type": None, "scanner": study.scanner, "patient_id": study.patient_id,
+              "study_instance_uid": study.uid, "study_date": study.date,
+              "series_instance_uids": {p: s.uid for p, s in phases.items()}}
+    return record, report
+
+
+def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
+                 phase_keywords: Mapping[str, Iterable[str]] | None = None,
+                 segment_keywords: Mapping[str, Iterable[str]] | None = None, progress: bool = True) -> dict:
+    """Import every study under ``input_dir`` into ``output_dir`` (our layout, ``manifest.json``,
+    ``import_report.json``); returns the report.
+
+    ``phase_keywords`` / ``segment_keywords`` replace the default phrases of
+    the phases / mask kinds they name (the others keep theirs).
+    """
+    keywords = {**layouts.PHASE_KEYWORDS, **{k: tuple(v) for k, v in (phase_keywords or {}).items()}}
+    unknown = sorted(set(keywords) - set(io.PHASES))
+    if unknown:
+        raise PareSegError(f"phase keywords given for unknown phases {unknown}", fix=f"use phases from {io.PHASES}")
+    seg_keywords = {**SEGMENT_KEYWORDS, **{k: tuple(v) for k, v in (segment_keywords or {}).items()}}
+    unknown = sorted(set(seg_keywords) - set(io.MASK_NAMES))
+    if unknown:
+        raise PareSegError(f"segment keywords given for unknown masks {unknown}", fix="use liver and tumor")
+    studies = scan(input_dir, progress=progress)
+    if not studies:
+        raise PareSegError("holds no DICOM studies", path=input_dir, fix="give the folder TCIA's download wrote")
+    output = Path(output_dir)
+    ids = _case_ids(studies)
+    records, entries = [], []
+    for study in tqdm(studies, desc="import studies", unit="study", disable=not progress):
+        record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords)
+        entries.append(entry)
+        if record is not None:
+            records.append(record)
+    report = {"input": str(Path(input_dir).absolute()), "studies": len(studies), "imported": len(records),
+              "cases": entries}
+    if records:
+        io.write_manifest(output, records)
+    write_text(output / REPORT, json.dumps(report, indent=1))
+    return report

@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from dicom_studies import Grid, Study, write_ct_series
+
 from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer.dicom_seg import write_dicom_seg
@@ -121,3 +121,17 @@ def test_without_highdicom_the_error_says_what_to_install(tmp_path, pv_series, m
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now raises ImportError
     with pytest.raises(PareSegError, match=r"pip install 'paresseg_jax\[dicom\]'"):
         write_dicom_seg(_label_image(_labels(), pv_series), pv_series, tmp_path / "seg.dcm")
+
+
+def test_seg_round_trips_through_the_importer(tmp_path, pv_series):
+    """What PACS gets back from us, paresseg-import-dicom turns into the same masks (labels 'Liver', 'Tumor')."""
+    from paresseg_jax.data import dicom_import
+
+    labels = _labels()
+    study_folder = pv_series.parent
+    write_dicom_seg(_label_image(labels, pv_series), pv_series, study_folder / "900-PA-ResSeg" / "seg.dcm")
+    report = dicom_import.import_dicom(tmp_path / "dicom", tmp_path / "cohort", progress=False)
+    assert report["imported"] == 1, report
+    case = io.read_case(io.read_cohort(tmp_path / "cohort")[0])
+    np.testing.assert_array_equal(case.liver, labels >= 1)
+    np.testing.assert_array_equal(case.tumor, labels == 2)

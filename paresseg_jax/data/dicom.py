@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -127,5 +127,5 @@ def slice_indices_on_grid(headers: Sequence, image: sitk.Image) -> list[int]:
                 f"label map's grid (size {image.GetSize()}, spacing {spacing}, origin {image.GetOrigin()})",
                 fix="give the label map in the geometry of that series, as it was read from it",
             )
-        indices.append(int(round(index[2])))
+        indices.append(round(index[2]))
     return indices

@@ -30,8 +30,8 @@ import json
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -160,33 +160,43 @@ def assign_phases(series: Sequence[Series], keywords: Mapping[str, Iterable[str]
 
 def _segment_masks(seg_files: Sequence[Path], pv: sitk.Image, segment_keywords: Mapping[str, Iterable[str]]
                    ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """``({'liver': mask, 'tumor': mask} on the PV grid, notes)`` from SEG files (none: no masks)."""
-    if not seg_files:
-        return {}, []
-    hd = dicom.require("highdicom", "reading DICOM-SEG masks")
+    """``({'liver': mask, 'tumor': mask} on the PV grid, notes)`` from SEG files (none: no masks).
+
+    A SEG that cannot be read or does not overlap PV is reported and left out.
+    """
     masks, notes = {}, []
     for path in seg_files:
         try:
-            seg = hd.seg.segread(path)
-        except Exception as error:  # any failure to parse a file another tool wrote: report it, go on
-            notes.append(f"SEG {path} not read ({type(error).__name__}: {error})")
+            found, left_out = _read_seg(path, pv, segment_keywords)
+        except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:  # written by another tool
+            notes.append(f"SEG {path} not used ({type(error).__name__}: {str(error).strip().splitlines()[-1]})")
             continue
-        numbers = defaultdict(list)
-        for segment in seg.SegmentSequence:
-            label = str(segment.SegmentLabel)
-            kind = next((k for k in ("tumor", "liver") if layouts.matches(label, segment_keywords.get(k, ()))), None)
-            if kind is None:
-                notes.append(f"SEG segment {label!r} left out (neither liver nor tumor)")
-            else:
-                numbers[kind].append(int(segment.SegmentNumber))
-        for kind, segment_numbers in numbers.items():
-            volume = seg.get_volume(segment_numbers=segment_numbers, combine_segments=False)
-            image = dicom.volume_to_image(volume.array.any(axis=-1).astype(np.uint8), volume.affine)
-            mask = sitk.GetArrayFromImage(io.resample_onto(image, pv, path, nearest=True))
+        notes += [f"SEG segment {label!r} left out (neither liver nor tumor)" for label in left_out]
+        for kind, mask in found.items():
             masks[kind] = masks[kind] | mask if kind in masks else mask
     if "liver" in masks and "tumor" in masks:
         masks["liver"] = masks["liver"] | masks["tumor"]  # the liver mask covers its tumors
     return masks, notes
+
+
+def _read_seg(path: Path, pv: sitk.Image, segment_keywords) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The liver and tumor masks of one SEG on the PV grid, and the labels of the segments left out."""
+    hd = dicom.require("highdicom", "reading DICOM-SEG masks")
+    seg = hd.seg.segread(path)
+    numbers, left_out = defaultdict(list), []
+    for segment in seg.SegmentSequence:
+        label = str(segment.SegmentLabel)
+        kind = next((k for k in ("tumor", "liver") if layouts.matches(label, segment_keywords.get(k, ()))), None)
+        if kind is None:
+            left_out.append(label)
+        else:
+            numbers[kind].append(int(segment.SegmentNumber))
+    masks = {}
+    for kind, segment_numbers in numbers.items():
+        volume = seg.get_volume(segment_numbers=segment_numbers, combine_segments=False)
+        image = dicom.volume_to_image(volume.array.any(axis=-1).astype(np.uint8), volume.affine)
+        masks[kind] = sitk.GetArrayFromImage(io.resample_onto(image, pv, path, nearest=True))
+    return masks, left_out
 
 
 def _case_ids(studies: Sequence[Study]) -> dict[str, str]:

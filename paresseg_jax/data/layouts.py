@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError

@@ -59,17 +59,20 @@ def _series_folder(study: Study, root: Path, number: int, description: str, uid:
 
 def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, number: int, description: str,
                     acquisition_time: str | None = "101500", slice_order=None,
-                    image_type=("ORIGINAL", "PRIMARY", "AXIAL")) -> Path:
+                    image_type=("ORIGINAL", "PRIMARY", "AXIAL"), series_uid: str | None = None,
+                    acquisition_number: int = 1, first_instance: int = 1) -> Path:
     """One CT image per file (int16 with rescale intercept -1024), as a scanner writes them; returns the folder.
 
     ``slice_order`` permutes which file holds which slice (file names say nothing about position).
+    Slice z is instance ``first_instance + z``. Given an existing ``series_uid``, the slices join that
+    series (several acquisitions in one series, as some scanners store all phases).
     """
     assert hu.shape == grid.shape
-    uid = generate_uid()
+    uid = series_uid or generate_uid()
     folder = _series_folder(study, root, number, description, uid)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=series_uid is not None)
     order = range(grid.shape[0]) if slice_order is None else slice_order
-    for k, z in enumerate(order):
+    for k, z in enumerate(order, first_instance - 1):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -85,7 +88,7 @@ def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, num
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = study.frame_of_reference_uid, ""
         if acquisition_time is not None:
             ds.AcquisitionTime = ds.SeriesTime = acquisition_time
-        ds.InstanceNumber = z + 1
+        ds.InstanceNumber, ds.AcquisitionNumber = first_instance + z, acquisition_number
         ds.ImagePositionPatient = [float(v) for v in grid.position(z)]
         ds.ImageOrientationPatient = [*map(float, grid.row), *map(float, grid.column)]
         ds.PixelSpacing = [grid.spacing[1], grid.spacing[0]]  # row spacing (y), column spacing (x)
@@ -100,14 +103,17 @@ def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, num
 
 
 def write_seg(root: Path, study: Study, source_folder: Path, masks: dict[str, np.ndarray], *, number: int = 300,
-              description: str = "Segmentation") -> Path:
-    """A DICOM-SEG with one binary segment per ``masks`` entry (label -> (z, y, x) 0/1 on the source grid)."""
+              description: str = "Segmentation", first_instance: int = 1) -> Path:
+    """A DICOM-SEG with one binary segment per ``masks`` entry (label -> (z, y, x) 0/1 on the source grid),
+    drawn on the slices ``first_instance ... first_instance + z - 1`` of the source series."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    sources = sorted((pydicom.dcmread(p) for p in source_folder.iterdir()), key=lambda d: int(d.InstanceNumber))
-    pixels = np.stack([np.asarray(m, bool)[[int(d.InstanceNumber) - 1 for d in sources]] for m in masks.values()],
-                      axis=-1)
+    depth = next(iter(masks.values())).shape[0]
+    sources = sorted((d for d in map(pydicom.dcmread, source_folder.iterdir())
+                      if first_instance <= int(d.InstanceNumber) < first_instance + depth), key=lambda d: int(d.InstanceNumber))
+    pixels = np.stack([np.asarray(m, bool)[[int(d.InstanceNumber) - first_instance for d in sources]]
+                       for m in masks.values()], axis=-1)
     segments = [hd.seg.SegmentDescription(i + 1, label, codes.SCT.AnatomicalStructure, codes.SCT.Organ, "MANUAL")
                 for i, label in enumerate(masks)]
     uid = generate_uid()

@@ -73,7 +73,27 @@ def _write_studies(root: Path) -> dict:
     for number in (1, 2):
         write_ct_series(root, third, _hu("pv", PV_GRID), PV_GRID, number=number, description=f"Recon {number}",
                         acquisition_time=None)
+
+    # the three contrast phases stored as one series (positions repeat), the SEG drawn on the second acquisition
+    fourth = Study("HCC_004")
+    write_ct_series(root, fourth, _hu("nc", PV_GRID, seed=4), PV_GRID, number=2, description="PRE LIVER",
+                    acquisition_time="120000")
+    uid = None
+    for k, (phase, time) in enumerate((("art", "120130"), ("pv", "120210"), ("dl", "120500"))):
+        folder = write_ct_series(root, fourth, _hu(phase, PV_GRID, seed=4), PV_GRID, number=103,
+                                 description="LIVER 3 PHASE CAP", acquisition_time=time, series_uid=uid,
+                                 acquisition_number=k + 1, first_instance=1 + k * PV_GRID.shape[0])
+        uid = _series_uid(folder)
+    necrosis = MASS * (np.arange(PV_GRID.shape[2]) >= 15)  # the mass's right part, as a segment of its own
+    write_seg(root, fourth, folder, {"Liver": LIVER, "Mass": MASS - necrosis, "Necrosis": necrosis},
+              first_instance=1 + PV_GRID.shape[0])
     return {"art_liver": art_liver, "art_tumor": art_tumor}
+
+
+def _series_uid(folder: Path) -> str:
+    import pydicom
+
+    return pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
 
 
 def _import(*args) -> subprocess.CompletedProcess:
@@ -87,10 +107,10 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
     drawn = _write_studies(tmp_path / "HCC-TACE-Seg")
     result = _import("--input", str(tmp_path / "HCC-TACE-Seg"), "--output", str(tmp_path / "cohort"))
     assert result.returncode == 0, result.stderr
-    assert "imported 2 of 3 studies" in result.stdout
+    assert "imported 3 of 4 studies" in result.stdout
 
     entries = io.read_cohort(tmp_path / "cohort")
-    assert [e.case_id for e in entries] == ["HCC_001", "HCC_002"]
+    assert [e.case_id for e in entries] == ["HCC_001", "HCC_002", "HCC_004"]
 
     first = io.read_case(entries[0])
     assert sorted(first.phases) == ["art", "dl", "nc", "pv"]
@@ -108,8 +128,14 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
     np.testing.assert_array_equal(second.tumor, _art_to_pv(drawn["art_tumor"]))  # SEG drawn on ART, moved onto PV
     np.testing.assert_array_equal(second.liver, _art_to_pv(drawn["art_liver"]))
 
+    fourth = io.read_case(entries[2])
+    for phase in ("nc", "art", "pv", "dl"):
+        np.testing.assert_array_equal(fourth.phases[phase], _hu(phase, PV_GRID, seed=4), err_msg=phase)
+    np.testing.assert_array_equal(fourth.tumor, MASS)  # mass and necrosis
+    np.testing.assert_array_equal(fourth.liver, LIVER)
+
     manifest = json.loads((tmp_path / "cohort" / "manifest.json").read_text())["cases"]
-    assert manifest[0]["patient_id"] == "HCC_001" and set(manifest[0]["series_instance_uids"]) == set(LEVEL)
+    assert manifest[0]["patient_id"] == "HCC_001" and set(manifest[0]["series"]) == set(LEVEL)
     report = {c["patient_id"]: c for c in json.loads((tmp_path / "cohort" / "import_report.json").read_text())["cases"]}
     assert report["HCC_001"]["phases"]["pv"]["series"].startswith("#5")
     assert "#1 'Topogram'" in report["HCC_001"]["unassigned_series"]
@@ -154,7 +180,8 @@ def test_bad_keyword_flags_are_one_line_errors(tmp_path, flag, status, message):
 
 def test_series_left_open_by_descriptions_take_free_phases_only_in_time_order():
     def series(uid, description, time_s):
-        return dicom_import.Series(uid, "CT", description, None, time_s, (), [Path(f"{uid}{k}") for k in range(5)])
+        slices = [dicom_import.Slice(Path(f"{uid}{k}"), f"{uid}{k}", float(k), None, time_s, k) for k in range(5)]
+        return dicom_import.Series(uid, "CT", description, None, (), slices)
 
     # ART named by description at t=100; the unnamed series at t=50 and t=200 can only be nc, pv, dl in order
     chosen, notes = dicom_import.assign_phases(

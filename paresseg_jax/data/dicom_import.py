@@ -47,21 +47,47 @@ SEGMENT_KEYWORDS: dict[str, tuple[str, ...]] = {"liver": layouts.LIVER_LABEL_WOR
 MIN_SLICES = 3  # fewer slices is a scout or a single key image, not a volume
 
 
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """One file of a series: where it lies along the slice normal and when it was acquired."""
+
+    path: Path
+    sop_uid: str
+    position: float | None  # mm along the slice normal; None for objects without a plane (SEG)
+    acquisition: int | None
+    time_s: float | None
+    instance: int
+
+
 @dataclasses.dataclass
 class Series:
-    """One DICOM series as found on disk: its files and the header fields the import decides on."""
+    """One DICOM series as found on disk (or one acquisition of a series that holds several)."""
 
     uid: str
     modality: str
     description: str
     number: int | None
-    time_s: float | None
     image_type: tuple[str, ...]
-    files: list[Path] = dataclasses.field(default_factory=list)
+    slices: list[Slice] = dataclasses.field(default_factory=list)
+    part: str = ""
 
     @property
     def name(self) -> str:
-        return f"#{self.number} {self.description!r}" if self.number is not None else repr(self.description)
+        name = f"#{self.number} {self.description!r}" if self.number is not None else repr(self.description)
+        return f"{name} ({self.part})" if self.part else name
+
+    @property
+    def files(self) -> list[Path]:
+        return [s.path for s in self.slices]
+
+    @property
+    def time_s(self) -> float | None:
+        times = [s.time_s for s in self.slices if s.time_s is not None]
+        return min(times) if times else None
+
+    @property
+    def sop_uids(self) -> set[str]:
+        return {s.sop_uid for s in self.slices}
 
 
 @dataclasses.dataclass
@@ -74,8 +100,8 @@ class Study:
 
 
 def _seconds(header) -> float | None:
-    """Acquisition (else series, else content) time of day in seconds, from DICOM TM ``HHMMSS.ffffff``."""
-    for keyword in ("AcquisitionTime", "SeriesTime", "ContentTime"):
+    """Acquisition (else content, else series) time of day in seconds, from DICOM TM ``HHMMSS.ffffff``."""
+    for keyword in ("AcquisitionTime", "ContentTime", "SeriesTime"):
         value = str(header.get(keyword, "") or "").strip()
         if re.fullmatch(r"\d{2,6}(\.\d+)?", value):
             whole, _, fraction = value.partition(".")
@@ -84,8 +110,22 @@ def _seconds(header) -> float | None:
     return None
 
 
+def _slice(path: Path, header) -> Slice:
+    has_plane = "ImagePositionPatient" in header and "ImageOrientationPatient" in header
+    position = float(np.dot(dicom.slice_normal(header), np.asarray(header.ImagePositionPatient, float))) if has_plane else None
+    acquisition = header.get("AcquisitionNumber")
+    return Slice(path, str(header.get("SOPInstanceUID", "")), position,
+                 None if acquisition in (None, "") else int(acquisition), _seconds(header),
+                 int(header.get("InstanceNumber") or 0))
+
+
 def scan(input_dir: str | os.PathLike, *, progress: bool = True) -> list[Study]:
-    """Every study under ``input_dir`` with its series, from the files' headers (files that are not DICOM are skipped)."""
+    """Every study under ``input_dir`` with its series, from the files' headers (files that are not DICOM are skipped).
+
+    A series whose slices repeat positions (several acquisitions, e.g. all
+    contrast phases, stored as one series) is split into one series per
+    acquisition (``split_acquisitions``).
+    """
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"DICOM folder {root} does not exist")
@@ -106,14 +146,34 @@ def scan(input_dir: str | os.PathLike, *, progress: bool = True) -> list[Study]:
             number = header.get("SeriesNumber")
             series = study.series[header.SeriesInstanceUID] = Series(
                 header.SeriesInstanceUID, str(header.get("Modality", "")), str(header.get("SeriesDescription", "") or ""),
-                None if number in (None, "") else int(number), _seconds(header),
+                None if number in (None, "") else int(number),
                 tuple(str(t).upper() for t in (header.get("ImageType") or ())))
-        series.files.append(path)
+        series.slices.append(_slice(path, header))
     return sorted(studies.values(), key=lambda s: (s.patient_id, s.date, s.uid))
 
 
+def split_acquisitions(series: Series) -> list[Series]:
+    """The series, or one series per acquisition when its slices repeat positions.
+
+    Slices are taken in acquisition order (AcquisitionNumber, time, instance
+    number) and a new acquisition starts where a position comes again.
+    """
+    positions = [s.position for s in series.slices]
+    if None in positions or len({round(p, 2) for p in positions}) == len(positions):
+        return [series]
+    stacks, seen = [[]], set()
+    for item in sorted(series.slices, key=lambda s: (s.acquisition or 0, s.time_s or 0.0, s.instance)):
+        if round(item.position, 2) in seen:
+            stacks.append([])
+            seen = set()
+        stacks[-1].append(item)
+        seen.add(round(item.position, 2))
+    return [dataclasses.replace(series, slices=stack, part=f"acquisition {k + 1} of {len(stacks)}")
+            for k, stack in enumerate(stacks)]
+
+
 def _is_volume(series: Series) -> bool:
-    return series.modality == "CT" and "LOCALIZER" not in series.image_type and len(series.files) >= MIN_SLICES
+    return series.modality == "CT" and "LOCALIZER" not in series.image_type and len(series.slices) >= MIN_SLICES
 
 
 def assign_phases(series: Sequence[Series], keywords: Mapping[str, Iterable[str]] = layouts.PHASE_KEYWORDS,
@@ -121,8 +181,9 @@ def assign_phases(series: Sequence[Series], keywords: Mapping[str, Iterable[str]
     """``(phase -> series, notes)`` for a study's CT volumes: by description, then by acquisition time.
 
     Several series named for one phase (e.g. thin and thick reconstructions):
-    the one whose UID is in ``preferred`` (the series a SEG was drawn on),
-    else the one with the most slices; the notes say which were left out.
+    the one holding instances in ``preferred`` (SOP instance UIDs a SEG was
+    drawn on), else the one with the most slices; the notes say which were
+    left out.
     """
     volumes = [s for s in series if _is_volume(s)]
     notes, named, open_ = [], defaultdict(list), []
@@ -137,7 +198,7 @@ def assign_phases(series: Sequence[Series], keywords: Mapping[str, Iterable[str]
     preferred = set(preferred)
     chosen = {}
     for phase, candidates in named.items():
-        best = max(candidates, key=lambda s: (s.uid in preferred, len(s.files)))
+        best = max(candidates, key=lambda s: (bool(s.sop_uids & preferred), len(s.slices)))
         chosen[phase] = best
         notes += [f"series {s.name} also looks like {phase}; used {best.name}" for s in candidates if s is not best]
     free = [p for p in PROTOCOL_ORDER if p not in chosen]
@@ -218,19 +279,21 @@ def _case_ids(studies: Sequence[Study]) -> dict[str, str]:
 def _import_study(study: Study, case_id: str, output: Path, keywords, segment_keywords) -> tuple[dict | None, dict]:
     """Write one study's case folder; ``(manifest record or None, report entry)``."""
     segs = [f for s in study.series.values() if s.modality == "SEG" for f in s.files]
-    referenced = {r.SeriesInstanceUID for path in segs for r in dicom.read_header(path).get("ReferencedSeriesSequence", [])}
-    phases, notes = assign_phases(list(study.series.values()), keywords, preferred=referenced)
+    referenced = {instance.ReferencedSOPInstanceUID for path in segs
+                  for series in dicom.read_header(path).get("ReferencedSeriesSequence", [])
+                  for instance in series.get("ReferencedInstanceSequence", [])}
+    candidates = [part for s in study.series.values() if s.modality != "SEG" for part in split_acquisitions(s)]
+    phases, notes = assign_phases(candidates, keywords, preferred=referenced)
     report = {"patient_id": study.patient_id, "study_instance_uid": study.uid, "study_date": study.date,
               "phases": {p: {"series": s.name, "series_instance_uid": s.uid} for p, s in phases.items()},
-              "notes": notes}
-    used = {s.uid for s in phases.values()}
-    report["unassigned_series"] = [s.name for s in study.series.values() if s.modality != "SEG" and s.uid not in used]
+              "notes": notes,
+              "unassigned_series": [s.name for s in candidates if not any(s is c for c in phases.values())]}
     if "pv" not in phases:
         report["imported"] = None
         notes.append("no portal-venous series: study not imported (name it with a phase keyword for pv)")
         return None, report
-    if referenced and phases["pv"].uid not in referenced:
-        drawn_on = [s.name for s in study.series.values() if s.uid in referenced]
+    if referenced and not phases["pv"].sop_uids & referenced:
+        drawn_on = [s.name for s in candidates if s.sop_uids & referenced]
         notes.append(f"SEG drawn on series {drawn_on}, not on PV: masks moved onto the PV grid by geometry alone "
                      "(no registration)")
     with atomic_path(output / case_id, directory=True) as folder:
@@ -248,7 +311,8 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
     report["masks"] = sorted(masks)
     record = {"case_id": case_id, "tumor_type": None, "scanner": study.scanner, "patient_id": study.patient_id,
               "study_instance_uid": study.uid, "study_date": study.date,
-              "series_instance_uids": {p: s.uid for p, s in phases.items()}}
+              "series": {p: {"series_instance_uid": s.uid, "description": s.description, "part": s.part}
+                         for p, s in phases.items()}}
     return record, report
 
 

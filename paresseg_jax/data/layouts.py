@@ -42,8 +42,8 @@ PHASE_KEYWORDS: dict[str, tuple[str, ...]] = {
     "nc": ("nc", "non contrast", "noncontrast", "unenhanced", "plain", "native", "pre", "precontrast"),
     "dl": ("dl", "delay", "delayed", "equilibrium"),
 }
-TUMOR_LABEL_WORDS = ("tumor", "tumour", "cancer", "lesion", "lesions", "mass", "neoplasm", "hcc", "metastasis",
-                     "metastases")
+TUMOR_LABEL_WORDS = ("tumor", "tumour", "cancer", "lesion", "lesions", "mass", "necrosis", "neoplasm", "hcc",
+                     "metastasis", "metastases")
 LIVER_LABEL_WORDS = ("liver",)
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 

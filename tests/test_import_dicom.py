@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from dicom_studies import Grid, Study, write_ct_series, write_seg
 
 from paresseg_jax.data import dicom_import, io
@@ -115,6 +116,7 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
     first = io.read_case(entries[0])
     assert sorted(first.phases) == ["art", "dl", "nc", "pv"]
     np.testing.assert_array_equal(first.phases["pv"], _hu("pv", PV_GRID, seed=1))  # recon #5: the one the SEG is on
+    assert sitk.ReadImage(str(tmp_path / "cohort" / "HCC_001" / "pv.nii.gz")).GetPixelID() == sitk.sitkInt16  # as stored
     np.testing.assert_allclose(first.spacing, PV_GRID.spacing)
     np.testing.assert_allclose(first.origin, PV_GRID.origin)
     np.testing.assert_array_equal(first.liver, LIVER)  # liver segment joined with the mass

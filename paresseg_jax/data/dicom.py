@@ -72,17 +72,27 @@ def series_headers(folder: str | os.PathLike) -> list:
 
 
 def read_series_image(paths: Iterable[str | os.PathLike]) -> sitk.Image:
-    """The volume of one series' slice files (any order), in HU with the DICOM geometry."""
+    """The volume of one series' slice files (any order), in HU with the DICOM geometry.
+
+    GDCM widens int16 slices with a rescale intercept to int32; HU that fit
+    int16 are stored back as int16 (half the bytes to write, nothing lost).
+    """
     paths = [Path(p) for p in paths]
     headers = [read_header(p) for p in paths]
     ordered = [str(paths[i]) for i in sort_slices(headers)]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(ordered)
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise PareSegError(f"cannot read this DICOM series ({str(error).strip().splitlines()[-1]})",
                            path=Path(ordered[0]).parent, fix="check that its files are complete CT slices") from None
+    if image.GetPixelID() == sitk.sitkInt32:
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)
+        if -32768 <= extremes.GetMinimum() and extremes.GetMaximum() <= 32767:
+            image = sitk.Cast(image, sitk.sitkInt16)
+    return image
 
 
 def volume_to_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:

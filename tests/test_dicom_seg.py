@@ -135,3 +135,15 @@ def test_seg_round_trips_through_the_importer(tmp_path, pv_series):
     case = io.read_case(io.read_cohort(tmp_path / "cohort")[0])
     np.testing.assert_array_equal(case.liver, labels >= 1)
     np.testing.assert_array_equal(case.tumor, labels == 2)
+
+
+def test_a_folder_holding_several_acquisitions_is_refused(tmp_path, pv_series):
+    """Two acquisitions of one series at the same positions: which slices the label map belongs to is unknown."""
+    study = Study()
+    hu = np.zeros(GRID.shape, np.int16)
+    folder = write_ct_series(tmp_path / "multi", study, hu, GRID, number=3, description="LIVER 3 PHASE")
+    uid = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    write_ct_series(tmp_path / "multi", study, hu, GRID, number=3, description="LIVER 3 PHASE", series_uid=uid,
+                    acquisition_number=2, first_instance=1 + GRID.shape[0])
+    with pytest.raises(PareSegError, match="several acquisitions"):
+        write_dicom_seg(_label_image(_labels(), pv_series), folder, tmp_path / "seg.dcm")

@@ -88,7 +88,7 @@ def _write_studies(root: Path) -> dict:
     necrosis = MASS * (np.arange(PV_GRID.shape[2]) >= 15)  # the mass's right part, as a segment of its own
     write_seg(root, fourth, folder, {"Liver": LIVER, "Mass": MASS - necrosis, "Necrosis": necrosis},
               first_instance=1 + PV_GRID.shape[0])
-    return {"art_liver": art_liver, "art_tumor": art_tumor}
+    return {"art_liver": art_liver, "art_tumor": art_tumor, "first_pv_folder": pv_series}
 
 
 def _series_uid(folder: Path) -> str:
@@ -138,6 +138,7 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
 
     manifest = json.loads((tmp_path / "cohort" / "manifest.json").read_text())["cases"]
     assert manifest[0]["patient_id"] == "HCC_001" and set(manifest[0]["series"]) == set(LEVEL)
+    assert manifest[0]["series"]["pv"]["folders"] == [str(drawn["first_pv_folder"].absolute())]  # for a DICOM-SEG
     report = {c["patient_id"]: c for c in json.loads((tmp_path / "cohort" / "import_report.json").read_text())["cases"]}
     assert report["HCC_001"]["phases"]["pv"]["series"].startswith("#5")
     assert "#1 'Topogram'" in report["HCC_001"]["unassigned_series"]

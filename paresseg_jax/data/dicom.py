@@ -68,6 +68,11 @@ def series_headers(folder: str | os.PathLike) -> list:
     series = {h.SeriesInstanceUID for h in headers}
     if len(series) > 1:
         raise PareSegError(f"holds {len(series)} DICOM series", path=folder, fix="put each series in its own folder")
+    positions = {tuple(np.round(np.asarray(h.ImagePositionPatient, float), 2)) for h in headers}
+    if len(positions) < len(headers):
+        raise PareSegError(f"holds {len(headers)} slices at {len(positions)} positions: several acquisitions "
+                           "(e.g. contrast phases) in one series", path=folder,
+                           fix="move the slices of one acquisition into a folder of their own")
     return [headers[i] for i in sort_slices(headers)]
 
 

@@ -311,7 +311,8 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
     report["masks"] = sorted(masks)
     record = {"case_id": case_id, "tumor_type": None, "scanner": study.scanner, "patient_id": study.patient_id,
               "study_instance_uid": study.uid, "study_date": study.date,
-              "series": {p: {"series_instance_uid": s.uid, "description": s.description, "part": s.part}
+              "series": {p: {"series_instance_uid": s.uid, "description": s.description, "part": s.part,
+                             "folders": sorted({str(f.parent.absolute()) for f in s.files})}
                          for p, s in phases.items()}}
     return record, report
 

@@ -1,1 +1,1 @@
-"""Data layer: CT I/O, preprocessing, on-disk cache, synthetic cohort, Grain pipeline."""
+"""Data layer: CT I/O, other tools' layouts, DICOM import, preprocessing, on-disk cache, synthetic cohort, Grain pipeline."""

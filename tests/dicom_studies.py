@@ -60,10 +60,11 @@ def _series_folder(study: Study, root: Path, number: int, description: str, uid:
 def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, number: int, description: str,
                     acquisition_time: str | None = "101500", slice_order=None,
                     image_type=("ORIGINAL", "PRIMARY", "AXIAL"), series_uid: str | None = None,
-                    acquisition_number: int = 1, first_instance: int = 1) -> Path:
+                    acquisition_number: int = 1, first_instance: int = 1, position_decimals: int = 6) -> Path:
     """One CT image per file (int16 with rescale intercept -1024), as a scanner writes them; returns the folder.
 
-    ``slice_order`` permutes which file holds which slice (file names say nothing about position).
+    ``slice_order`` permutes which file holds which slice (file names say nothing about position);
+    positions are written to ``position_decimals`` decimals (scanners round them).
     Slice z is instance ``first_instance + z``. Given an existing ``series_uid``, the slices join that
     series (several acquisitions in one series, as some scanners store all phases).
     """
@@ -89,7 +90,7 @@ def write_ct_series(root: Path, study: Study, hu: np.ndarray, grid: Grid, *, num
         if acquisition_time is not None:
             ds.AcquisitionTime = ds.SeriesTime = acquisition_time
         ds.InstanceNumber, ds.AcquisitionNumber = first_instance + z, acquisition_number
-        ds.ImagePositionPatient = [float(v) for v in grid.position(z)]
+        ds.ImagePositionPatient = [round(float(v), position_decimals) for v in grid.position(z)]
         ds.ImageOrientationPatient = [*map(float, grid.row), *map(float, grid.column)]
         ds.PixelSpacing = [grid.spacing[1], grid.spacing[0]]  # row spacing (y), column spacing (x)
         ds.SliceThickness = grid.spacing[2]

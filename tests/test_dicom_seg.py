@@ -147,3 +147,19 @@ def test_a_folder_holding_several_acquisitions_is_refused(tmp_path, pv_series):
                     acquisition_number=2, first_instance=1 + GRID.shape[0])
     with pytest.raises(PareSegError, match="several acquisitions"):
         write_dicom_seg(_label_image(_labels(), pv_series), folder, tmp_path / "seg.dcm")
+
+
+def test_slice_positions_rounded_by_the_scanner_still_match(tmp_path):
+    """0.625 mm slices with positions written to 0.01 mm: slice k is up to 0.008 voxel off the regular grid."""
+    grid = Grid(shape=(8, 32, 24), spacing=(0.7, 0.7, 0.625), origin=(-10.003, 5.0, 100.0))
+    series = write_ct_series(tmp_path / "dicom", Study(), np.zeros(grid.shape, np.int16), grid, number=2,
+                             description="PV", position_decimals=2)
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[2:6, 4:20, 4:20] = 1
+    labels[3, 8:12, 8:12] = 2
+    seg = pydicom.dcmread(write_dicom_seg(_label_image(labels, series), series, tmp_path / "seg.dcm"))
+    sources = {d.SOPInstanceUID: int(d.InstanceNumber) - 1 for d in map(pydicom.dcmread, series.iterdir())}
+    for frame, group in zip(seg.pixel_array.reshape(-1, *grid.shape[1:]), seg.PerFrameFunctionalGroupsSequence):
+        z = sources[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        segment = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        np.testing.assert_array_equal(frame, labels[z] >= 1 if segment == 1 else labels[z] == 2)

@@ -18,7 +18,8 @@ import SimpleITK as sitk
 
 from paresseg_jax.errors import PareSegError
 
-_GRID_ATOL = 1e-3  # voxel fraction / direction cosine / mm
+_GRID_ATOL = 1e-3  # direction cosines, pixel spacing in mm
+_POSITION_TOL = 0.1  # voxels: headers round positions (0.01 mm of a 0.625 mm slice is 0.016 voxel)
 
 
 def require(module: str, purpose: str):
@@ -117,8 +118,9 @@ def slice_indices_on_grid(headers: Sequence, image: sitk.Image) -> list[int]:
     """For each slice header, the z index of the image slice it lies on; an error if any is off the image's grid.
 
     A slice is on the grid when its first pixel is a voxel center of the
-    image, its rows and columns run along the image's x and y axes, and its
-    pixel spacing and size are the image's.
+    image (to a tenth of a voxel, as headers round positions), its rows and
+    columns run along the image's x and y axes, its pixel spacing and size
+    are the image's, and no other slice lies on the same image slice.
     """
     direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
     spacing = image.GetSpacing()
@@ -132,9 +134,10 @@ def slice_indices_on_grid(headers: Sequence, image: sitk.Image) -> list[int]:
             and np.allclose(orientation[:3], direction[:, 0], atol=_GRID_ATOL)
             and np.allclose(orientation[3:], direction[:, 1], atol=_GRID_ATOL)
             and np.allclose((column_spacing, row_spacing), spacing[:2], atol=_GRID_ATOL)
-            and np.allclose(index[:2], 0.0, atol=_GRID_ATOL)
-            and abs(index[2] - round(index[2])) < _GRID_ATOL
+            and np.allclose(index[:2], 0.0, atol=_POSITION_TOL)
+            and abs(index[2] - round(index[2])) < _POSITION_TOL
             and 0 <= round(index[2]) < image.GetSize()[2]
+            and round(index[2]) not in indices
         )
         if not on_grid:
             raise PareSegError(

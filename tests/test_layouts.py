@@ -88,17 +88,17 @@ def test_label_neither_liver_nor_tumor_is_an_error_naming_it(tmp_path):
 
 def test_msd_task03_liver_is_a_single_phase_cohort_with_labels_0_1_2(tmp_path):
     root = tmp_path / "Task03_Liver"
-    for seed, number in enumerate((0, 5)):
+    for seed, number in enumerate((0, 1000)):  # liver_1000 is a case, not channel 1000 of case "liver"
         io.write_image(_image(80, seed), GEOMETRY, root / "imagesTr" / f"liver_{number}.nii.gz")
         io.write_image(_labels(seed), GEOMETRY, root / "labelsTr" / f"liver_{number}.nii.gz")
     (root / "imagesTr" / "._liver_0.nii.gz").write_bytes(b"\0\5\26\7")  # macOS metadata shipped in the MSD archive
     io.write_image(_image(80, 9), GEOMETRY, root / "imagesTs" / "liver_140.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "name": "Liver", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "cancer"},
-        "training": [{"image": f"./imagesTr/liver_{n}.nii.gz", "label": f"./labelsTr/liver_{n}.nii.gz"} for n in (0, 5)],
+        "training": [{"image": f"./imagesTr/liver_{n}.nii.gz", "label": f"./labelsTr/liver_{n}.nii.gz"} for n in (0, 1000)],
         "test": ["./imagesTs/liver_140.nii.gz"]}))
     entries = io.read_cohort(root)
-    assert [e.case_id for e in entries] == ["liver_0", "liver_5"]
+    assert [e.case_id for e in entries] == ["liver_0", "liver_1000"]
     case = io.read_case(entries[1])
     assert list(case.phases) == ["pv"]
     np.testing.assert_allclose(case.phases["pv"], _image(80, 1), atol=1e-4)

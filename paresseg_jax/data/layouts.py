@@ -86,7 +86,7 @@ def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None)
     labelled = images == TRAIN_IMAGES
     liver_labels, tumor_labels = _label_values(spec, spec_path) if labelled else ((1,), (1,))
     entries = []
-    for case_id, channel_files in sorted(_case_files(dataset / images, ending).items()):
+    for case_id, channel_files in sorted(_case_files(dataset / images, ending, "channel_names" in spec).items()):
         missing = sorted(set(phases) - set(channel_files))
         if missing:
             raise PareSegError(f"case {case_id!r} has no image for channel(s) {missing}", path=dataset / images,
@@ -147,16 +147,20 @@ def _label_values(spec: Mapping, spec_path: Path) -> tuple[tuple[int, ...], tupl
     return tuple(sorted(liver | tumor)), tuple(sorted(tumor))
 
 
-def _case_files(folder: Path, ending: str) -> dict[str, dict[str, Path]]:
-    """case id -> channel index -> image file; ``<case>_0001<ending>`` per channel, or ``<case><ending>`` (one)."""
+def _case_files(folder: Path, ending: str, per_channel: bool) -> dict[str, dict[str, Path]]:
+    """case id -> channel index -> image file: ``<case>_0001<ending>`` per channel (nnU-Net; in an MSD-style
+    dataset when every file is named so), else ``<case><ending>``, one file per case (MSD)."""
     if not folder.is_dir():
         raise PareSegError("does not exist", path=folder, fix="give the dataset folder holding imagesTr/")
+    files = {path.name[: -len(ending)]: path for path in sorted(folder.iterdir())
+             if path.name.endswith(ending) and not path.name.startswith(".")}
+    per_channel = per_channel or (bool(files) and all(_CHANNEL_FILE.match(stem) for stem in files))
     cases: dict[str, dict[str, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(ending):
-            continue
-        stem = path.name[: -len(ending)]
-        match = _CHANNEL_FILE.match(stem)
+    for stem, path in files.items():
+        match = _CHANNEL_FILE.match(stem) if per_channel else None
+        if per_channel and match is None:
+            raise PareSegError(f"image {path.name} has no channel suffix", path=folder,
+                               fix=f"name channel files <case>_0000{ending}, <case>_0001{ending}, ...")
         case_id, channel = (match["case"], str(int(match["channel"]))) if match else (stem, "0")
         cases.setdefault(case_id, {})[channel] = path
     return cases

@@ -195,3 +195,17 @@ def test_series_left_open_by_descriptions_take_free_phases_only_in_time_order():
         [series("a", "ARTERIAL", 100), series("b", "x", 150), series("c", "y", 200), series("d", "z", 400)])
     assert {p: s.uid for p, s in chosen.items()} == {"art": "a"}
     assert "contradicts" in notes[-1]
+
+
+def test_a_study_that_cannot_be_read_is_reported_and_the_others_imported(tmp_path):
+    good, bad = Study("P1"), Study("P2")
+    write_ct_series(tmp_path / "in", good, _hu("pv", PV_GRID), PV_GRID, number=1, description="PORTAL VENOUS")
+    folder = write_ct_series(tmp_path / "in", bad, _hu("pv", PV_GRID), PV_GRID, number=1, description="PORTAL VENOUS")
+    small = Grid(shape=(1, 16, 16), origin=(-12.0, -20.0, 60.0))  # one more slice of another size in the series
+    write_ct_series(tmp_path / "in", bad, np.zeros(small.shape, np.int16), small, number=1, description="PORTAL VENOUS",
+                    series_uid=_series_uid(folder), first_instance=9)
+    report = dicom_import.import_dicom(tmp_path / "in", tmp_path / "cohort", progress=False)
+    assert report["imported"] == 1 and [e.case_id for e in io.read_cohort(tmp_path / "cohort")] == ["P1"]
+    (failed,) = [c for c in report["cases"] if c["patient_id"] == "P2"]
+    assert failed["imported"] is None and "different sizes [(16, 16), (32, 32)]" in failed["notes"][-1], failed
+    assert not (tmp_path / "cohort" / "P2").exists()

@@ -85,13 +85,18 @@ def read_series_image(paths: Iterable[str | os.PathLike]) -> sitk.Image:
     """
     paths = [Path(p) for p in paths]
     headers = [read_header(p) for p in paths]
+    sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    if len(sizes) > 1:
+        raise PareSegError(f"the slices of this series have different sizes {sorted(sizes)} (rows, columns)",
+                           path=paths[0].parent, fix="keep the slices of one volume in the series")
     ordered = [str(paths[i]) for i in sort_slices(headers)]
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(ordered)
     try:
         image = reader.Execute()
-    except RuntimeError as error:
-        raise PareSegError(f"cannot read this DICOM series ({str(error).strip().splitlines()[-1]})",
+    except RuntimeError as error:  # ITK: "Exception thrown in ...: file:line", then what went wrong
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise PareSegError(f"cannot read this DICOM series ({lines[min(1, len(lines) - 1)]})",
                            path=Path(ordered[0]).parent, fix="check that its files are complete CT slices") from None
     if image.GetPixelID() == sitk.sitkInt32:
         extremes = sitk.MinimumMaximumImageFilter()

@@ -296,14 +296,19 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
         drawn_on = [s.name for s in candidates if s.sop_uids & referenced]
         notes.append(f"SEG drawn on series {drawn_on}, not on PV: masks moved onto the PV grid by geometry alone "
                      "(no registration)")
-    with atomic_path(output / case_id, directory=True) as folder:
-        images = {p: dicom.read_series_image(s.files) for p, s in phases.items()}
-        for phase, image in images.items():
-            sitk.WriteImage(image, str(folder / f"{phase}.nii.gz"), useCompression=True)
-        masks, seg_notes = _segment_masks(segs, images["pv"], segment_keywords)
-        notes += seg_notes
-        for kind, mask in masks.items():
-            io.write_image(mask, io.Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
+    try:
+        with atomic_path(output / case_id, directory=True) as folder:
+            images = {p: dicom.read_series_image(s.files) for p, s in phases.items()}
+            for phase, image in images.items():
+                sitk.WriteImage(image, str(folder / f"{phase}.nii.gz"), useCompression=True)
+            masks, seg_notes = _segment_masks(segs, images["pv"], segment_keywords)
+            notes += seg_notes
+            for kind, mask in masks.items():
+                io.write_image(mask, io.Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
+    except PareSegError as error:  # this study's files: the others are still imported
+        notes.append(f"study not imported: {error}")
+        report["imported"] = None
+        return None, report
     if not segs:
         notes.append("no DICOM-SEG in the study: no masks")
     notes += [f"no {kind} segment found" for kind in io.MASK_NAMES if segs and kind not in masks]
@@ -337,6 +342,8 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     studies = scan(input_dir, progress=progress)
     if not studies:
         raise PareSegError("holds no DICOM studies", path=input_dir, fix="give the folder TCIA's download wrote")
+    if any(s.modality == "SEG" for study in studies for s in study.series.values()):
+        dicom.require("highdicom", "reading DICOM-SEG masks")  # before any study, not once per study
     output = Path(output_dir)
     ids = _case_ids(studies)
     records, entries = [], []

@@ -1,6 +1,6 @@
 """paresseg-import-dicom: DICOM studies (e.g. TCIA's HCC-TACE-Seg download) into a cohort with manifest.json.
 
-    paresseg-import-dicom --input HCC-TACE-Seg --output data/hcc_tace
+    paresseg-import-dicom --input HCC-TACE-Seg --output data/hcc_tace --require_seg
     paresseg-import-dicom --input STUDIES --output COHORT \\
         --phase_keyword="art=LIVER 3 PHASE AP" --phase_keyword=art=arterial --segment_label=tumor=Mass
 
@@ -32,6 +32,7 @@ _SEGMENT_LABEL = flags.DEFINE_multi_string(
     "MASK=PHRASE, repeatable (MASK: liver or tumor): DICOM-SEG segments whose label holds PHRASE make that mask; "
     "the phrases given for a mask replace its defaults: "
     + "; ".join(f"{m}: {', '.join(words)}" for m, words in dicom_import.SEGMENT_KEYWORDS.items()))
+_REQUIRE_SEG = flags.DEFINE_boolean("require_seg", False, "import only studies with a DICOM-SEG (a training cohort)")
 
 
 def _table(flag_name: str, values: list[str]) -> dict[str, list[str]]:
@@ -50,6 +51,7 @@ def main(argv):
         _INPUT.value, _OUTPUT.value,
         phase_keywords=_table("phase_keyword", _PHASE_KEYWORD.value),
         segment_keywords=_table("segment_label", _SEGMENT_LABEL.value),
+        require_seg=_REQUIRE_SEG.value,
     )
     for case in report["cases"]:
         name = case["imported"] or f"{case['patient_id']} (not imported)"

@@ -209,3 +209,6 @@ def test_a_study_that_cannot_be_read_is_reported_and_the_others_imported(tmp_pat
     (failed,) = [c for c in report["cases"] if c["patient_id"] == "P2"]
     assert failed["imported"] is None and "different sizes [(16, 16), (32, 32)]" in failed["notes"][-1], failed
     assert not (tmp_path / "cohort" / "P2").exists()
+    # P1 has no SEG: a training cohort leaves it out
+    report = dicom_import.import_dicom(tmp_path / "in", tmp_path / "training", require_seg=True, progress=False)
+    assert report["imported"] == 0 and "no DICOM-SEG" in report["cases"][0]["notes"][-1]

@@ -276,7 +276,8 @@ def _case_ids(studies: Sequence[Study]) -> dict[str, str]:
     return ids
 
 
-def _import_study(study: Study, case_id: str, output: Path, keywords, segment_keywords) -> tuple[dict | None, dict]:
+def _import_study(study: Study, case_id: str, output: Path, keywords, segment_keywords,
+                  require_seg: bool) -> tuple[dict | None, dict]:
     """Write one study's case folder; ``(manifest record or None, report entry)``."""
     segs = [f for s in study.series.values() if s.modality == "SEG" for f in s.files]
     referenced = {instance.ReferencedSOPInstanceUID for path in segs
@@ -288,9 +289,10 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
               "phases": {p: {"series": s.name, "series_instance_uid": s.uid} for p, s in phases.items()},
               "notes": notes,
               "unassigned_series": [s.name for s in candidates if not any(s is c for c in phases.values())]}
-    if "pv" not in phases:
+    if "pv" not in phases or (require_seg and not segs):
         report["imported"] = None
-        notes.append("no portal-venous series: study not imported (name it with a phase keyword for pv)")
+        notes.append("no portal-venous series: study not imported (name it with a phase keyword for pv)"
+                     if "pv" not in phases else "no DICOM-SEG: study not imported (masks required)")
         return None, report
     if referenced and not phases["pv"].sop_uids & referenced:
         drawn_on = [s.name for s in candidates if s.sop_uids & referenced]
@@ -324,12 +326,15 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
 
 def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
                  phase_keywords: Mapping[str, Iterable[str]] | None = None,
-                 segment_keywords: Mapping[str, Iterable[str]] | None = None, progress: bool = True) -> dict:
+                 segment_keywords: Mapping[str, Iterable[str]] | None = None, require_seg: bool = False,
+                 progress: bool = True) -> dict:
     """Import every study under ``input_dir`` into ``output_dir`` (our layout, ``manifest.json``,
     ``import_report.json``); returns the report.
 
     ``phase_keywords`` / ``segment_keywords`` replace the default phrases of
-    the phases / mask kinds they name (the others keep theirs).
+    the phases / mask kinds they name (the others keep theirs). With
+    ``require_seg``, studies without a DICOM-SEG (e.g. follow-up scans) are
+    reported and left out, for a training cohort.
     """
     keywords = {**layouts.PHASE_KEYWORDS, **{k: tuple(v) for k, v in (phase_keywords or {}).items()}}
     unknown = sorted(set(keywords) - set(io.PHASES))
@@ -348,7 +353,7 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     ids = _case_ids(studies)
     records, entries = [], []
     for study in tqdm(studies, desc="import studies", unit="study", disable=not progress):
-        record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords)
+        record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords, require_seg)
         entries.append(entry)
         if record is not None:
             records.append(record)

@@ -9,7 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     # paresseg_jax.models.create(**config.model): name in models.MODELS, fusion in models.FUSION_BLOCKS
-    # (None = no fusion block), attention 'reference' | 'paper', dtype 'float32' | 'bfloat16', PV first in phases.
+    # (None = no fusion block), either also as an import path "my_package.module:ClassName";
+    # attention 'reference' | 'paper', dtype 'float32' | 'bfloat16', PV first in phases.
     config.model.name = "paresseg"
     config.model.width = 64
     config.model.in_channels = 3

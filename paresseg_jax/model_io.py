@@ -24,11 +24,19 @@ VARIABLES_DIR = "variables"
 
 
 def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapping) -> Path:
-    """Write ``spec`` (``{'name': ..., **create_options}``) and ``variables`` to ``path``."""
+    """Write ``spec`` (``{'name': ..., **create_options}``) and ``variables`` to ``path``.
+
+    Names given as import paths (``my_package.blocks:MyBlock``) are kept as such: `load_model`
+    imports them again. A jnp dtype is written as its name.
+    """
+    from paresseg_jax import models
+
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
     if "name" not in spec:
         raise ValueError(f"model spec {dict(spec)} has no 'name'")
+    if "dtype" in spec:
+        spec = {**spec, "dtype": models.dtype_name(spec["dtype"])}
     host = jax.tree_util.tree_map(np.asarray, dict(variables))
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / VARIABLES_DIR, host, force=True)

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 
 from paresseg_jax.models import fusion, mc_fcn, resseg, unet  # noqa: F401  (fill the registries)
 from paresseg_jax.models.attention import check_attention
-from paresseg_jax.models.fusion import FusionBlock
-from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, register_fusion_block,
+from paresseg_jax.models.fusion_block import FusionBlock, FusionCall
+from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, model_builder, register_fusion_block,
                                           register_model)
 
-__all__ = ["create", "init_variables", "variable_shapes", "MODELS", "FUSION_BLOCKS", "FusionBlock", "register_model",
-           "register_fusion_block", "DTYPES"]
+__all__ = ["create", "init_variables", "variable_shapes", "dtype_name", "MODELS", "FUSION_BLOCKS", "FusionBlock",
+           "FusionCall", "register_model", "register_fusion_block", "DTYPES"]
 
 # XLA options for functions run once, where compile time dominates.
 UNOPTIMIZED = {"xla_backend_optimization_level": 0}
@@ -29,24 +29,35 @@ UNOPTIMIZED = {"xla_backend_optimization_level": 0}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
+def dtype_name(dtype) -> str:
+    """The name in `DTYPES` of a dtype given by name or as a jnp/numpy dtype (`jnp.bfloat16`, Flax's convention)."""
+    try:
+        name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is unsupported; use one of {sorted(DTYPES)} or its jnp dtype")
+    return name
+
+
 def create(name: str, **options):
     """Builds model `name` with `options` (width, num_classes, in_channels,
     attention, fusion, dtype, phases, bn_axis_name); unset options take the
-    name's defaults (e.g. `paresseg`: fusion 'pa', phases ('pv', 'art'))."""
-    if name not in MODELS:
-        raise ValueError(f"model {name!r} is unknown; registered models: {sorted(MODELS)}")
-    builder = MODELS[name]
+    name's defaults (e.g. `paresseg`: fusion 'pa', phases ('pv', 'art')).
+
+    `name` and `fusion` are registered names or import paths
+    (``my_package.blocks:MyBlock``); `dtype` a name or a jnp dtype."""
+    builder = model_builder(name)
     allowed = {f.name for f in dataclasses.fields(builder.func)} - {"parent", "name"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"model {name!r} has no option(s) {unknown}; its options are {sorted(allowed)}")
     options = {**builder.keywords, **options}
     if "dtype" in options:
-        if options["dtype"] not in DTYPES:
-            raise ValueError(f"dtype={options['dtype']!r} is unsupported; use one of {sorted(DTYPES)}")
-        if options["dtype"] == "float64" and not jax.config.jax_enable_x64:
+        dtype = dtype_name(options["dtype"])
+        if dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError("dtype='float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 before importing jax")
-        options["dtype"] = DTYPES[options["dtype"]]
+        options["dtype"] = DTYPES[dtype]
     if "phases" in options:
         phases = tuple(options["phases"])
         if not phases or phases[0] != "pv" or len(set(phases)) != len(phases):

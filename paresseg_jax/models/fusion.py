@@ -1,33 +1,22 @@
 """Fusion blocks: how one scale's PV features meet the other phases' features.
 
 A fusion block is a `FusionBlock` subclass called as
-`block(pv_features, [other_phase_features, ...], train) -> fused` and
-registered by name; the multi-scale-fusion (MSF) models put one per scale
+`block(pv_features, [other_phase_features, ...], train) -> fused`
+(`fusion_block.FusionCall`), registered by name or named by its import
+path (`my_package.blocks:MyBlock`); the multi-scale-fusion (MSF) models put one per scale
 and the decoder adapts to whatever channel count comes out. Every block
 accepts any number of other phases (zero included: then it acts on PV alone,
 which is how single-phase ResSeg gets its intra-PA).
 """
 
-from typing import Any, Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from paresseg_jax.models.attention import InterPhaseAttention, IntraPhaseAttention
-from paresseg_jax.models.layers import ConvBNReLU
+from paresseg_jax.models.fusion_block import FusionBlock
 from paresseg_jax.models.registry import fusion_block, register_fusion_block
-
-
-class FusionBlock(nn.Module):
-    """Options every block receives from the model; a block may ignore them."""
-
-    attention: str = "reference"
-    dtype: Any = jnp.float32
-    bn_axis_name: Optional[str] = None
-
-    def conv(self, features: int, name: str):
-        """The head's Sequential[0 conv3x3 (no bias), 1 BN, 2 ReLU]."""
-        return ConvBNReLU(features, 3, use_bias=False, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
 
 
 def _head_channels(pv) -> int:

@@ -1,15 +1,24 @@
-"""Name -> model builder and name -> fusion block: plain dicts filled by decorators.
+"""Name -> model builder and name -> fusion block: plain dicts filled by decorators, or an import path.
 
 Adding a model or a fusion block is one decorated definition; `create` and
-the multi-scale-fusion models look names up here, nothing is imported by
-string.
+the multi-scale-fusion models look names up here. A name with a colon,
+``package.module:Name``, is an import path instead: the class is imported
+from there, so a block (or model) in a user's own module needs no edit of
+this package, and a saved model that records the path rebuilds in any
+fresh process that can import it.
 """
 
-import functools
-from typing import Callable, Dict
+from __future__ import annotations
 
-MODELS: Dict[str, Callable] = {}
-FUSION_BLOCKS: Dict[str, type] = {}
+import functools
+import importlib
+
+import flax.linen as nn
+
+from paresseg_jax.models.fusion_block import FusionBlock
+
+MODELS: dict[str, functools.partial] = {}
+FUSION_BLOCKS: dict[str, type[FusionBlock]] = {}
 
 
 def register_model(name: str, **defaults):
@@ -30,7 +39,9 @@ def register_model(name: str, **defaults):
 def register_fusion_block(name: str):
     """Registers a fusion block class (a `FusionBlock` subclass) under `name`."""
 
-    def add(block):
+    def add(block: type[FusionBlock]) -> type[FusionBlock]:
+        if not (isinstance(block, type) and issubclass(block, FusionBlock)):
+            raise TypeError(f"fusion block {name!r}: {block!r} is not a subclass of paresseg_jax.models.FusionBlock")
         if name in FUSION_BLOCKS:
             raise ValueError(f"fusion block {name!r} is already registered")
         FUSION_BLOCKS[name] = block
@@ -39,9 +50,50 @@ def register_fusion_block(name: str):
     return add
 
 
-def fusion_block(name: str) -> type:
+def is_import_path(name: str) -> bool:
+    """``package.module:Name`` rather than a registered name."""
+    return ":" in name
+
+
+def import_path(path: str, what: str):
+    """The object that ``package.module:Name`` names; `what` ('fusion', 'model') words the errors."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{what}={path!r}: cannot import {module_name!r} ({error}); "
+                         f"is the folder holding it on the import path (PYTHONPATH or an installed package)?") from None
+    try:
+        return functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise ValueError(f"{what}={path!r}: module {module_name!r} has no {attribute!r}") from None
+
+
+def fusion_block(name: str) -> type[FusionBlock]:
+    """The block class of a registered name or of an import path."""
+    if is_import_path(name):
+        block = import_path(name, "fusion")
+        if not (isinstance(block, type) and issubclass(block, FusionBlock)):
+            raise ValueError(f"fusion={name!r} is not a subclass of paresseg_jax.models.FusionBlock")
+        return block
     try:
         return FUSION_BLOCKS[name]
     except KeyError:
-        raise ValueError(f"fusion={name!r} is not a registered fusion block; "
-                         f"registered: {sorted(FUSION_BLOCKS)}") from None
+        raise ValueError(f"fusion={name!r} is not a registered fusion block; registered: {sorted(FUSION_BLOCKS)}, "
+                         f"or give an import path package.module:ClassName") from None
+
+
+def model_builder(name: str) -> functools.partial:
+    """``MODELS[name]``, or the Linen module class (or partial of one) that an import path names."""
+    if not is_import_path(name):
+        try:
+            return MODELS[name]
+        except KeyError:
+            raise ValueError(f"model {name!r} is unknown; registered models: {sorted(MODELS)}, "
+                             f"or give an import path package.module:ClassName") from None
+    builder = import_path(name, "model")
+    if not isinstance(builder, functools.partial):
+        builder = functools.partial(builder)
+    if not (isinstance(builder.func, type) and issubclass(builder.func, nn.Module)):
+        raise ValueError(f"model {name!r} is not a flax.linen.Module class")
+    return builder

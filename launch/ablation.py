@@ -25,6 +25,8 @@ _RUNS = flags.DEFINE_list("runs", None, "run only these rows, by run folder name
 _FULL = flags.DEFINE_bool("full", False, "paper scale (width 64, 224 px patches, 512x512 cases, long schedule) for a GPU")
 _NUM_CASES = flags.DEFINE_integer("num_cases", None, "cohort size (default: the demo's for the chosen scale)")
 _WIDTH = flags.DEFINE_integer("width", None, "network width nc (default: the demo's; the paper's is 64)")
+_SIZE = flags.DEFINE_integer("size", None, "in-plane size of the phantom cases in pixels (default: the demo's)")
+_SLICES = flags.DEFINE_integer("slices", None, "slices per phantom case (default: the demo's)")
 _STEPS = flags.DEFINE_integer("steps", None, "training steps per row (default: the demo's tumor-model steps)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the cohort, the initialisation and the data order")
 
@@ -33,6 +35,9 @@ def main(argv):
     del argv
     scale = demo.FULL if _FULL.value else demo.SMALL
     changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
+    if _SIZE.value or _SLICES.value:
+        slices, size, _ = scale.shape
+        changes["shape"] = (_SLICES.value or slices, _SIZE.value or size, _SIZE.value or size)
     scale = dataclasses.replace(scale, **{k: v for k, v in changes.items() if v is not None})
     rows = ablation.read_rows(_ROWS.value)
     print(ablation.run_ablation(_WORKDIR.value, scale, rows, runs=_RUNS.value, seed=_SEED.value))

@@ -38,3 +38,22 @@ def test_opt_out_and_present_setting_and_other_platforms_leave_the_process_alone
     assert not huge_pages.wanted({})
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
     assert not huge_pages.wanted({})
+
+
+BUILD_STEPS = ("import optax; from paresseg_jax import losses, models; from paresseg_jax.train.step import make_train_step; "
+               "module = models.create('resseg', width=4); "
+               "[make_train_step(module, optax.adam(1e-3), losses.get_loss('ce'), lambda _: 1e-3) for _ in range(2)]")
+
+
+@pytest.mark.skipif(not huge_pages.wanted({}),
+                    reason="needs Linux with glibc >= 2.35 (the setting does not exist elsewhere)")
+def test_a_cpu_train_step_built_without_the_setting_warns_once_saying_how_to_set_it():
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.OPT_OUT)}
+    env["JAX_PLATFORMS"] = "cpu"
+    for extra, warnings in (({}, 1), ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, 0), ({huge_pages.OPT_OUT: "0"}, 0)):
+        result = subprocess.run([sys.executable, "-c", BUILD_STEPS], cwd=REPO, env={**env, **extra},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("without glibc's huge-page malloc") == warnings, (extra, result.stderr)
+        if warnings:
+            assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in result.stderr

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from paresseg_jax import huge_pages
 from paresseg_jax.losses import LossFn
 from paresseg_jax.train.state import TrainState
 
@@ -39,8 +40,10 @@ def make_train_step(
     Under pmap the loss and gradients are averaged over ``axis_name`` (the
     module's BatchNorm must use the same ``bn_axis_name`` for cross-replica
     statistics); under jit the batch is one global array and XLA inserts the
-    reductions, so the same function serves both.
+    reductions, so the same function serves both. On CPU without glibc's
+    huge-page malloc it logs one warning per process (``huge_pages``).
     """
+    huge_pages.warn_if_missing_on_cpu()
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)

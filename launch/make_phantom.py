@@ -5,7 +5,8 @@
 
 Cases cycle through the tumor types (Cyst, FNH, HCC, HEM, METs) and the two
 scanner profiles (5 mm and 7 mm slices); each case is reproducible from
---seed and its index. See shared/reference/PHANTOM.md for what they look like.
+--seed and its index. What they look like (each tumor type's attenuation per
+phase, ART misaligned by breathing): paresseg_jax/data/phantom.py.
 """
 
 from absl import flags

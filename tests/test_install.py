@@ -5,6 +5,7 @@ The repository's ``configs/`` and ``launch/`` are installed as ``paresseg_jax_co
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +63,14 @@ def test_console_script_and_built_in_configs_run_from_the_install(site, tmp_path
     launcher, smoke, width = result.stdout.split()
     assert Path(launcher).is_relative_to(site) and Path(smoke) == site / "paresseg_jax_configs" / "smoke.py", result.stderr
     assert width == "4"
+
+
+def test_no_source_file_or_help_text_points_outside_the_repository():
+    """Help texts, docstrings and comments name files that a clone or an install holds."""
+    outside = re.compile("|".join([r"\.\./" + "shared", "shared" + "/reference", "(REFERENCE|PHANTOM|DESIGN|STYLE)" + r"\.md"]))
+    files = [p for folder in ("paresseg_jax", "configs", "launch", "tests") for p in (REPO / folder).rglob("*")
+             if p.suffix in (".py", ".sh", ".toml", ".json") and "__pycache__" not in p.parts]
+    files += [REPO / "setup.cfg", REPO / "pyproject.toml"]
+    pointing = [f"{p.relative_to(REPO)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+                if outside.search(line)]
+    assert not pointing

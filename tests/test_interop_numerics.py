@@ -4,7 +4,7 @@ Weights: torch-default convs, non-zero gammas, random BN affine and running
 statistics; inputs drawn fresh each run (the seed is in the failure message).
 Forward passes are compared in float32; gradients and one Adam step in
 float64 on both sides (the reference attention is ill-conditioned in float32,
-see REFERENCE.md "Numerical conditioning"). The checks run in a subprocess
+its near-one-hot softmax turns rounding into visible differences). The checks run in a subprocess
 (`torch_reference.check`): float64 needs JAX_ENABLE_X64, which must not leak
 into other tests. The default tier runs them at width 4 with XLA's backend
 optimisation off (half the compile time); the slow tier at width 64.

@@ -17,7 +17,7 @@ from torch_reference import RESNET_2D, RESNET_phase_att
 from torch_reference.harness import reference_model
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_JSON = REPO / "tests" / "torch_reference" / "state_dict_keys.json"  # copied from shared/reference
+KEYS_JSON = REPO / "tests" / "torch_reference" / "state_dict_keys.json"  # the reference's own state_dict keys
 # (reference class, attention) of every convertible model.
 VARIANTS = [("RESNET_2D", "reference"), ("RESNET_phase_att", "reference"), ("RESNET_phase_att", "paper")]
 

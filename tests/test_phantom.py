@@ -1,4 +1,4 @@
-"""Synthetic cohort: reproducible, per-type contrasts of PHANTOM.md, misaligned ART, balanced cohort."""
+"""Synthetic cohort: reproducible, per-type contrasts of phantom.HU, misaligned ART, balanced cohort."""
 
 import json
 
@@ -16,7 +16,7 @@ def _contrast(case, masks, phase):
     """Mean tumor HU minus median liver parenchyma HU, where this phase shows them.
 
     The tumor rim is left out (per-slice 1-voxel erosion): partial-volume blur
-    mixes it with liver, and PHANTOM.md gives the lesion's own attenuation.
+    mixes it with liver, and phantom.HU gives the lesion's own attenuation.
     """
     tumor = masks[phase]["tumor"] > 0
     core = ndimage.binary_erosion(tumor, np.ones((1, 3, 3), bool))

@@ -12,7 +12,7 @@ from scipy.special import expit, softmax
 from torch_reference import RESNET_2D, RESNET_phase_att
 from torch_reference.networks import FANetHead, InterPhaseAttention, IntraPhaseAttention
 
-KEYS_JSON = Path(__file__).resolve().parent / "torch_reference" / "state_dict_keys.json"  # copied from shared/reference
+KEYS_JSON = Path(__file__).resolve().parent / "torch_reference" / "state_dict_keys.json"  # the reference's own state_dict keys
 PARAMETER_COUNTS = {"RESNET_phase_att": 67_732_286, "RESNET_2D": 34_794_098}
 
 

@@ -3,7 +3,7 @@
 Equivalence is checked in float64 on 8 fake CPU devices (a subprocess, so the
 device count and x64 do not leak into other tests): in float32 the channel
 attention's near-one-hot softmax turns reduction-order rounding into visible
-differences (REFERENCE.md, "Numerical conditioning"), which would hide real
+differences, which would hide real
 bugs behind a loose tolerance.
 """
 

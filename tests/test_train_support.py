@@ -41,7 +41,7 @@ class TinySeg(nn.Module):
     def __call__(self, *inputs, train: bool):
         features = []
         # No conv bias before BatchNorm: its true gradient is 0, and Adam turns rounding noise there into
-        # lr-sized updates that differ between reduction orders (REFERENCE.md).
+        # lr-sized updates that differ between reduction orders.
         for phase, x in zip(self.phases, inputs):
             h = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name=f"{phase}_conv")(x.astype(self.dtype))
             h = nn.BatchNorm(

@@ -1,4 +1,4 @@
-"""Synthetic multi-phase abdominal CT cases (see shared/reference/PHANTOM.md).
+"""Synthetic multi-phase abdominal CT cases.
 
 The paper's data is private, so the library ships a generator whose cases
 keep the property the method relies on: some tumors are obvious in one phase
@@ -309,7 +309,7 @@ def _lesions(rng, labels, spacing, z, y, x) -> list[_Lesion]:
 
 
 def _paint_lesion(hu: np.ndarray, lesion: _Lesion, tumor_type: str, values: dict, column: int) -> None:
-    """Paint one lesion's per-phase look (PHANTOM.md table) into ``hu`` in place."""
+    """Paint one lesion's per-phase look (the ``HU`` table) into ``hu`` in place."""
     rho, region = lesion.rho, hu[lesion.box]
     inside = rho < 1
     core = values[tumor_type][column]

@@ -1,6 +1,6 @@
 """Grain input pipeline: paired 2.5D patches for training, full slices for evaluation.
 
-Training (the reference's recipe, REFERENCE.md "Training recipe"): one record
+Training (the reference code's recipe): one record
 per (case, slice) over the slices inside the case's liver z-range; per record
 a 2.5D stack (slices z-1, z, z+1, edges replicated) for every phase, one crop
 position drawn in the case's liver bounding box, one random rot90 (0-3) and

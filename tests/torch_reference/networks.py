@@ -1,7 +1,7 @@
 """PyTorch oracle of the two reference models, RESNET_2D and RESNET_phase_att.
 
-Written from the facts in ``shared/reference/REFERENCE.md`` (not from the
-reference code). Module and attribute names are the reference's state_dict
+Written from a description of the reference code's layers and names (not
+from its source). Module and attribute names are the reference's state_dict
 path segments, registered in the reference's order, so ``state_dict()`` keys
 (and their order) match ``state_dict_keys.json``. ``attention`` selects the
 reference code's channel-attention semantics or the paper's equations.

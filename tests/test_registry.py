@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import model_io, models
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.models import fusion, registry
 
 
@@ -31,12 +32,12 @@ def test_an_import_path_builds_what_the_registered_name_builds():
     ("paresseg_jax.models.layers:ConvBNReLU", "not a subclass of paresseg_jax.models.FusionBlock"),
 ])
 def test_a_fusion_import_path_that_does_not_name_a_block_is_refused(path, problem):
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(PareSegError, match=problem):
         models.create("msf_resseg", width=4, fusion=path)
 
 
 def test_a_model_import_path_must_name_a_linen_module():
-    with pytest.raises(ValueError, match="not a flax.linen.Module class"):
+    with pytest.raises(PareSegError, match="not a flax.linen.Module class"):
         models.create("paresseg_jax.models:create")
     with pytest.raises(ValueError, match="is unknown; registered models"):
         models.create("paresseg2")

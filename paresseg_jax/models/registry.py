@@ -15,6 +15,7 @@ import importlib
 
 import flax.linen as nn
 
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.models.fusion_block import FusionBlock
 
 MODELS: dict[str, functools.partial] = {}
@@ -56,17 +57,21 @@ def is_import_path(name: str) -> bool:
 
 
 def import_path(path: str, what: str):
-    """The object that ``package.module:Name`` names; `what` ('fusion', 'model') words the errors."""
+    """The object that ``package.module:Name`` names; `what` ('fusion', 'model') words the errors.
+
+    Failures are the user's to fix (a package not on the import path, a misspelt name): PareSegError.
+    """
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{what}={path!r}: cannot import {module_name!r} ({error}); "
-                         f"is the folder holding it on the import path (PYTHONPATH or an installed package)?") from None
+        raise PareSegError(f"{what}={path!r}: cannot import {module_name!r} ({error})",
+                           fix="put the folder holding the package on the import path (PYTHONPATH) or install it") from None
     try:
         return functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
-        raise ValueError(f"{what}={path!r}: module {module_name!r} has no {attribute!r}") from None
+        raise PareSegError(f"{what}={path!r}: module {module_name!r} has no {attribute!r}",
+                           path=module.__file__, fix="name a class the module defines") from None
 
 
 def fusion_block(name: str) -> type[FusionBlock]:
@@ -74,7 +79,8 @@ def fusion_block(name: str) -> type[FusionBlock]:
     if is_import_path(name):
         block = import_path(name, "fusion")
         if not (isinstance(block, type) and issubclass(block, FusionBlock)):
-            raise ValueError(f"fusion={name!r} is not a subclass of paresseg_jax.models.FusionBlock")
+            raise PareSegError(f"fusion={name!r} is not a subclass of paresseg_jax.models.FusionBlock",
+                               fix="derive the block from FusionBlock (its call: models.FusionCall)")
         return block
     try:
         return FUSION_BLOCKS[name]
@@ -95,5 +101,6 @@ def model_builder(name: str) -> functools.partial:
     if not isinstance(builder, functools.partial):
         builder = functools.partial(builder)
     if not (isinstance(builder.func, type) and issubclass(builder.func, nn.Module)):
-        raise ValueError(f"model {name!r} is not a flax.linen.Module class")
+        raise PareSegError(f"model {name!r} is not a flax.linen.Module class",
+                           fix="name a model class (models.base.SegmentationModel has the options every model takes)")
     return builder

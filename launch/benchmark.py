@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_string("model", "paresseg", "registered model name (paresseg_jax.models.MODELS)")
+    flags.DEFINE_string("model", "paresseg", "model: a registered name (paresseg_jax.models.MODELS) or package.module:Class")
     flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
     flags.DEFINE_enum("attention", "reference", ["reference", "paper"], "attention semantics")
     flags.DEFINE_integer("batch", 8, "train batch size (the paper's is 8)")

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from paresseg_jax.data import cache, io
+from paresseg_jax.errors import MissingInputError
 
 
 # Bumped when a code change alters the cached arrays of an unchanged config; it is part of the resolved
@@ -306,7 +307,8 @@ def preprocess_cohort(
     todo = [e for e in entries if not cache.is_cached(cache_dir, e.case_id)]
     predictions = None if config["roi_source"] == "liver" else Path(config["roi_source"])
     if predictions is not None and not predictions.is_dir():
-        raise FileNotFoundError(f"roi_source {predictions} is not a folder of liver predictions <case_id>.nii.gz")
+        raise MissingInputError("roi_source is not a folder of liver predictions <case_id>.nii.gz", path=predictions,
+                                fix="set config.data.preprocess.roi_source to 'liver' or to that folder")
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: one per CPU), got {workers}")
     workers = min(workers or min(os.cpu_count() or 1, 8), len(todo))
@@ -330,9 +332,8 @@ def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, p
     if predictions is not None:
         path = io.find_image(predictions, entry.case_id)
         if path is None:
-            raise FileNotFoundError(
-                f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)"
-            )
+            raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
+                                    path=predictions, fix="predict the liver of every case first")
         prediction = io.read_mask(path, case)
     cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction))
 

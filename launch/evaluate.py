@@ -47,7 +47,7 @@ def _check_inputs(runs: list[tuple[str, str]]) -> None:
     for _, path in runs:
         preflight.existing(path, "the run (--run)")
     if _CONFIG.value is not None:
-        preflight.output_folder(_WORKDIR.value, "the cross-validation workdir (--workdir)")
+        preflight.training(_CONFIG.value, _WORKDIR.value)
     if _FIGURES.value:
         preflight.output_folder(_FIGURES.value, "the figures folder (--figures)")
 

@@ -65,7 +65,11 @@ def read_study(
     phases, report = dict(case.phases), {}
     if config["register"]:
         for name in [p for p in phases if p != "pv"]:
-            transform, report[name] = preprocess.register_phase(phases["pv"], phases[name], case, config["registration"])
+            try:
+                transform, report[name] = preprocess.register_phase(phases["pv"], phases[name], case,
+                                                                    config["registration"])
+            except RuntimeError as error:
+                raise preprocess.registration_failure(error, phase_paths[name]) from None
             phases[name] = preprocess.apply_transform(phases[name], case, transform)
     low, high = config["window"]
     images = {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}

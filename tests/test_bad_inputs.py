@@ -117,7 +117,7 @@ def data(tmp_path_factory):
     files["summary_bad"] = root / "summary_bad" / "summary.json"
     files["not_pth"] = root / "notes.pth"
     files["not_pth"].write_text("not a checkpoint")
-    files["config"] = REPO / "configs" / "smoke.py"
+    files["config"] = "smoke"
     return files
 
 
@@ -210,10 +210,11 @@ def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case)
     out.mkdir()
     launcher, *args = command(data, out)
     env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-m", f"launch.{launcher}", *args], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", f"paresseg_jax_launch.{launcher}", *args], cwd=REPO, env=env, capture_output=True,
                           encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     error = done.stderr.strip().splitlines()[-1]
+    print(f"{case}: {error}")  # the table of inputs and answers, shown by pytest -rP
     assert error.startswith(f"{launcher}.py: error: ") and named in error, error
     assert not list(out.iterdir()), sorted(p.name for p in out.iterdir())  # nothing written, nothing half-written

@@ -67,6 +67,6 @@ def test_missing_input_ends_with_one_line_not_a_traceback(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):
-    result = _run("from launch import entry\ndef main(argv): raise KeyError('a bug')\nentry.run_app(main)")
+    result = _run("from paresseg_jax import cli\ndef main(argv): raise KeyError('a bug')\ncli.run_app(main)")
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'a bug'" in result.stderr

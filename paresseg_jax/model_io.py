@@ -126,7 +126,11 @@ def _stored_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     except Exception as error:  # orbax raises many types for a damaged folder; all mean the same to a user
         raise BadInputError(f"cannot read the saved weights ({type(error).__name__}: {_first_line(error)})",
                             path=directory, fix="export or convert the model again") from None
-    return _shapes(getattr(metadata, "item_metadata", metadata))
+    shapes = _shapes(getattr(metadata, "item_metadata", metadata))
+    if not shapes:
+        raise BadInputError("the saved weights list no arrays (damaged files?)", path=directory,
+                            fix="export or convert the model again")
+    return shapes
 
 
 def _first_line(error: Exception) -> str:

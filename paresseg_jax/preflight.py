@@ -40,11 +40,11 @@ def output_file(path: str | os.PathLike, what: str, suffixes: Sequence[str] | No
                 overwrite: bool = True) -> Path:
     """A file path the command can create (its folder exists or can be made, and is writable)."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} is an existing folder", path=path, fix="give a file name")
     if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
         raise OutputError(f"{what} has an unsupported file type", path=path,
                           fix=f"end the name with one of {', '.join(suffixes)}")
-    if path.is_dir():
-        raise OutputError(f"{what} is an existing folder", path=path, fix="give a file name")
     if path.exists() and not overwrite:
         raise OutputError(f"{what} exists", path=path, fix="remove it, choose another name, or pass --overwrite")
     _writable_folder(path.parent, what, path)

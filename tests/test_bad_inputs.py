@@ -1,9 +1,9 @@
 """Bad inputs through the launchers, as a user runs them: each one a short error, not a result and not a traceback.
 
 Every case is a real launcher process given one damaged or mismatched input
-(everything else right). Each must end with a non-zero status, no traceback,
-an error line naming the offending file, and nothing left in its output
-folder. Inputs that can be judged from paths and headers fail before jax is
+(everything else right). Each must end with status 2, no traceback, an
+error line naming the offending file and saying what is wrong, and nothing
+left in its output folder. Inputs that can be judged from paths and headers fail before jax is
 imported, so most cases take about a second.
 """
 
@@ -203,9 +203,61 @@ CASES = {
 }
 
 
+# id -> what the error must say (the right error, not just any error naming the file)
+SAYS = {
+    'art_all_zero_fails_registration': 'registration to PV failed',
+    'art_covers_5_percent': 'covers only 5% of the PV image',
+    'art_for_single_phase_model': 'leave out --art',
+    'art_missing_for_two_phase_model': 'give the missing image(s) with --art',
+    'convert_input_missing': 'does not exist',
+    'convert_input_not_a_checkpoint': 'not a readable PyTorch checkpoint',
+    'convert_output_folder_not_empty': 'pass --overwrite',
+    'convert_output_not_pth': 'unsupported file type',
+    'convert_output_pth_exists': 'pass --overwrite',
+    'evaluate_figures_is_a_file': 'is an existing file',
+    'evaluate_manifest_bad_json': 'not valid JSON',
+    'evaluate_manifest_cases_null': 'no list of case records under "cases"',
+    'evaluate_manifest_names_missing_file': 'which does not exist',
+    'evaluate_prediction_of_a_case_missing': "no prediction for case 'c0'",
+    'evaluate_prediction_on_another_grid': '--resample_masks',
+    'evaluate_predictions_missing': 'does not exist',
+    'evaluate_run_missing': 'does not exist',
+    'evaluate_run_summary_bad_json': 'not valid JSON',
+    'evaluate_truncated_prediction': 'cannot read image',
+    'gt_on_another_grid': '--resample_masks',
+    'liver_mask_missing': 'does not exist',
+    'liver_model_missing': 'holds no saved model',
+    'model_damaged_variables': 'saved weights',
+    'model_folder_without_model': 'holds no saved model',
+    'model_missing': 'does not exist',
+    'model_spec_bad_json': 'not valid JSON',
+    'model_spec_other_architecture': 'are not those of the model',
+    'model_spec_other_width': '(32,) stored, (64,) in the spec',
+    'model_without_variables': 'has no variables/ folder',
+    'out_is_a_folder': 'is an existing folder',
+    'out_overwrites_pv': 'would overwrite an input',
+    'out_under_a_file': 'is a file, not a folder',
+    'out_unsupported_type': 'unsupported file type',
+    'overlay_not_a_figure_type': 'unsupported file type',
+    'prob_same_as_out': 'given for two outputs',
+    'prob_under_a_file': 'is a file, not a folder',
+    'pv_2d': '2D',
+    'pv_empty_dicom_folder': 'holds no DICOM series',
+    'pv_missing': 'does not exist',
+    'pv_nan_voxel_nifti': '1 NaN or infinite voxels',
+    'pv_not_an_image': 'cannot read image header',
+    'pv_truncated_gzip': 'damaged or truncated',
+    'train_cohort_manifest_names_missing_file': 'which does not exist',
+    'train_cohort_missing': 'does not exist',
+    'train_init_from_missing': 'does not exist',
+    'train_workdir_is_a_file': 'is an existing file',
+}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case):
     command, named = CASES[case]
+    expected = SAYS[case]
     out = tmp_path / "out"
     out.mkdir()
     launcher, *args = command(data, out)
@@ -217,4 +269,5 @@ def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case)
     error = done.stderr.strip().splitlines()[-1]
     print(f"{case}: {error}")  # the table of inputs and answers, shown by pytest -rP
     assert error.startswith(f"{launcher}.py: error: ") and named in error, error
+    assert expected in error, error
     assert not list(out.iterdir()), sorted(p.name for p in out.iterdir())  # nothing written, nothing half-written

@@ -11,9 +11,7 @@ are read from the weights. The output is written whole or not at all; an
 existing .pth or a non-empty output folder is replaced only with --overwrite.
 """
 
-from pathlib import Path
-
-from absl import app, flags
+from absl import flags
 
 from paresseg_jax import cli, preflight
 from paresseg_jax.interop import torch as interop

@@ -23,6 +23,7 @@ from pathlib import Path
 from absl import app, flags
 
 from paresseg_jax import cli
+from paresseg_jax.atomic import write_text
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
 PARTS = ("train", "infer", "pipeline")
@@ -200,7 +201,7 @@ def main(argv):
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
                       "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls")},
                   "rows": rows}
-        Path(FLAGS.json).write_text(json.dumps(record, indent=1))
+        write_text(FLAGS.json, json.dumps(record, indent=1))
 
 
 def run():

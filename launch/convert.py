@@ -7,14 +7,13 @@
 
 The direction follows --input: a file is read as a PyTorch checkpoint, a
 folder as a saved model. Architecture, width, input channels and classes
-are read from the weights.
+are read from the weights. The output is written whole or not at all; an
+existing .pth or a non-empty output folder is replaced only with --overwrite.
 """
 
-from pathlib import Path
+from absl import flags
 
-from absl import app, flags
-
-from paresseg_jax import cli
+from paresseg_jax import cli, preflight
 from paresseg_jax.interop import torch as interop
 
 _INPUT = flags.DEFINE_string("input", None, ".pth file, or a saved-model folder / training workdir", required=True)
@@ -22,17 +21,18 @@ _OUTPUT = flags.DEFINE_string("output", None, "saved-model folder (from a .pth),
                               required=True)
 _ARCH = flags.DEFINE_enum("arch", None, sorted(interop.ARCHITECTURES),
                           "reference architecture of the .pth (default: inferred from its keys)")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace an existing --output")
 
 
 def main(argv):
     del argv
-    source = Path(_INPUT.value)
+    source = preflight.existing(_INPUT.value, "the input (--input)")
     if source.is_dir():
+        preflight.output_file(_OUTPUT.value, "the output (--output)", (".pth", ".pt"), overwrite=_OVERWRITE.value)
         written = interop.saved_model_to_torch_checkpoint(source, _OUTPUT.value)
-    elif source.is_file():
-        written = interop.torch_checkpoint_to_saved_model(source, _OUTPUT.value, _ARCH.value)
     else:
-        raise app.UsageError(f"--input={source} does not exist; give a .pth file or a saved-model folder")
+        preflight.output_folder(_OUTPUT.value, "the output (--output)", overwrite=_OVERWRITE.value)
+        written = interop.torch_checkpoint_to_saved_model(source, _OUTPUT.value, _ARCH.value)
     print(f"wrote {written}")
 
 

@@ -8,15 +8,16 @@
     paresseg-evaluate --predictions=preds/ --cohort=data/cohort
 
 A run is a summary.json, a folder holding one, or a paresseg-train workdir
-(then its best model is scored on its validation fold first).
+(then its best model is scored on its validation fold first). Every path is
+checked before any work; predicted masks must be on their case's PV grid
+unless --resample_masks is given.
 """
 
 from pathlib import Path
 
 from absl import app, flags
 
-from paresseg_jax import cli
-from paresseg_jax.evaluate import crossval, figures, summary, tables
+from paresseg_jax import cli, preflight
 
 _CONFIG = cli.define_config_flag("experiment config (built-in name or file path): run its k-fold cross-validation")
 _WORKDIR = flags.DEFINE_string("workdir", None, "cross-validation workdir (fold_k/ subfolders, summary.json)")
@@ -27,12 +28,28 @@ _COHORT = flags.DEFINE_string("cohort", None, "cohort with the ground truth for 
 _METRIC = flags.DEFINE_string("metric", "dice", "per-case metric of the paired t-test")
 _FIGURES = flags.DEFINE_string("figures", None, "folder for the figures (per-type bars, training curves)")
 _OVERLAYS = flags.DEFINE_boolean("overlays", False, "also write a PNG overlay per evaluated case")
+_RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow predicted masks on another grid than the "
+                                       "case's PV image (resampled onto it; else refused)")
 
 
 def _load_run(path: Path) -> dict:
+    from paresseg_jax.evaluate import crossval, summary
+
     if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
         return summary.read_summary(path)
     return crossval.evaluate_workdir(path, _OVERLAYS.value)
+
+
+def _check_inputs(runs: list[tuple[str, str]]) -> None:
+    """Every path before any work (and before importing jax): a typo in the last --run fails at once."""
+    if _PREDICTIONS.value:
+        preflight.predictions(_PREDICTIONS.value, _COHORT.value)
+    for _, path in runs:
+        preflight.existing(path, "the run (--run)")
+    if _CONFIG.value is not None:
+        preflight.training(_CONFIG.value, _WORKDIR.value)
+    if _FIGURES.value:
+        preflight.output_folder(_FIGURES.value, "the figures folder (--figures)")
 
 
 def _training_workdirs(name: str, path: Path) -> dict:
@@ -44,26 +61,32 @@ def _training_workdirs(name: str, path: Path) -> dict:
 
 def main(argv):
     del argv
-    runs, paths = {}, {}
-    if _CONFIG.value is not None:
-        if not _WORKDIR.value:
-            raise app.UsageError("--config runs a cross-validation: give its --workdir too")
-        name = Path(_WORKDIR.value).name
-        runs[name] = crossval.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _OVERLAYS.value)
-        paths[name] = Path(_WORKDIR.value)
-    if _PREDICTIONS.value:
-        if not _COHORT.value:
-            raise app.UsageError("--predictions needs --cohort (the ground truth to score against)")
-        name = Path(_PREDICTIONS.value).name
-        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value)
-        paths[name] = Path(_PREDICTIONS.value)
+    if _CONFIG.value is not None and not _WORKDIR.value:
+        raise app.UsageError("--config runs a cross-validation: give its --workdir too")
+    if _PREDICTIONS.value and not _COHORT.value:
+        raise app.UsageError("--predictions needs --cohort (the ground truth to score against)")
+    named_runs = []
     for spec in _RUNS.value:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise app.UsageError(f"--run {spec!r}: write NAME=PATH")
-        runs[name], paths[name] = _load_run(Path(path)), Path(path)
-    if not runs:
+        named_runs.append((name, path))
+    if not (_CONFIG.value is not None or _PREDICTIONS.value or named_runs):
         raise app.UsageError("nothing to evaluate: give --config and --workdir, --predictions and --cohort, or --run NAME=PATH")
+    _check_inputs(named_runs)
+    from paresseg_jax.evaluate import crossval, figures, tables
+
+    runs, paths = {}, {}
+    if _CONFIG.value is not None:
+        name = Path(_WORKDIR.value).name
+        runs[name] = crossval.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _OVERLAYS.value)
+        paths[name] = Path(_WORKDIR.value)
+    if _PREDICTIONS.value:
+        name = Path(_PREDICTIONS.value).name
+        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, resample_masks=_RESAMPLE_MASKS.value)
+        paths[name] = Path(_PREDICTIONS.value)
+    for name, path in named_runs:
+        runs[name], paths[name] = _load_run(Path(path)), Path(path)
 
     print("Segmentation metrics (Table 7 layout; %, HD95/ASSD in mm)\n" + tables.metrics_table(runs) + "\n")
     print("DPC per tumor type (Tables 8/11 layout; %)\n" + tables.per_type_table(runs) + "\n")

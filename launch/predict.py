@@ -6,15 +6,18 @@
 
 PV/ART: NIfTI (or MHA/NRRD) files or DICOM series folders. MODEL: a
 ``paresseg-train`` workdir or a saved model (also a converted PyTorch
-checkpoint). Outputs are written in the PV image's geometry.
+checkpoint). Outputs are written in the PV image's geometry, all together at
+the end, whole or not at all. Every input and output path is checked first,
+then the models (spec against weights, phases against the images given),
+before any image is read. Masks (--liver, --gt) must be on the PV grid
+unless --resample_masks is given.
 """
 
 import json
 
 from absl import app, flags
 
-from paresseg_jax import cli
-from paresseg_jax.infer import study
+from paresseg_jax import cli, preflight
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
 _ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models")
@@ -35,6 +38,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "slices or tiles per forward p
 _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register ART to PV (default: as the model was trained)")
+_RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
+                                       "(resampled onto it; else refused)")
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
              "threshold": _THRESHOLD, "batch_size": _BATCH, "crop_to_roi": _CROP, "roi_margin": _MARGIN}
@@ -44,23 +49,19 @@ def main(argv):
     del argv
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
+    paths = dict(phase_paths={"pv": _PV.value, "art": _ART.value}, model=_MODEL.value, out=_OUT.value,
+                 liver_model=_LIVER_MODEL.value, liver=_LIVER.value, gt=_GT.value, prob_out=_PROB.value,
+                 overlay_out=_OVERLAY.value)
+    preflight.prediction(**paths)  # before importing jax: a wrong path fails at once
+    from paresseg_jax.infer import study
+
     eval_config = {k: f.value for k, f in _SETTINGS.items() if f.value is not None}
     preprocess_config = None  # the training run's, or the defaults
     if _REGISTER.value is not None:
         trained = study.training_config(_MODEL.value) or {}
         preprocess_config = {**(trained.get("data", {}).get("preprocess") or {}), "register": _REGISTER.value}
-    report = study.predict_files(
-        {"pv": _PV.value, "art": _ART.value},
-        _MODEL.value,
-        _OUT.value,
-        liver_model=_LIVER_MODEL.value,
-        liver=_LIVER.value,
-        gt=_GT.value,
-        prob_out=_PROB.value,
-        overlay_out=_OVERLAY.value,
-        eval_config=eval_config,
-        preprocess_config=preprocess_config,
-    )
+    report = study.predict_files(**paths, eval_config=eval_config, preprocess_config=preprocess_config,
+                                 resample_masks=_RESAMPLE_MASKS.value)
     print(json.dumps(report, indent=1, default=str))
 
 

@@ -14,7 +14,7 @@ import logging
 
 from absl import app, flags
 
-from paresseg_jax import cli
+from paresseg_jax import cli, preflight
 
 _CONFIG = cli.define_config_flag(
     "Experiment config: a built-in name (paresseg, resseg, ...; smoke is tiny) or a config file's path, e.g. "
@@ -44,6 +44,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; options are --flag=value (see --help)")
+    preflight.training(_CONFIG.value, _WORKDIR.value)
     from paresseg_jax.train import distributed
 
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_collections
 
 from paresseg_jax import config_files, demo, model_io
+from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import tables
 from paresseg_jax.evaluate.crossval import evaluate_cases
@@ -93,7 +94,7 @@ def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = N
     if unknown:
         raise PareSegError(f"unknown ablation runs {unknown}", fix=f"choose from {[row.run for row in rows]}")
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "ablation_scale.json").write_text(json.dumps(dataclasses.asdict(scale), indent=1))
+    write_text(workdir / "ablation_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, seed)
     summaries = {}
     for row in rows:
@@ -126,5 +127,5 @@ def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = N
         tables.per_type_table(summaries),
         "",
     ])
-    (workdir / "ablation.md").write_text(report)
+    write_text(workdir / "ablation.md", report)
     return report

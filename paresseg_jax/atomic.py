@@ -17,6 +17,9 @@ from typing import Iterator
 
 PARTIAL_MARK = ".partial-"
 PREVIOUS_MARK = ".previous-"
+# This process's temporaries in use: several outputs may be open at once in one folder (written
+# together, or one inside another), and none of them is a leftover.
+_OPEN: set[Path] = set()
 
 
 def _beside(target: Path, mark: str) -> Path:
@@ -34,7 +37,9 @@ def _writer_alive(path: Path) -> bool:
     """Whether the process whose id is in a temporary's name still runs (another writer's work in progress)."""
     tag = path.name.split(PARTIAL_MARK if PARTIAL_MARK in path.name else PREVIOUS_MARK)[-1]
     pid = int(tag.split("-")[0]) if tag.split("-")[0].isdigit() else -1
-    if pid == os.getpid() or pid <= 0:
+    if pid == os.getpid():
+        return path.absolute() in _OPEN
+    if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -77,6 +82,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
     remove_leftovers(target.parent)
     tmp = _beside(target, PARTIAL_MARK)
     tmp = tmp if directory else tmp.with_name(tmp.name + "".join(target.suffixes))
+    _OPEN.add(tmp)
     if directory:
         tmp.mkdir()
     try:
@@ -89,6 +95,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
         else:
             os.replace(tmp, target)
     finally:
+        _OPEN.discard(tmp)
         if tmp.exists():
             _remove(tmp)
 

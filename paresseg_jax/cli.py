@@ -7,9 +7,11 @@ usage text nor its flags. `run_app` gives ``__main__`` the launcher's
 docstring and makes the launcher's flags the key flags of ``sys.argv[0]``,
 the name absl looks up (``python launch/train.py --help`` already works).
 Library INFO logs (orbax, grain, jax's backend probing) stay out of the
-launchers' output unless ``--verbosity`` is given. A missing input (our
-FileNotFoundErrors say what to pass instead) ends the run with that one
-line, not a traceback.
+launchers' output unless ``--verbosity`` is given. An error the user can
+fix (a ``PareSegError``: it names the file and the fix) ends the run with
+that one line and exit status 2, not a traceback; a FileNotFoundError not
+(yet) of that kind with its one line and status 1; any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool
     app.run(_launcher_main(main), argv=argv)
 
 
+USER_ERROR_STATUS = 2
+
+
 def _launcher_main(main):
-    """`main` with library logs at WARNING by default, exiting on a FileNotFoundError with its message (status 1)
-    and on a PareSegError with its message (status 2)."""
+    """`main` with library logs at WARNING by default, exiting on a PareSegError with its message (status 2)
+    and on another FileNotFoundError with its message (status 1)."""
 
     @functools.wraps(main)
     def checked_main(argv):
@@ -57,11 +62,11 @@ def _launcher_main(main):
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
+        except PareSegError as error:  # before FileNotFoundError: MissingInputError is both
+            print(f"{Path(sys.argv[0]).name}: error: {error.message}", file=sys.stderr)
+            raise SystemExit(USER_ERROR_STATUS) from None
         except FileNotFoundError as error:
             raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
-        except PareSegError as error:
-            print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
 
     return checked_main
 

@@ -17,6 +17,7 @@ for that, without which it caches nothing, hence our dependency on it).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ENV = "PARESSEG_XLA_CACHE"
@@ -36,9 +37,15 @@ def enable(min_compile_secs: float = 1.0) -> Path | None:
     folder = cache_dir()
     if folder is None:
         return None
-    import jax
+    settings = {"jax_compilation_cache_dir": str(folder),
+                "jax_persistent_cache_min_compile_time_secs": min_compile_secs,
+                "jax_compilation_cache_max_size": MAX_BYTES}
+    if "jax" in sys.modules:
+        import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
-    jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+        for name, value in settings.items():
+            jax.config.update(name, value)
+    else:  # jax reads them when imported: a launcher that stops at a bad input never imports it
+        for name, value in settings.items():
+            os.environ[name.upper()] = str(value)
     return folder

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from paresseg_jax import config_files, model_io
+from paresseg_jax.atomic import write_text
 from paresseg_jax.data import io, phantom
 from paresseg_jax.evaluate import figures, tables
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
@@ -211,7 +212,7 @@ def write_report(workdir: Path, scale: DemoScale, summaries: dict[str, dict], se
         "",
     ]
     report = workdir / "report.md"
-    report.write_text("\n".join(lines))
+    write_text(report, "\n".join(lines))
     return report
 
 
@@ -220,7 +221,7 @@ def run_demo(workdir: str, full: bool = False, seed: int = 0, scale: DemoScale |
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     scale = scale or (FULL if full else SMALL)
-    (workdir / "demo_scale.json").write_text(json.dumps(dataclasses.asdict(scale), indent=1))
+    write_text(workdir / "demo_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
     configs = {run: run_config(run, workdir, scale, seed) for run in _CONFIGS}
     seconds = {}
 

@@ -22,3 +22,15 @@ class PareSegError(Exception):
     def message(self) -> str:
         text = f"{self.path}: {self.problem}" if self.path else self.problem
         return f"{text}; {self.fix}" if self.fix else text
+
+
+class MissingInputError(PareSegError, FileNotFoundError):
+    """A file or folder the user named does not exist or lacks what it should hold."""
+
+
+class BadInputError(PareSegError, ValueError):
+    """An input that exists but cannot be used as it is: damaged, mismatched, or of the wrong kind."""
+
+
+class OutputError(PareSegError):
+    """An output location that cannot be written, or that holds something the run would destroy."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from paresseg_jax.errors import BadInputError
+
 CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL = "best_model"
 LAST_MODEL = "last_model"
@@ -19,9 +21,23 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` in order."""
+    """The records of ``metrics.jsonl`` in order.
+
+    A torn last line (the run was killed while appending it) is dropped; a
+    damaged line elsewhere is an error naming the file and the line.
+    """
     path = Path(workdir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise BadInputError(f"line {number} is not a JSON record", path=path,
+                                fix="delete that line (a resumed run rewrites the steps after its checkpoint)") from None
+    return records
 
 
 def read_config(workdir: str | Path) -> dict | None:

@@ -173,7 +173,7 @@ def test_load_torch_checkpoint_accepts_wrappers_and_refuses_pickled_code(tmp_pat
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         interop.load_torch_checkpoint(tmp_path / "notes.pth")
-    with pytest.raises(FileNotFoundError, match="no PyTorch checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="absent.pth: no PyTorch checkpoint"):
         interop.load_torch_checkpoint(tmp_path / "absent.pth")
 
 

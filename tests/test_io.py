@@ -1,12 +1,15 @@
 """CT I/O: round trips keep values and geometry; layouts; resampling onto PV; clear errors."""
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from paresseg_jax.data import io
+from paresseg_jax.errors import BadInputError, MissingInputError
 
 SPACING = (0.75, 0.8, 5.0)
 ORIGIN = (-120.5, 33.0, 210.0)
@@ -172,13 +175,13 @@ def test_missing_file_names_it(tmp_path):
 def test_unreadable_file_names_it(tmp_path):
     bad = tmp_path / "pv.nii.gz"
     bad.write_bytes(b"this is not an image")
-    with pytest.raises(ValueError, match="cannot read image .*pv.nii.gz"):
+    with pytest.raises(ValueError, match="pv.nii.gz: cannot read image"):
         io.read_image(bad)
 
 
 def test_2d_image_is_refused(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 8), np.float32)), str(tmp_path / "flat.nii.gz"))
-    with pytest.raises(ValueError, match="flat.nii.gz is 2D"):
+    with pytest.raises(ValueError, match="flat.nii.gz: image is 2D"):
         io.read_image(tmp_path / "flat.nii.gz")
 
 
@@ -186,7 +189,7 @@ def test_unexpected_mask_labels_say_how_to_map_them(tmp_path):
     case = _case()
     io.write_case(case, tmp_path / "c")
     io.write_image(case.liver + case.tumor, case, tmp_path / "c" / "tumor.nii.gz")
-    with pytest.raises(ValueError, match=r"tumor mask .*tumor.nii.gz has labels \[0, 1, 2\].*liver_labels"):
+    with pytest.raises(ValueError, match=r"tumor.nii.gz: tumor mask has labels \[0, 1, 2\].*liver_labels"):
         io.read_case(tmp_path / "c")
 
 
@@ -199,14 +202,75 @@ def test_unlisted_segmentation_label_is_an_error(tmp_path):
         io.read_case(entry)
 
 
-def test_nan_voxels_are_refused(tmp_path):
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_nan_voxels_are_refused_in_every_format(tmp_path, suffix):
     case = _case()
     case.phases["art"][2, 3, 4] = np.nan
     case.phases["art"][2, 3, 5] = np.inf
     io.write_case(case, tmp_path / "c")
     (tmp_path / "c" / "art.nii.gz").unlink()
-    io.write_image(case.phases["art"], case, tmp_path / "c" / "art.mha")  # NIfTI reading turns NaN into 0; MHA keeps it
-    with pytest.raises(ValueError, match="art.mha has 2 NaN or infinite"):
+    io.write_image(case.phases["art"], case, tmp_path / "c" / f"art{suffix}")  # SimpleITK reads NIfTI NaN as 0
+    with pytest.raises(BadInputError, match=f"art{re.escape(suffix)}: image has 2 NaN or infinite"):
+        io.read_case(tmp_path / "c")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+def test_truncated_image_is_refused_in_every_format(tmp_path, suffix):
+    """SimpleITK read a NIfTI cut in half (gzipped or not) as a volume whose missing slices are 0."""
+    case = _case(shape=(12, 40, 48))
+    path = io.write_image(case.phases["pv"], case, tmp_path / f"pv{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(BadInputError, match=f"pv{re.escape(suffix)}: "):
+        io.read_image(path)
+
+
+def test_nifti_voxels_and_geometry_read_as_simpleitk_reads_them(tmp_path):
+    """nibabel's voxels put on SimpleITK's header geometry: the same image SimpleITK reads, for a flipped,
+    rotated affine written by nibabel itself and for a 4D file with one volume."""
+    import nibabel
+
+    volume = np.random.default_rng(1).normal(size=(7, 9, 5)).astype(np.float32)  # nibabel (x, y, z)
+    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -3], [0, 0, -2.5, 40], [0, 0, 0, 1]], float)
+    for name, data in (("a.nii.gz", volume), ("b.nii", volume[..., None])):
+        nibabel.save(nibabel.Nifti1Image(data, affine), tmp_path / name)
+        expected = sitk.ReadImage(str(tmp_path / name))
+        expected = expected[:, :, :, 0] if expected.GetDimension() == 4 else expected
+        got = io.read_image(tmp_path / name)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+        _assert_geometry(got, expected.GetSpacing(), expected.GetOrigin(), expected.GetDirection())
+
+
+def _mask_on_another_grid(tmp_path):
+    case = _case()
+    io.write_case(case, tmp_path / "c")
+    shifted = io.Geometry(SPACING, tuple(np.add(ORIGIN, (1.5, 0.0, 0.0))), DIRECTION)
+    io.write_image(case.tumor, shifted, tmp_path / "c" / "tumor.nii.gz")
+    return case
+
+
+def test_mask_on_another_grid_is_refused_unless_resampling_is_asked_for(tmp_path):
+    _mask_on_another_grid(tmp_path)
+    with pytest.raises(BadInputError, match=r"tumor.nii.gz: tumor mask is on another grid.*--resample_masks"):
+        io.read_case(tmp_path / "c")
+    entry = io.read_cohort(tmp_path)[0]
+    assert io.read_case(dataclasses.replace(entry, resample_masks=True)).tumor.sum() > 0
+    (tmp_path / "manifest.json").write_text(json.dumps({"resample_masks": True, "cases": [{"case_id": "c"}]}))
+    assert io.read_case(io.read_cohort(tmp_path)[0]).tumor.sum() > 0
+
+
+def test_phase_covering_pv_partly_is_reported_then_refused(tmp_path, caplog):
+    case = _case(geometry=((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    io.write_image(case.phases["pv"], case, tmp_path / "c" / "pv.nii.gz")
+    # ART shifted by 30% of PV's x extent (24 mm): it covers 70% of PV
+    io.write_image(case.phases["art"], io.Geometry((1.0, 1.0, 1.0), (7.2, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                   tmp_path / "c" / "art.nii.gz")
+    with caplog.at_level("WARNING"):
+        io.read_case(tmp_path / "c")
+    assert "art.nii.gz covers 70.0% of the PV image's extent" in caplog.text
+    io.write_image(case.phases["art"], io.Geometry((1.0, 1.0, 1.0), (22.8, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                   tmp_path / "c" / "art.nii.gz")
+    with pytest.raises(BadInputError, match="art.nii.gz: image covers only 5% of the PV image's extent"):
         io.read_case(tmp_path / "c")
 
 
@@ -215,7 +279,7 @@ def test_phase_without_physical_overlap_is_refused(tmp_path):
     io.write_image(case.phases["pv"], case, tmp_path / "c" / "pv.nii.gz")
     far = io.Geometry(SPACING, (5000.0, 0.0, 0.0), DIRECTION)
     io.write_image(case.phases["art"], far, tmp_path / "c" / "art.nii.gz")
-    with pytest.raises(ValueError, match="art.nii.gz .* does not overlap the PV image"):
+    with pytest.raises(ValueError, match="art.nii.gz: image .* does not overlap the PV image"):
         io.read_case(tmp_path / "c")
 
 
@@ -231,5 +295,12 @@ def test_bad_manifest_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no \"case_id\""):
         io.read_cohort(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match="manifest .* is not valid"):
+    with pytest.raises(ValueError, match="manifest.json: manifest is not valid JSON"):
+        io.read_cohort(tmp_path)
+    for content in ({"cases": None}, [], {"cases": [1]}):
+        (tmp_path / "manifest.json").write_text(json.dumps(content))
+        with pytest.raises(BadInputError, match='manifest.json: manifest has no list of case records under "cases"'):
+            io.read_cohort(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": [{"case_id": "a", "phases": {"pv": "a/pv.nii.gz"}}]}))
+    with pytest.raises(MissingInputError, match=r"manifest.json: case 'a' names .*a/pv.nii.gz, which does not exist"):
         io.read_cohort(tmp_path)

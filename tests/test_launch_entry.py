@@ -61,7 +61,12 @@ def test_benchmark_subcommand_help_is_the_subcommand_module():
 def test_missing_input_ends_with_one_line_not_a_traceback(tmp_path):
     result = _run("from paresseg_jax_launch.predict import run; run()", f"--pv={tmp_path}/pv.nii.gz", f"--model={tmp_path}",
                   f"--out={tmp_path}/mask.nii.gz")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"-c: error: {tmp_path}/pv.nii.gz: the PV image (--pv) does not "
+                                                  "exist; check the path"]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    result = _run("from paresseg_jax import cli\ndef main(argv): raise KeyError('a bug')\ncli.run_app(main)")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"-c: error: {tmp_path} holds no saved model (model.json); pass a "
-                                                  "folder written by paresseg-train (its workdir), paresseg-convert, "
-                                                  "or paresseg_jax.model_io.save_model"]
+    assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'a bug'" in result.stderr

@@ -16,23 +16,30 @@ from paresseg_jax import workdir as workdir_layout
 from paresseg_jax.workdir import read_metrics
 
 STEPS = 18
+# PA-ResSeg at width 4: its compilation in four processes, not its steps, is what costs (~100 s a process
+# on a loaded 2-core CPU), hence the slow tier. Its SIGTERM at step 6 needs steps left to land in.
+PARESSEG_STEPS = 12
 
-# A child that trains and kills (or signals) itself once checkpoint ``AT`` is committed.
+# A child that trains and kills (or signals) itself once checkpoint ``AT`` is committed (never, for AT "-").
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, threading, time, json
     from pathlib import Path
     from test_train_support import tiny_config
     from paresseg_jax.train import train_and_evaluate
-    cache, workdir, at, sig = sys.argv[1], Path(sys.argv[2]), sys.argv[3], getattr(signal, sys.argv[4])
+    cache, workdir, at, sig, model, steps = {arguments}
     def watch():
         while not (workdir / "checkpoints" / at).exists():
             time.sleep(0.01)
         os.kill(os.getpid(), sig)
-    threading.Thread(target=watch, daemon=True).start()
-    print("RESULT" + json.dumps(train_and_evaluate(tiny_config(Path(cache), num_steps={steps}), str(workdir))))
+    if at != "-":
+        threading.Thread(target=watch, daemon=True).start()
+    config = tiny_config(Path(cache), num_steps=steps)
+    if model != "tiny":
+        config.model.name = model
+    print("RESULT" + json.dumps(train_and_evaluate(config, str(workdir))))
     """
-).format(steps=STEPS)
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +54,38 @@ def uninterrupted(cache_dir, tmp_path_factory):
     return workdir, result
 
 
-def _child(cache_dir, workdir, at: int, signal_name: str):
-    code = CHILD + "\n"
-    return run_script(code.replace("sys.argv[1], Path(sys.argv[2]), sys.argv[3], getattr(signal, sys.argv[4])",
-                                   f"{str(cache_dir)!r}, Path({str(workdir)!r}), {str(at)!r}, signal.{signal_name}"),
-                      wait=False)
+def _child(cache_dir, workdir, at, signal_name: str, model: str = "tiny", steps: int = STEPS, xla_cache=None):
+    arguments = (f"{str(cache_dir)!r}, Path({str(workdir)!r}), {str(at)!r}, signal.{signal_name}, {model!r}, "
+                 f"{steps}")
+    env = None if xla_cache is None else {"JAX_COMPILATION_CACHE_DIR": str(xla_cache),
+                                          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return run_script(CHILD.format(arguments=arguments), wait=False, env=env)
 
 
 def _variables(workdir):
     _, variables, _ = model_io.load_model(workdir / workdir_layout.LAST_MODEL)
     return jax.tree.map(np.asarray, variables)
+
+
+def _stored_tree(folder):
+    """Every array of an orbax folder as stored (no target tree: nothing is cast or reshaped)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        return jax.tree.map(np.asarray, ckptr.restore(folder))
+
+
+def _assert_same_bits(expected, got):
+    """Same leaf names and count, and the same bits in every leaf (viewed as unsigned integers, so that
+    -0.0 vs 0.0 or two NaN payloads would differ too)."""
+    expected, got = (jax.tree_util.tree_leaves_with_path(tree) for tree in (expected, got))
+    assert [jax.tree_util.keystr(k) for k, _ in got] == [jax.tree_util.keystr(k) for k, _ in expected]
+    assert len(got) == len(expected) > 0
+    for (path, a), (_, b) in zip(expected, got):
+        assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
+        bits = np.dtype(f"uint{8 * a.dtype.itemsize}")
+        np.testing.assert_array_equal(np.ascontiguousarray(a).view(bits), np.ascontiguousarray(b).view(bits),
+                                      err_msg=jax.tree_util.keystr(path))
 
 
 def test_smoke_training_decreases_loss_and_writes_everything(uninterrupted):
@@ -77,39 +106,83 @@ def test_smoke_training_decreases_loss_and_writes_everything(uninterrupted):
     assert result["best_global_dice"] == max(r["global_dice"] for r in val)
 
 
-def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir, uninterrupted, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", pytest.param("paresseg", marks=pytest.mark.slow)])
+def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir, uninterrupted, tmp_path, model):
+    """Killed, damaged, stopped, resumed: parameters, batch statistics, optimizer moments, step count and the
+    logged losses are bit for bit those of a run that never stopped (the stand-in and PA-ResSeg at width 4)."""
+    steps, kill_at, stop_at = (STEPS, 6, 9) if model == "tiny" else (PARESSEG_STEPS, 3, 6)
+    xla_cache = tmp_path / "xla"  # the PA-ResSeg children compile once between them
+    if model == "tiny":
+        reference = uninterrupted[0]
+    else:
+        reference = tmp_path / "uninterrupted"
+        done = _child(cache_dir, reference, "-", "SIGKILL", model, steps, xla_cache)
+        out, _ = done.communicate(timeout=600)
+        assert done.returncode == 0, out[-3000:]
     workdir = tmp_path / "work"
-    killed = _child(cache_dir, workdir, 6, "SIGKILL")
-    out, _ = killed.communicate(timeout=300)
+    killed = _child(cache_dir, workdir, kill_at, "SIGKILL", model, steps, xla_cache)
+    out, _ = killed.communicate(timeout=600)
     assert killed.returncode == -9, out[-3000:]
     checkpoints = workdir / workdir_layout.CHECKPOINT_DIR
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert 6 in steps and max(steps) < STEPS
+    saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert kill_at in saved and max(saved) < steps
 
     # A half-written step (orbax's temporary folder) must never be read.
-    partial = checkpoints / f"{STEPS - 1}.orbax-checkpoint-tmp-1234567890"
-    shutil.copytree(checkpoints / "6", partial)
+    partial = checkpoints / f"{steps - 1}.orbax-checkpoint-tmp-1234567890"
+    shutil.copytree(checkpoints / str(kill_at), partial)
     for f in partial.rglob("*"):
         if f.is_file():
             f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
 
-    stopped = _child(cache_dir, workdir, 9, "SIGTERM")
-    out, _ = stopped.communicate(timeout=300)
+    stopped = _child(cache_dir, workdir, stop_at, "SIGTERM", model, steps, xla_cache)
+    out, _ = stopped.communicate(timeout=600)
     assert stopped.returncode == 0, out[-3000:]
     result = json.loads(out.split("RESULT")[-1])
     assert result["stopped_by"] == "SIGTERM"
     assert not partial.exists()
-    stopped_at = Checkpoints(checkpoints, 3).latest_step()
-    assert 9 <= stopped_at < STEPS
+    stopped_step = Checkpoints(checkpoints, 3).latest_step()
+    assert stop_at <= stopped_step < steps
 
-    loop.train_and_evaluate(tiny_config(cache_dir, num_steps=STEPS), str(workdir))
-    expected, got = _variables(uninterrupted[0]), _variables(workdir)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(got)):
-        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    resumed = _child(cache_dir, workdir, "-", "SIGKILL", model, steps, xla_cache)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-3000:]
+    _assert_same_bits(_stored_tree(reference / workdir_layout.CHECKPOINT_DIR / str(steps) / "state"),
+                      _stored_tree(checkpoints / str(steps) / "state"))  # the whole TrainState, optimizer included
+    _assert_same_bits(_variables(reference), _variables(workdir))  # the exported model
     # Each step logged once (what the killed run logged past its checkpoint was dropped), as uninterrupted.
     logged = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
-    assert logged == [(r["step"], r["loss"]) for r in read_metrics(uninterrupted[0]) if r["split"] == "train"]
-    assert [step for step, _ in logged] == list(range(1, STEPS + 1))
+    assert logged == [(r["step"], r["loss"]) for r in read_metrics(reference) if r["split"] == "train"]
+    assert [step for step, _ in logged] == list(range(1, steps + 1))
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(cache_dir, uninterrupted, tmp_path, caplog):
+    workdir = tmp_path / "work"
+    shutil.copytree(uninterrupted[0], workdir)
+    checkpoints = workdir / workdir_layout.CHECKPOINT_DIR
+    shutil.rmtree(workdir / workdir_layout.LAST_MODEL)
+    kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert kept[-1] == STEPS and len(kept) >= 2
+    for f in (checkpoints / str(STEPS) / "state").rglob("*"):  # a disk error in the newest step's arrays
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    with caplog.at_level("WARNING"):
+        loop.train_and_evaluate(tiny_config(cache_dir, num_steps=STEPS), str(workdir))
+    previous = kept[-2]
+    assert f"checkpoint step {STEPS} in {checkpoints} cannot be restored" in caplog.text
+    assert f"set aside as {checkpoints / f'{STEPS}.damaged'}, resuming from step {previous}" in caplog.text
+    assert (checkpoints / f"{STEPS}.damaged").is_dir()
+    _assert_same_bits(_variables(uninterrupted[0]), _variables(workdir))  # the steps after it were retrained
+
+
+def test_unreadable_checkpoints_are_one_error_naming_the_folder(cache_dir, uninterrupted, tmp_path):
+    from paresseg_jax.errors import BadInputError
+
+    workdir = tmp_path / "work"
+    shutil.copytree(uninterrupted[0] / workdir_layout.CHECKPOINT_DIR, workdir / workdir_layout.CHECKPOINT_DIR)
+    wider = tiny_config(cache_dir, num_steps=STEPS)
+    wider.model.width = 8
+    with pytest.raises(BadInputError, match=r"checkpoints: none of the checkpoints .* can be restored.*new --workdir"):
+        loop.train_and_evaluate(wider, str(workdir))
 
 
 def test_partial_step_directory_is_not_a_checkpoint(tmp_path):
@@ -159,3 +232,19 @@ def test_metrics_writer_drops_records_past_the_resumed_checkpoint(tmp_path):
     assert [(r["step"], r["split"]) for r in read_metrics(tmp_path)] == [
         (1, "train"), (2, "train"), (3, "train"), (4, "train"), (4, "val"), (5, "train")]
     assert read_metrics(tmp_path)[-1]["loss"] == 50.0
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
+    from paresseg_jax.errors import BadInputError
+    from paresseg_jax.train.writers import MetricsWriter
+
+    lines = [json.dumps({"step": step, "split": "train", "loss": float(step)}) for step in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 6, "split": "tr')  # killed mid-append
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    writer = MetricsWriter(tmp_path, resume_step=5)
+    writer.write(6, "train", {"loss": 6.0})
+    writer.close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n{damaged\n" + lines[2] + "\n")
+    with pytest.raises(BadInputError, match=r"metrics.jsonl: line 2 is not a JSON record"):
+        read_metrics(tmp_path)

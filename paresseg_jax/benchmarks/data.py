@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
+from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache, io, phantom, preprocess
 
 _CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
@@ -88,7 +89,7 @@ def main(argv):
     print("preprocess_s = registration + window + ROI + BE weights; *_cpu_s = CPU seconds of all threads (wall time on a busy machine overstates)")
     if _JSON.value:
         shape = [_SLICES.value, _SIZE.value, _SIZE.value]
-        Path(_JSON.value).write_text(json.dumps({"shape": shape, "cases": rows, "mean": means}, indent=1))
+        write_text(_JSON.value, json.dumps({"shape": shape, "cases": rows, "mean": means}, indent=1))
 
 
 if __name__ == "__main__":

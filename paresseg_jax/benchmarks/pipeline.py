@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from paresseg_jax import config_defaults
+from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache, pipeline
 
 _CASES = flags.DEFINE_integer("cases", 3, "synthetic cases in the cache")
@@ -82,8 +83,7 @@ def main(argv):
             "batch": _BATCH.value, "batches": _BATCHES.value, "cpus": os.cpu_count(),
             "patches_per_second": {str(w): r for w, r in results.items()},
         }
-        with open(_JSON.value, "w") as f:
-            json.dump(record, f, indent=1)
+        write_text(_JSON.value, json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,16 +24,16 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from paresseg_jax.atomic import atomic_path, write_text
+from paresseg_jax.errors import MissingInputError
+
 MASKS = ("liver", "tumor", "roi")
 _META = "meta.json"
-_TMP_MARK = ".tmp-"
 
 
 def config_key(preprocess_config: Mapping) -> str:
@@ -48,7 +48,7 @@ def cache_dir_for(root: str | os.PathLike, preprocess_config: Mapping) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     record = path / "preprocess.json"
     if not record.exists():
-        _atomic_write_text(record, json.dumps(dict(preprocess_config), sort_keys=True, indent=1, default=str))
+        write_text(record, json.dumps(dict(preprocess_config), sort_keys=True, indent=1, default=str))
     return path
 
 
@@ -137,18 +137,10 @@ def write_case(
     full_meta = dict(meta)
     full_meta.update(case_id=case_id, phases=list(images), shape=list(shape), liver_bbox=list(bounding_box(liver > 0)))
     final = cache_dir / case_id
-    tmp = cache_dir / f"{case_id}{_TMP_MARK}{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(final, directory=True) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         (tmp / _META).write_text(json.dumps(full_meta, indent=1, default=_json_default))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return open_case(final)
 
 
@@ -160,7 +152,7 @@ def open_case(path: str | os.PathLike) -> CachedCase:
     path = Path(path)
     meta_file = path / _META
     if not meta_file.exists():
-        raise FileNotFoundError(f"{path} is not a complete cached case (no {_META}); rerun preprocessing")
+        raise MissingInputError(f"is not a complete cached case (no {_META})", path=path, fix="rerun preprocessing")
     meta = json.loads(meta_file.read_text())
     return CachedCase(case_id=meta["case_id"], path=path, meta=meta)
 
@@ -172,23 +164,17 @@ def open_cohort(cache_dir: str | os.PathLike, case_ids=None) -> list[CachedCase]
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
-        raise FileNotFoundError(f"cache folder {cache_dir} does not exist; run preprocessing first")
+        raise MissingInputError("cache folder does not exist", path=cache_dir, fix="run preprocessing first")
     if case_ids is None:
-        found = sorted(p.name for p in cache_dir.iterdir() if _TMP_MARK not in p.name and (p / _META).exists())
+        found = sorted(p.name for p in cache_dir.iterdir() if not p.name.startswith(".") and (p / _META).exists())
     else:
         found = list(case_ids)
         missing = [c for c in found if not is_cached(cache_dir, c)]
         if missing:
-            raise FileNotFoundError(f"cases {missing} are not in the cache {cache_dir}; preprocess them first")
+            raise MissingInputError(f"cases {missing} are not in the cache", path=cache_dir, fix="preprocess them first")
     if not found:
         raise ValueError(f"no preprocessed cases in {cache_dir}; run preprocessing first")
     return [open_case(cache_dir / c) for c in found]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _json_default(value):

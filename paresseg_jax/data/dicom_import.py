@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.data import dicom, io, layouts
-from paresseg_jax.errors import PareSegError
+from paresseg_jax.errors import MissingInputError, PareSegError
 
 REPORT = "import_report.json"
 PROTOCOL_ORDER = ("nc", "art", "pv", "dl")  # the order a multiphase liver CT acquires its phases in
@@ -128,7 +128,7 @@ def scan(input_dir: str | os.PathLike, *, progress: bool = True) -> list[Study]:
     """
     root = Path(input_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"DICOM folder {root} does not exist")
+        raise MissingInputError("DICOM folder does not exist", path=root, fix="check the path")
     files = sorted(p for p in root.rglob("*") if p.is_file())
     studies: dict[str, Study] = {}
     for path in tqdm(files, desc="read DICOM headers", unit="file", disable=not progress):

@@ -4,7 +4,15 @@ A ``Case`` holds every phase as a numpy ``(z, y, x)`` float32 volume in HU on
 the PV grid, the liver and tumor masks (uint8 0/1, or None) in the same grid,
 and the PV geometry in SimpleITK ``(x, y, z)`` order. Phases acquired on
 another grid are resampled onto PV when read, so everything downstream works
-voxel by voxel.
+voxel by voxel; a phase covering PV only partly is reported, and refused
+below ``MIN_PHASE_COVERAGE``. A mask on another grid than PV is refused
+unless resampling is asked for (``resample_masks``): resampling a mask moves
+the metrics and the ROI, so it must be a choice, not an accident.
+
+Reading cannot lie: NIfTI voxels are read with nibabel, which keeps NaN
+(SimpleITK's NIfTI reader turns them into 0) and refuses a gzip stream or a
+voxel block shorter than the header says (SimpleITK fills the missing slices
+with 0); NaN or infinite voxels are refused in every format.
 
 Cohort layouts (``read_cohort`` detects which one a folder holds):
 
@@ -26,20 +34,31 @@ import dataclasses
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import logging
 
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax.atomic import write_text
+from paresseg_jax.atomic import atomic_path, write_text
+from paresseg_jax.errors import BadInputError, MissingInputError
 
 PHASES = ("pv", "art", "nc", "dl")
 MASK_NAMES = ("liver", "tumor")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MANIFEST = "manifest.json"
 LITS_LABELS = {"liver_labels": (1, 2), "tumor_labels": (2,)}
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _GEOMETRY_ATOL = 1e-4
+# Fraction of the PV image's physical extent another phase must cover: below WARN a warning says by how
+# much, below MIN the phase is refused (the uncovered part would be filled with air and fed to the model).
+PHASE_COVERAGE_WARN = 0.99
+MIN_PHASE_COVERAGE = 0.5
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +127,7 @@ class CaseEntry:
 
     ``segmentation`` is a label map from which the liver and tumor masks are
     taken by label value (``liver_labels``, ``tumor_labels``), as in LiTS.
+    ``resample_masks`` allows masks on another grid than PV (resampled onto it).
     """
 
     case_id: str
@@ -118,6 +138,7 @@ class CaseEntry:
     liver_labels: tuple[int, ...] = (1,)
     tumor_labels: tuple[int, ...] = (1,)
     metadata: Mapping = dataclasses.field(default_factory=dict)
+    resample_masks: bool = False
 
 
 # ----------------------------------------------------------------------------- images
@@ -127,29 +148,101 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D image file (NIfTI, MHA, NRRD, ...) or a DICOM series folder, checking it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise MissingInputError("image does not exist", path=path, fix="check the path")
     try:
         if path.is_dir():
             image = _read_dicom_series(path)
+        elif path.name.lower().endswith(NIFTI_SUFFIXES):
+            image = _read_nifti(path)
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise ValueError(f"cannot read image {path}: {_first_line(error)}; is it a NIfTI/MHA/NRRD file or a DICOM series folder?") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"image {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar CT volume")
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-    if image.GetDimension() != 3 or image.GetSize()[2] < 2:
-        raise ValueError(f"image {path} is {image.GetDimension()}D with size {image.GetSize()}; expected a 3D volume with several slices")
+        raise BadInputError(f"cannot read image ({_first_line(error)})", path=path,
+                            fix="is it a whole NIfTI/MHA/NRRD file or a DICOM series folder?") from None
+    return _checked_volume(image, path)
+
+
+def read_image_header(path: str | os.PathLike) -> None:
+    """Check, without reading its voxels, that an image file exists and its header is a 3D scalar volume.
+
+    Launchers call it on every input before any work, so a wrong path or file fails in a second.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError("image does not exist", path=path, fix="check the path")
+    if path.is_dir():
+        if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+            raise BadInputError("folder holds no DICOM series", path=path,
+                                fix="give an image file or a folder of DICOM slices")
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise BadInputError(f"cannot read image header ({_first_line(error)})", path=path,
+                            fix="is it a NIfTI/MHA/NRRD file or a DICOM series folder?") from None
+    _check_volume_shape(reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), path)
+
+
+def _checked_volume(image: sitk.Image, path: Path) -> sitk.Image:
+    _check_volume_shape(image.GetNumberOfComponentsPerPixel(), image.GetDimension(), image.GetSize(), path)
+    return image[:, :, :, 0] if image.GetDimension() == 4 else image
+
+
+def _check_volume_shape(components: int, dimension: int, size: Sequence[int], path: Path) -> None:
+    if components != 1:
+        raise BadInputError(f"image has {components} components per voxel", path=path,
+                            fix="expected a scalar CT volume or mask")
+    if dimension == 4 and size[3] == 1:
+        dimension, size = 3, size[:3]
+    if dimension != 3 or size[2] < 2:
+        raise BadInputError(f"image is {dimension}D with size {tuple(size)}", path=path,
+                            fix="expected a 3D volume with several slices")
+
+
+def _read_nifti(path: Path) -> sitk.Image:
+    """A NIfTI file: geometry from SimpleITK's header reading, voxels from nibabel.
+
+    The two index the voxel block the same way (neither reorients data), so
+    the transpose of nibabel's ``(x, y, z)`` array is SimpleITK's ``(z, y, x)``.
+    nibabel reads the whole gzip stream (its CRC and length) and the number of
+    bytes the header promises, and keeps NaN.
+    """
+    import nibabel
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    _check_volume_shape(reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), path)
+    try:
+        voxels = np.asanyarray(nibabel.load(path).dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise BadInputError(f"image is damaged or truncated ({type(error).__name__}: {_first_line(error)})",
+                            path=path, fix="copy or export it again; the file holds fewer voxels than its header "
+                            "promises") from None
+    size = tuple(reader.GetSize()[:3])
+    voxels = voxels.reshape(size, order="F") if voxels.size == int(np.prod(size)) else None
+    if voxels is None:
+        raise BadInputError(f"image voxel data does not match its header size {size}", path=path,
+                            fix="export it again")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.T))
+    dimension = reader.GetDimension()
+    image.SetSpacing(reader.GetSpacing()[:3])
+    image.SetOrigin(reader.GetOrigin()[:3])
+    direction = np.reshape(reader.GetDirection(), (dimension, dimension))[:3, :3]
+    image.SetDirection(tuple(direction.ravel()))
     return image
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise ValueError(f"folder {folder} holds no DICOM series; give an image file or a folder of DICOM slices")
+        raise BadInputError("folder holds no DICOM series", path=folder,
+                            fix="give an image file or a folder of DICOM slices")
     if len(series) > 1:
-        raise ValueError(f"folder {folder} holds {len(series)} DICOM series {list(series)}; put each series in its own folder")
+        raise BadInputError(f"folder holds {len(series)} DICOM series {list(series)}", path=folder,
+                            fix="put each series in its own folder")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
     return reader.Execute()
@@ -165,7 +258,8 @@ def image_array(image: sitk.Image, path: str | os.PathLike, dtype=np.float32) ->
     array = sitk.GetArrayFromImage(image).astype(dtype, copy=False)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"image {path} has {bad} NaN or infinite voxels; fix or fill them (e.g. with -1024 HU) before use")
+        raise BadInputError(f"image has {bad} NaN or infinite voxels", path=path,
+                            fix="fix or fill them (e.g. with -1024 HU) before use")
     return array
 
 
@@ -190,18 +284,29 @@ def resample_onto(image: sitk.Image, reference: sitk.Image, path, *, nearest: bo
     """Resample ``image`` onto the grid of ``reference`` (linear for images, nearest for masks).
 
     Voxels of the reference outside the image get the image's minimum (air)
-    for images and 0 for masks. Images that do not overlap are an error.
+    for images and 0 for masks. Images that do not overlap are an error; an
+    image covering less than ``PHASE_COVERAGE_WARN`` of the reference's
+    physical box is reported, less than ``MIN_PHASE_COVERAGE`` refused.
     """
     if same_grid(Geometry.of(image), image.GetSize(), Geometry.of(reference), reference.GetSize()):
         return image
     lo_a, hi_a = _physical_box(image)
     lo_b, hi_b = _physical_box(reference)
-    if np.any(np.minimum(hi_a, hi_b) <= np.maximum(lo_a, lo_b)):
-        raise ValueError(
-            f"image {path} (physical extent {lo_a.round(1).tolist()}..{hi_a.round(1).tolist()} mm) does not overlap "
-            f"the PV image ({lo_b.round(1).tolist()}..{hi_b.round(1).tolist()} mm); check that both belong to the same study "
-            "and that their origin/direction headers are right"
-        )
+    overlap = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None)
+    if np.any(overlap <= 0):
+        raise BadInputError(
+            f"image (physical extent {lo_a.round(1).tolist()}..{hi_a.round(1).tolist()} mm) does not overlap "
+            f"the PV image ({lo_b.round(1).tolist()}..{hi_b.round(1).tolist()} mm)", path=path,
+            fix="check that both belong to the same study and that their origin/direction headers are right")
+    coverage = float(np.prod(overlap) / np.prod(hi_b - lo_b))
+    if coverage < MIN_PHASE_COVERAGE:
+        raise BadInputError(
+            f"image covers only {coverage:.0%} of the PV image's extent (at least {MIN_PHASE_COVERAGE:.0%} needed; "
+            "the rest would be filled with air)", path=path,
+            fix="check that both belong to the same study and that their origin/direction headers are right")
+    if coverage < PHASE_COVERAGE_WARN:
+        log.warning("%s covers %.1f%% of the PV image's extent; the other %.1f%% is filled with air",
+                    path, 100 * coverage, 100 * (1 - coverage))
     if nearest:
         return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, image.GetPixelID())
     image = sitk.Cast(image, sitk.sitkFloat32)
@@ -217,9 +322,9 @@ def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Pa
     if array.dtype == bool:
         array = array.astype(np.uint8)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Geometry.of(geometry).apply_to(sitk.GetImageFromArray(array))
-    sitk.WriteImage(image, str(path), useCompression=True)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
 
 
@@ -236,26 +341,40 @@ def check_binary_mask(labels: np.ndarray, path, name: str) -> np.ndarray:
     values = np.unique(labels)
     if not np.all(np.isin(values, (0, 1))):
         shown = values[:10].tolist()
-        raise ValueError(
-            f"{name} mask {path} has labels {shown}{'...' if values.size > 10 else ''}; expected 0/1. "
-            "If it is a label map, list it in manifest.json as \"segmentation\" with \"liver_labels\" and "
-            "\"tumor_labels\" (LiTS: liver_labels [1, 2], tumor_labels [2]); if it is 0/255, divide it by 255"
-        )
+        raise BadInputError(
+            f"{name} mask has labels {shown}{'...' if values.size > 10 else ''}; expected 0/1", path=path,
+            fix="if it is a label map, list it in manifest.json as \"segmentation\" with \"liver_labels\" and "
+                "\"tumor_labels\" (LiTS: liver_labels [1, 2], tumor_labels [2]); if it is 0/255, divide it by 255")
     return labels.astype(np.uint8)
 
 
-def read_mask(path: str | os.PathLike, case: Case, name: str = "liver") -> np.ndarray:
-    """A 0/1 mask file (e.g. a liver model's prediction) on the case's PV grid, uint8."""
+def read_mask(path: str | os.PathLike, case: Case, name: str = "liver", *, resample: bool = False) -> np.ndarray:
+    """A 0/1 mask file (e.g. a liver model's prediction) on the case's PV grid, uint8.
+
+    A mask on another grid is refused unless ``resample``.
+    """
     reference = case.geometry.apply_to(sitk.Image(list(reversed(case.shape)), sitk.sitkUInt8))
-    return check_binary_mask(_read_labels(Path(path), reference), path, name)
+    return check_binary_mask(_read_labels(Path(path), reference, resample, name), path, name)
 
 
-def _read_labels(path: Path, reference: sitk.Image) -> np.ndarray:
-    image = resample_onto(read_image(path), reference, path, nearest=True)
+def _read_labels(path: Path, reference: sitk.Image, resample: bool, name: str) -> np.ndarray:
+    image = read_image(path)
+    if not resample and not same_grid(Geometry.of(image), image.GetSize(), Geometry.of(reference), reference.GetSize()):
+        raise BadInputError(
+            f"{name} mask is on another grid (size {image.GetSize()}, spacing {_rounded(image.GetSpacing())}, origin "
+            f"{_rounded(image.GetOrigin())}) than the PV image (size {reference.GetSize()}, spacing "
+            f"{_rounded(reference.GetSpacing())}, origin {_rounded(reference.GetOrigin())})", path=path,
+            fix="give the mask on the PV grid, or allow resampling it (--resample_masks, or \"resample_masks\": true "
+                "in manifest.json)")
+    image = resample_onto(image, reference, path, nearest=True)
     labels = image_array(image, path, dtype=np.float64)
     if not np.array_equal(labels, np.round(labels)):
-        raise ValueError(f"mask {path} has non-integer values; expected integer labels (0/1 or a label map)")
+        raise BadInputError("mask has non-integer values", path=path, fix="expected integer labels (0/1 or a label map)")
     return labels.astype(np.int64)
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(float(v), 3) for v in values]
 
 
 # ----------------------------------------------------------------------------- cases
@@ -270,12 +389,11 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
     if not isinstance(source, CaseEntry):
         folder = Path(source)
         if not folder.is_dir():
-            raise FileNotFoundError(f"case folder {folder} does not exist")
+            raise MissingInputError("case folder does not exist", path=folder, fix="check the path")
         source = _entry_from_manifest(folder) or _entry_from_folder(folder, folder.name, {})
     if "pv" not in source.phases:
-        raise ValueError(
-            f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)}); PV is the target phase and is required"
-        )
+        raise BadInputError(f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)})",
+                            fix="PV is the target phase and is required")
     pv_path = source.phases["pv"]
     pv_image = read_image(pv_path)
     phases = {"pv": image_array(pv_image, pv_path)}
@@ -284,20 +402,20 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
             phases[name] = image_array(resample_onto(read_image(path), pv_image, path, nearest=False), path)
     liver = tumor = None
     if source.segmentation is not None:
-        labels = _read_labels(source.segmentation, pv_image)
+        labels = _read_labels(source.segmentation, pv_image, source.resample_masks, "segmentation")
         known = set(source.liver_labels) | set(source.tumor_labels) | {0}
         unknown = sorted(set(np.unique(labels).tolist()) - known)
         if unknown:
-            raise ValueError(
-                f"segmentation {source.segmentation} has labels {unknown} that are neither background (0) nor listed in "
-                f"liver_labels {list(source.liver_labels)} / tumor_labels {list(source.tumor_labels)}; add them to one of those lists"
-            )
+            raise BadInputError(
+                f"segmentation has labels {unknown} that are neither background (0) nor listed in liver_labels "
+                f"{list(source.liver_labels)} / tumor_labels {list(source.tumor_labels)}", path=source.segmentation,
+                fix="add them to one of those lists")
         liver = mask_from_labels(labels, source.liver_labels)
         tumor = mask_from_labels(labels, source.tumor_labels)
     if source.liver is not None:
-        liver = check_binary_mask(_read_labels(source.liver, pv_image), source.liver, "liver")
+        liver = check_binary_mask(_read_labels(source.liver, pv_image, source.resample_masks, "liver"), source.liver, "liver")
     if source.tumor is not None:
-        tumor = check_binary_mask(_read_labels(source.tumor, pv_image), source.tumor, "tumor")
+        tumor = check_binary_mask(_read_labels(source.tumor, pv_image, source.resample_masks, "tumor"), source.tumor, "tumor")
     metadata = {"tumor_type": None, "scanner": None, **dict(source.metadata), "case_id": source.case_id}
     geometry = Geometry.of(pv_image)
     return Case(phases, liver, tumor, geometry.spacing, geometry.origin, geometry.direction, metadata)
@@ -327,10 +445,11 @@ def find_image(folder: Path, stem: str) -> Path | None:
 
 def _entry_from_folder(folder: Path, case_id: str, metadata: Mapping) -> CaseEntry:
     if not folder.is_dir():
-        raise FileNotFoundError(f"case folder {folder} (case {case_id!r}) does not exist")
+        raise MissingInputError(f"case folder (case {case_id!r}) does not exist", path=folder, fix="check the path")
     phases = {p: path for p in PHASES if (path := find_image(folder, p)) is not None}
     if "pv" not in phases:
-        raise FileNotFoundError(f"case folder {folder} has no pv image (pv.nii.gz, pv.mha, pv.nrrd or a pv/ DICOM folder)")
+        raise MissingInputError("case folder has no pv image", path=folder,
+                                fix="add pv.nii.gz, pv.mha, pv.nrrd or a pv/ DICOM folder")
     return CaseEntry(case_id, phases, find_image(folder, "liver"), find_image(folder, "tumor"), metadata=dict(metadata))
 
 
@@ -348,43 +467,62 @@ def _entry_from_manifest(folder: Path) -> CaseEntry | None:
 
 
 def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
-    """Case entries of a manifest.json (paths relative to the manifest's folder).
+    """Case entries of a manifest.json (paths relative to the manifest's folder), every file checked to exist.
 
     Format: ``{"cases": [{"case_id": ..., "tumor_type": ..., "scanner": ...,
     "split": ..., <files>}, ...]}``. Files are either a case folder of our
     layout (``"folder"``, default the case id) or explicit paths:
     ``"phases": {"pv": ..., "art": ...}`` plus ``"liver"``/``"tumor"`` masks or a
     ``"segmentation"`` label map with ``"liver_labels"`` and ``"tumor_labels"``.
-    Any other key is kept as metadata.
+    ``"resample_masks": true`` (top level or per case) allows masks on another
+    grid than PV. Any other key is kept as metadata.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        raise MissingInputError("manifest does not exist", path=path, fix="check the path")
+    usage = 'expected JSON {"cases": [{"case_id": ...}, ...]}'
     try:
-        records = json.loads(path.read_text())["cases"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"manifest {path} is not valid: {error}; expected JSON {{\"cases\": [{{\"case_id\": ...}}, ...]}}") from None
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadInputError(f"manifest is not valid JSON ({error})", path=path, fix=usage) from None
+    records = content.get("cases") if isinstance(content, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise BadInputError("manifest has no list of case records under \"cases\"", path=path, fix=usage)
+    resample_default = bool(content.get("resample_masks", False))
     root = path.parent
     entries, seen = [], set()
     for i, record in enumerate(records):
         if "case_id" not in record:
-            raise ValueError(f"manifest {path}: case #{i} has no \"case_id\"")
+            raise BadInputError(f"case #{i} has no \"case_id\"", path=path, fix=usage)
         case_id = str(record["case_id"])
         if case_id in seen:
-            raise ValueError(f"manifest {path}: case id {case_id!r} appears twice")
+            raise BadInputError(f"case id {case_id!r} appears twice", path=path, fix="give every case its own id")
         seen.add(case_id)
-        file_keys = {"folder", "phases", "liver", "tumor", "segmentation", "liver_labels", "tumor_labels"}
+        file_keys = {"folder", "phases", "liver", "tumor", "segmentation", "liver_labels", "tumor_labels", "resample_masks"}
         metadata = {k: v for k, v in record.items() if k not in file_keys and k != "case_id"}
+        resample = bool(record.get("resample_masks", resample_default))
         if "phases" not in record:
-            entries.append(_entry_from_folder(root / record.get("folder", case_id), case_id, metadata))
+            entry = _entry_from_folder(root / record.get("folder", case_id), case_id, metadata)
+            entries.append(dataclasses.replace(entry, resample_masks=resample))
             continue
+        if not isinstance(record["phases"], dict):
+            raise BadInputError(f"case {case_id!r}: \"phases\" is not a mapping", path=path,
+                                fix='write "phases": {"pv": "<file>", "art": "<file>"}')
+
         def resolve(name: str | None) -> Path | None:
-            return None if name is None else root / name  # an absolute name survives the join
+            if name is None:
+                return None
+            file = root / name  # an absolute name survives the join
+            if not file.exists():
+                raise MissingInputError(f"case {case_id!r} names {file}, which does not exist", path=path,
+                                        fix="fix the path in the manifest (relative paths start at its folder)")
+            return file
 
         phases = {name: resolve(p) for name, p in record["phases"].items()}
         unknown = sorted(set(phases) - set(PHASES))
         if unknown:
-            raise ValueError(f"manifest {path}: case {case_id!r} has unknown phases {unknown}; use names from {PHASES}")
+            raise BadInputError(f"case {case_id!r} has unknown phases {unknown}", path=path,
+                                fix=f"use names from {PHASES}")
         entries.append(
             CaseEntry(
                 case_id,
@@ -395,6 +533,7 @@ def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
                 tuple(record.get("liver_labels", (1,))),
                 tuple(record.get("tumor_labels", (1,))),
                 metadata,
+                resample,
             )
         )
     return entries
@@ -427,7 +566,7 @@ def read_cohort(root: str | os.PathLike, *, channel_phases: Mapping[str, str] | 
     if root.is_file() and root.suffix == ".json":
         entries = read_manifest(root)
     elif not root.is_dir():
-        raise FileNotFoundError(f"cohort folder {root} does not exist")
+        raise MissingInputError("cohort folder does not exist", path=root, fix="check the path")
     elif (root / MANIFEST).is_file():
         entries = read_manifest(root / MANIFEST)
     elif layouts.dataset_split(root):
@@ -437,8 +576,8 @@ def read_cohort(root: str | os.PathLike, *, channel_phases: Mapping[str, str] | 
     else:
         entries = [_entry_from_folder(f, f.name, {}) for f in sorted(root.iterdir()) if f.is_dir() and find_image(f, "pv")]
     if not entries:
-        raise ValueError(
-            f"no cases found in {root}: expected a manifest.json, an nnU-Net or MSD dataset (dataset.json, imagesTr/), "
-            "LiTS files volume-N.nii with segmentation-N.nii, or case folders holding pv.nii.gz"
-        )
+        raise BadInputError(
+            "no cases found", path=root,
+            fix="expected a manifest.json, an nnU-Net or MSD dataset (dataset.json, imagesTr/), LiTS files volume-N.nii "
+                "with segmentation-N.nii, or case folders holding pv.nii.gz")
     return entries

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from paresseg_jax.data import cache, io
+from paresseg_jax.errors import BadInputError, MissingInputError
 
 
 # Bumped when a code change alters the cached arrays of an unchanged config; it is part of the resolved
@@ -240,6 +241,19 @@ def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, near
 # ----------------------------------------------------------------------------- cases and cohorts
 
 
+def registration_failure(error: RuntimeError, path) -> Exception:
+    """The user's error for a SimpleITK failure while registering the image ``path`` to PV (an empty or
+    constant image, one showing another body part); any other error is returned unchanged (a bug)."""
+    text = str(error)
+    if "SimpleITK" not in text and "sitk::ERROR" not in text:
+        return error
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = next((line for line in lines if "ERROR" in line), lines[-1]).split("): ", 1)[-1]
+    return BadInputError(f"registration to PV failed ({reason})", path=path,
+                         fix="check that the image is not empty or constant and shows the same study as PV; "
+                             "--noregister (config.data.preprocess.register=False) skips registration")
+
+
 def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None) -> dict:
     """Preprocessed arrays of one case, as keyword arguments of ``cache.write_case`` (less dir and id).
 
@@ -306,7 +320,8 @@ def preprocess_cohort(
     todo = [e for e in entries if not cache.is_cached(cache_dir, e.case_id)]
     predictions = None if config["roi_source"] == "liver" else Path(config["roi_source"])
     if predictions is not None and not predictions.is_dir():
-        raise FileNotFoundError(f"roi_source {predictions} is not a folder of liver predictions <case_id>.nii.gz")
+        raise MissingInputError("roi_source is not a folder of liver predictions <case_id>.nii.gz", path=predictions,
+                                fix="set config.data.preprocess.roi_source to 'liver' or to that folder")
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: one per CPU), got {workers}")
     workers = min(workers or min(os.cpu_count() or 1, 8), len(todo))
@@ -330,11 +345,15 @@ def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, p
     if predictions is not None:
         path = io.find_image(predictions, entry.case_id)
         if path is None:
-            raise FileNotFoundError(
-                f"no liver prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)"
-            )
+            raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
+                                    path=predictions, fix="predict the liver of every case first")
         prediction = io.read_mask(path, case)
-    cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction))
+    try:
+        prepared = preprocess_case(case, config, prediction)
+    except RuntimeError as error:
+        others = [path for name, path in entry.phases.items() if name != "pv"]
+        raise registration_failure(error, others[0] if len(others) == 1 else Path(entry.phases["pv"]).parent) from None
+    cache.write_case(cache_dir, entry.case_id, **prepared)
 
 
 def _share_cores(threads: int) -> None:

@@ -23,9 +23,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from paresseg_jax import model_io
+from paresseg_jax import model_io, preflight
 from paresseg_jax.data import io
 from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import PREDICT_OPTIONS
 from paresseg_jax.infer.overlay import overlay_montage
@@ -84,7 +85,7 @@ def evaluate_workdir(workdir: str | os.PathLike, overlays: bool = False, **info)
     workdir = Path(workdir)
     config_file = workdir / CONFIG_FILE
     if not config_file.is_file():
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; give a workdir written by paresseg-train")
+        raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     module, variables, _ = model_io.load_model(workdir)
     _, held_out = training_cases(config)
@@ -121,24 +122,25 @@ def cross_validate(
 
 
 def evaluate_folder(
-    predictions: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike | None = None
+    predictions: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike | None = None,
+    resample_masks: bool = False,
 ) -> dict:
     """Score a folder of predicted masks ``<case_id>.nii.gz`` against a cohort's tumor masks.
 
     Every case of the cohort (``paresseg_jax.data.io.read_cohort``) needs a
-    prediction; masks are resampled onto the case's PV grid if they are on
-    another. Writes ``summary.json`` into ``out`` (default: the predictions folder).
+    prediction, on the case's PV grid (on another grid only with
+    ``resample_masks``: resampled onto it). Every prediction file is found
+    before any is read. Writes ``summary.json`` into ``out`` (default: the predictions folder).
     """
     predictions = Path(predictions)
+    found = preflight.predictions(predictions, cohort)
     records = []
     for entry in io.read_cohort(cohort):
-        path = io.find_image(predictions, entry.case_id)
-        if path is None:
-            raise FileNotFoundError(f"no prediction for case {entry.case_id!r} in {predictions} (expected {entry.case_id}.nii.gz)")
         case = io.read_case(entry)
         if case.tumor is None:
-            raise ValueError(f"case {entry.case_id!r} of {cohort} has no tumor mask to score against")
-        pred = io.read_mask(path, case, "predicted tumor")
+            raise BadInputError(f"case {entry.case_id!r} has no tumor mask to score against", path=cohort,
+                                fix="give a cohort with tumor masks")
+        pred = io.read_mask(found[entry.case_id], case, "predicted tumor", resample=resample_masks)
         records.append(evaluate_case(pred, case.tumor, case.spacing_zyx, case.case_id, case.metadata.get("tumor_type")))
     out = predictions if out is None else Path(out)
     write_summary(out, records, predictions=str(predictions), cohort=str(cohort))

@@ -13,6 +13,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from paresseg_jax.atomic import atomic_path
+from paresseg_jax.errors import MissingInputError
 from paresseg_jax.workdir import read_metrics
 
 
@@ -26,7 +28,7 @@ def training_curves(workdirs: Mapping[str, str | os.PathLike], path: str | os.Pa
     loss_axes, dice_axes = figure.subplots(1, 2)
     for name, workdir in workdirs.items():
         if not (Path(workdir) / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{workdir} has no metrics.jsonl; give a workdir written by paresseg-train")
+            raise MissingInputError("has no metrics.jsonl", path=workdir, fix="give a workdir written by paresseg-train")
         records = read_metrics(workdir)
         train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and "loss" in r]
         val = [(r["step"], r.get("global_dice"), r.get("mean_dice")) for r in records if r["split"] == "val"]
@@ -65,7 +67,6 @@ def per_type_bars(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
+    return Path(path)

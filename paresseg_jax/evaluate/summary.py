@@ -23,6 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from paresseg_jax.atomic import write_text
+from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.metrics import case_metrics, overlap_metrics, summarize
 
 SUMMARY_FILE = "summary.json"
@@ -106,10 +108,8 @@ def write_summary(path: str | os.PathLike, records: Sequence[Mapping], **info) -
     path = Path(path)
     if path.suffix != ".json":
         path = path / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = {"info": info, "cases": list(records), "summary": summarize_records(records)}
-    path.write_text(json.dumps(content, indent=1, default=_json_default))
-    return path
+    return write_text(path, json.dumps(content, indent=1, default=_json_default))
 
 
 def read_summary(path: str | os.PathLike) -> dict:
@@ -117,12 +117,16 @@ def read_summary(path: str | os.PathLike) -> dict:
     path = Path(path)
     file = path if path.suffix == ".json" else path / SUMMARY_FILE
     if not file.is_file():
-        raise FileNotFoundError(
-            f"{file} does not exist; give a summary.json written by paresseg-evaluate (or the folder holding it)"
-        )
-    content = json.loads(file.read_text())
-    if "cases" not in content:
-        raise ValueError(f"{file} is not a paresseg summary (no 'cases'); was it written by paresseg-evaluate?")
+        raise MissingInputError("does not exist", path=file,
+                                fix="give a summary.json written by paresseg-evaluate (or the folder holding it)")
+    try:
+        content = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadInputError(f"is not valid JSON ({error})", path=file,
+                            fix="give a summary.json written by paresseg-evaluate") from None
+    if not isinstance(content, dict) or not isinstance(content.get("cases"), list):
+        raise BadInputError("is not a paresseg summary (no list of 'cases')", path=file,
+                            fix="give a summary.json written by paresseg-evaluate")
     return content
 
 

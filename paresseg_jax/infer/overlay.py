@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from paresseg_jax.atomic import atomic_path
+
 PREDICTION_COLOR = "red"
 GROUND_TRUTH_COLOR = "lime"
 
@@ -76,7 +78,6 @@ def overlay_montage(
     figure.legend(handles=legend, loc="outside lower center", ncol=len(legend), frameon=False)
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp)
+    return Path(path)

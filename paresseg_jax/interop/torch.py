@@ -18,6 +18,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from paresseg_jax.atomic import atomic_path
+from paresseg_jax.errors import BadInputError, MissingInputError
+
 # Reference class name -> our registered model name.
 ARCHITECTURES = {"RESNET_phase_att": "paresseg", "RESNET_2D": "resseg"}
 # The key that starts each architecture's state_dict (its stem's first conv).
@@ -304,16 +307,17 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict:
     import torch
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
+        raise MissingInputError("no PyTorch checkpoint here", path=path, fix="give the .pth file's path")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         if "Unsupported global" in str(error):
-            raise ValueError(
+            raise BadInputError(
                 f"{path} pickles Python objects (e.g. a whole model) whose loading would run arbitrary code; "
                 f"refused. If you trust the file, re-save only its weights where its code is importable: "
-                f"torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pth')") from error
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (torch.load failed, see above)") from error
+                f"torch.save(torch.load(path, weights_only=False).state_dict(), 'weights.pth')") from None
+        raise BadInputError(f"not a readable PyTorch checkpoint ({type(error).__name__}: {str(error).strip()[:200]})",
+                            path=path, fix="give a .pth written by torch.save(model.state_dict(), ...)") from None
     return unwrap_state_dict(checkpoint)
 
 
@@ -324,8 +328,12 @@ def torch_checkpoint_to_saved_model(checkpoint: str | os.PathLike, output: str |
     from paresseg_jax import model_io
 
     state_dict = load_torch_checkpoint(checkpoint)
-    spec = spec_from_state_dict(state_dict, arch)
-    variables = from_torch_state_dict(state_dict, arch)
+    try:
+        spec = spec_from_state_dict(state_dict, arch)
+        variables = from_torch_state_dict(state_dict, arch)
+    except ValueError as error:
+        raise BadInputError(f"not a reference checkpoint this converter knows: {error}", path=checkpoint,
+                            fix="give a RESNET_phase_att / RESNET_2D state_dict, or --arch") from None
     variables["params"] = _tree_map(lambda a: a.astype(np.float32), variables["params"])
     variables["batch_stats"] = _tree_map(
         lambda a: a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32), variables["batch_stats"])
@@ -342,10 +350,13 @@ def saved_model_to_torch_checkpoint(model_dir: str | os.PathLike, output: str | 
     from paresseg_jax import model_io
 
     _, variables, spec = model_io.load_model(model_dir)
-    state_dict = to_torch_state_dict(variables, arch_from_spec(spec))
+    try:
+        state_dict = to_torch_state_dict(variables, arch_from_spec(spec))
+    except ValueError as error:
+        raise BadInputError(str(error), path=model_dir, fix="only ResSeg and PA-ResSeg models convert") from None
     output = pathlib.Path(output).absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, output)
+    with atomic_path(output) as tmp:
+        torch.save(state_dict, tmp)
     return output
 
 

@@ -13,10 +13,14 @@ and atomic: orbax writes into a ``<step>.orbax-checkpoint-tmp-*`` folder and
 renames it when complete, so a run killed mid-save leaves a temporary folder
 that is never listed as a step (and is removed on the next start).
 Kept: the latest ``keep`` steps plus the best by validation global Dice.
+A resumed run starts from the newest step that restores; a damaged one is
+set aside with a warning (`Checkpoints.restore_newest_readable`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +29,9 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from paresseg_jax.data.pipeline import ITERATOR_ITEM, iterator_restore_args, iterator_save_args
+from paresseg_jax.errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
@@ -76,14 +83,41 @@ class Checkpoints:
                 META_ITEM: ocp.args.JsonRestore(),
             }
         )
-        try:
-            restored = self.manager.restore(step, args=args)
-        except Exception as error:
-            raise RuntimeError(
-                f"cannot restore checkpoint step {step} from {self.directory}: {error}. If the model or "
-                "data config changed since it was written, train in a new --workdir"
-            ) from error
+        restored = self.manager.restore(step, args=args)
         return restored[STATE_ITEM], dict(restored[META_ITEM])
+
+    def restore_newest_readable(self, abstract_state, iterator) -> tuple[int, object, dict] | None:
+        """``(step, state, meta)`` of the newest checkpoint that restores, or None when there is none.
+
+        A damaged step (a disk error, a file cut short by a full disk) is set
+        aside as ``<step>.damaged`` with a warning naming it and the step used
+        instead, so the run continues from the newest good state and its later
+        saves do not collide with the damaged step's number.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                state, meta = self.restore(step, abstract_state, iterator)
+            except Exception as error:  # orbax and tensorstore raise many types for a damaged step
+                failures.append((step, error))
+                continue
+            for bad, error in failures:
+                aside = self.directory / f"{bad}.damaged"
+                with contextlib.suppress(FileNotFoundError):  # another process (shared disk) was first
+                    os.replace(self.directory / str(bad), aside)
+                log.warning("checkpoint step %d in %s cannot be restored (%s: %s); set aside as %s, resuming from "
+                            "step %d", bad, self.directory, type(error).__name__, _first_line(error), aside, step)
+            if failures:
+                self.manager.reload()
+            return step, state, meta
+        if failures:
+            step, error = failures[0]
+            raise BadInputError(
+                f"none of the checkpoints {steps} can be restored (step {step}: {type(error).__name__}: "
+                f"{_first_line(error)})", path=self.directory,
+                fix="if the model or data config changed since they were written, train in a new --workdir")
+        return None
 
     def wait(self) -> None:
         """Block until pending async saves are committed."""
@@ -91,6 +125,11 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def abstract_like(state, sharding):

@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from paresseg_jax import losses, model_io, models
+from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data import splits
 from paresseg_jax.data.pipeline import LiverSliceSource, make_train_loader
@@ -148,7 +149,7 @@ def num_train_steps(config, train_cases) -> int:
 
 def _write_config(config, workdir: Path) -> None:
     if jax.process_index() == 0:
-        (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1, default=list))
+        write_text(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1, default=list))
 
 
 def _export(workdir: Path, name: str, config, host_variables) -> None:
@@ -195,16 +196,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     iterator = iter(loader)
     checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, train.keep_checkpoints)
     meta = {"best_global_dice": None, "best_step": None}
-    start = checkpoints.latest_step()
-    if start is None:
+    # A checkpoint holds every value: its layout is all we need, so nothing is initialised or compiled
+    # (PA-ResSeg's init compiles for 4-9 s on a 2-core CPU).
+    shapes = jax.eval_shape(lambda v: create_train_state(v, tx, config.seed), models.variable_shapes(module))
+    resumed = checkpoints.restore_newest_readable(abstract_like(shapes, parallel.replicated), iterator)
+    if resumed is None:
         state = parallel.put_state(create_train_state(initial_variables(config, module), tx, config.seed))
         start = 0
     else:
-        # The checkpoint holds every value: its layout is all we need, so nothing is initialised or compiled
-        # (PA-ResSeg's init compiles for 4-9 s on a 2-core CPU).
-        shapes = jax.eval_shape(lambda v: create_train_state(v, tx, config.seed), models.variable_shapes(module))
-        abstract_state = abstract_like(shapes, parallel.replicated)
-        restored, meta = checkpoints.restore(start, abstract_state, iterator)
+        start, restored, meta = resumed
         state = parallel.put_state(restored)
         if is_main:
             log.info("resumed from %s step %d", checkpoints.directory, start)

@@ -5,7 +5,8 @@ easy to read back for plots and reports; the same scalars go to TensorBoard
 under ``<split>/<name>``. Other processes get a writer that does nothing, so
 the loop never branches on the process index. A resumed run writes again the
 steps after its checkpoint, so what an interrupted run logged past it is
-dropped first (from the JSON lines, and purged from TensorBoard).
+dropped first (from the JSON lines, with a line torn by the kill, and purged
+from TensorBoard).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import jax
 
-from paresseg_jax.workdir import METRICS_FILE, TENSORBOARD_DIR
-
+from paresseg_jax.atomic import write_text
+from paresseg_jax.workdir import METRICS_FILE, TENSORBOARD_DIR, read_metrics
 
 
 class MetricsWriter:
@@ -31,11 +32,8 @@ class MetricsWriter:
 
             path = Path(workdir) / METRICS_FILE
             if path.is_file():
-                kept = [line for line in path.read_text().splitlines(keepends=True)
-                        if line.strip() and json.loads(line)["step"] <= resume_step]
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(kept))
-                tmp.replace(path)
+                kept = [record for record in read_metrics(workdir) if record["step"] <= resume_step]
+                write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
             self._file = open(path, "a", buffering=1)
             self._board = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), purge_step=resume_step + 1)
 

@@ -1,0 +1,135 @@
+"""Checks of a command's inputs and outputs before any work: paths, headers and output locations.
+
+They read no voxels and import no jax, so a launcher runs them first and a
+wrong path, a file that is no image, or an output that cannot be written
+fails in a second, not after minutes of reading, compiling and computing
+(and not after half of the outputs were written).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from paresseg_jax.data import io
+from paresseg_jax.errors import MissingInputError, OutputError
+
+# Single-file formats: written under a temporary name and renamed whole (MHD/NHDR would leave a data
+# file named after the temporary).
+IMAGE_OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def existing(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it exists, else a MissingInputError naming the flag or role ``what``."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"{what} does not exist", path=path, fix="check the path")
+    return path
+
+
+def image(path: str | os.PathLike, what: str) -> Path:
+    """An image file or DICOM folder whose header reads as a 3D scalar volume."""
+    existing(path, what)
+    io.read_image_header(path)
+    return Path(path)
+
+
+def output_file(path: str | os.PathLike, what: str, suffixes: Sequence[str] | None = None, *,
+                overwrite: bool = True) -> Path:
+    """A file path the command can create (its folder exists or can be made, and is writable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} is an existing folder", path=path, fix="give a file name")
+    if suffixes is not None and not path.name.lower().endswith(tuple(suffixes)):
+        raise OutputError(f"{what} has an unsupported file type", path=path,
+                          fix=f"end the name with one of {', '.join(suffixes)}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{what} exists", path=path, fix="remove it, choose another name, or pass --overwrite")
+    _writable_folder(path.parent, what, path)
+    return path
+
+
+def output_folder(path: str | os.PathLike, what: str, *, overwrite: bool = True) -> Path:
+    """A folder the command can create or fill; a non-empty one only with ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} is an existing file", path=path, fix="give a folder name")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise OutputError(f"{what} is a folder that is not empty", path=path,
+                          fix="give a new or empty folder, or pass --overwrite to replace it")
+    _writable_folder(path.parent, what, path)
+    return path
+
+
+def _writable_folder(folder: Path, what: str, target: Path) -> None:
+    """The first existing ancestor of ``folder`` must be a writable folder (the rest can be made)."""
+    ancestor = folder.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create {what}: {ancestor} is a file, not a folder", path=target,
+                          fix="choose another location")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot create {what}: no permission to write in {ancestor}", path=target,
+                          fix="choose a location you can write to")
+
+
+def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model: str | os.PathLike,
+               out: str | os.PathLike, *, liver_model=None, liver=None, gt=None, prob_out=None,
+               overlay_out=None) -> None:
+    """Every path of one ``predict_files`` call: images readable, model folders present, outputs writable and
+    distinct (one output over another, or over an input, would leave a file that is neither)."""
+    from paresseg_jax import model_io
+
+    for name, path in phase_paths.items():
+        if path is not None:
+            image(path, f"the {name.upper()} image (--{name})")
+    for path, what in ((liver, "the liver mask (--liver)"), (gt, "the ground-truth mask (--gt)")):
+        if path is not None:
+            image(path, what)
+    for path in (model, liver_model):
+        if path is not None:
+            model_io.resolve_model_dir(existing(path, "the model folder"))
+    outputs = [(out, "the mask output (--out)", IMAGE_OUTPUT_SUFFIXES),
+               (prob_out, "the probability output (--prob)", IMAGE_OUTPUT_SUFFIXES),
+               (overlay_out, "the overlay output (--overlay)", FIGURE_SUFFIXES)]
+    given = [(Path(p).absolute(), what) for p, what, _ in outputs if p is not None]
+    inputs = {Path(p).absolute() for p in (*phase_paths.values(), liver, gt) if p is not None}
+    for path, what in given:
+        if path in inputs:
+            raise OutputError(f"{what} would overwrite an input", path=path, fix="write the output elsewhere")
+        if sum(path == other for other, _ in given) > 1:
+            raise OutputError(f"{what} is given for two outputs", path=path, fix="give each output its own name")
+    for path, what, suffixes in outputs:
+        if path is not None:
+            output_file(path, what, suffixes)
+
+
+def training(config, workdir: str | os.PathLike) -> None:
+    """A training run's workdir location, cohort (manifest and every file it names) or cache, and
+    ``init_from`` model, before jax starts or preprocessing reads a volume."""
+    from paresseg_jax import model_io
+
+    output_folder(workdir, "the workdir (--workdir)")
+    data = config.data
+    if data.get("cohort_dir"):
+        io.read_cohort(existing(data.cohort_dir, "the cohort (config.data.cohort_dir)"))
+    elif data.get("cache_dir"):
+        existing(data.cache_dir, "the preprocessed cache (config.data.cache_dir)")
+    if config.train.get("init_from"):
+        model_io.resolve_model_dir(existing(config.train.init_from, "the initial model (config.train.init_from)"))
+
+
+def predictions(folder: str | os.PathLike, cohort: str | os.PathLike) -> dict[str, Path]:
+    """``case_id -> predicted mask file`` for every case of ``cohort``; a missing one is an error before any is read."""
+    folder = existing(folder, "the predictions folder (--predictions)")
+    entries = io.read_cohort(existing(cohort, "the cohort (--cohort)"))
+    found = {entry.case_id: io.find_image(folder, entry.case_id) for entry in entries}
+    for case_id, path in found.items():
+        if path is None:
+            raise MissingInputError(f"no prediction for case {case_id!r} (expected {case_id}.nii.gz)", path=folder,
+                                    fix="predict every case of the cohort, or score a cohort that holds only the "
+                                    "predicted cases")
+    return found

@@ -79,7 +79,7 @@ overrides = {{ "model.fusion" = "{block}" }}
 
 
 def _command(name: str, *args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(BIN / name), *args], cwd=cwd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:

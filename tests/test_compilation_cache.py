@@ -32,7 +32,7 @@ def test_cache_dir_choice():
 def _run(env_extra):
     env = {k: v for k, v in os.environ.items() if k not in (compilation_cache.ENV, "JAX_COMPILATION_CACHE_DIR")}
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, **env_extra}, capture_output=True,
-                            text=True, timeout=120)
+                            encoding="utf-8", errors="replace", timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.split()
 

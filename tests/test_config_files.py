@@ -37,6 +37,6 @@ def test_config_flag_takes_a_name_and_overrides():
     script = ("import sys; from absl import flags; from paresseg_jax import cli; config = cli.define_config_flag('help'); "
               "flags.FLAGS(sys.argv); print(config.value.model.width, config.value.train.num_steps)")
     result = subprocess.run([sys.executable, "-c", script, "--config=smoke", "--config.train.num_steps=7"],
-                            capture_output=True, text=True, cwd="/", timeout=120)
+                            capture_output=True, encoding="utf-8", errors="replace", cwd="/", timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["4", "7"]

@@ -18,7 +18,7 @@ SCRIPT = ("import os, sys; from paresseg_jax import huge_pages; huge_pages.resta
 def _run(env_extra):
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", huge_pages.OPT_OUT)}
     result = subprocess.run([sys.executable, "-c", SCRIPT, "--flag=1", "x"], cwd=REPO, env={**env, **env_extra},
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()
 
@@ -52,7 +52,7 @@ def test_a_cpu_train_step_built_without_the_setting_warns_once_saying_how_to_set
     env["JAX_PLATFORMS"] = "cpu"
     for extra, warnings in (({}, 1), ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, 0), ({huge_pages.OPT_OUT: "0"}, 0)):
         result = subprocess.run([sys.executable, "-c", BUILD_STEPS], cwd=REPO, env={**env, **extra},
-                                capture_output=True, text=True, timeout=120)
+                                capture_output=True, encoding="utf-8", errors="replace", timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stderr.count("without glibc's huge-page malloc") == warnings, (extra, result.stderr)
         if warnings:

@@ -100,7 +100,7 @@ def _series_uid(folder: Path) -> str:
 def _import(*args) -> subprocess.CompletedProcess:
     """The console script as a user runs it."""
     script = Path(sys.executable).with_name("paresseg-import-dicom")
-    return subprocess.run([str(script), *args], check=False, capture_output=True, text=True, timeout=120,
+    return subprocess.run([str(script), *args], check=False, capture_output=True, encoding="utf-8", errors="replace", timeout=120,
                           env={**os.environ, "PARESSEG_HUGE_PAGES": "0"})
 
 

@@ -53,12 +53,12 @@ def test_every_source_file_is_installed(site):
 def test_console_script_and_built_in_configs_run_from_the_install(site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site), "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
     result = subprocess.run([str(site / "bin" / "paresseg-train"), "--help"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert result.stdout.startswith("paresseg-train: train one experiment"), result.stderr
     assert "--workdir:" in result.stdout
     where = ("import paresseg_jax_launch.train, paresseg_jax.config_files as c; "
              "print(paresseg_jax_launch.train.__file__); print(c.resolve('smoke')); print(c.load('smoke').model.width)")
-    result = subprocess.run([sys.executable, "-c", where], cwd=tmp_path, env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", where], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace",
                             timeout=120)
     launcher, smoke, width = result.stdout.split()
     assert Path(launcher).is_relative_to(site) and Path(smoke) == site / "paresseg_jax_configs" / "smoke.py", result.stderr

@@ -3,6 +3,7 @@
     paresseg-bench --model=paresseg --batch=2 --size=224 --slices=4 --compare_torch --json=bench.json
     paresseg-bench --parts=train --dtypes=float32 --batch=2 --conv_impls=direct,xla --compare_torch   # CPU convs
     paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
+    PYTHONPATH=tests paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
 
@@ -26,7 +27,8 @@ from paresseg_jax import cli
 from paresseg_jax.atomic import write_text
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
-PARTS = ("train", "infer", "pipeline")
+PARTS = ("train", "infer", "pipeline", "study")
+DEFAULT_PARTS = ("train", "infer", "pipeline")
 BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default
 FLAGS = flags.FLAGS
 
@@ -38,11 +40,13 @@ def _define_flags():
     flags.DEFINE_integer("batch", 8, "train batch size (the paper's is 8)")
     flags.DEFINE_integer("size", 224, "train patch size")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes of the JAX train step")
-    flags.DEFINE_list("parts", list(PARTS), f"what to measure, among {PARTS}")
+    flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"what to measure, among {PARTS} (study: paresseg-predict on a "
+                      "phantom study of --slice_size and --study_slices, wall time and peak memory)")
     flags.DEFINE_integer("repeats", 5, "timed calls per variant (median reported)")
     flags.DEFINE_integer("warmup", 1, "untimed calls per variant after compilation")
     flags.DEFINE_integer("slices", 60, "slices of the inference volume (times are scaled to 60 slices)")
     flags.DEFINE_integer("slice_size", 512, "in-plane size of the inference volume")
+    flags.DEFINE_integer("study_slices", 60, "slices of the study of --parts=study")
     flags.DEFINE_integer("infer_batch", 4, "slices or tiles per inference batch (must divide --slices)")
     flags.DEFINE_integer("tile", 224, "overlap-tile size")
     flags.DEFINE_integer("stride", 112, "overlap-tile stride")
@@ -110,12 +114,19 @@ def _pipeline(batch: int, size: int) -> list[dict]:
 def _add_ratios(rows: list[dict]) -> None:
     """JAX/torch speed ratio on each JAX row that has a torch row of the same part (torch: float32, whole slices),
     and on pipeline rows the ratio of patches/s to the fastest JAX train step's samples/s."""
+    from paresseg_jax.benchmarks.infer import VOLUME_SLICES
+
     jax_train = [r["samples_per_s"] for r in rows if r["part"] == "train" and r.get("variant", "").startswith("jax")]
     for row in rows:
         if row["part"] == "pipeline" and jax_train:
             # > 1: the loader delivers more patches than the fastest JAX train step consumes.
             row["vs_train_step"] = row["patches_per_s"] / max(jax_train)
         if not row.get("variant", "").startswith("jax"):
+            continue
+        if row["part"] == "study":  # a whole study beside the oracle's whole-slice time for as many slices
+            for other in rows:
+                if other["part"] == "volume" and other.get("variant") == "torch":
+                    row["vs_torch"] = other["volume_s"] * row["slices"] / VOLUME_SLICES / row["volume_s"]
             continue
         key = "step_s" if row["part"] == "train" else "slices_per_s"
         for other in rows:
@@ -138,7 +149,7 @@ def _print_profiles(rows: list[dict]) -> None:
 def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
-               ("patches_per_s", "{:.1f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
+               ("patches_per_s", "{:.1f}"), ("peak_gb", "{:.2f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
                ("vs_torch", "{:.2f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}")]
     for row in rows:
         if peak_tflops and row.get("gflops"):
@@ -184,6 +195,10 @@ def main(argv):
                                       FLAGS.tile, FLAGS.stride, FLAGS.repeats, FLAGS.warmup, torch_model)
     if "pipeline" in FLAGS.parts:
         rows += _pipeline(FLAGS.batch, FLAGS.size)
+    if "study" in FLAGS.parts:
+        from paresseg_jax.benchmarks import study
+
+        rows += study.benchmark_study(spec, variables, FLAGS.slice_size, FLAGS.study_slices)
     _add_ratios(rows)
     device = jax.devices()[0]
     tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by paresseg_jax.huge_pages unless opted out
@@ -199,7 +214,7 @@ def main(argv):
                                             "host": platform.node()},
                   "jax": jax.__version__, "torch": oracle, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
-                      "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls")},
+                      "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls", "study_slices")},
                   "rows": rows}
         write_text(FLAGS.json, json.dumps(record, indent=1))
 

@@ -6,6 +6,8 @@
     paresseg-evaluate --run single=runs/cv_single --run paresseg=runs/cv_paresseg --figures=report/
     # a folder of predicted masks <case_id>.nii.gz against a cohort's ground truth
     paresseg-evaluate --predictions=preds/ --cohort=data/cohort
+    # paresseg-predict's label maps (an ensemble's too): its summary.json is a run, or score the folder again
+    paresseg-evaluate --run ensemble=preds/ --run single=other_preds/
 
 A run is a summary.json, a folder holding one, or a paresseg-train workdir
 (then its best model is scored on its validation fold first). Every path is
@@ -23,7 +25,10 @@ _CONFIG = cli.define_config_flag("experiment config (built-in name or file path)
 _WORKDIR = flags.DEFINE_string("workdir", None, "cross-validation workdir (fold_k/ subfolders, summary.json)")
 _FOLDS = flags.DEFINE_list("folds", None, "only these folds (default: all config.data.num_folds)")
 _RUNS = flags.DEFINE_multi_string("run", [], "NAME=PATH of a finished run (summary.json, its folder, or a workdir)")
-_PREDICTIONS = flags.DEFINE_string("predictions", None, "folder of predicted tumor masks <case_id>.nii.gz to score")
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "folder of predicted tumor masks or label maps "
+                                   "<case_id>.nii.gz to score")
+_TUMOR_LABEL = flags.DEFINE_integer("tumor_label", None, "label of tumor in the --predictions (default: the one "
+                                    "paresseg-predict's summary.json there names, 2; else 1, a 0/1 tumor mask)")
 _COHORT = flags.DEFINE_string("cohort", None, "cohort with the ground truth for --predictions")
 _METRIC = flags.DEFINE_string("metric", "dice", "per-case metric of the paired t-test")
 _FIGURES = flags.DEFINE_string("figures", None, "folder for the figures (per-type bars, training curves)")
@@ -36,7 +41,10 @@ def _load_run(path: Path) -> dict:
     from paresseg_jax.evaluate import crossval, summary
 
     if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
-        return summary.read_summary(path)
+        content = summary.read_summary(path)
+        if content["summary"] is None:
+            raise app.UsageError(f"{path}: no case of this run was scored (its cohort has no tumor masks)")
+        return content
     return crossval.evaluate_workdir(path, _OVERLAYS.value)
 
 
@@ -83,7 +91,8 @@ def main(argv):
         paths[name] = Path(_WORKDIR.value)
     if _PREDICTIONS.value:
         name = Path(_PREDICTIONS.value).name
-        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, resample_masks=_RESAMPLE_MASKS.value)
+        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, resample_masks=_RESAMPLE_MASKS.value,
+                                              tumor_label=_TUMOR_LABEL.value)
         paths[name] = Path(_PREDICTIONS.value)
     for name, path in named_runs:
         runs[name], paths[name] = _load_run(Path(path)), Path(path)

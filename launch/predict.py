@@ -1,16 +1,23 @@
-"""paresseg-predict: segment the liver tumors of one multi-phase CT study.
+"""paresseg-predict: segment the liver tumors of multi-phase CT studies.
 
+    # one study: a 0/1 tumor mask
     paresseg-predict --pv PV --art ART --model MODEL --out mask.nii.gz \\
         [--liver_model LIVER_MODEL | --liver liver.nii.gz] [--prob prob.nii.gz] \\
-        [--overlay overlay.png] [--gt tumor.nii.gz]
+        [--overlay overlay.png] [--gt tumor.nii.gz] [--dicom_seg seg.dcm]
+    # a cohort or folder of studies: DIR/<case_id>.nii.gz label maps (0 background, 1 liver, 2 tumor)
+    paresseg-predict --input COHORT --output DIR --model MODEL [--liver_model LIVER_MODEL] [--save_probabilities] \\
+        [--output_format dicom_seg]
 
-PV/ART: NIfTI (or MHA/NRRD) files or DICOM series folders. MODEL: a
-``paresseg-train`` workdir or a saved model (also a converted PyTorch
-checkpoint). Outputs are written in the PV image's geometry, all together at
-the end, whole or not at all. Every input and output path is checked first,
-then the models (spec against weights, phases against the images given),
-before any image is read. Masks (--liver, --gt) must be on the PV grid
-unless --resample_masks is given.
+PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
+one per phase the model uses. MODEL: a ``paresseg-train`` workdir, a saved
+model (also a converted PyTorch checkpoint) or a cross-validation workdir
+(its fold_* models); --model repeated or a cross-validation workdir averages
+the models' probabilities. COHORT: a manifest.json cohort, LiTS files, or a
+folder of case folders holding pv.nii.gz (and art, nc, dl, liver, tumor).
+Outputs are written in the PV image's geometry, whole or not at all (one
+study's all together at the end). Every input and output path is checked
+first, then the models, before any image is read. Masks (--liver, --gt) must
+be on the PV grid unless --resample_masks is given.
 """
 
 import json
@@ -18,16 +25,27 @@ import json
 from absl import app, flags
 
 from paresseg_jax import cli, preflight
+from paresseg_jax.data import io
 
-_PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder", required=True)
+_PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder")
 _ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models")
-_MODEL = flags.DEFINE_string("model", None, "tumor model: paresseg-train workdir or saved-model folder", required=True)
-_LIVER_MODEL = flags.DEFINE_string("liver_model", None, "liver model (single-phase PV ResSeg) whose dilated mask is the ROI")
+_PHASE = flags.DEFINE_multi_string("phase", [], f"NAME=PATH image of any phase the model uses ({', '.join(io.PHASES)})")
+_MODEL = flags.DEFINE_multi_string("model", None, "tumor model: paresseg-train workdir, saved-model folder or "
+                                   "cross-validation workdir; repeat for an ensemble", required=True)
+_LIVER_MODEL = flags.DEFINE_multi_string("liver_model", [], "liver model (single-phase PV ResSeg) whose dilated mask "
+                                         "is the ROI; repeat (or a cross-validation workdir) for an ensemble")
 _LIVER = flags.DEFINE_string("liver", None, "liver mask file to take the ROI from instead of a liver model")
-_OUT = flags.DEFINE_string("out", None, "tumor mask to write (e.g. mask.nii.gz)", required=True)
-_PROB = flags.DEFINE_string("prob", None, "also write the tumor probability map here")
-_OVERLAY = flags.DEFINE_string("overlay", None, "also write a PNG montage of the slices with tumor here")
-_GT = flags.DEFINE_string("gt", None, "ground-truth tumor mask: printed metrics, drawn in green on the overlay")
+_OUT = flags.DEFINE_string("out", None, "one study: tumor mask to write (e.g. mask.nii.gz)")
+_PROB = flags.DEFINE_string("prob", None, "one study: also write the tumor probability map here")
+_OVERLAY = flags.DEFINE_string("overlay", None, "one study: also write a PNG montage of the slices with tumor here")
+_GT = flags.DEFINE_string("gt", None, "one study: ground-truth tumor mask: printed metrics, drawn in green on the overlay")
+_INPUT = flags.DEFINE_string("input", None, "a cohort or folder of studies to segment (needs --output)")
+_OUTPUT = flags.DEFINE_string("output", None, "folder for <case_id>.nii.gz label maps and summary.json (with --input)")
+_SAVE_PROB = flags.DEFINE_boolean("save_probabilities", False, "with --input: also write <case_id>_tumor_prob.nii.gz")
+_FORMAT = flags.DEFINE_enum("output_format", "nifti", ["nifti", "dicom_seg"], "with --input: label maps as "
+                            "<case_id>.nii.gz, or as <case_id>.dcm DICOM-SEGs (every PV a DICOM series folder)")
+_DICOM_SEG = flags.DEFINE_string("dicom_seg", None, "one study: also write liver and tumor as a DICOM-SEG here "
+                                 "(--pv must be a DICOM series folder; needs the .[dicom] extra)")
 _MODE = flags.DEFINE_enum("mode", None, ["full", "tile"], "full slices (reference code) or overlap tiles (paper)")
 _TILE = flags.DEFINE_integer("tile", None, "overlap-tile size in pixels")
 _STRIDE = flags.DEFINE_integer("stride", None, "overlap-tile stride in pixels")
@@ -35,33 +53,79 @@ _WEIGHTING = flags.DEFINE_enum("weighting", None, ["pyramid", "gaussian", "const
 _TTA = flags.DEFINE_boolean("tta", None, "average over flipped inputs")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "tumor if probability > threshold")
 _BATCH = flags.DEFINE_integer("batch_size", None, "slices or tiles per forward pass")
+_BATCH_PIXELS = flags.DEFINE_integer("batch_pixels", None, "at most this many pixels per forward pass (0: 512 x 512 "
+                                     "on a CPU, which bounds host memory; no cap on GPUs)")
+_CONV = flags.DEFINE_enum("conv_impl", None, ["direct", "fast"], "CPU convolutions: direct (default) or fast "
+                          "(Winograd: ~14% less time, ~0.9 GB more memory per 512 x 512 slice at width 64)")
 _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
-_REGISTER = flags.DEFINE_boolean("register", None, "register ART to PV (default: as the model was trained)")
+_REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
-             "threshold": _THRESHOLD, "batch_size": _BATCH, "crop_to_roi": _CROP, "roi_margin": _MARGIN}
+             "threshold": _THRESHOLD, "batch_size": _BATCH, "batch_pixels": _BATCH_PIXELS, "conv_impl": _CONV,
+             "crop_to_roi": _CROP,
+             "roi_margin": _MARGIN}
+_SINGLE_STUDY = {"pv": _PV, "art": _ART, "phase": _PHASE, "liver": _LIVER, "out": _OUT, "prob": _PROB,
+                 "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG}
+
+
+def phase_paths() -> dict:
+    """--pv, --art and every --phase NAME=PATH as one mapping."""
+    paths = {"pv": _PV.value, "art": _ART.value}
+    for spec in _PHASE.value:
+        name, sep, path = spec.partition("=")
+        name = name.strip().lower()
+        if not sep or not path:
+            raise app.UsageError(f"--phase {spec!r}: write NAME=PATH, e.g. --phase nc=study/nc.nii.gz")
+        if name not in io.PHASES:
+            raise app.UsageError(f"--phase {spec!r}: unknown phase {name!r}; phases are {', '.join(io.PHASES)}")
+        if paths.get(name) is not None:
+            raise app.UsageError(f"phase {name!r} is given twice")
+        paths[name] = path
+    return paths
 
 
 def main(argv):
     del argv
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
-    paths = dict(phase_paths={"pv": _PV.value, "art": _ART.value}, model=_MODEL.value, out=_OUT.value,
-                 liver_model=_LIVER_MODEL.value, liver=_LIVER.value, gt=_GT.value, prob_out=_PROB.value,
-                 overlay_out=_OVERLAY.value)
-    preflight.prediction(**paths)  # before importing jax: a wrong path fails at once
-    from paresseg_jax.infer import study
+    if _INPUT.value is not None:
+        given = [f"--{name}" for name, flag in _SINGLE_STUDY.items() if flag.value not in (None, [])]
+        if not _OUTPUT.value or given:
+            raise app.UsageError("--input segments a folder of studies into --output; "
+                                 + (f"{', '.join(given)} are for one study" if given else "give --output"))
+    elif not _PV.value or not (_OUT.value or _DICOM_SEG.value):
+        raise app.UsageError("give --pv (and the model's other phases) and --out (or --dicom_seg) for one study, "
+                             "or --input and --output for a folder of studies")
+    single = dict(liver=_LIVER.value, gt=_GT.value, prob_out=_PROB.value, overlay_out=_OVERLAY.value,
+                  dicom_seg_out=_DICOM_SEG.value)
+    if _INPUT.value is None:  # before importing jax: a wrong path fails at once
+        preflight.prediction(phase_paths(), _MODEL.value, _OUT.value, liver_model=_LIVER_MODEL.value, **single)
+    else:
+        io.read_cohort(preflight.existing(_INPUT.value, "the studies (--input)"))
+        preflight.output_folder(_OUTPUT.value, "the output folder (--output)")
+        preflight.models(_MODEL.value)
+        preflight.models(_LIVER_MODEL.value, "the liver model folder")
+    from paresseg_jax.infer import folder, study
 
     eval_config = {k: f.value for k, f in _SETTINGS.items() if f.value is not None}
-    preprocess_config = None  # the training run's, or the defaults
+    segmenter = study.Segmenter.load(_MODEL.value, _LIVER_MODEL.value or None, eval_config)
     if _REGISTER.value is not None:
-        trained = study.training_config(_MODEL.value) or {}
-        preprocess_config = {**(trained.get("data", {}).get("preprocess") or {}), "register": _REGISTER.value}
-    report = study.predict_files(**paths, eval_config=eval_config, preprocess_config=preprocess_config,
-                                 resample_masks=_RESAMPLE_MASKS.value)
+        segmenter = segmenter.with_registration(_REGISTER.value)
+    if _INPUT.value is not None:
+        summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
+                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value)
+        for record in summary["cases"]:
+            print(folder.case_line(record))
+        if summary["summary"] is not None:
+            overall = summary["summary"]["all"]
+            print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
+                  "scored cases")
+        print(f"{len(summary['cases'])} label maps and summary.json in {_OUTPUT.value}")
+        return
+    report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value)
     print(json.dumps(report, indent=1, default=str))
 
 

@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.stride = 112  # overlap-tile step (pixels, <= tile)
     config.eval.weighting = "pyramid"  # overlap-tile blending: "pyramid" | "gaussian" (nnU-Net) | "constant"
     config.eval.batch_size = 8  # slices or tiles per forward pass (fixed shape: one compile)
+    config.eval.batch_pixels = 0  # at most this many pixels per pass (0: 512 x 512 on a CPU, bounding host memory; no cap on GPUs)
+    config.eval.conv_impl = "direct"  # CPU convolutions at inference: "direct" or "fast" (Winograd: less time, more memory)
     config.eval.tta = False  # average over flips along H, W and both
     config.eval.pad_multiple = 32  # full mode pads slices to a multiple of the network's downsampling
     config.eval.crop_to_roi = True  # with a liver ROI, compute only its bounding box (+ roi_margin pixels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ from paresseg_jax.workdir import EXPORTED_MODELS
 
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
+FOLD_PATTERN = re.compile(r"fold_(\d+)$")  # cross-validation workdirs: paresseg_jax.evaluate.crossval
 
 
 def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapping) -> Path:
@@ -66,6 +68,19 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise MissingInputError(
         f"holds no saved model ({SPEC_FILE})", path=path,
         fix="pass a folder written by paresseg-train (its workdir), paresseg-convert, or paresseg_jax.model_io.save_model")
+
+
+def model_folders(source: str | os.PathLike) -> list[Path]:
+    """The saved-model folders a source stands for: itself, a training workdir's export, or, for a
+    cross-validation workdir, every ``fold_<k>`` one's in fold order (an ensemble)."""
+    path = Path(source)
+    try:
+        return [resolve_model_dir(path)]
+    except MissingInputError:
+        folds = [p for p in path.glob("fold_*") if FOLD_PATTERN.match(p.name)] if path.is_dir() else []
+        if not folds:
+            raise
+    return [resolve_model_dir(fold) for fold in sorted(folds, key=lambda p: int(p.name.split("_")[1]))]
 
 
 def check_model(path: str | os.PathLike):

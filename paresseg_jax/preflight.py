@@ -76,25 +76,32 @@ def _writable_folder(folder: Path, what: str, target: Path) -> None:
                           fix="choose a location you can write to")
 
 
-def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model: str | os.PathLike,
-               out: str | os.PathLike, *, liver_model=None, liver=None, gt=None, prob_out=None,
-               overlay_out=None) -> None:
-    """Every path of one ``predict_files`` call: images readable, model folders present, outputs writable and
-    distinct (one output over another, or over an input, would leave a file that is neither)."""
+def models(sources, what: str = "the model folder") -> None:
+    """Every model source (a path or a list of them: saved models, training or cross-validation workdirs) holds
+    a saved model."""
     from paresseg_jax import model_io
 
+    for source in [sources] if isinstance(sources, (str, os.PathLike)) else list(sources or ()):
+        model_io.model_folders(existing(source, what))
+
+
+def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model, out: str | os.PathLike | None, *,
+               liver_model=None, liver=None, gt=None, prob_out=None, overlay_out=None, dicom_seg_out=None) -> None:
+    """Every path of one ``predict_files`` call: images readable, model folders present (``model`` and
+    ``liver_model``: a path, a list of them, or None when loaded already), outputs writable and distinct (one
+    output over another, or over an input, would leave a file that is neither)."""
     for name, path in phase_paths.items():
         if path is not None:
             image(path, f"the {name.upper()} image (--{name})")
     for path, what in ((liver, "the liver mask (--liver)"), (gt, "the ground-truth mask (--gt)")):
         if path is not None:
             image(path, what)
-    for path in (model, liver_model):
-        if path is not None:
-            model_io.resolve_model_dir(existing(path, "the model folder"))
+    models(model)
+    models(liver_model, "the liver model folder")
     outputs = [(out, "the mask output (--out)", IMAGE_OUTPUT_SUFFIXES),
                (prob_out, "the probability output (--prob)", IMAGE_OUTPUT_SUFFIXES),
-               (overlay_out, "the overlay output (--overlay)", FIGURE_SUFFIXES)]
+               (overlay_out, "the overlay output (--overlay)", FIGURE_SUFFIXES),
+               (dicom_seg_out, "the DICOM-SEG output (--dicom_seg)", (".dcm",))]
     given = [(Path(p).absolute(), what) for p, what, _ in outputs if p is not None]
     inputs = {Path(p).absolute() for p in (*phase_paths.values(), liver, gt) if p is not None}
     for path, what in given:

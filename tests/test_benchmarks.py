@@ -36,6 +36,19 @@ def test_bench_rows_ratios_and_table(tmp_path):
     assert "vs_torch" not in torch_row and "vs_torch" in table
 
 
+@pytest.mark.slow  # paresseg-predict twice in subprocesses (~40 s on an idle 2-core CPU); its parts are in the default tier
+def test_bench_study_end_to_end_beside_the_oracle(tmp_path):
+    pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
+    out = tmp_path / "bench.json"
+    _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=infer,study", "--study_slices=6", "--compare_torch",
+          f"--json={out}"], env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    rows = {(r["part"], r["variant"], r.get("mode")): r for r in json.loads(out.read_text())["rows"]}
+    assert {("study", "jax", "roi"), ("study", "jax", "whole")} <= set(rows)
+    study = rows["study", "jax", "whole"]  # paresseg-predict in its own process: seconds and peak memory
+    assert study["slices"] == 6 and study["volume_s"] > 0 and 0.1 < study["peak_gb"] < 20
+    assert study["vs_torch"] == pytest.approx(rows["volume", "torch", "full"]["volume_s"] * 6 / 60 / study["volume_s"])
+
+
 def test_bench_conv_impl_variants_and_profile(tmp_path):
     """The baselines without Winograd / with XLA's convolutions, each with its op-time breakdown
     (a single-branch model: three compiles of PA-ResSeg's step would take ~1.5 min here)."""

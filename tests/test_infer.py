@@ -185,7 +185,7 @@ def test_roi_crop_computes_only_the_box_and_changes_nothing_for_a_local_model(mo
     shapes = []
     compiled_forward = predict._compiled_forward
     monkeypatch.setattr(predict, "_compiled_forward",
-                        lambda m, v, tta, shape: shapes.append(shape) or compiled_forward(m, v, tta, shape))
+                        lambda m, v, tta, impl, shape: shapes.append(shape) or compiled_forward(m, v, tta, impl, shape))
     options = dict(mode=mode, tile=32, stride=16, pad_multiple=1)
     whole = predict.predict_volume(module, variables, images, roi, crop_to_roi=False, **options)
     cropped = predict.predict_volume(module, variables, images, roi, roi_margin=0, **options)
@@ -193,6 +193,31 @@ def test_roi_crop_computes_only_the_box_and_changes_nothing_for_a_local_model(mo
     assert cropped[roi > 0].std() > 0 and not cropped[roi == 0].any()
     if mode == "full":
         assert [s[1:3] for s in shapes] == [(150, 140), (64, 64)]
+
+
+def test_batch_pixels_caps_the_slices_per_pass_and_not_the_result(monkeypatch):
+    assert predict.batch_length(8, 512 * 512, 512 * 512) == 1
+    assert predict.batch_length(8, 512 * 512, 320 * 256) == 3
+    assert predict.batch_length(8, 0, 512 * 512) == 8 and predict.batch_length(8, 10, 512 * 512) == 1
+    module = Pointwise()
+    variables = _init(module, seed=5)
+    images = _images(shape=(7, 40, 24), seed=5)
+    shapes = []
+    compiled_forward = predict._compiled_forward
+    monkeypatch.setattr(predict, "_compiled_forward",
+                        lambda m, v, tta, impl, shape: shapes.append(shape) or compiled_forward(m, v, tta, impl, shape))
+    capped = predict.predict_volume(module, variables, images, batch_size=8, batch_pixels=3 * 64 * 32)
+    tiles = predict.predict_volume(module, variables, images, mode="tile", tile=16, stride=16, batch_size=8,
+                                   batch_pixels=5 * 16 * 16)
+    big = {p: np.zeros((2, 520, 300), np.float32) for p in module.phases}
+    predict.predict_volume(module, variables, big, batch_size=8)  # the CPU's default cap: 512 x 512 pixels
+    assert [s[0] for s in shapes] == [3, 5, 1]  # 64 x 32 padded slices, 16 x 16 tiles, 544 x 320 slices
+    np.testing.assert_allclose(capped, _pointwise_oracle(variables, images), atol=2e-6)
+    np.testing.assert_allclose(tiles, _pointwise_oracle(variables, images), atol=2e-6)
+    with pytest.raises(ValueError, match="batch_pixels"):
+        predict.predict_volume(module, variables, images, batch_pixels=-1)
+    with pytest.raises(ValueError, match="conv_impl"):
+        predict.predict_volume(module, variables, images, conv_impl="winograd")
 
 
 def test_input_errors_name_the_fix():

@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from paresseg_jax import model_io, models
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import cascade, study
 
 
@@ -103,13 +104,13 @@ def test_given_liver_mask_wins_over_liver_model_and_threshold_is_strict():
 SHAPE = (5, 30, 34)  # (z, y, x)
 
 
-def save_tiny_model(path):
-    """A registered 2-phase model (DMP ResSeg, width 4) with random weights, saved like paresseg-train does."""
-    spec = {"name": "dmp_resseg", "width": 4, "phases": ["pv", "art"]}
-    module = models.create(spec["name"], width=4, phases=("pv", "art"))
-    inputs = [jnp.zeros((1, 32, 32, 3))] * 2
+def save_tiny_model(path, seed=0, phases=("pv", "art")):
+    """A registered model (DMP ResSeg, width 4) of `phases` with random weights, saved like paresseg-train does."""
+    spec = {"name": "dmp_resseg", "width": 4, "phases": list(phases)}
+    module = models.create(spec["name"], width=4, phases=tuple(phases))
+    inputs = [jnp.zeros((1, 32, 32, 3))] * len(phases)
     abstract = jax.eval_shape(lambda key: module.init(key, *inputs, train=False), jax.random.key(0))
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
 
     def fill(leaf_path, leaf):
         name = jax.tree_util.keystr(leaf_path)
@@ -231,7 +232,7 @@ def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geom
 
 def test_predict_files_names_missing_phase(tmp_path, tiny_model):
     pv_path, *_ = _study(tmp_path, ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), False)
-    with pytest.raises(ValueError, match="--art"):
+    with pytest.raises(PareSegError, match="--art"):
         study.predict_files({"pv": pv_path, "art": None}, tiny_model, tmp_path / "m.nii.gz")
 
 

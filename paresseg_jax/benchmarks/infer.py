@@ -77,10 +77,11 @@ def benchmark_infer(module, variables, size: int, slices: int, batch: int, tile:
                      "batch": batch, "size": size, "slices_per_s": batch / t["median"],
                      "gflops": flops / t["median"] / 1e9 if flops else None})
 
-    # Whole volumes through predict_volume (compiled on the warm-up call).
+    # Whole volumes through predict_volume (compiled on the warm-up call), `batch` slices or tiles per pass
+    # (a pixel cap above any padded batch, so the CPU's default cap does not shrink it).
     def volume(mode, roi=None):
         return lambda: predict_volume(module, variables, volumes, roi, mode=mode, tile=tile, stride=stride,
-                                      batch_size=batch)
+                                      batch_size=batch, batch_pixels=batch * (max(size, tile) + 32) ** 2)
 
     fns = {"jax full": volume("full"), "jax tile": volume("tile"), "jax roi": volume("full", liver_ellipse(slices, size))}
     if torch_model is not None:

@@ -353,23 +353,34 @@ def read_mask(path: str | os.PathLike, case: Case, name: str = "liver", *, resam
 
     A mask on another grid is refused unless ``resample``.
     """
+    return check_binary_mask(read_labels(path, case, name, resample=resample), path, name)
+
+
+def read_labels(path: str | os.PathLike, case: Case, name: str = "mask", *, resample: bool = False) -> np.ndarray:
+    """A mask or label map file on the case's PV grid, int64 labels (another grid only with ``resample``)."""
     reference = case.geometry.apply_to(sitk.Image(list(reversed(case.shape)), sitk.sitkUInt8))
-    return check_binary_mask(_read_labels(Path(path), reference, resample, name), path, name)
+    return _read_labels(Path(path), reference, resample, name)
 
 
 def _read_labels(path: Path, reference: sitk.Image, resample: bool, name: str) -> np.ndarray:
-    image = read_image(path)
+    return labels_on_grid(read_image(path), reference, path, name, resample=resample)
+
+
+def labels_on_grid(image: sitk.Image, reference: sitk.Image, source: Any, name: str = "mask", *,
+                   resample: bool = False) -> np.ndarray:
+    """Integer labels of a mask image on the grid of ``reference``, int64 (z, y, x); a mask on another grid is
+    refused unless ``resample`` (then nearest neighbour)."""
     if not resample and not same_grid(Geometry.of(image), image.GetSize(), Geometry.of(reference), reference.GetSize()):
         raise BadInputError(
             f"{name} mask is on another grid (size {image.GetSize()}, spacing {_rounded(image.GetSpacing())}, origin "
             f"{_rounded(image.GetOrigin())}) than the PV image (size {reference.GetSize()}, spacing "
-            f"{_rounded(reference.GetSpacing())}, origin {_rounded(reference.GetOrigin())})", path=path,
+            f"{_rounded(reference.GetSpacing())}, origin {_rounded(reference.GetOrigin())})", path=source,
             fix="give the mask on the PV grid, or allow resampling it (--resample_masks, or \"resample_masks\": true "
                 "in manifest.json)")
-    image = resample_onto(image, reference, path, nearest=True)
-    labels = image_array(image, path, dtype=np.float64)
+    image = resample_onto(image, reference, source, nearest=True)
+    labels = image_array(image, source, dtype=np.float64)
     if not np.array_equal(labels, np.round(labels)):
-        raise BadInputError("mask has non-integer values", path=path, fix="expected integer labels (0/1 or a label map)")
+        raise BadInputError("mask has non-integer values", path=source, fix="expected integer labels (0/1 or a label map)")
     return labels.astype(np.int64)
 
 
@@ -394,12 +405,9 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
     if "pv" not in source.phases:
         raise BadInputError(f"case {source.case_id!r} has no PV phase (phases: {sorted(source.phases)})",
                             fix="PV is the target phase and is required")
-    pv_path = source.phases["pv"]
-    pv_image = read_image(pv_path)
-    phases = {"pv": image_array(pv_image, pv_path)}
-    for name, path in source.phases.items():
-        if name != "pv":
-            phases[name] = image_array(resample_onto(read_image(path), pv_image, path, nearest=False), path)
+    pv_image = read_image(source.phases["pv"])
+    phases = phases_on_pv_grid({name: pv_image if name == "pv" else path for name, path in source.phases.items()},
+                               source.phases)
     liver = tumor = None
     if source.segmentation is not None:
         labels = _read_labels(source.segmentation, pv_image, source.resample_masks, "segmentation")
@@ -419,6 +427,24 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
     metadata = {"tumor_type": None, "scanner": None, **dict(source.metadata), "case_id": source.case_id}
     geometry = Geometry.of(pv_image)
     return Case(phases, liver, tumor, geometry.spacing, geometry.origin, geometry.direction, metadata)
+
+
+def phases_on_pv_grid(images: Mapping[str, sitk.Image | str | os.PathLike], sources: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Every phase as a ``(z, y, x)`` float32 HU array on the PV grid (the others resampled onto it).
+
+    ``images`` maps phase names ('pv' required) to SimpleITK images or files,
+    read one at a time; ``sources`` names each in error messages.
+    """
+    def image(name):
+        value = images[name]
+        return value if isinstance(value, sitk.Image) else read_image(value)
+
+    pv_image = image("pv")
+    phases = {"pv": image_array(pv_image, sources["pv"])}
+    for name in images:
+        if name != "pv":
+            phases[name] = image_array(resample_onto(image(name), pv_image, sources[name], nearest=False), sources[name])
+    return phases
 
 
 def write_case(case: Case, folder: str | os.PathLike) -> Path:

@@ -122,26 +122,55 @@ def cross_validate(
 
 
 def evaluate_folder(
-    predictions: str | os.PathLike, cohort: str | os.PathLike, out: str | os.PathLike | None = None,
+    predictions: str | os.PathLike,
+    cohort: str | os.PathLike,
+    out: str | os.PathLike | None = None,
     resample_masks: bool = False,
+    tumor_label: int | None = None,
 ) -> dict:
-    """Score a folder of predicted masks ``<case_id>.nii.gz`` against a cohort's tumor masks.
+    """Score a folder of predictions ``<case_id>.nii.gz`` against a cohort's tumor masks.
 
-    Every case of the cohort (``paresseg_jax.data.io.read_cohort``) needs a
-    prediction, on the case's PV grid (on another grid only with
-    ``resample_masks``: resampled onto it). Every prediction file is found
-    before any is read. Writes ``summary.json`` into ``out`` (default: the predictions folder).
+    A prediction is a 0/1 tumor mask or a label map whose tumor label is
+    ``tumor_label``; by default the one a ``paresseg-predict`` folder's
+    ``summary.json`` names (2, LiTS), else 1. Every case of the cohort
+    (``paresseg_jax.data.io.read_cohort``) needs a prediction, on the case's
+    PV grid (on another grid only with ``resample_masks``: resampled onto it).
+    Every prediction file is found before any is read. Cases without a tumor
+    mask are listed unscored. Writes ``summary.json`` into ``out`` (default:
+    the predictions folder).
     """
     predictions = Path(predictions)
     found = preflight.predictions(predictions, cohort)
+    if tumor_label is None:
+        tumor_label = predicted_tumor_label(predictions)
     records = []
     for entry in io.read_cohort(cohort):
         case = io.read_case(entry)
         if case.tumor is None:
-            raise BadInputError(f"case {entry.case_id!r} has no tumor mask to score against", path=cohort,
-                                fix="give a cohort with tumor masks")
-        pred = io.read_mask(found[entry.case_id], case, "predicted tumor", resample=resample_masks)
+            records.append({"case_id": case.case_id, "tumor_type": case.metadata.get("tumor_type")})
+            continue
+        path = found[entry.case_id]
+        if tumor_label == 1:
+            pred = io.read_mask(path, case, "predicted tumor", resample=resample_masks)
+        else:
+            labels = io.read_labels(path, case, "predicted", resample=resample_masks)
+            unknown = sorted(set(np.unique(labels).tolist()) - {0, 1, tumor_label})
+            if unknown:
+                raise BadInputError(f"prediction has labels {unknown}", path=path,
+                                    fix=f"expected 0, 1 (liver) and {tumor_label} (tumor); --tumor_label sets it")
+            pred = io.mask_from_labels(labels, (tumor_label,))
         records.append(evaluate_case(pred, case.tumor, case.spacing_zyx, case.case_id, case.metadata.get("tumor_type")))
+    if not any("metrics" in r for r in records):
+        raise BadInputError("no case has a tumor mask to score against", path=cohort,
+                            fix="give a cohort with tumor masks")
     out = predictions if out is None else Path(out)
-    write_summary(out, records, predictions=str(predictions), cohort=str(cohort))
+    write_summary(out, records, predictions=str(predictions), cohort=str(cohort), labels={"tumor": tumor_label})
     return read_summary(out)
+
+
+def predicted_tumor_label(predictions: str | os.PathLike) -> int:
+    """The tumor label a predictions folder's ``summary.json`` records (paresseg-predict writes 2), else 1."""
+    try:
+        return int(read_summary(predictions)["info"].get("labels", {}).get("tumor", 1))
+    except FileNotFoundError:
+        return 1

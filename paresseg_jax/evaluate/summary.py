@@ -104,11 +104,16 @@ def summarize_records(records: Sequence[Mapping]) -> dict:
 
 
 def write_summary(path: str | os.PathLike, records: Sequence[Mapping], **info) -> Path:
-    """Write ``summary.json`` (a file path, or a folder to put it in) with the records and their summary."""
+    """Write ``summary.json`` (a file path, or a folder to put it in) with the records and their summary.
+
+    Records without ``metrics`` (cases without ground truth) are kept but not
+    summarized; ``summary`` is None when no record has metrics.
+    """
     path = Path(path)
     if path.suffix != ".json":
         path = path / SUMMARY_FILE
-    content = {"info": info, "cases": list(records), "summary": summarize_records(records)}
+    scored = [r for r in records if "metrics" in r]
+    content = {"info": info, "cases": list(records), "summary": summarize_records(scored) if scored else None}
     return write_text(path, json.dumps(content, indent=1, default=_json_default))
 
 

@@ -86,10 +86,11 @@ def paired_t_test(cases_a: Sequence[Mapping], cases_b: Sequence[Mapping], metric
     """Two-sided paired t-test of a per-case metric between two runs on the same cases.
 
     Cases are matched by ``case_id``; cases where either run's value is
-    undefined (None) are left out and counted. Needs at least two pairs.
+    undefined (None) are left out and counted, and so are cases without
+    metrics (no ground truth). Needs at least two pairs.
     """
-    a = {c["case_id"]: c["metrics"][metric] for c in cases_a}
-    b = {c["case_id"]: c["metrics"][metric] for c in cases_b}
+    a = {c["case_id"]: c["metrics"][metric] if "metrics" in c else None for c in cases_a}
+    b = {c["case_id"]: c["metrics"][metric] if "metrics" in c else None for c in cases_b}
     common = sorted(set(a) & set(b))
     pairs = [(a[k], b[k]) for k in common if a[k] is not None and b[k] is not None]
     if len(pairs) < 2:

@@ -1,29 +1,37 @@
-"""Segment a study from files: NIfTI/MHA/NRRD files or DICOM series folders in, NIfTI out in PV geometry.
+"""Segment studies: files (NIfTI/MHA/NRRD or DICOM series folders) or SimpleITK images in, PV geometry out.
 
-The study is prepared as training prepared its cases (``paresseg_jax.data``):
+A study is prepared as training prepared its cases (``paresseg_jax.data``):
 other phases resampled onto the PV grid and registered to PV, every phase
 windowed to [0, 1]. When the model comes from a ``paresseg-train`` workdir,
 that run's preprocessing and ``eval`` settings are used, so a model is always
-fed what it was trained on; explicit arguments override them.
+fed what it was trained on; explicit arguments override them. A
+:class:`Segmenter` holds the models, loaded once, and those settings;
+:func:`predict_files` and :func:`segment` run it on one study.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from paresseg_jax import model_io, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
+from paresseg_jax.infer import dicom_seg
 from paresseg_jax.infer.cascade import options_from_config, segment_study
+from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
 from paresseg_jax.workdir import read_config
+
+ModelSource = str | os.PathLike | Sequence[str | os.PathLike] | Ensemble | tuple
 
 
 def training_config(model_path: str | os.PathLike) -> dict | None:
@@ -36,21 +44,105 @@ def training_config(model_path: str | os.PathLike) -> dict | None:
     return None
 
 
-def read_study(
+def phase_flag(name: str) -> str:
+    """How ``paresseg-predict`` takes a phase's image: the short forms --pv/--art, else --phase NAME=PATH."""
+    return f"--{name}" if name in ("pv", "art") else f"--phase {name}=PATH"
+
+
+@dataclasses.dataclass
+class Segmenter:
+    """The tumor model(s), the optional liver model(s) and the settings they run with, loaded once.
+
+    ``options``: keyword arguments of :func:`segment_study` (threshold,
+    mode, tta, ...); ``preprocess_config``: resolved preprocessing settings.
+    """
+
+    tumor: Ensemble
+    liver: Ensemble | None
+    options: dict
+    preprocess_config: dict
+
+    @classmethod
+    def load(
+        cls,
+        model: ModelSource,
+        liver_model: ModelSource | None = None,
+        eval_config: Mapping | None = None,
+        preprocess_config: Mapping | None = None,
+    ) -> "Segmenter":
+        """Models from paths (saved models, training or cross-validation workdirs; a list is an ensemble) or
+        loaded ones; settings from the first tumor model's training run, overridden by the arguments."""
+        tumor = _ensemble(model)
+        trained = (training_config(tumor.sources[0]) if tumor.sources else None) or {}
+        settings = {**dict(trained.get("eval", {})), **dict(eval_config or {})}
+        if preprocess_config is None:
+            preprocess_config = trained.get("data", {}).get("preprocess")
+        liver = None if liver_model is None else _ensemble(liver_model)
+        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config))
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return self.tumor.phases
+
+    def with_registration(self, register: bool) -> "Segmenter":
+        """The same models and settings, registering the other phases to PV or not."""
+        return dataclasses.replace(self, preprocess_config={**self.preprocess_config, "register": bool(register)})
+
+    def missing_phases(self, given) -> list[str]:
+        return [p for p in self.phases if p not in given]
+
+    def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
+                     sources: Mapping | None = None) -> tuple[dict, dict, dict]:
+        """``(segment_study result, windowed images, registration report)`` of a case in HU.
+
+        ``liver``: a liver mask to take the ROI from; without one the liver
+        model (if any) predicts it. ``sources`` name the phases' files in errors.
+        """
+        images, registration = prepare_images(case, self.preprocess_config, sources)
+        result = segment_study(
+            images, self.tumor, liver_model=self.liver, liver=liver,
+            roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
+        )
+        return result, images, registration
+
+
+def _ensemble(model: ModelSource) -> Ensemble:
+    """Loaded models as they are (an ensemble, or one ``(module, variables)`` pair), paths loaded."""
+    if isinstance(model, Ensemble) or (isinstance(model, tuple) and model and hasattr(model[0], "phases")):
+        return as_ensemble(model)
+    return load_ensemble(model)
+
+
+def prepare_images(case: io.Case, preprocess_config: Mapping | None,
+                   sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(windowed images, registration report)``: other phases registered to PV, all windowed to [0, 1].
+    ``sources`` (phase -> file) name the image in a registration failure."""
+    config = preprocess.resolve_config(preprocess_config)
+    phases, report = dict(case.phases), {}
+    if config["register"]:
+        for name in [p for p in phases if p != "pv"]:
+            try:
+                transform, report[name] = preprocess.register_phase(phases["pv"], phases[name], case,
+                                                                    config["registration"])
+            except RuntimeError as error:
+                raise preprocess.registration_failure(error, (sources or {}).get(name, name)) from None
+            phases[name] = preprocess.apply_transform(phases[name], case, transform)
+    low, high = config["window"]
+    images = {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
+    return images, report
+
+
+def read_files(
     phase_paths: Mapping[str, str | os.PathLike],
     *,
     liver: str | os.PathLike | None = None,
     tumor: str | os.PathLike | None = None,
-    preprocess_config: Mapping | None = None,
     case_id: str = "study",
     resample_masks: bool = False,
-) -> tuple[io.Case, dict[str, np.ndarray], dict]:
-    """``(case in HU, windowed images, registration report)`` of one study.
-
-    ``phase_paths`` maps phase names ('pv' required) to image files or DICOM
-    folders; ``liver`` and ``tumor`` are optional 0/1 masks on any grid
-    on the PV grid (on another grid only with ``resample_masks``: resampled onto it).
-    """
+) -> io.Case:
+    """A study's case in HU on the PV grid: ``phase_paths`` maps phase names ('pv' required) to image files
+    or DICOM folders; ``liver`` and ``tumor`` are optional 0/1 masks on the PV grid (on another grid only
+    with ``resample_masks``: resampled onto it)."""
     if "pv" not in phase_paths or phase_paths["pv"] is None:
         raise BadInputError("a study needs its PV image (--pv): PV is the target phase")
     entry = io.CaseEntry(
@@ -60,92 +152,86 @@ def read_study(
         tumor=None if tumor is None else Path(tumor),
         resample_masks=resample_masks,
     )
-    case = io.read_case(entry)
-    config = preprocess.resolve_config(preprocess_config)
-    phases, report = dict(case.phases), {}
-    if config["register"]:
-        for name in [p for p in phases if p != "pv"]:
-            try:
-                transform, report[name] = preprocess.register_phase(phases["pv"], phases[name], case,
-                                                                    config["registration"])
-            except RuntimeError as error:
-                raise preprocess.registration_failure(error, phase_paths[name]) from None
-            phases[name] = preprocess.apply_transform(phases[name], case, transform)
-    low, high = config["window"]
-    images = {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
+    return io.read_case(entry)
+
+
+def read_study(
+    phase_paths: Mapping[str, str | os.PathLike],
+    *,
+    liver: str | os.PathLike | None = None,
+    tumor: str | os.PathLike | None = None,
+    preprocess_config: Mapping | None = None,
+    case_id: str = "study",
+    resample_masks: bool = False,
+) -> tuple[io.Case, dict[str, np.ndarray], dict]:
+    """``(case in HU, windowed images, registration report)`` of one study (see :func:`read_files`)."""
+    case = read_files(phase_paths, liver=liver, tumor=tumor, case_id=case_id, resample_masks=resample_masks)
+    images, report = prepare_images(case, preprocess_config, phase_paths)
     return case, images, report
 
 
 def predict_files(
     phase_paths: Mapping[str, str | os.PathLike | None],
-    model: str | os.PathLike,
-    out: str | os.PathLike,
+    model: ModelSource | Segmenter,
+    out: str | os.PathLike | None,
     *,
-    liver_model: str | os.PathLike | None = None,
+    liver_model: ModelSource | None = None,
     liver: str | os.PathLike | None = None,
     gt: str | os.PathLike | None = None,
     prob_out: str | os.PathLike | None = None,
     overlay_out: str | os.PathLike | None = None,
+    dicom_seg_out: str | os.PathLike | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
     resample_masks: bool = False,
 ) -> dict:
-    """Segment one study and write the mask (and optionally probability, overlay) in PV geometry.
+    """Segment one study and write the tumor mask (and optionally probability, overlay, DICOM-SEG) in PV geometry.
 
-    ``model`` / ``liver_model``: a saved model or a ``paresseg-train`` workdir.
-    ``liver``: a liver mask file to take the ROI from instead of a liver
-    model. ``gt``: a tumor mask to score against and draw in green.
-    ``resample_masks``: allow masks on another grid than PV (else refused).
-    Every path and both models are checked before any image is read, and the
-    outputs are written together at the end, whole or not at all.
-    ``eval_config`` (keys of a config's ``eval`` section) and
-    ``preprocess_config`` override the training run's settings; what neither
-    sets takes the library defaults (those of ``paresseg_jax.config_defaults``).
+    ``model`` / ``liver_model``: a saved model, a ``paresseg-train`` workdir,
+    a cross-validation workdir or a list of them (an ensemble), or a loaded
+    :class:`Segmenter`. ``liver``: a liver mask file to take the ROI from
+    instead of a liver model. ``gt``: a tumor mask to score against and draw
+    in green. ``resample_masks``: allow masks on another grid than PV (else
+    refused). ``dicom_seg_out``: the liver and tumor as a DICOM-SEG
+    referencing the PV series (PV must be a DICOM series folder). Every path
+    and the models are checked before any image is read, and the outputs are
+    written together at the end, whole or not at all. ``eval_config`` (keys
+    of a config's ``eval`` section) and ``preprocess_config`` override the
+    training run's settings; what neither sets takes the library defaults
+    (those of ``paresseg_jax.config_defaults``).
     Returns a report: paths written, tumor volume (ml), registration, metrics.
     """
-    preflight.prediction(phase_paths, model, out, liver_model=liver_model, liver=liver, gt=gt, prob_out=prob_out,
-                         overlay_out=overlay_out)
-    module = model_io.check_model(model)[0]
-    if liver_model is not None:
-        model_io.check_model(liver_model)
+    loaded = isinstance(model, Segmenter)
+    preflight.prediction(phase_paths, None if loaded else model, out, liver_model=liver_model, liver=liver, gt=gt,
+                         prob_out=prob_out, overlay_out=overlay_out, dicom_seg_out=dicom_seg_out)
+    if dicom_seg_out is not None and phase_paths.get("pv") is not None:
+        check_dicom_series(phase_paths["pv"], "a DICOM-SEG output (--dicom_seg)")
+    segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
-    missing = [p for p in module.phases if p not in given]
+    missing = segmenter.missing_phases(given)
     if missing:
-        flags = ", ".join(f"--{p}" for p in missing)
-        raise BadInputError(f"the model uses phases {tuple(module.phases)}", path=model,
-                            fix=f"give the missing image(s) with {flags}")
-    unused = [p for p in given if p not in module.phases]
+        raise BadInputError(f"the model uses phases {segmenter.phases} but no image was given for {missing}",
+                            fix="give " + ", ".join(phase_flag(p) for p in missing))
+    unused = [p for p in given if p not in segmenter.phases]
     if unused:
-        raise BadInputError(f"the model uses phases {tuple(module.phases)}, not {unused}", path=model,
-                            fix=f"leave out {', '.join(f'--{p}' for p in unused)} or use a model trained on them")
-    trained = training_config(model) or {}
-    settings = {**dict(trained.get("eval", {})), **dict(eval_config or {})}
-    if preprocess_config is None:
-        preprocess_config = trained.get("data", {}).get("preprocess")
-    case, images, registration = read_study(
-        {p: given[p] for p in module.phases}, liver=liver, tumor=gt, preprocess_config=preprocess_config,
-        resample_masks=resample_masks,
-    )
-    roi_dilation = preprocess.resolve_config(preprocess_config)["roi_dilation"]
-    result = segment_study(
-        images,
-        model_io.load_model(model)[:2],
-        liver_model=None if liver_model is None else model_io.load_model(liver_model)[:2],
-        liver=case.liver,
-        roi_dilation=roi_dilation,
-        **options_from_config(settings),
-    )
-    voxel_ml = float(np.prod(case.spacing)) / 1000.0
-    report = {"mask": str(out), "registration": registration, "tumor_voxels": int(result["mask"].sum())}
-    report["tumor_ml"] = report["tumor_voxels"] * voxel_ml
+        raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}",
+                            fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
+    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
+    result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
+    report = {"registration": registration, **volumes_ml(result, case)}
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:
         report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
     with contextlib.ExitStack() as outputs:  # all outputs appear together, or none does
-        io.write_image(result["mask"], case, outputs.enter_context(atomic_path(out)))
+        if out is not None:
+            report["mask"] = str(out)
+            io.write_image(result["mask"], case, outputs.enter_context(atomic_path(out)))
         if prob_out is not None:
             report["prob"] = str(prob_out)
             io.write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
+        if dicom_seg_out is not None:
+            report["dicom_seg"] = str(dicom_seg_out)
+            write_dicom_seg(result["labels"], case, given["pv"], outputs.enter_context(atomic_path(dicom_seg_out)))
         if overlay_out is not None:
             report["overlay"] = str(overlay_out)
             overlay_montage(
@@ -154,3 +240,81 @@ def predict_files(
                 title=f"{Path(phase_paths['pv']).name}: prediction (red)" + (", ground truth (green)" if gt else ""),
             )
     return report
+
+
+def volumes_ml(result: Mapping, case: io.Case) -> dict:
+    """Tumor voxels and millilitres, and the liver's millilitres when a liver mask was used or predicted."""
+    voxel_ml = float(np.prod(case.spacing)) / 1000.0
+    volumes = {"tumor_voxels": int(result["mask"].sum())}
+    volumes["tumor_ml"] = volumes["tumor_voxels"] * voxel_ml
+    if result["liver"] is not None:
+        volumes["liver_ml"] = int(result["liver"].sum()) * voxel_ml
+    return volumes
+
+
+def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Path:
+    """:func:`io.write_image` whole or not at all."""
+    with atomic_path(path) as tmp:
+        io.write_image(array, case, tmp)
+    return Path(path)
+
+
+def check_dicom_series(pv: str | os.PathLike, purpose: str) -> None:
+    """A DICOM-SEG references its source series: refuse, before any work, a PV that is not a DICOM folder."""
+    if not Path(pv).is_dir():
+        raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file", path=pv,
+                            fix="give the PV series' DICOM folder, or write NIfTI instead")
+
+
+def write_dicom_seg(labels: np.ndarray, case: io.Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A LiTS label map on the case's PV grid as a DICOM-SEG referencing the PV series it was computed on."""
+    return dicom_seg.write_dicom_seg(case.geometry.apply_to(sitk.GetImageFromArray(labels)), pv_series, path)
+
+
+def segment(
+    phases: Mapping[str, sitk.Image | str | os.PathLike],
+    model: ModelSource | Segmenter,
+    liver_model: ModelSource | None = None,
+    *,
+    liver: sitk.Image | str | os.PathLike | None = None,
+    register: bool | None = None,
+    resample_masks: bool = False,
+    **options: Any,
+) -> sitk.Image:
+    """The LiTS label map (uint8: 0 background, 1 liver, 2 tumor) of one study, in PV geometry.
+
+    For notebooks: ``phases`` maps phase names ('pv' required) to SimpleITK
+    images in HU or to files/DICOM folders; other phases are resampled onto
+    PV and registered to it (``register``: default as the model was trained),
+    then windowed. ``model``/``liver_model`` as for :func:`predict_files`; pass
+    a :class:`Segmenter` to load the models once for many studies. ``liver``:
+    a 0/1 liver mask (image or file) on the PV grid (another grid only with
+    ``resample_masks``) to take the ROI from. ``options`` are
+    ``eval`` settings (threshold, mode, tta, batch_size, ...). Liver is 1 only
+    where a liver mask was given or predicted.
+    """
+    if isinstance(model, Segmenter):
+        if liver_model is not None or options:
+            raise ValueError("a Segmenter carries its liver model and settings; pass them to Segmenter.load")
+        segmenter = model
+    else:
+        segmenter = Segmenter.load(model, liver_model, options)
+    if register is not None:
+        segmenter = segmenter.with_registration(register)
+    missing = segmenter.missing_phases(phases)
+    if missing:
+        raise BadInputError(f"the model uses phases {segmenter.phases}; no image for {missing}",
+                            fix="add them to the phases mapping")
+    sources = {p: phases[p] if not isinstance(phases[p], sitk.Image) else f"the {p} image" for p in segmenter.phases}
+    pv_image = phases["pv"] if isinstance(phases["pv"], sitk.Image) else io.read_image(phases["pv"])
+    arrays = io.phases_on_pv_grid({p: pv_image if p == "pv" else phases[p] for p in segmenter.phases}, sources)
+    mask = None
+    if liver is not None:
+        liver_image = liver if isinstance(liver, sitk.Image) else io.read_image(liver)
+        source = liver if not isinstance(liver, sitk.Image) else "the liver mask"
+        labels = io.labels_on_grid(liver_image, pv_image, source, "liver", resample=resample_masks)
+        mask = io.check_binary_mask(labels, source, "liver")
+    geometry = io.Geometry.of(pv_image)
+    case = io.Case(arrays, mask, None, geometry.spacing, geometry.origin, geometry.direction, {"case_id": "study"})
+    result, _, _ = segmenter.segment_case(case, liver=mask, sources=sources)
+    return geometry.apply_to(sitk.GetImageFromArray(result["labels"]))

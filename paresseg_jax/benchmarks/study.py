@@ -1,0 +1,83 @@
+"""One study end to end, as a user runs it: ``paresseg-predict`` on a two-phase phantom study.
+
+The console script runs in its own process on a phantom study (default
+512 x 512 x 60, PV and ART, with its liver mask) and a saved model: reading,
+ART-to-PV registration, windowing, compiling (with an empty compilation
+cache, as for a first study), segmenting and writing the mask. Its wall time
+and its peak resident memory (from ``wait4``, the kernel's account of that
+process) are reported for the cascade's ROI crop and for whole slices.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+from paresseg_jax import model_io
+from paresseg_jax.data import io, phantom
+
+# paresseg-predict flags per variant: the liver mask's ROI cropped to its box (the default), or whole slices.
+VARIANTS = {"roi": [], "whole": ["--nocrop_to_roi"]}
+
+
+def predict_command() -> str:
+    """The ``paresseg-predict`` console script of this environment."""
+    beside = Path(sys.executable).parent / "paresseg-predict"
+    found = str(beside) if beside.is_file() else shutil.which("paresseg-predict")
+    if found is None:
+        raise FileNotFoundError("paresseg-predict is not installed; run pip install -e . first")
+    return found
+
+
+def write_study(folder: Path, size: int, slices: int, seed: int = 0) -> dict[str, Path]:
+    """A phantom HCC study (PV, ART, liver mask) in our layout; returns the file of each."""
+    case = phantom.make_case(seed, "HCC", (slices, size, size))
+    io.write_case(case, folder)
+    return {name: folder / f"{name}.nii.gz" for name in ("pv", "art", "liver")}
+
+
+# A process forked from this one starts with this one's memory high-water mark (at exec the kernel keeps the
+# larger of the old and the new address space's), so the command runs under a small intermediary Python
+# process, fresh from exec, that reports the command's own wall time and peak.
+_MEASURE = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(command: list[str], env: Mapping[str, str]) -> tuple[float, int]:
+    """``(wall seconds, peak resident bytes)`` of one command in its own process."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=dict(env), capture_output=True, text=True)
+    seconds, peak_kb, status = done.stdout.split()[-3:] if done.returncode == 0 else ("0", "0", "-1")
+    if int(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({status}): {done.stderr[-2000:]}")
+    return float(seconds), int(peak_kb) * 1024  # Linux reports kilobytes
+
+
+def benchmark_study(spec: Mapping, variables: Mapping, size: int = 512, slices: int = 60,
+                    variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict]:
+    """A row per variant: ``volume_s`` (wall seconds for the study) and ``peak_gb`` (peak resident memory)."""
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown study variants {unknown}; choose among {sorted(VARIANTS)}")
+    command = predict_command()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_study(Path(tmp) / "study", size, slices)
+        model = model_io.save_model(Path(tmp) / "model", spec, variables)
+        env = {**os.environ, "PARESSEG_XLA_CACHE": "0"}  # compile as a first study does
+        for variant in variants:
+            seconds, peak = run_measured(
+                [command, f"--pv={paths['pv']}", f"--art={paths['art']}", f"--liver={paths['liver']}",
+                 f"--model={model}", f"--out={Path(tmp) / f'{variant}.nii.gz'}", *VARIANTS[variant]], env)
+            rows.append({"part": "study", "variant": "jax", "mode": variant, "size": size, "slices": slices,
+                         "volume_s": seconds, "peak_gb": peak / 1e9})
+    return rows

@@ -1,0 +1,270 @@
+"""paresseg-predict on a folder of studies, ensembles, phases by name, and the notebook API `infer.segment`.
+
+The console scripts run in subprocesses on cohorts and models the tests
+write; expected label maps are rebuilt here from `predict_volume` and numpy.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from dicom_studies import Grid, Study, write_ct_series
+from test_infer_study import save_tiny_model
+
+from paresseg_jax import model_io
+from paresseg_jax.data import io, preprocess
+from paresseg_jax.errors import PareSegError
+from paresseg_jax.infer import ensemble, folder, predict, study
+from paresseg_jax.metrics import case_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+GEOMETRY = io.Geometry((0.7, 0.8, 5.0), (120.5, -80.25, 30.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+# case id -> (z, y, x) shape, has a tumor mask; the sizes differ but pad to one shape (32 x 64): one compilation.
+CASES = {"case_0": ((5, 30, 34), True), "case_1": ((4, 28, 40), True), "case_2": ((5, 30, 34), False)}
+
+
+def _case(case_id, shape, with_tumor, seed, phases=("pv", "art")):
+    rng = np.random.default_rng(seed)
+    images = {p: rng.uniform(-100, 250, shape).astype(np.float32) for p in phases}
+    liver = np.zeros(shape, np.uint8)
+    liver[1:-1, 6:-6, 5:-5] = 1
+    tumor = np.zeros(shape, np.uint8)
+    tumor[2, 10:15, 10:16] = 1
+    meta = {"case_id": case_id, "tumor_type": "HCC", "scanner": None}
+    return io.Case(images, liver, tumor if with_tumor else None, GEOMETRY.spacing, GEOMETRY.origin,
+                   GEOMETRY.direction, meta)
+
+
+def write_cohort(root, layout=CASES):
+    """A folder of case folders in our layout (no manifest: a plain folder of studies)."""
+    cases = {}
+    for k, (case_id, (shape, with_tumor)) in enumerate(layout.items()):
+        cases[case_id] = _case(case_id, shape, with_tumor, k)
+        io.write_case(cases[case_id], root / case_id)
+    return cases
+
+
+def run_script(name, *args):
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    return subprocess.run([str(BIN / name), *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return [save_tiny_model(root / f"model_{seed}", seed=seed) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, two_models):
+    """paresseg-predict run once on a folder of three studies with a two-model ensemble."""
+    root = tmp_path_factory.mktemp("folder")
+    cases = write_cohort(root / "cohort")
+    out = root / "out"
+    done = run_script("paresseg-predict", f"--input={root / 'cohort'}", f"--output={out}", f"--model={two_models[0]}",
+                      f"--model={two_models[1]}", "--save_probabilities", "--threshold=0.5", "--noregister",
+                      "--batch_size=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, cases, out, done
+
+
+def _expected(case, model_dirs, threshold=0.5):
+    """Mean of each model's probability inside the given liver's ROI, and its LiTS label map, computed here."""
+    images = {p: preprocess.hu_window(v) for p, v in case.phases.items()}
+    roi = preprocess.liver_roi(case.liver)
+    probs = [predict.predict_volume(*model_io.load_model(d)[:2], images, roi, batch_size=2) for d in model_dirs]
+    prob = np.mean(probs, axis=0)
+    labels = np.where(prob > threshold, 2, np.where(case.liver > 0, 1, 0)).astype(np.uint8)
+    return prob, labels
+
+
+def test_folder_writes_lits_label_maps_in_pv_geometry(predicted, two_models):
+    _, cases, out, _ = predicted
+    for case_id, case in cases.items():
+        written = sitk.ReadImage(str(out / f"{case_id}.nii.gz"))
+        assert written.GetPixelID() == sitk.sitkUInt8 and written.GetSize() == case.shape[::-1]
+        np.testing.assert_allclose(written.GetSpacing(), GEOMETRY.spacing, atol=1e-4)
+        np.testing.assert_allclose(written.GetOrigin(), GEOMETRY.origin, atol=1e-4)
+        np.testing.assert_allclose(written.GetDirection(), GEOMETRY.direction, atol=1e-4)
+        labels = sitk.GetArrayFromImage(written)
+        prob = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case_id}_tumor_prob.nii.gz")))
+        expected_prob, expected_labels = _expected(case, two_models)
+        np.testing.assert_allclose(prob, expected_prob, atol=1e-5)
+        decided = np.abs(expected_prob - 0.5) > 1e-4  # voxels not on the threshold within float rounding
+        np.testing.assert_array_equal(labels[decided], expected_labels[decided])
+        assert set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_folder_summary_scores_the_cases_with_masks(predicted):
+    _, cases, out, done = predicted
+    summary = json.loads((out / "summary.json").read_text())
+    records = {r["case_id"]: r for r in summary["cases"]}
+    assert set(records) == set(CASES)
+    assert "metrics" not in records["case_2"] and records["case_2"]["roi"] == "liver mask"
+    for case_id in ("case_0", "case_1"):
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case_id}.nii.gz")))
+        expected = case_metrics(labels == 2, cases[case_id].tumor, cases[case_id].spacing_zyx)
+        assert records[case_id]["metrics"] == pytest.approx(expected)
+    assert summary["summary"]["all"]["n_cases"] == 2 and summary["info"]["labels"]["tumor"] == 2
+    assert len(summary["info"]["models"]) == 2
+    lines = done.stdout.splitlines()
+    for case_id in CASES:  # one line per case at the end
+        assert sum(line.startswith(case_id + " ") for line in lines) == 1
+    assert "tumor DPC" in done.stdout
+
+
+def test_evaluate_scores_the_label_maps(predicted, tmp_path):
+    root, _, out, _ = predicted
+    copy = shutil.copytree(out, tmp_path / "predictions")  # evaluate rewrites the folder's summary.json
+    done = run_script("paresseg-evaluate", f"--predictions={copy}", f"--cohort={root / 'cohort'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = json.loads((copy / "summary.json").read_text())
+    assert ours["info"]["labels"] == {"tumor": 2}  # read from paresseg-predict's summary, and kept
+    by_id = {r["case_id"]: r for r in ours["cases"]}
+    assert "metrics" not in by_id["case_2"]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(copy / "case_0.nii.gz")))
+    assert by_id["case_0"]["metrics"]["dice"] == pytest.approx(
+        case_metrics(labels == 2, _case("case_0", *CASES["case_0"], 0).tumor)["dice"])
+    # paresseg-predict's own summary.json is a run too: tables and a paired t-test over the scored cases.
+    done = run_script("paresseg-evaluate", f"--run=ensemble={out}", f"--run=rescored={copy}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"\| ensemble +\| 2 +\|", done.stdout) and "(2 cases): rescored" in done.stdout
+
+
+def test_cross_validation_workdir_is_an_ensemble_of_its_folds(tmp_path):
+    cv = tmp_path / "cv"
+    for fold, seed in ((1, 1), (0, 0), (10, 2)):
+        save_tiny_model(cv / f"fold_{fold}" / "best_model", seed=seed)
+    loaded = ensemble.load_ensemble(cv)
+    assert [Path(s).parent.name for s in loaded.sources] == ["fold_0", "fold_1", "fold_10"]
+    case = _case("c", (3, 24, 24), True, 0)
+    images = {p: preprocess.hu_window(v) for p, v in case.phases.items()}
+    members = [predict.predict_volume(m, v, images, batch_size=2) for m, v in loaded.members]
+    np.testing.assert_allclose(loaded.probability(images, batch_size=2), np.mean(members, axis=0), atol=1e-6)
+    assert not np.allclose(members[0], members[1])  # the folds differ, so the mean is not any one of them
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        ensemble.load_ensemble(tmp_path / "empty")
+
+
+def test_ensemble_members_share_one_compilation_per_padded_shape(tmp_path, two_models):
+    # Shapes no other test uses (padded 96 x 96 and 128 x 64), so the jit cache starts without them.
+    write_cohort(tmp_path / "cohort", {"a": ((3, 66, 70), True), "b": ((4, 100, 40), False), "c": ((4, 70, 66), True)})
+    segmenter = study.Segmenter.load(two_models, eval_config={"batch_size": 2, "threshold": 0.5},
+                                     preprocess_config={"register": False})
+    before = predict.tumor_probability._cache_size()
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "out", segmenter)
+    # Three cases of two padded shapes, two models of one architecture: two compilations, not six.
+    assert predict.tumor_probability._cache_size() - before == 2
+
+
+def test_four_phase_model_takes_every_phase_by_name(tmp_path):
+    model = save_tiny_model(tmp_path / "model4", phases=("pv", "art", "nc", "dl"))
+    case = _case("study", (4, 32, 32), True, 3, phases=("pv", "art", "nc", "dl"))
+    io.write_case(case, tmp_path / "study")
+    paths = {p: tmp_path / "study" / f"{p}.nii.gz" for p in case.phases}
+    with pytest.raises(PareSegError, match=r"--phase dl=PATH"):
+        study.predict_files({p: paths[p] for p in ("pv", "art", "nc")}, model, tmp_path / "m.nii.gz")
+    out = tmp_path / "mask.nii.gz"
+    done = run_script("paresseg-predict", f"--pv={paths['pv']}", f"--art={paths['art']}", f"--phase=nc={paths['nc']}",
+                      f"--phase=DL={paths['dl']}", f"--model={model}", f"--liver={tmp_path / 'study' / 'liver.nii.gz'}",
+                      f"--out={out}", "--threshold=0.5", "--noregister")
+    assert done.returncode == 0, done.stderr[-3000:]
+    prob, labels = _expected(case, [model])
+    decided = np.abs(prob - 0.5) > 1e-4
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out)))[decided], (labels == 2)[decided])
+
+
+def test_segment_api_takes_images_in_hu_and_returns_the_label_map(tmp_path, two_models):
+    case = _case("study", (5, 30, 34), True, 0)
+    pv = GEOMETRY.apply_to(sitk.GetImageFromArray(case.phases["pv"]))
+    art = GEOMETRY.apply_to(sitk.GetImageFromArray(case.phases["art"]))
+    liver = GEOMETRY.apply_to(sitk.GetImageFromArray(case.liver))
+    labels = study.segment({"pv": pv, "art": art}, two_models, liver=liver, register=False, threshold=0.5,
+                           batch_size=2)
+    assert labels.GetSize() == pv.GetSize() and labels.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(labels.GetOrigin(), GEOMETRY.origin, atol=1e-6)
+    np.testing.assert_allclose(labels.GetDirection(), GEOMETRY.direction, atol=1e-6)
+    prob, expected = _expected(case, two_models)
+    decided = np.abs(prob - 0.5) > 1e-4
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labels)[decided], expected[decided])
+    # Files work as well as images, and a loaded Segmenter serves many calls.
+    io.write_case(case, tmp_path / "study")
+    segmenter = study.Segmenter.load(two_models, eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+    again = study.segment({"pv": tmp_path / "study" / "pv.nii.gz", "art": art}, segmenter,
+                          liver=tmp_path / "study" / "liver.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(labels))
+
+
+def test_folder_checks_every_case_for_the_models_phases_before_work(tmp_path, two_models):
+    cases = write_cohort(tmp_path / "cohort")
+    (tmp_path / "cohort" / "case_1" / "art.nii.gz").unlink()
+    with pytest.raises(PareSegError, match=r"case 'case_1' has no image for phase\(s\) \['art'\]"):
+        folder.predict_folder(tmp_path / "cohort", tmp_path / "out", two_models)
+    assert not (tmp_path / "out").exists() and len(cases) == 3  # nothing written, not even case_0
+
+
+def _seg_frames(seg_path, source_folder):
+    """{(segment number, z): frame} of a DICOM-SEG, z from the source instance each frame derives from."""
+    seg = pydicom.dcmread(seg_path)
+    z_of = {d.SOPInstanceUID: int(d.InstanceNumber) - 1 for d in map(pydicom.dcmread, sorted(source_folder.iterdir()))}
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    found = {}
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        found[group.SegmentIdentificationSequence[0].ReferencedSegmentNumber, z_of[uid]] = frame
+    return seg, found
+
+
+def test_dicom_seg_of_a_dicom_study_references_its_pv_series(tmp_path, two_models):
+    grid = Grid(shape=(5, 32, 32), spacing=(0.75, 0.8, 3.0))
+    rng = np.random.default_rng(7)
+    study_ = Study()
+    pv_dir = write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                             number=3, description="PORTAL")
+    art_dir = write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                              number=4, description="ARTERIAL")
+    liver = np.zeros(grid.shape, np.uint8)
+    liver[1:4, 6:26, 5:27] = 1
+    liver_image = sitk.GetImageFromArray(liver)
+    liver_image.CopyInformation(io.read_image(pv_dir))
+    sitk.WriteImage(liver_image, str(tmp_path / "liver.nii.gz"))
+    out = tmp_path / "out"
+    done = run_script("paresseg-predict", f"--pv={pv_dir}", f"--art={art_dir}", f"--model={two_models[0]}",
+                      f"--liver={tmp_path / 'liver.nii.gz'}", f"--out={out / 'mask.nii.gz'}",
+                      f"--dicom_seg={out / 'seg.dcm'}", "--threshold=0.5", "--noregister")
+    assert done.returncode == 0, done.stderr[-3000:]
+    seg, frames = _seg_frames(out / "seg.dcm", pv_dir)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == study_.study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(next(pv_dir.iterdir())).SeriesInstanceUID
+    tumor = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz"))) > 0
+    assert tumor.any() and frames  # the random model finds some tumor in the ROI: the frames carry both segments
+    for (segment, z), frame in frames.items():
+        expected = tumor[z] if segment == 2 else (liver[z] > 0) | tumor[z]  # the SEG's liver includes its tumors
+        np.testing.assert_array_equal(frame > 0, expected)
+    assert {z for s, z in frames if s == 1} == {z for z in range(grid.shape[0]) if liver[z].any() or tumor[z].any()}
+
+    # Folder mode: the same study as a case folder; a NIfTI-only cohort is refused before any work.
+    cohort = tmp_path / "cohort"
+    shutil.copytree(pv_dir, cohort / "case_a" / "pv")
+    shutil.copytree(art_dir, cohort / "case_a" / "art")
+    shutil.copy(tmp_path / "liver.nii.gz", cohort / "case_a" / "liver.nii.gz")
+    segmenter = study.Segmenter.load(two_models[0], eval_config={"threshold": 0.5},
+                                     preprocess_config={"register": False})
+    folder.predict_folder(cohort, tmp_path / "segs", segmenter, output_format="dicom_seg")
+    _, again = _seg_frames(tmp_path / "segs" / "case_a.dcm", cohort / "case_a" / "pv")
+    assert again.keys() == frames.keys() and all(np.array_equal(again[k], frames[k]) for k in frames)
+    write_cohort(tmp_path / "nifti")
+    with pytest.raises(PareSegError, match="DICOM series folder"):
+        folder.predict_folder(tmp_path / "nifti", tmp_path / "refused", segmenter, output_format="dicom_seg")
+    assert not (tmp_path / "refused").exists()

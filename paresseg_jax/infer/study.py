@@ -209,12 +209,13 @@ def predict_files(
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
     missing = segmenter.missing_phases(given)
+    named = segmenter.tumor.sources[0] if segmenter.tumor.sources else None
     if missing:
-        raise BadInputError(f"the model uses phases {segmenter.phases} but no image was given for {missing}",
-                            fix="give " + ", ".join(phase_flag(p) for p in missing))
+        raise BadInputError(f"the model uses phases {segmenter.phases}", path=named,
+                            fix="give the missing image(s) with " + ", ".join(phase_flag(p) for p in missing))
     unused = [p for p in given if p not in segmenter.phases]
     if unused:
-        raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}",
+        raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
     case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)

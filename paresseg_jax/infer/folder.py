@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 from tqdm import tqdm
 
 from paresseg_jax.data import io

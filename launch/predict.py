@@ -12,8 +12,9 @@ PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
 one per phase the model uses. MODEL: a ``paresseg-train`` workdir, a saved
 model (also a converted PyTorch checkpoint) or a cross-validation workdir
 (its fold_* models); --model repeated or a cross-validation workdir averages
-the models' probabilities. COHORT: a manifest.json cohort, LiTS files, or a
-folder of case folders holding pv.nii.gz (and art, nc, dl, liver, tumor).
+the models' probabilities. COHORT: a manifest.json cohort, LiTS files, an
+nnU-Net raw dataset or MSD Task03, or a folder of case folders holding
+pv.nii.gz or a pv/ DICOM folder (and art, nc, dl, liver, tumor).
 Outputs are written in the PV image's geometry, whole or not at all (one
 study's all together at the end). Every input and output path is checked
 first, then the models, before any image is read. Masks (--liver, --gt) must

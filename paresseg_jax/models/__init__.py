@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from paresseg_jax.models import fusion, mc_fcn, resseg, unet  # noqa: F401  (fill the registries)
+from paresseg_jax.models import fusion, mc_fcn, resseg, spatial_attention, unet  # noqa: F401  (fill the registries)
 from paresseg_jax.models.attention import check_attention
 from paresseg_jax.models.fusion_block import FusionBlock, FusionCall
 from paresseg_jax.models.registry import (FUSION_BLOCKS, MODELS, fusion_block, model_builder, register_fusion_block,

@@ -37,6 +37,8 @@ def _define_flags():
     flags.DEFINE_string("model", "paresseg", "model: a registered name (paresseg_jax.models.MODELS) or package.module:Class")
     flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
     flags.DEFINE_enum("attention", "reference", ["reference", "paper"], "attention semantics")
+    flags.DEFINE_string("fusion", None, "fusion block of an MSF model (paresseg_jax.models.FUSION_BLOCKS, e.g. "
+                        "'spatial'); default: the model's own")
     flags.DEFINE_integer("batch", 8, "train batch size (the paper's is 8)")
     flags.DEFINE_integer("size", 224, "train patch size")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes of the JAX train step")
@@ -150,7 +152,7 @@ def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
                ("patches_per_s", "{:.1f}"), ("peak_gb", "{:.2f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
-               ("vs_torch", "{:.2f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}")]
+               ("vs_torch", "{:.2f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}"), ("peak_mb", "{:.0f}")]
     for row in rows:
         if peak_tflops and row.get("gflops"):
             row["peak_fraction"] = row["gflops"] / 1e3 / peak_tflops
@@ -170,6 +172,8 @@ def main(argv):
     unknown = sorted(set(FLAGS.conv_impls) - set(BASELINE_CONV_IMPLS))
     if unknown:
         raise app.UsageError(f"--conv_impls: unknown {unknown}; choose among {BASELINE_CONV_IMPLS}")
+    if FLAGS.fusion and FLAGS.compare_torch:
+        raise app.UsageError("--compare_torch runs the reference's own models; leave --fusion unset")
     if "infer" in FLAGS.parts and FLAGS.slices % FLAGS.infer_batch:
         raise app.UsageError(f"--slices={FLAGS.slices} must be a multiple of --infer_batch={FLAGS.infer_batch}: "
                              "a padded last batch would count in the per-volume time")
@@ -183,6 +187,8 @@ def main(argv):
     else:
         torch_model = None
         spec = {"name": FLAGS.model, "width": FLAGS.width, "attention": FLAGS.attention}
+        if FLAGS.fusion:
+            spec["fusion"] = FLAGS.fusion
         variables = models.init_variables(train.module_factory(spec)("float32"), jax.random.key(0))
     factory = train.module_factory(spec)
     rows = []

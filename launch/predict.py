@@ -9,7 +9,8 @@
         [--output_format dicom_seg]
 
 PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
-one per phase the model uses. MODEL: a ``paresseg-train`` workdir, a saved
+one per phase the model uses (a model trained with phase dropout also runs
+without ART: "absent_phases" in the printed report). MODEL: a ``paresseg-train`` workdir, a saved
 model (also a converted PyTorch checkpoint) or a cross-validation workdir
 (its fold_* models); --model repeated or a cross-validation workdir averages
 the models' probabilities. COHORT: a manifest.json cohort, LiTS files, an
@@ -29,7 +30,8 @@ from paresseg_jax import cli, preflight
 from paresseg_jax.data import io
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder")
-_ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models")
+_ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models unless "
+                           "they were trained with phase dropout (then ART is given as absent, and the report says so)")
 _PHASE = flags.DEFINE_multi_string("phase", [], f"NAME=PATH image of any phase the model uses ({', '.join(io.PHASES)})")
 _MODEL = flags.DEFINE_multi_string("model", None, "tumor model: paresseg-train workdir, saved-model folder or "
                                    "cross-validation workdir; repeat for an ensemble", required=True)

@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500  # steps between checkpoints (validations also checkpoint)
     config.train.keep_checkpoints = 3  # latest checkpoints kept, plus the best by validation global Dice
     config.train.max_consecutive_nonfinite = 10  # stop after this many skipped (NaN/inf) steps in a row
+    config.train.phase_dropout = 0.0  # chance that a non-PV phase of a patch is replaced by zeros (absent); > 0 lets
+    # the model run without it (paresseg_jax.absent_phases)
     config.train.init_from = ""  # start from a saved model (paresseg-convert output) or a workdir, not the seed
     config.eval = ml_collections.ConfigDict()
     # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from paresseg_jax import absent_phases
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.workdir import EXPORTED_MODELS
@@ -22,6 +23,8 @@ from paresseg_jax.workdir import EXPORTED_MODELS
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
 FOLD_PATTERN = re.compile(r"fold_(\d+)$")  # cross-validation workdirs: paresseg_jax.evaluate.crossval
+# Keys of a spec that record how the model was trained, not how to build it.
+TRAINING_KEYS = (absent_phases.SPEC_KEY,)
 
 
 def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapping) -> Path:
@@ -103,7 +106,7 @@ def check_model(path: str | os.PathLike):
         raise BadInputError("model spec has no model \"name\"", path=spec_file,
                             fix='it should read {"name": "paresseg", "width": ..., ...}')
     try:
-        module = models.create(spec["name"], **{k: v for k, v in spec.items() if k != "name"})
+        module = models.create(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", *TRAINING_KEYS)})
     except (ValueError, TypeError) as error:
         raise BadInputError(f"model spec does not build a model: {error}", path=spec_file,
                             fix="fix model.json or export the model again") from None

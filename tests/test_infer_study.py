@@ -1,5 +1,8 @@
 """The liver -> tumor cascade, and whole studies from NIfTI files and DICOM series folders."""
 
+import json
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from paresseg_jax import model_io, models
+from paresseg_jax import absent_phases, model_io, models
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import cascade, study
 
@@ -230,10 +233,29 @@ def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geom
     assert (tmp_path / "out" / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_predict_files_names_missing_phase(tmp_path, tiny_model):
+def test_predict_files_refuses_a_missing_phase_on_a_model_trained_without_phase_dropout(tmp_path, tiny_model):
     pv_path, *_ = _study(tmp_path, ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)), False)
-    with pytest.raises(PareSegError, match="--art"):
+    with pytest.raises(PareSegError, match="trained without phase dropout.*with --art"):
         study.predict_files({"pv": pv_path, "art": None}, tiny_model, tmp_path / "m.nii.gz")
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_predict_files_runs_a_phase_dropout_model_without_art_and_says_so(tmp_path, tiny_model):
+    model = tmp_path / "dropout_model"
+    shutil.copytree(tiny_model, model)
+    spec = json.loads((model / model_io.SPEC_FILE).read_text())
+    (model / model_io.SPEC_FILE).write_text(json.dumps({**spec, absent_phases.SPEC_KEY: 0.3}))  # as training records it
+    geometry = ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, _, liver_path, _, _ = _study(tmp_path, geometry, False)
+    settings = {"threshold": 0.5, "batch_size": 2}
+    report = study.predict_files({"pv": pv_path, "art": None}, model, tmp_path / "m.nii.gz", liver=liver_path,
+                                 prob_out=tmp_path / "p.nii.gz", eval_config=settings)
+    assert report["absent_phases"] == ["art"]
+    case, images, _ = study.read_study({"pv": pv_path}, liver=liver_path)
+    module, variables, _ = model_io.load_model(model)
+    expected = cascade.segment_study({"pv": images["pv"], "art": np.zeros_like(images["pv"])}, (module, variables),
+                                     liver=case.liver, **settings)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(report["prob"])), expected["prob"], atol=1e-6)
 
 
 @pytest.mark.slow  # a subprocess (imports, compile); predict_files itself is tested above

@@ -48,6 +48,7 @@ class JaxTrainStep:
         self.batch = jax.device_put(batch)
         jitted = jax.jit(step, donate_argnums=0)
         self.compiled, self.compile_s = compile_timed(jitted, self.state, self.batch)
+        self.peak_bytes = peak_memory(self.compiled)
         with ops.conv_impl("xla"):  # cost analysis would count the chunked gradient's loop body once and
             # Winograd's multiplies, not the direct convolution's; a fresh function, since jax reuses the
             # trace of `step` made outside this block
@@ -56,6 +57,14 @@ class JaxTrainStep:
     def __call__(self):
         self.state, metrics = self.compiled(self.state, self.batch)
         metrics["loss"].block_until_ready()
+
+
+def peak_memory(compiled) -> int | None:
+    """Bytes XLA plans for one call (arguments, outputs, temporaries) by its memory analysis, or None."""
+    try:
+        return int(compiled.memory_analysis().peak_memory_in_bytes)
+    except (AttributeError, TypeError):  # a backend or jax version without the analysis
+        return None
 
 
 def torch_train_step(model, batch: dict, phases) -> Any:
@@ -82,7 +91,7 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
                     torch_model=None, conv_impls=(), profile_calls: int = 0,
                     profile_dir: str | None = None) -> list[dict]:
     """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
-    'gflops', 'compile_s'}``; `module_for_dtype(dtype)` builds the model in that compute dtype.
+    'gflops', 'compile_s', 'peak_mb'}`` (``peak_mb``: XLA's planned memory of one step); `module_for_dtype(dtype)` builds the model in that compute dtype.
 
     Each of `conv_impls` ('direct', 'xla') adds variant 'jax-<impl>', the same step traced inside
     `ops.conv_impl(impl)`: the baselines of `ops.conv2d`'s CPU Winograd and weight gradient.
@@ -111,6 +120,7 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
             "gflop_per_step": flops / 1e9 if flops else None,
             "gflops": flops / t["median"] / 1e9 if flops else None,
             "compile_s": step.compile_s if step else None,
+            "peak_mb": step.peak_bytes / 2**20 if step and step.peak_bytes else None,
         })
         if step and profile_calls:
             logdir = f"{profile_dir}/{variant}-{dtype}" if profile_dir else None

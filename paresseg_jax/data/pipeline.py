@@ -37,6 +37,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from paresseg_jax import absent_phases
 from paresseg_jax.data.cache import CachedCase
 
 MAX_CROP_SIZE = 1024
@@ -153,7 +154,9 @@ class PairedPatch(grain.transforms.RandomMap):
     for the tumor target), ``'label'`` ``[H, W]`` int32 0/1 of the target and
     ``'weight'`` ``[H, W]`` float32. With
     ``intensity_jitter = a > 0`` each phase is independently scaled by
-    ``1 + U(-a, a)``, shifted by ``U(-a, a)`` and clipped to [0, 1].
+    ``1 + U(-a, a)``, shifted by ``U(-a, a)`` and clipped to [0, 1]. With
+    ``phase_dropout = p > 0`` each non-PV phase is then replaced by the
+    absent-phase input (zeros) with probability p (``paresseg_jax.absent_phases``).
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class PairedPatch(grain.transforms.RandomMap):
         crop_size: int = 224,
         intensity_jitter: float = 0.0,
         target: str = "tumor",
+        phase_dropout: float = 0.0,
     ):
         check_target(target)
         check_crop_size(crop_size)
@@ -174,6 +178,7 @@ class PairedPatch(grain.transforms.RandomMap):
         self.crop_size = int(crop_size)
         self.intensity_jitter = float(intensity_jitter)
         self.target = target
+        self.phase_dropout = absent_phases.check_probability(phase_dropout)
 
     def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         case, z = element["case"], element["z"]
@@ -201,6 +206,8 @@ class PairedPatch(grain.transforms.RandomMap):
             for p in self.phases:
                 scale, shift = rng.uniform(-a, a, size=2)
                 out[p] = np.clip(out[p] * np.float32(1 + scale) + np.float32(shift), 0, 1).astype(np.float32)
+        if self.phase_dropout:
+            absent_phases.drop_phases(out, self.phases, self.phase_dropout, rng)
         centre = np.array([z])
         label = case.tumor if self.target == "tumor" else case.liver
         out["label"] = augment(read_window(label, centre, top, left, size)[0], np.int32)
@@ -286,7 +293,8 @@ def make_train_loader(
         num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=stream_seed(seed)
     )
     operations = [
-        PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter, target),
+        PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter, target,
+                    phase_dropout=config.train.get("phase_dropout", 0.0)),
         grain.transforms.Batch(batch_size=batch, drop_remainder=True),
     ]
     workers = data.worker_count if worker_count is None else worker_count

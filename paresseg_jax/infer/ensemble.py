@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from paresseg_jax import model_io
+from paresseg_jax import absent_phases, model_io
 from paresseg_jax.errors import MissingInputError
 from paresseg_jax.infer.predict import predict_volume
 
@@ -25,6 +25,7 @@ class Ensemble:
 
     members: tuple[tuple, ...]
     sources: tuple[str, ...] = ()
+    phase_dropout: float = 0.0  # the smallest any member was trained with (absent_phases): > 0 may go without ART
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -63,7 +64,9 @@ def load_ensemble(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> E
     if not sources:
         raise MissingInputError("no model given", fix="pass at least one model (--model)")
     folders = [folder for source in sources for folder in model_io.model_folders(source)]
-    return Ensemble(tuple(model_io.load_model(folder)[:2] for folder in folders), tuple(str(f) for f in folders))
+    loaded = [model_io.load_model(folder) for folder in folders]
+    return Ensemble(tuple(m[:2] for m in loaded), tuple(str(f) for f in folders),
+                    min(absent_phases.trained_phase_dropout(m[2]) for m in loaded))
 
 
 def _member_progress(progress, member: int, count: int):

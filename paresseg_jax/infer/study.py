@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import model_io, preflight
+from paresseg_jax import absent_phases, model_io, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
@@ -88,8 +88,11 @@ class Segmenter:
         """The same models and settings, registering the other phases to PV or not."""
         return dataclasses.replace(self, preprocess_config={**self.preprocess_config, "register": bool(register)})
 
-    def missing_phases(self, given) -> list[str]:
-        return [p for p in self.phases if p not in given]
+    def missing_phases(self, given, model: str | os.PathLike | None = None) -> list[str]:
+        """The model's phases not in ``given``, which it then sees as absent; refused (``BadInputError``)
+        unless every tumor model was trained with phase dropout (``paresseg_jax.absent_phases``)."""
+        spec = {absent_phases.SPEC_KEY: self.tumor.phase_dropout}
+        return absent_phases.missing_phases(given, self.phases, spec, model)
 
     def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
@@ -99,6 +102,7 @@ class Segmenter:
         model (if any) predicts it. ``sources`` name the phases' files in errors.
         """
         images, registration = prepare_images(case, self.preprocess_config, sources)
+        images = absent_phases.fill_absent(images, self.phases)
         result = segment_study(
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
@@ -198,8 +202,10 @@ def predict_files(
     written together at the end, whole or not at all. ``eval_config`` (keys
     of a config's ``eval`` section) and ``preprocess_config`` override the
     training run's settings; what neither sets takes the library defaults
-    (those of ``paresseg_jax.config_defaults``).
-    Returns a report: paths written, tumor volume (ml), registration, metrics.
+    (those of ``paresseg_jax.config_defaults``). A phase left out (``None``)
+    is given to the model as absent (zeros) if it was trained with phase
+    dropout, else refused. Returns a report: paths written, tumor volume
+    (ml), registration, the phases given as absent, metrics.
     """
     loaded = isinstance(model, Segmenter)
     preflight.prediction(phase_paths, None if loaded else model, out, liver_model=liver_model, liver=liver, gt=gt,
@@ -208,18 +214,15 @@ def predict_files(
         check_dicom_series(phase_paths["pv"], "a DICOM-SEG output (--dicom_seg)")
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
-    missing = segmenter.missing_phases(given)
     named = segmenter.tumor.sources[0] if segmenter.tumor.sources else None
-    if missing:
-        raise BadInputError(f"the model uses phases {segmenter.phases}", path=named,
-                            fix="give the missing image(s) with " + ", ".join(phase_flag(p) for p in missing))
+    absent = segmenter.missing_phases(given, named)
     unused = [p for p in given if p not in segmenter.phases]
     if unused:
         raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
     case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
-    report = {"registration": registration, **volumes_ml(result, case)}
+    report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case)}
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:
         report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
@@ -302,13 +305,11 @@ def segment(
         segmenter = Segmenter.load(model, liver_model, options)
     if register is not None:
         segmenter = segmenter.with_registration(register)
-    missing = segmenter.missing_phases(phases)
-    if missing:
-        raise BadInputError(f"the model uses phases {segmenter.phases}; no image for {missing}",
-                            fix="add them to the phases mapping")
-    sources = {p: phases[p] if not isinstance(phases[p], sitk.Image) else f"the {p} image" for p in segmenter.phases}
+    segmenter.missing_phases(phases)  # refuses missing phases unless the model was trained with phase dropout
+    used = [p for p in segmenter.phases if p in phases]
+    sources = {p: phases[p] if not isinstance(phases[p], sitk.Image) else f"the {p} image" for p in used}
     pv_image = phases["pv"] if isinstance(phases["pv"], sitk.Image) else io.read_image(phases["pv"])
-    arrays = io.phases_on_pv_grid({p: pv_image if p == "pv" else phases[p] for p in segmenter.phases}, sources)
+    arrays = io.phases_on_pv_grid({p: pv_image if p == "pv" else phases[p] for p in used}, sources)
     mask = None
     if liver is not None:
         liver_image = liver if isinstance(liver, sitk.Image) else io.read_image(liver)

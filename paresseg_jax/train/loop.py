@@ -29,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from paresseg_jax import losses, model_io, models
+from paresseg_jax import absent_phases, losses, model_io, models
 from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data import splits
@@ -153,8 +153,10 @@ def _write_config(config, workdir: Path) -> None:
 
 
 def _export(workdir: Path, name: str, config, host_variables) -> None:
-    """Saved-model folder for inference (every process calls it; orbax writes once)."""
-    model_io.save_model(workdir / name, _model_spec(config), host_variables)
+    """Saved-model folder for inference (every process calls it; orbax writes once). The spec also records the
+    phase dropout the model was trained with, which decides whether inference may leave a phase out."""
+    spec = {**_model_spec(config), absent_phases.SPEC_KEY: float(config.train.get("phase_dropout", 0.0))}
+    model_io.save_model(workdir / name, spec, host_variables)
 
 
 def initial_variables(config, module) -> dict:

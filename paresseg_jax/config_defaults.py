@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.crop_size = 224  # square training patch, drawn in the case's liver box
     config.data.tumor_free_fraction = 1.0  # share of liver slices without tumor kept for training
     config.data.intensity_jitter = 0.0  # per-phase random scale/shift amplitude; 0 = off (reference)
+    # Non-PV phases read displaced against PV: a random shift up to shift_mm per axis plus a smooth deformation
+    # up to deformation_mm (paresseg_jax.data.misregistration); 0 = off (reference).
+    config.data.misregistration = ml_collections.ConfigDict({"shift_mm": 0.0, "deformation_mm": 0.0})
     config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)

@@ -36,8 +36,10 @@ import grain
 import jax
 import numpy as np
 from absl import flags
+from scipy import ndimage
 
 from paresseg_jax import absent_phases
+from paresseg_jax.data import misregistration as misregistration_lib
 from paresseg_jax.data.cache import CachedCase
 
 MAX_CROP_SIZE = 1024
@@ -78,6 +80,28 @@ def read_window(volume: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: int)
         for c, z in enumerate(zs):
             out[c, ya - y0 : yb - y0, xa - x0 : xb - x0] = volume[z, ya:yb, xa:xb]
     return out
+
+
+def displaced_window(
+    volume: np.ndarray, zs: np.ndarray, top: int, left: int, size: int, displacement: np.ndarray
+) -> np.ndarray:
+    """``[len(zs), size, size]`` window of ``volume`` as ``pipeline.read_window`` reads it, each voxel read
+    ``displacement`` voxels away (``[3, len(zs), size, size]``, linear interpolation).
+
+    As in the undisplaced window, slices past the volume's ends repeat the
+    end slices and pixels outside the image are 0. Reads only the block the
+    displaced positions need from a memory-mapped volume.
+    """
+    depth = volume.shape[0]
+    grid = np.meshgrid(zs.astype(np.float32), top + np.arange(size, dtype=np.float32),
+                       left + np.arange(size, dtype=np.float32), indexing="ij")
+    z, y, x = (g + d for g, d in zip(grid, displacement))
+    z = np.clip(z, 0, depth - 1)
+    z0, y0, x0 = (int(np.floor(c.min())) for c in (z, y, x))
+    z1 = min(int(np.floor(z.max())) + 2, depth)
+    side = max(int(np.floor(y.max())) + 2 - y0, int(np.floor(x.max())) + 2 - x0)
+    block = read_window(volume, np.arange(z0, z1), y0, x0, side)
+    return ndimage.map_coordinates(block, [z - z0, y - y0, x - x0], order=1, mode="nearest").astype(np.float32)
 
 
 def crop_start(rng: np.random.Generator, box_lo: int, box_hi: int, size: int, extent: int) -> int:
@@ -155,6 +179,9 @@ class PairedPatch(grain.transforms.RandomMap):
     ``'weight'`` ``[H, W]`` float32. With
     ``intensity_jitter = a > 0`` each phase is independently scaled by
     ``1 + U(-a, a)``, shifted by ``U(-a, a)`` and clipped to [0, 1]. With
+    ``misregistration`` amplitudes (``{'shift_mm', 'deformation_mm'}``) each
+    non-PV phase is read displaced against PV (before the ROI gate, which
+    is PV's; :mod:`paresseg_jax.data.misregistration`). With
     ``phase_dropout = p > 0`` each non-PV phase is then replaced by the
     absent-phase input (zeros) with probability p (``paresseg_jax.absent_phases``).
     """
@@ -167,6 +194,7 @@ class PairedPatch(grain.transforms.RandomMap):
         intensity_jitter: float = 0.0,
         target: str = "tumor",
         phase_dropout: float = 0.0,
+        misregistration: Mapping[str, float] | None = None,
     ):
         check_target(target)
         check_crop_size(crop_size)
@@ -179,6 +207,7 @@ class PairedPatch(grain.transforms.RandomMap):
         self.intensity_jitter = float(intensity_jitter)
         self.target = target
         self.phase_dropout = absent_phases.check_probability(phase_dropout)
+        self.misregistration = misregistration_lib.check_settings(misregistration)
 
     def random_map(self, element: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         case, z = element["case"], element["z"]
@@ -197,6 +226,12 @@ class PairedPatch(grain.transforms.RandomMap):
 
         zs = slice_indices(z, depth, self.in_channels)
         windows = {p: read_window(case.image(p), zs, top, left, size) for p in self.phases}
+        if any(self.misregistration.values()):
+            spacing_zyx = tuple(reversed(case.meta["spacing"]))
+            for p in [p for p in self.phases if p != "pv"]:
+                moved = misregistration_lib.random_displacement((len(zs), size, size), spacing_zyx,
+                                                                self.misregistration, rng)
+                windows[p] = displaced_window(case.image(p), zs, top, left, size, moved)
         if self.target == "tumor":
             outside = read_window(case.roi, zs, top, left, size) == 0
             windows = {p: np.where(outside, np.float32(0), w) for p, w in windows.items()}
@@ -294,7 +329,8 @@ def make_train_loader(
     )
     operations = [
         PairedPatch(phases, config.model.in_channels, data.crop_size, data.intensity_jitter, target,
-                    phase_dropout=config.train.get("phase_dropout", 0.0)),
+                    phase_dropout=config.train.get("phase_dropout", 0.0),
+                    misregistration=data.get("misregistration")),
         grain.transforms.Batch(batch_size=batch, drop_remainder=True),
     ]
     workers = data.worker_count if worker_count is None else worker_count

@@ -18,6 +18,7 @@ EXPORTED_MODELS = (BEST_MODEL, LAST_MODEL)
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+PERTURBED_DIR = "perturbed"  # scores with ART misaligned or absent (paresseg_jax.evaluate.robustness)
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:

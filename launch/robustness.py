@@ -1,0 +1,39 @@
+"""paresseg-robustness: a trained model's Dice with ART misaligned by 0-10 mm, and without ART.
+
+    paresseg-robustness --workdir=runs/paresseg                        # shifts and deformations, 0-10 mm
+    paresseg-robustness --workdir=runs/paresseg_pd --absent=art --magnitudes=0   # a phase-dropout model without ART
+
+Scores the run's held-out cases once per condition into
+WORKDIR/perturbed/<condition>/summary.json (compare conditions with
+paresseg-evaluate --run NAME=WORKDIR/perturbed/<condition>) and prints the
+mean Dice of each.
+"""
+
+from absl import flags
+
+from launch import entry
+from paresseg_jax.evaluate import robustness
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a paresseg-train workdir (its model and held-out cases)", required=True)
+_MAGNITUDES = flags.DEFINE_list("magnitudes", ["0", "2", "4", "6", "8", "10"], "misalignments to apply, in mm")
+_KINDS = flags.DEFINE_list("kinds", list(robustness.KINDS), "shift (rigid, a random direction per case) and/or "
+                           "deformation (smooth; the largest displacement is the magnitude)")
+_PHASE = flags.DEFINE_string("phase", "art", "the phase to misalign")
+_ABSENT = flags.DEFINE_list("absent", [], "also score with these phases left out (models trained with phase dropout)")
+_SEED = flags.DEFINE_integer("seed", 0, "fixes each case's shift direction and deformation pattern")
+
+
+def main(argv):
+    del argv
+    dpc = robustness.evaluate_perturbed(_WORKDIR.value, [float(m) for m in _MAGNITUDES.value], _KINDS.value,
+                                        _ABSENT.value, _PHASE.value, _SEED.value)
+    for name, value in dpc.items():
+        print(f"{name:>20}  DPC {100 * value:6.2f}%")
+
+
+def run():
+    entry.run_app(main)
+
+
+if __name__ == "__main__":
+    run()

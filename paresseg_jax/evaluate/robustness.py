@@ -1,0 +1,125 @@
+"""A trained model on its held-out cases with ART misaligned by known millimetres, or without ART.
+
+The paper measures how PA-ResSeg's accuracy depends on registration (Fig. 11);
+clinical studies also lack a usable arterial phase. Both are scored here on
+views of the cached cases that differ from them in one phase only:
+- misaligned: the phase (ART by default) displaced by a rigid shift of
+  ``m`` mm in a direction fixed per case, or by a smooth deformation whose
+  largest displacement is ``m`` mm (``data.misregistration.misalign``);
+  the direction and the deformation's pattern depend on the seed and the
+  case, not on ``m``, so a curve over ``m`` grows one perturbation;
+- absent: the phase replaced by the absent-phase input, allowed only for
+  models trained with phase dropout (``paresseg_jax.absent_phases``).
+Every condition is scored by ``crossval.evaluate_cases`` into its own
+``summary.json`` under ``<workdir>/perturbed/<condition>/``, so
+``paresseg-evaluate --run`` compares conditions with its paired tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from paresseg_jax import absent_phases, model_io
+from paresseg_jax.data import misregistration
+from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.evaluate.crossval import evaluate_cases
+from paresseg_jax.evaluate.summary import write_summary
+from paresseg_jax.train.loop import training_cases
+from paresseg_jax.workdir import CONFIG_FILE, PERTURBED_DIR
+
+KINDS = ("shift", "deformation")
+
+
+class PerturbedCase:
+    """A cached case whose ``image(phase)`` is replaced for some phases (computed on first use)."""
+
+    def __init__(self, case: CachedCase, images: Mapping[str, Callable[[], np.ndarray]]):
+        self._case, self._make, self._made = case, dict(images), {}
+
+    def image(self, phase: str) -> np.ndarray:
+        if phase not in self._make:
+            return self._case.image(phase)
+        if phase not in self._made:
+            self._made[phase] = self._make[phase]()
+        return self._made[phase]
+
+    def __getattr__(self, name):
+        return getattr(self._case, name)
+
+
+def _case_seed(case: CachedCase, seed: int) -> int:
+    return zlib.crc32(case.case_id.encode()) ^ int(seed)
+
+
+def misaligned(case: CachedCase, kind: str, magnitude_mm: float, phase: str = "art", seed: int = 0) -> PerturbedCase:
+    """``case`` with ``phase`` shifted ``magnitude_mm`` in a random direction (``kind='shift'``) or deformed by up to
+    ``magnitude_mm`` (``'deformation'``); direction and pattern are drawn from ``seed`` and the case id."""
+    if kind not in KINDS:
+        raise ValueError(f"misalignment kind {kind!r} is unknown; choose from {KINDS}")
+    spacing_zyx = tuple(reversed(case.meta["spacing"]))
+    case_seed = _case_seed(case, seed)
+
+    def make():
+        volume = np.asarray(case.image(phase))
+        if kind == "deformation":
+            return misregistration.misalign(volume, spacing_zyx, deformation_mm=magnitude_mm, seed=case_seed)
+        direction = np.random.default_rng(case_seed).standard_normal(3)
+        return misregistration.misalign(volume, spacing_zyx, shift_mm=magnitude_mm * direction / np.linalg.norm(direction))
+
+    return PerturbedCase(case, {phase: make})
+
+
+def without(case: CachedCase, phases: Sequence[str]) -> PerturbedCase:
+    """``case`` with ``phases`` given as absent (check the model with ``absent_phases.missing_phases`` first)."""
+    return PerturbedCase(case, {p: lambda: np.zeros(case.shape, np.float32) for p in phases})
+
+
+def evaluate_perturbed(
+    workdir: str | os.PathLike,
+    magnitudes_mm: Sequence[float] = (0, 2, 4, 6, 8, 10),
+    kinds: Sequence[str] = KINDS,
+    absent: Sequence[str] = (),
+    phase: str = "art",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Score a ``paresseg-train`` workdir's model on its held-out cases under each condition: ``phase`` misaligned
+    by each of ``magnitudes_mm`` in each of ``kinds``, then (if given) with the ``absent`` phases left out.
+
+    Writes ``<workdir>/perturbed/<condition>/summary.json`` (conditions ``shift_4mm``, ``deformation_4mm``,
+    ..., ``none`` for 0 mm, ``without_art``) and returns each condition's mean Dice (DPC).
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"misalignment kinds {unknown} are unknown; choose from {KINDS}")
+    workdir = Path(workdir)
+    config_file = workdir / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; give a workdir written by paresseg-train")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    module, variables, spec = model_io.load_model(workdir)
+    if phase not in module.phases or phase == "pv":
+        raise ValueError(f"the model's phases are {module.phases}; misalign one of them other than PV, not {phase!r}")
+    _, cases = training_cases(config)
+    target = config.data.get("target", "tumor")
+    conditions = {}
+    for magnitude in sorted({float(m) for m in magnitudes_mm}):
+        for kind in kinds if magnitude > 0 else ("none",):
+            name = f"{kind}_{magnitude:g}mm" if magnitude > 0 else "none"
+            views = cases if magnitude == 0 else [misaligned(c, kind, magnitude, phase, seed) for c in cases]
+            conditions[name] = (views, {"misalignment": kind, "misalignment_mm": magnitude, "phase": phase})
+    if absent:
+        absent_phases.missing_phases(set(module.phases) - set(absent), module.phases, spec, workdir)
+        conditions["without_" + "_".join(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
+    dpc = {}
+    for name, (views, info) in conditions.items():
+        records = evaluate_cases(module, variables, views, config.eval.to_dict(), target=target, condition=name, **info)
+        write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **info)
+        dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))
+    return dpc

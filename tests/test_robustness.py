@@ -1,0 +1,61 @@
+"""A trained run scored with ART misaligned by known millimetres and without ART."""
+
+import numpy as np
+import pytest
+
+from paresseg_jax.data import cache
+from paresseg_jax.errors import PareSegError
+from paresseg_jax.evaluate import robustness
+from paresseg_jax.evaluate.summary import read_summary
+from paresseg_jax.train import loop
+from paresseg_jax.workdir import PERTURBED_DIR
+from test_train_support import tiny_config, write_tiny_cache
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return write_tiny_cache(tmp_path_factory.mktemp("cache"))
+
+
+def _train(cache_dir, workdir, phase_dropout):
+    config = tiny_config(cache_dir, num_steps=2, eval_every=2, checkpoint_every=2, phase_dropout=phase_dropout)
+    loop.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_a_shifted_view_moves_its_phase_rigidly_by_the_magnitude_in_one_direction_per_case(tmp_path):
+    """Three caches hold case 'c' with ART a ramp along z, y and x: each reads back one component of its shift."""
+    shape, spacing_zyx = (8, 40, 44), (5.0, 0.8, 0.7)
+    liver = np.ones(shape, np.uint8)
+    moved_mm = []
+    for axis, ramp in enumerate(np.indices(shape).astype(np.float32)):
+        case = cache.write_case(tmp_path / str(axis), "c", {"pv": ramp * 0 + 0.5, "art": ramp}, liver, liver * 0,
+                                liver, liver.astype(np.float32), {"spacing": list(reversed(spacing_zyx))})
+        view = robustness.misaligned(case, "shift", 5.0, seed=1)
+        np.testing.assert_array_equal(view.image("pv"), case.image("pv"))
+        np.testing.assert_array_equal(view.tumor, case.tumor)
+        difference = (view.image("art") - ramp)[2:-2, 10:-10, 10:-10]  # away from the clamped edges
+        assert np.ptp(difference) < 1e-4  # rigid
+        moved_mm.append(float(difference.mean()) * spacing_zyx[axis])
+    assert np.linalg.norm(moved_mm) == pytest.approx(5.0, rel=1e-4)
+    other_seed = robustness.misaligned(case, "shift", 5.0, seed=2).image("art")
+    assert not np.allclose(other_seed, view.image("art"))
+    deformed = robustness.misaligned(case, "deformation", 3.0, seed=1).image("art") - ramp
+    assert np.ptp(deformed) > 0.1 and np.abs(deformed).max() * spacing_zyx[2] <= 3.0 + 1e-4
+    assert not robustness.without(case, ["art"]).image("art").any()
+    with pytest.raises(ValueError, match="unknown"):
+        robustness.misaligned(case, "twist", 1.0)
+
+
+def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_without_art(cache_dir, tmp_path):
+    dropout = _train(cache_dir, tmp_path / "dropout", 0.5)
+    dpc = robustness.evaluate_perturbed(dropout, magnitudes_mm=(0, 4), kinds=("shift", "deformation"), absent=["art"])
+    assert list(dpc) == ["none", "shift_4mm", "deformation_4mm", "without_art"]
+    for name in dpc:
+        summary = read_summary(dropout / PERTURBED_DIR / name)
+        assert {r["condition"] for r in summary["cases"]} == {name}
+        assert dpc[name] == pytest.approx(np.mean([r["metrics"]["dice"] for r in summary["cases"]]))
+    assert read_summary(dropout / PERTURBED_DIR / "shift_4mm")["cases"][0]["misalignment_mm"] == 4.0
+    plain = _train(cache_dir, tmp_path / "plain", 0.0)
+    with pytest.raises(PareSegError, match="trained without phase dropout"):
+        robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"])

@@ -11,7 +11,7 @@ mean Dice of each.
 
 from absl import flags
 
-from launch import entry
+from paresseg_jax import cli
 from paresseg_jax.evaluate import robustness
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a paresseg-train workdir (its model and held-out cases)", required=True)
@@ -32,7 +32,7 @@ def main(argv):
 
 
 def run():
-    entry.run_app(main)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

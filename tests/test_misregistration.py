@@ -8,7 +8,7 @@ displacement can be read back from the values.
 import numpy as np
 import pytest
 
-from configs import base
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache, misregistration, pipeline
 
 SHAPE = (6, 40, 44)
@@ -97,7 +97,7 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
 
 
 def test_settings_are_checked():
-    assert misregistration.check_settings(base.get_config().data.misregistration) == {"shift_mm": 0.0,
+    assert misregistration.check_settings(config_defaults.get_config().data.misregistration) == {"shift_mm": 0.0,
                                                                                        "deformation_mm": 0.0}
     with pytest.raises(ValueError, match="unknown keys"):
         misregistration.check_settings({"shift": 1.0})

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import spatial_resseg
-from paresseg_jax import models
+from paresseg_jax import config_files, models
 from paresseg_jax.models.spatial_attention import LocalPhaseAttention, local_attention
 
 
@@ -70,7 +69,7 @@ def test_attention_runs_in_float32_and_without_matrix_products_in_a_bfloat16_mod
 
 
 def test_the_config_builds_a_two_phase_msf_model_with_the_block_at_every_scale():
-    config = spatial_resseg.get_config()
+    config = config_files.load("spatial_resseg")
     config.model.width = 4
     module = models.create(**config.model.to_dict())
     inputs = [jax.ShapeDtypeStruct((1, 40, 48, 3), jnp.float32)] * 2

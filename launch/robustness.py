@@ -21,12 +21,15 @@ _KINDS = flags.DEFINE_list("kinds", list(robustness.KINDS), "shift (rigid, a ran
 _PHASE = flags.DEFINE_string("phase", "art", "the phase to misalign")
 _ABSENT = flags.DEFINE_list("absent", [], "also score with these phases left out (models trained with phase dropout)")
 _SEED = flags.DEFINE_integer("seed", 0, "fixes each case's shift direction and deformation pattern")
+_CACHE = flags.DEFINE_string("cache_dir", None, "read the held-out cases from this cache instead of the run's (the "
+                             "cohort preprocessed otherwise, e.g. without registration or rigid only)")
+_PREFIX = flags.DEFINE_string("prefix", "", "prepended to each condition's folder name (e.g. rigid_)")
 
 
 def main(argv):
     del argv
     dpc = robustness.evaluate_perturbed(_WORKDIR.value, [float(m) for m in _MAGNITUDES.value], _KINDS.value,
-                                        _ABSENT.value, _PHASE.value, _SEED.value)
+                                        _ABSENT.value, _PHASE.value, _SEED.value, _CACHE.value, _PREFIX.value)
     for name, value in dpc.items():
         print(f"{name:>20}  DPC {100 * value:6.2f}%")
 

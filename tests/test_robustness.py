@@ -56,6 +56,12 @@ def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_wi
         assert {r["condition"] for r in summary["cases"]} == {name}
         assert dpc[name] == pytest.approx(np.mean([r["metrics"]["dice"] for r in summary["cases"]]))
     assert read_summary(dropout / PERTURBED_DIR / "shift_4mm")["cases"][0]["misalignment_mm"] == 4.0
+    # the held-out cases as another preprocessing left them (here: other images under the same case ids)
+    other = write_tiny_cache(tmp_path / "other", seed=7)
+    robustness.evaluate_perturbed(dropout, magnitudes_mm=(0,), kinds=(), cache_dir=other, prefix="other_")
+    elsewhere, here = (read_summary(dropout / PERTURBED_DIR / name) for name in ("other_none", "none"))
+    assert elsewhere["info"]["cache_dir"] == str(other)
+    assert [r["case_id"] for r in elsewhere["cases"]] == [r["case_id"] for r in here["cases"]]
     plain = _train(cache_dir, tmp_path / "plain", 0.0)
     with pytest.raises(PareSegError, match="trained without phase dropout"):
         robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"])

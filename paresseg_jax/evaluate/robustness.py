@@ -28,7 +28,7 @@ import numpy as np
 
 from paresseg_jax import absent_phases, model_io
 from paresseg_jax.data import misregistration
-from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.data.cache import CachedCase, open_cohort
 from paresseg_jax.evaluate.crossval import evaluate_cases
 from paresseg_jax.evaluate.summary import write_summary
 from paresseg_jax.train.loop import training_cases
@@ -88,12 +88,17 @@ def evaluate_perturbed(
     absent: Sequence[str] = (),
     phase: str = "art",
     seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    prefix: str = "",
 ) -> dict[str, float]:
     """Score a ``paresseg-train`` workdir's model on its held-out cases under each condition: ``phase`` misaligned
     by each of ``magnitudes_mm`` in each of ``kinds``, then (if given) with the ``absent`` phases left out.
 
-    Writes ``<workdir>/perturbed/<condition>/summary.json`` (conditions ``shift_4mm``, ``deformation_4mm``,
-    ..., ``none`` for 0 mm, ``without_art``) and returns each condition's mean Dice (DPC).
+    With ``cache_dir`` the same held-out cases are read from that cache instead of the run's: the cohort
+    preprocessed otherwise, e.g. registered rigidly only (``registration.bspline_iterations = 0``) or not
+    at all (``register = False``). Writes ``<workdir>/perturbed/<prefix><condition>/summary.json``
+    (conditions ``shift_4mm``, ``deformation_4mm``, ..., ``none`` for 0 mm, ``without_art``) and returns
+    each condition's mean Dice (DPC).
     """
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -107,6 +112,8 @@ def evaluate_perturbed(
     if phase not in module.phases or phase == "pv":
         raise ValueError(f"the model's phases are {module.phases}; misalign one of them other than PV, not {phase!r}")
     _, cases = training_cases(config)
+    if cache_dir is not None:
+        cases = open_cohort(cache_dir, [c.case_id for c in cases])
     target = config.data.get("target", "tumor")
     conditions = {}
     for magnitude in sorted({float(m) for m in magnitudes_mm}):
@@ -118,8 +125,11 @@ def evaluate_perturbed(
         absent_phases.missing_phases(set(module.phases) - set(absent), module.phases, spec, workdir)
         conditions["without_" + "_".join(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
     dpc = {}
+    source = {"cache_dir": str(cache_dir or config.data.cache_dir or "the run's")}
     for name, (views, info) in conditions.items():
-        records = evaluate_cases(module, variables, views, config.eval.to_dict(), target=target, condition=name, **info)
-        write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **info)
+        name = prefix + name
+        records = evaluate_cases(module, variables, views, config.eval.to_dict(), target=target, condition=name,
+                                 **info)
+        write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info)
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))
     return dpc

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from paresseg_jax import ablation, config_files
 from paresseg_jax.data import cache
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import robustness
@@ -65,3 +66,14 @@ def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_wi
     plain = _train(cache_dir, tmp_path / "plain", 0.0)
     with pytest.raises(PareSegError, match="trained without phase dropout"):
         robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"])
+
+
+def test_the_study_rows_build_their_configs():
+    rows = ablation.read_rows(config_files.builtin_dir() / "beyond_the_paper.toml")
+    configs = {}
+    for row in rows:
+        configs[row.run] = config_files.load(row.config)
+        ablation.apply_overrides(configs[row.run], row.overrides, row.label)
+    assert configs["spatial"].model.fusion == "spatial"
+    assert configs["paresseg_phase_dropout"].train.phase_dropout == 0.3
+    assert dict(configs["paresseg_misregistration"].data.misregistration) == {"shift_mm": 5.0, "deformation_mm": 3.0}

@@ -67,6 +67,26 @@ def test_bench_conv_impl_variants_and_profile(tmp_path):
     assert "where a jax float32 step's op time goes" in table
 
 
+@pytest.mark.slow  # a subprocess compiling an MSF train step (~1-2 min on 2 cores; the block is tested apart)
+def test_bench_times_a_registered_fusion_block_and_plans_its_memory(tmp_path):
+    """--fusion puts a block into an MSF model (here the spatial attention); peak_mb is XLA's plan for one step,
+    which holds at least the parameters and Adam's two moments."""
+    import jax
+    import numpy as np
+
+    from paresseg_jax import models
+
+    out = tmp_path / "bench.json"
+    table = _run([sys.executable, "launch/benchmark.py", *TINY, "--model=msf_resseg", "--fusion=spatial",
+                  "--parts=train", "--dtypes=float32", f"--json={out}"])
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert record["model"]["fusion"] == "spatial" and "peak_mb" in table
+    params = models.variable_shapes(models.create("msf_resseg", fusion="spatial", width=4))["params"]
+    state_mb = 3 * sum(np.prod(p.shape) * 4 for p in jax.tree.leaves(params)) / 2**20
+    assert row["peak_mb"] > state_mb
+
+
 @pytest.mark.slow  # eleven compiles in four processes (~6 min on 2 cores)
 def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     pytest.importorskip("torch", reason="COMPARE_TORCH=1 needs the test extra's torch")

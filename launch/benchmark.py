@@ -37,8 +37,8 @@ def _define_flags():
     flags.DEFINE_string("model", "paresseg", "model: a registered name (paresseg_jax.models.MODELS) or package.module:Class")
     flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
     flags.DEFINE_enum("attention", "reference", ["reference", "paper"], "attention semantics")
-    flags.DEFINE_string("fusion", None, "fusion block of an MSF model (paresseg_jax.models.FUSION_BLOCKS, e.g. "
-                        "'spatial'); default: the model's own")
+    flags.DEFINE_string("fusion", None, "fusion block of an MSF model: a registered name (e.g. 'spatial') or "
+                        "package.module:Class; default: the model's own")
     flags.DEFINE_integer("batch", 8, "train batch size (the paper's is 8)")
     flags.DEFINE_integer("size", 224, "train patch size")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes of the JAX train step")

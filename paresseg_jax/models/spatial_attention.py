@@ -37,7 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from paresseg_jax.models.fusion import FusionBlock, _head_channels, _suffix
+from paresseg_jax.models.fusion import _head_channels, _suffix
+from paresseg_jax.models.fusion_block import FusionBlock
 from paresseg_jax.models.layers import Conv
 from paresseg_jax.models.registry import register_fusion_block
 

@@ -96,6 +96,22 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
     assert largest > 0.5 * limit
 
 
+def test_the_training_loader_takes_the_amplitudes_from_the_config(tmp_path):
+    code = _code()
+    liver = np.ones(SHAPE, np.uint8)
+    case = cache.write_case(tmp_path, "c", {"pv": code, "art": 2 * code}, liver, liver * 0, liver, code,
+                            {"spacing": list(reversed(SPACING))})
+    config = config_defaults.get_config()
+    config.data.crop_size, config.train.batch_size = 16, 4
+    batches = []
+    for shift_mm in (0.0, 3.0):
+        config.data.misregistration.shift_mm = shift_mm
+        batches.append(next(iter(pipeline.make_train_loader(config, [case], seed=0, worker_count=0))))
+    np.testing.assert_array_equal(batches[0]["pv"], batches[1]["pv"])
+    np.testing.assert_array_equal(batches[0]["art"], 2 * batches[0]["pv"])
+    assert not np.array_equal(batches[1]["art"], 2 * batches[1]["pv"])
+
+
 def test_settings_are_checked():
     assert misregistration.check_settings(config_defaults.get_config().data.misregistration) == {"shift_mm": 0.0,
                                                                                        "deformation_mm": 0.0}

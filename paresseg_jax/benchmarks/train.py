@@ -48,7 +48,7 @@ class JaxTrainStep:
         self.batch = jax.device_put(batch)
         jitted = jax.jit(step, donate_argnums=0)
         self.compiled, self.compile_s = compile_timed(jitted, self.state, self.batch)
-        self.peak_bytes = peak_memory(self.compiled)
+        self.memory = planned_memory(self.compiled)
         with ops.conv_impl("xla"):  # cost analysis would count the chunked gradient's loop body once and
             # Winograd's multiplies, not the direct convolution's; a fresh function, since jax reuses the
             # trace of `step` made outside this block
@@ -59,12 +59,16 @@ class JaxTrainStep:
         metrics["loss"].block_until_ready()
 
 
-def peak_memory(compiled) -> int | None:
-    """Bytes XLA plans for one call (arguments, outputs, temporaries) by its memory analysis, or None."""
+def planned_memory(compiled) -> dict:
+    """MB XLA plans for one call by its memory analysis: ``temp_mb`` (the step's working buffers: activations,
+    gradients) and ``memory_mb`` (those plus arguments and outputs, donated ones once); empty if unavailable.
+    (The analysis' ``peak_memory_in_bytes`` leaves the temporaries out on a CPU.)"""
     try:
-        return int(compiled.memory_analysis().peak_memory_in_bytes)
+        m = compiled.memory_analysis()
+        total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+        return {"temp_mb": m.temp_size_in_bytes / 2**20, "memory_mb": total / 2**20}
     except (AttributeError, TypeError):  # a backend or jax version without the analysis
-        return None
+        return {}
 
 
 def torch_train_step(model, batch: dict, phases) -> Any:
@@ -91,7 +95,7 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
                     torch_model=None, conv_impls=(), profile_calls: int = 0,
                     profile_dir: str | None = None) -> list[dict]:
     """Rows ``{'part', 'variant', 'dtype', 'batch', 'size', 'step_s', 'samples_per_s', 'gflop_per_step',
-    'gflops', 'compile_s', 'peak_mb'}`` (``peak_mb``: XLA's planned memory of one step); `module_for_dtype(dtype)` builds the model in that compute dtype.
+    'gflops', 'compile_s', 'temp_mb', 'memory_mb'}`` (XLA's planned memory of one step, :func:`planned_memory`); `module_for_dtype(dtype)` builds the model in that compute dtype.
 
     Each of `conv_impls` ('direct', 'xla') adds variant 'jax-<impl>', the same step traced inside
     `ops.conv_impl(impl)`: the baselines of `ops.conv2d`'s CPU Winograd and weight gradient.
@@ -120,7 +124,7 @@ def benchmark_train(module_for_dtype, variables, batch_size: int, size: int, dty
             "gflop_per_step": flops / 1e9 if flops else None,
             "gflops": flops / t["median"] / 1e9 if flops else None,
             "compile_s": step.compile_s if step else None,
-            "peak_mb": step.peak_bytes / 2**20 if step and step.peak_bytes else None,
+            **(step.memory if step else {}),
         })
         if step and profile_calls:
             logdir = f"{profile_dir}/{variant}-{dtype}" if profile_dir else None

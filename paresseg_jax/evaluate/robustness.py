@@ -29,6 +29,7 @@ import numpy as np
 from paresseg_jax import absent_phases, model_io
 from paresseg_jax.data import misregistration
 from paresseg_jax.data.cache import CachedCase, open_cohort
+from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate.crossval import evaluate_cases
 from paresseg_jax.evaluate.summary import write_summary
 from paresseg_jax.train.loop import training_cases
@@ -102,15 +103,16 @@ def evaluate_perturbed(
     """
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"misalignment kinds {unknown} are unknown; choose from {KINDS}")
+        raise BadInputError(f"misalignment kinds {unknown} are unknown", fix=f"choose from {KINDS} (--kinds)")
     workdir = Path(workdir)
     config_file = workdir / CONFIG_FILE
     if not config_file.is_file():
-        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE}; give a workdir written by paresseg-train")
+        raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     module, variables, spec = model_io.load_model(workdir)
     if phase not in module.phases or phase == "pv":
-        raise ValueError(f"the model's phases are {module.phases}; misalign one of them other than PV, not {phase!r}")
+        raise BadInputError(f"the model's phases are {module.phases}, so it cannot misalign {phase!r}", path=workdir,
+                            fix="misalign one of the model's phases other than PV (--phase)")
     _, cases = training_cases(config)
     if cache_dir is not None:
         cases = open_cohort(cache_dir, [c.case_id for c in cases])

@@ -23,7 +23,7 @@ p (``SPEC_KEY``), and inference runs a model without a phase only if p > 0.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,9 +53,14 @@ def trained_phase_dropout(spec: Mapping) -> float:
 
 
 def missing_phases(
-    given: Iterable[str], phases: Sequence[str], spec: Mapping, model: str | os.PathLike | None = None
+    given: Iterable[str],
+    phases: Sequence[str],
+    spec: Mapping,
+    model: str | os.PathLike | None = None,
+    flag: Callable[[str], str] = lambda phase: f"--{phase}",
 ) -> list[str]:
     """The model's ``phases`` a study lacks (not in ``given``), if the model can run without them.
+    ``flag`` names the option that gives a phase, for the error.
 
     Refuses (``BadInputError``, a ``PareSegError``) a study without PV, and missing phases for a
     model trained without phase dropout: it never saw the absent input and
@@ -67,7 +72,7 @@ def missing_phases(
                             fix="give it with --pv")
     missing = [p for p in phases if p not in given]
     if missing and trained_phase_dropout(spec) <= 0:
-        flags = ", ".join(f"--{p}" for p in missing)
+        flags = ", ".join(flag(p) for p in missing)
         raise BadInputError(
             f"the model uses phases {tuple(phases)} and was trained without phase dropout, so it cannot run "
             f"without {', '.join(missing)}",

@@ -88,11 +88,14 @@ class Segmenter:
         """The same models and settings, registering the other phases to PV or not."""
         return dataclasses.replace(self, preprocess_config={**self.preprocess_config, "register": bool(register)})
 
-    def missing_phases(self, given, model: str | os.PathLike | None = None) -> list[str]:
-        """The model's phases not in ``given``, which it then sees as absent; refused (``BadInputError``)
-        unless every tumor model was trained with phase dropout (``paresseg_jax.absent_phases``)."""
+    def missing_phases(self, given) -> list[str]:
+        return [p for p in self.phases if p not in given]
+
+    def absent_phases_of(self, given, model: str | os.PathLike | None = None) -> list[str]:
+        """:meth:`missing_phases`, which the models then see as absent; refused (``BadInputError``) unless
+        every tumor model was trained with phase dropout (``paresseg_jax.absent_phases``)."""
         spec = {absent_phases.SPEC_KEY: self.tumor.phase_dropout}
-        return absent_phases.missing_phases(given, self.phases, spec, model)
+        return absent_phases.missing_phases(given, self.phases, spec, model, flag=phase_flag)
 
     def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
@@ -215,7 +218,7 @@ def predict_files(
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
     named = segmenter.tumor.sources[0] if segmenter.tumor.sources else None
-    absent = segmenter.missing_phases(given, named)
+    absent = segmenter.absent_phases_of(given, named)
     unused = [p for p in given if p not in segmenter.phases]
     if unused:
         raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
@@ -305,7 +308,7 @@ def segment(
         segmenter = Segmenter.load(model, liver_model, options)
     if register is not None:
         segmenter = segmenter.with_registration(register)
-    segmenter.missing_phases(phases)  # refuses missing phases unless the model was trained with phase dropout
+    segmenter.absent_phases_of(phases)  # refuses missing phases unless the model was trained with phase dropout
     used = [p for p in segmenter.phases if p in phases]
     sources = {p: phases[p] if not isinstance(phases[p], sitk.Image) else f"the {p} image" for p in used}
     pv_image = phases["pv"] if isinstance(phases["pv"], sitk.Image) else io.read_image(phases["pv"])

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.in_channels = 3
     config.model.num_classes = 2
     config.model.attention = "reference"
+    config.model.precise_attention = True  # attention matmuls at Precision.HIGHEST (no TF32 on Ampere+ GPUs)
     config.model.fusion = "pa"
     config.model.dtype = "float32"
     config.model.phases = ("pv", "art")

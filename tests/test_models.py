@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import expit, softmax
 
-from paresseg_jax import config_files, models
+from paresseg_jax import config_files, models, ops
 from paresseg_jax.models.attention import InterPhaseAttention, IntraPhaseAttention, inter_phase_scale
 from paresseg_jax.models.layers import BatchNorm, Conv, ConvTranspose
 
@@ -154,8 +154,21 @@ def test_intra_phase_attention_formulas(attention):
         expected = 0.7 * softmax(E.max(-1, keepdims=True) - E, axis=-1) @ X + X
     else:
         assert "params" not in variables
-        expected = softmax(E, axis=-1).transpose(0, 2, 1) @ X + X
+        expected = softmax(E, axis=-1) @ X + X  # Eq. 1 as DANet: out_j = sum_i m_ji X_i
     np.testing.assert_allclose(module.apply(variables, x), _unflat(expected, x), rtol=1e-5, atol=1e-5)
+
+
+def test_paper_intra_phase_attention_weights_sum_to_one_over_the_summed_channel():
+    # A pixel where every channel is 1 adds the same 1 to every energy (the softmax ignores it) and reads
+    # out the applied weights: there out_c - x_c = sum_i m_ci, which Eq. 1's m sums to one over i.
+    x = _features(12, (1, 5, 4, 6), scale=0.7)
+    x[0, 0, 0, :] = 1.0
+    module = IntraPhaseAttention("paper")
+    out = np.asarray(module.apply(module.init(jax.random.key(0), x), x))
+    X = _flat(x)
+    weights = softmax(X @ X.transpose(0, 2, 1), axis=-1)
+    assert np.abs(weights.sum(axis=-2) - 1).max() > 0.1  # not doubly stochastic: the orientation matters
+    np.testing.assert_allclose(out[0, 0, 0] - 1.0, np.ones(6), rtol=1e-5)
 
 
 def test_reference_inter_phase_scale_is_sigmoid_one_for_any_input():
@@ -189,6 +202,37 @@ def test_attention_energies_stay_float32_under_bfloat16():
     assert got.dtype == jnp.bfloat16
     expected = IntraPhaseAttention("reference").apply(variables, x.astype(jnp.float32))
     np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=1e-2, atol=1e-2)
+
+
+def _cuda_dot_generals(module, train: bool) -> list[str]:
+    """The dot_general lines of ``module``'s forward pass (train: its loss gradient) lowered for CUDA
+    with XLA's own convolutions, as on a GPU (the CPU's Winograd convolutions are matmuls too)."""
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+    def forward(variables, *inputs):
+        if not train:
+            return module.apply(variables, *inputs, train=False)
+        loss = lambda params: module.apply({**variables, "params": params}, *inputs, train=True,  # noqa: E731
+                                           mutable=["batch_stats"])[0].sum()
+        return jax.grad(loss)(variables["params"])
+
+    with ops.conv_impl("xla"):
+        lowered = jax.jit(forward).trace(models.variable_shapes(module), *[x] * len(module.phases)).lower(
+            lowering_platforms=("cuda",))
+    return [line for line in lowered.as_text().splitlines() if "stablehlo.dot_general" in line]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_attention_matmul_asks_for_highest_precision_on_cuda(dtype):
+    # Six PA blocks, each with two intra-PA matmuls (energy, weights @ features) and one inter-PA energy.
+    module = models.create("paresseg", width=4, dtype=dtype)
+    forward = _cuda_dot_generals(module, train=False)
+    assert len(forward) == 6 * 3
+    assert all("precision = [HIGHEST, HIGHEST]" in line and "xf32>" in line for line in forward)
+    backward = _cuda_dot_generals(module, train=True)
+    assert len(backward) > len(forward) and all("precision = [HIGHEST, HIGHEST]" in line for line in backward)
+    loose = _cuda_dot_generals(models.create("paresseg", width=4, dtype=dtype, precise_attention=False), train=False)
+    assert len(loose) == 6 * 3 and not any("HIGHEST" in line for line in loose)
 
 
 def test_unknown_attention_is_refused():

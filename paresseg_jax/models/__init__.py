@@ -42,7 +42,7 @@ def dtype_name(dtype) -> str:
 
 def create(name: str, **options):
     """Builds model `name` with `options` (width, num_classes, in_channels,
-    attention, fusion, dtype, phases, bn_axis_name); unset options take the
+    attention, precise_attention, fusion, dtype, phases, bn_axis_name); unset options take the
     name's defaults (e.g. `paresseg`: fusion 'pa', phases ('pv', 'art')).
 
     `name` and `fusion` are registered names or import paths

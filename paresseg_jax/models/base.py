@@ -25,6 +25,7 @@ class SegmentationModel(nn.Module):
     width: int = 64
     num_classes: int = 2
     attention: str = "reference"
+    precise_attention: bool = True  # Precision.HIGHEST on attention matmuls (no TF32 on GPUs)
     fusion: Optional[str] = None
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None

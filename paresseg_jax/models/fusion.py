@@ -41,7 +41,7 @@ def _intra_phase_branch(block: FusionBlock, pv, train: bool):
     """
     inter = _head_channels(pv)
     pv_features = block.conv(inter, "conv5c")(pv, train)
-    attended = IntraPhaseAttention(block.attention, block.dtype, name="sc")(pv_features)
+    attended = IntraPhaseAttention(block.attention, block.dtype, block.precise_attention, name="sc")(pv_features)
     return inter, pv_features, [block.conv(inter, "conv51")(attended, train)]
 
 
@@ -60,7 +60,7 @@ class PhaseAttentionBlock(FusionBlock):
         for k, other in enumerate(others):
             s = _suffix(k)
             other_features = self.conv(inter, "conv5p" + s)(other, train)
-            attended = InterPhaseAttention(self.attention, self.dtype, name="pa" + s)(pv_features, other_features)
+            attended = InterPhaseAttention(self.attention, self.dtype, self.precise_attention, name="pa" + s)(pv_features, other_features)
             branches.append(self.conv(inter, "conv52" + s)(attended, train))
         return jnp.concatenate(branches, axis=-1)
 
@@ -117,7 +117,7 @@ def fuse_scales(model, per_phase_features, train: bool) -> list:
     one list of scales per phase, PV first."""
     block = fusion_block(model.fusion)
     pv, *others = per_phase_features
-    return [block(attention=model.attention, name=f"cf{k}", **model.layer_options)(f, [o[k - 1] for o in others], train)
+    return [block(attention=model.attention, precise_attention=model.precise_attention, name=f"cf{k}", **model.layer_options)(f, [o[k - 1] for o in others], train)
             for k, f in enumerate(pv, start=1)]
 
 

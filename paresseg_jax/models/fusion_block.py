@@ -26,6 +26,7 @@ class FusionBlock(nn.Module):
     """Options every block receives from the model; a block may ignore them. Subclasses implement `FusionCall`."""
 
     attention: str = "reference"
+    precise_attention: bool = True  # Precision.HIGHEST on the block's attention matmuls (see models.attention)
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
 

@@ -98,6 +98,7 @@ class MPFResSeg(SegmentationModel):
     def __call__(self, *inputs, train: bool = False):
         self.check_inputs(inputs)
         options = dict(in_channels=self.in_channels, width=self.width, num_classes=self.num_classes,
-                       attention=self.attention, fusion=self.fusion, **self.layer_options)
+                       attention=self.attention, precise_attention=self.precise_attention, fusion=self.fusion,
+                       **self.layer_options)
         return sum(ResSeg(phases=(p,), name=f"{p.upper()}_net", **options)(x, train=train)
                    for p, x in zip(self.phases, inputs))

@@ -1,7 +1,7 @@
 """paresseg-evaluate: the paper's tables (and figures) from predictions, workdirs or a cross-validation.
 
-    # k-fold cross-validation (trains every fold, then scores the held-out cases)
-    paresseg-evaluate --config=paresseg --workdir=runs/cv_paresseg
+    # k-fold cross-validation (trains every fold and its liver-ResSeg, then scores the held-out cases)
+    paresseg-evaluate --config=paresseg --workdir=runs/cv_paresseg --liver_workdir=runs/cv_liver
     # tables of finished runs, with a paired t-test of each run against the first
     paresseg-evaluate --run single=runs/cv_single --run paresseg=runs/cv_paresseg --figures=report/
     # a folder of predicted masks <case_id>.nii.gz against a cohort's ground truth
@@ -9,8 +9,12 @@
     # paresseg-predict's label maps (an ensemble's too): its summary.json is a run, or score the folder again
     paresseg-evaluate --run ensemble=preds/ --run single=other_preds/
 
-A run is a summary.json, a folder holding one, or a paresseg-train workdir
-(then its best model is scored on its validation fold first). Every path is
+A run is a summary.json, a folder holding one, or a paresseg-train workdir:
+then its model (config.eval.checkpoint: 'last' by default) is scored first on
+its test cases (split.json), through the paper's cascade: --liver_workdir is a
+liver-ResSeg run trained on the same folds (--roi=oracle_gt_liver uses the
+ground-truth liver instead, an oracle). Every summary states its split,
+checkpoint, ROI, extent and threshold. Every path is
 checked before any work; predicted masks must be on their case's PV grid
 unless --resample_masks is given.
 """
@@ -33,19 +37,24 @@ _COHORT = flags.DEFINE_string("cohort", None, "cohort with the ground truth for 
 _METRIC = flags.DEFINE_string("metric", "dice", "per-case metric of the paired t-test")
 _FIGURES = flags.DEFINE_string("figures", None, "folder for the figures (per-type bars, training curves)")
 _OVERLAYS = flags.DEFINE_boolean("overlays", False, "also write a PNG overlay per evaluated case")
+_LIVER = flags.DEFINE_string(
+    "liver_workdir", None, "liver-ResSeg run(s) for the cascade ROI: with --config the cross-validation's liver folds "
+    "(default <workdir>/liver, trained when missing); with --run a workdir trained on the same fold")
+_ROI = flags.DEFINE_enum("roi", None, ["cascade", "oracle_gt_liver"],  # evaluate.scoring.ROI_SOURCES (no jax import here)
+                         "ROI of --run workdirs (default: their config.eval.roi)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow predicted masks on another grid than the "
                                        "case's PV image (resampled onto it; else refused)")
 
 
 def _load_run(path: Path) -> dict:
-    from paresseg_jax.evaluate import crossval, summary
+    from paresseg_jax.evaluate import scoring, summary
 
     if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
         content = summary.read_summary(path)
         if content["summary"] is None:
             raise app.UsageError(f"{path}: no case of this run was scored (its cohort has no tumor masks)")
         return content
-    return crossval.evaluate_workdir(path, _OVERLAYS.value)
+    return scoring.score_run(path, liver_workdir=_LIVER.value, roi=_ROI.value, overlays=_OVERLAYS.value)
 
 
 def _check_inputs(runs: list[tuple[str, str]]) -> None:
@@ -87,7 +96,7 @@ def main(argv):
     runs, paths = {}, {}
     if _CONFIG.value is not None:
         name = Path(_WORKDIR.value).name
-        runs[name] = crossval.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _OVERLAYS.value)
+        runs[name] = crossval.cross_validate(_CONFIG.value, _WORKDIR.value, _FOLDS.value, _OVERLAYS.value, _LIVER.value)
         paths[name] = Path(_WORKDIR.value)
     if _PREDICTIONS.value:
         name = Path(_PREDICTIONS.value).name
@@ -97,6 +106,7 @@ def main(argv):
     for name, path in named_runs:
         runs[name], paths[name] = _load_run(Path(path)), Path(path)
 
+    print("Protocol (test cases, model, ROI, extent, threshold)\n" + tables.protocol_table(runs) + "\n")
     print("Segmentation metrics (Table 7 layout; %, HD95/ASSD in mm)\n" + tables.metrics_table(runs) + "\n")
     print("DPC per tumor type (Tables 8/11 layout; %)\n" + tables.per_type_table(runs) + "\n")
     print("Marginal vs middle tumor slices (Table 12 layout; %)\n" + tables.slice_table(runs) + "\n")

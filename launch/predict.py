@@ -54,13 +54,14 @@ _TILE = flags.DEFINE_integer("tile", None, "overlap-tile size in pixels")
 _STRIDE = flags.DEFINE_integer("stride", None, "overlap-tile stride in pixels")
 _WEIGHTING = flags.DEFINE_enum("weighting", None, ["pyramid", "gaussian", "constant"], "overlap-tile blending")
 _TTA = flags.DEFINE_boolean("tta", None, "average over flipped inputs")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "tumor if probability > threshold")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "tumor where probability >= threshold")
 _BATCH = flags.DEFINE_integer("batch_size", None, "slices or tiles per forward pass")
 _BATCH_PIXELS = flags.DEFINE_integer("batch_pixels", None, "at most this many pixels per forward pass (0: 512 x 512 "
                                      "on a CPU, which bounds host memory; no cap on GPUs)")
 _CONV = flags.DEFINE_enum("conv_impl", None, ["direct", "fast"], "CPU convolutions: direct (default) or fast "
                           "(Winograd: ~14% less time, ~0.9 GB more memory per 512 x 512 slice at width 64)")
-_CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px)")
+_CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px): faster, "
+                                 "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "

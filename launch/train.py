@@ -24,8 +24,9 @@ _CONFIG = cli.define_config_flag(
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Folder for checkpoints, metrics.jsonl, TensorBoard events, config.json and the exported best_model/ and "
-    "last_model/. If it holds checkpoints, training resumes from the latest complete one.",
+    "Folder for checkpoints, metrics.jsonl, TensorBoard events, config.json, split.json (train/validation/test "
+    "case ids) and the exported last_model/ and best_model/ (when there is validation). "
+    "If it holds checkpoints, training resumes from the latest complete one.",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
@@ -57,7 +58,9 @@ def main(argv):
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
         stopped = f"stopped by {result['stopped_by']}; rerun to resume" if result["stopped_by"] else "finished"
-        print(f"{stopped}: best validation global Dice {result['best_global_dice']}, workdir {_WORKDIR.value}")
+        best = result["best_global_dice"]
+        validated = "no validation cases" if best is None else f"best validation global Dice {best}"
+        print(f"{stopped}: {validated}, workdir {_WORKDIR.value}")
 
 
 def run():

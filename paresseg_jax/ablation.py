@@ -3,10 +3,14 @@
 The rows are data (``configs/ablation.toml``, or a TOML file of one's own):
 a label, a run folder, a config (built-in name or file) and optional field
 overrides, so adding a row touches no Python. Each row's config is resized
-by a ``DemoScale`` and trained on the same folds of the same phantom cohort;
-each run's last model segments the held-out fold inside the ground-truth liver ROI (so rows differ
-only by the tumor model), and the tables print next to the paper's numbers
-(``evaluate/paper_tables.json``, copied from the paper).
+by a ``DemoScale`` and trained on the same folds of the same phantom cohort,
+and scored as ``paresseg-evaluate`` scores a run
+(:func:`paresseg_jax.evaluate.scoring.score_run`): the test fold, each run's
+``config.eval.checkpoint`` model, through the paper's cascade with one
+liver-ResSeg trained on the same folds (so rows differ only by the tumor
+model). The tables print next to the paper's numbers
+(``evaluate/paper_tables.json``, copied from the paper) and say which split,
+checkpoint and ROI they used.
 """
 
 from __future__ import annotations
@@ -19,14 +23,13 @@ from pathlib import Path
 
 import ml_collections
 
-from paresseg_jax import config_files, demo, model_io
+from paresseg_jax import config_files, demo
 from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import tables
-from paresseg_jax.evaluate.crossval import evaluate_cases
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
-from paresseg_jax.train.loop import train_and_evaluate, training_cases
-from paresseg_jax.workdir import LAST_MODEL
+from paresseg_jax.evaluate.scoring import score_run
+from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary
+from paresseg_jax.train.loop import train_and_evaluate
 
 ROWS_FILE = "ablation.toml"  # the built-in rows, beside the built-in configs
 _ROW_FIELDS = {"label", "run", "config", "overrides"}
@@ -96,10 +99,13 @@ def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     write_text(workdir / "ablation_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, seed)
+    chosen = [row for row in rows if not runs or row.run in runs]
+    liver_dir = workdir / demo.LIVER_RUN
+    if any(not (workdir / "eval" / row.run / SUMMARY_FILE).is_file() for row in chosen):  # a finished one restores
+        print("[ablation] the cascade's liver-ResSeg: training", flush=True)
+        train_and_evaluate(demo.scaled_config("liver_resseg", workdir, scale, scale.liver_steps, seed), str(liver_dir))
     summaries = {}
-    for row in rows:
-        if runs and row.run not in runs:
-            continue
+    for row in chosen:
         name, run = row.label, row.run
         out = workdir / "eval" / run
         if not (out / SUMMARY_FILE).is_file():
@@ -107,18 +113,17 @@ def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = N
             apply_overrides(config, row.overrides, name)
             print(f"[ablation] {name}: training {run}", flush=True)
             train_and_evaluate(config, str(workdir / run))
-            module, variables, _ = model_io.load_model(workdir / run / LAST_MODEL)
-            _, held_out = training_cases(config)
-            records = evaluate_cases(module, variables, held_out, config.eval.to_dict())
-            write_summary(out, records, run=name, config=config.to_dict())
+            score_run(workdir / run, liver_workdir=liver_dir, out_dir=out, run=name)
         summaries[name] = read_summary(out)
     report = "\n".join([
         "# Ablation on the synthetic cohort (paper Tables 4 and 6)",
         "",
-        f"{scale.num_cases} phantom cases, fold 0 of {scale.num_folds} held out; width {scale.width}, "
-        f"{scale.crop_size}px patches, batch {scale.batch_size}, {scale.tumor_steps} steps per model; "
-        "ground-truth liver ROI; last model of each run. Synthetic data: this checks the mechanism, "
-        "not clinical accuracy, and the paper's numbers come from 121 real cases.",
+        f"{scale.num_cases} phantom cases, fold 0 of {scale.num_folds} held out as the test set, validation carved "
+        f"from the other folds; width {scale.width}, {scale.crop_size}px patches, batch {scale.batch_size}, "
+        f"{scale.tumor_steps} steps per model, liver-ResSeg {scale.liver_steps} steps. Synthetic data: this checks "
+        "the mechanism, not clinical accuracy, and the paper's numbers come from 121 real cases.",
+        "",
+        tables.protocol_table(summaries),
         "",
         tables.paper_comparison_table(summaries, paper_rows()),
         "",

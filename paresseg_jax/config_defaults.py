@@ -39,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.preprocess_workers = 0  # processes preprocessing the cohort (0: one per CPU, at most 8)
     config.data.cache_dir = ""  # an already preprocessed cache folder (skips preprocessing)
     config.data.num_folds = 5  # cross-validation folds, stratified by tumor type
-    config.data.fold = 0  # the fold held out for validation
+    config.data.fold = 0  # the fold held out as the test set (never read by training)
+    config.data.val_fraction = 0.2  # of the training folds' cases, stratified by tumor type: validation (0: none)
     config.data.fold_seed = 0  # shuffles cases into folds (separate from config.seed so folds stay fixed)
     config.train = ml_collections.ConfigDict()
     # Training (paresseg_jax.train): the reference's recipe, Adam 5e-4, batch 8, 500 epochs.
@@ -62,7 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.init_from = ""  # start from a saved model (paresseg-convert output) or a workdir, not the seed
     config.eval = ml_collections.ConfigDict()
     # Inference and evaluation (paresseg_jax.infer, paresseg_jax.evaluate).
-    config.eval.threshold = 0.6  # tumor if probability > threshold (the reference's 0.6)
+    config.eval.checkpoint = "last"  # model scored: 'last' (the paper) or 'best' (by validation global Dice)
+    config.eval.roi = "cascade"  # 'cascade': the liver-ResSeg's predicted liver, dilated (the paper);
+    # 'oracle_gt_liver': the ground-truth liver's dilated ROI from the cache (an upper bound, not the paper's)
+    config.eval.threshold = 0.6  # tumor where probability >= threshold (the reference's rule and value)
     config.eval.mode = "full"  # "full": one pass per whole slice (reference code); "tile": overlap-tile (paper)
     config.eval.tile = 224  # overlap-tile window (pixels)
     config.eval.stride = 112  # overlap-tile step (pixels, <= tile)
@@ -72,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.conv_impl = "direct"  # CPU convolutions at inference: "direct" or "fast" (Winograd: less time, more memory)
     config.eval.tta = False  # average over flips along H, W and both
     config.eval.pad_multiple = 32  # full mode pads slices to a multiple of the network's downsampling
-    config.eval.crop_to_roi = True  # with a liver ROI, compute only its bounding box (+ roi_margin pixels)
+    config.eval.crop_to_roi = False  # True: compute only the ROI's bounding box (+ roi_margin px); faster, but
+    # it changes attention models' output (channel energies sum over the whole slice); validation uses it too
     config.eval.roi_margin = 32  # pixels of context kept around the ROI's bounding box
-    config.eval.liver_threshold = 0.5  # cascade: liver if liver-model probability > this
+    config.eval.liver_threshold = 0.5  # cascade: liver where the liver-model probability >= this
     return config

@@ -8,14 +8,16 @@ Stages (each reused when its output exists, so a rerun continues):
 3. ``liver/``, ``resseg/``, ``paresseg/``: the cascade's liver-ResSeg, the
    single-phase (PV) ResSeg baseline and PA-ResSeg, trained on the same folds
    (``paresseg-train`` workdirs: they resume from their checkpoints).
-4. ``eval/<run>/``: the held-out fold segmented with the paper's cascade (the
-   liver model's dilated prediction gates the tumor model), per-case records
-   in ``summary.json``, masks in PV geometry, overlays.
+4. ``eval/<run>/``: the held-out (test) fold segmented with the paper's
+   cascade (the liver model's dilated prediction gates the tumor model) by
+   :func:`paresseg_jax.evaluate.scoring.score_run`, as ``paresseg-evaluate``
+   scores a run: per-case records in ``summary.json``, masks in PV geometry,
+   overlays.
 5. ``report.md`` beside PNG figures.
 
-The held-out fold is also the training runs' validation set (as in the
-reference's five-fold protocol); the demo evaluates each run's *last* model,
-not the one selected on that fold, so the reported numbers are not tuned on it.
+Each run's ``split.json`` lists its train, validation (carved from the
+training folds) and test cases; the report scores each run's last model on
+the test cases, which no run trained or chose anything on.
 """
 
 from __future__ import annotations
@@ -28,18 +30,14 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
-from paresseg_jax import config_files, model_io
+from paresseg_jax import config_files
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import io, phantom
+from paresseg_jax.data import phantom
 from paresseg_jax.evaluate import figures, tables
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
-from paresseg_jax.infer.cascade import options_from_config, segment_study
-from paresseg_jax.infer.overlay import overlay_montage
-from paresseg_jax.metrics import overlap_metrics
-from paresseg_jax.train.loop import train_and_evaluate, training_cases
-from paresseg_jax.workdir import LAST_MODEL
+from paresseg_jax.evaluate.scoring import score_run
+from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary
+from paresseg_jax.train.loop import fold_cases, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -109,48 +107,15 @@ def make_cohort(workdir: Path, scale: DemoScale, seed: int = 0) -> Path:
     return cohort
 
 
-def evaluate_cascade(workdir: Path, configs: dict[str, ml_collections.ConfigDict]) -> dict[str, dict]:
-    """Segment the held-out fold with liver model -> ROI -> each tumor model; ``summary.json`` per run."""
+def evaluate_cascade(workdir: Path) -> dict[str, dict]:
+    """Each tumor run scored on its test cases through the cascade (the liver run's ROI); ``summary.json`` each."""
     out = {run: workdir / "eval" / run for run in TUMOR_RUNS}
-    if all((d / SUMMARY_FILE).is_file() for d in out.values()):
-        return {run: read_summary(d) for run, d in out.items()}
-    liver_module, liver_variables, _ = model_io.load_model(workdir / LIVER_RUN / LAST_MODEL)
-    tumor_models = {run: model_io.load_model(workdir / run / LAST_MODEL)[:2] for run in TUMOR_RUNS}
-    _, held_out = training_cases(configs["paresseg"])
-    records = {run: [] for run in TUMOR_RUNS}
-    for case in tqdm(held_out, desc="cascade on held-out cases", unit="case"):
-        images = {p: np.asarray(case.image(p)) for p in case.phases}
-        spacing_zyx = tuple(reversed(case.meta["spacing"]))
-        liver = None
-        for run, model in tumor_models.items():
-            options = options_from_config(configs[run].eval.to_dict())
-            if liver is None:
-                result = segment_study(images, model, liver_model=(liver_module, liver_variables), **options)
-                liver = result["liver"]
-            else:
-                result = segment_study(images, model, liver=liver, **options)
-            liver_dice = _dice(liver, case.liver)
-            records[run].append(
-                evaluate_case(result["mask"], case.tumor, spacing_zyx, case.case_id, case.tumor_type,
-                              scanner=case.meta.get("scanner"), liver_dice=liver_dice)
-            )
-            io.write_image(result["mask"], case.meta, out[run] / "predictions" / f"{case.case_id}.nii.gz")
-            overlay_montage(
-                images["pv"], result["mask"], out[run] / "overlays" / f"{case.case_id}.png", gt=case.tumor,
-                spacing_zyx=spacing_zyx, max_slices=8,
-                title=f"{TUMOR_RUNS[run]}: {case.case_id} ({case.tumor_type}), prediction red, truth green",
-            )
-    for run in TUMOR_RUNS:
-        write_summary(out[run], records[run], run=TUMOR_RUNS[run], model=str(workdir / run / LAST_MODEL))
-    return {run: read_summary(d) for run, d in out.items()}
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-    return overlap_metrics(
-        tp=int(np.count_nonzero(p & t)), fp=int(np.count_nonzero(p & ~t)),
-        fn=int(np.count_nonzero(~p & t)), tn=int(np.count_nonzero(~p & ~t)),
-    )["dice"]
+    return {
+        run: read_summary(d) if (d / SUMMARY_FILE).is_file() else score_run(
+            workdir / run, liver_workdir=workdir / LIVER_RUN, out_dir=d, overlays=True, title=TUMOR_RUNS[run],
+            run=TUMOR_RUNS[run])
+        for run, d in out.items()
+    }
 
 
 def write_report(workdir: Path, scale: DemoScale, summaries: dict[str, dict], seconds: dict[str, float]) -> Path:
@@ -175,16 +140,20 @@ def write_report(workdir: Path, scale: DemoScale, summaries: dict[str, dict], se
         "multi-phase mechanism (ART reveals tumors PV hides), not clinical accuracy.",
         "",
         f"Cohort: {scale.num_cases} cases of {scale.shape[2]}x{scale.shape[1]} px x {scale.shape[0]} slices, "
-        f"5 tumor types x 2 scanner profiles; fold 0 of {scale.num_folds} held out "
-        f"({len(liver_dice)} cases). Networks at width {scale.width}, {scale.crop_size}px patches, "
+        f"5 tumor types x 2 scanner profiles; fold 0 of {scale.num_folds} held out as the test set "
+        f"({len(liver_dice)} cases), validation carved from the other folds "
+        f"({len(summaries['paresseg']['info']['split']['validation'])} cases; every run's split.json). "
+        f"Networks at width {scale.width}, {scale.crop_size}px patches, "
         f"batch {scale.batch_size}; tumor models {scale.tumor_steps} steps, liver model {scale.liver_steps} steps. "
-        "Held-out cases are segmented with the paper's cascade: the liver model's prediction, "
-        "dilated 5x5, gates the tumor model (threshold 0.6); each run's last model is evaluated.",
+        "Test cases are segmented with the paper's cascade: the liver model's prediction, "
+        "dilated 5x5, gates the tumor model.",
         "",
-        f"Liver stage (liver-ResSeg) Dice on the held-out cases: mean {100 * np.mean(liver_dice):.2f}%, "
+        tables.protocol_table(named),
+        "",
+        f"Liver stage (liver-ResSeg) Dice on the test cases: mean {100 * np.mean(liver_dice):.2f}%, "
         f"min {100 * np.min(liver_dice):.2f}%.",
         "",
-        "## Tumor segmentation (held-out fold)",
+        "## Tumor segmentation (test fold)",
         "",
         tables.metrics_table(named),
         "",
@@ -233,10 +202,10 @@ def run_demo(workdir: str, full: bool = False, seed: int = 0, scale: DemoScale |
         return result
 
     stage("synthetic cohort", lambda: make_cohort(workdir, scale, seed))
-    stage("preprocessing (registration, window, ROI, BE weights)", lambda: training_cases(configs["paresseg"]))
+    stage("preprocessing (registration, window, ROI, BE weights)", lambda: fold_cases(configs["paresseg"]))
     for run in _CONFIGS:
         stage(f"training {run}", lambda run=run: train_and_evaluate(configs[run], str(workdir / run)))
-    summaries = stage("cascade inference and scoring", lambda: evaluate_cascade(workdir, configs))
+    summaries = stage("cascade inference and scoring", lambda: evaluate_cascade(workdir))
     report = write_report(workdir, scale, summaries, seconds)
     print(f"[demo] report: {report}", flush=True)
     return report

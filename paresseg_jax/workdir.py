@@ -15,7 +15,11 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL = "best_model"
 LAST_MODEL = "last_model"
 EXPORTED_MODELS = (BEST_MODEL, LAST_MODEL)
+# config.eval.checkpoint -> the exported model evaluation scores: the paper scores the model at the end of
+# training; 'best' is chosen by validation global Dice, on validation cases carved from the training folds.
+CHECKPOINT_CHOICES = {"last": LAST_MODEL, "best": BEST_MODEL}
 CONFIG_FILE = "config.json"
+SPLIT_FILE = "split.json"  # case ids of the run's 'train', 'validation' and 'test' sets (and the fold)
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 PERTURBED_DIR = "perturbed"  # scores with ART misaligned or absent (paresseg_jax.evaluate.robustness)
@@ -44,4 +48,10 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 def read_config(workdir: str | Path) -> dict | None:
     """The config a training run wrote into ``workdir`` (a plain dict), or None if there is none."""
     path = Path(workdir) / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_split(workdir: str | Path) -> dict | None:
+    """The ``split.json`` a training run wrote into ``workdir``, or None if there is none."""
+    path = Path(workdir) / SPLIT_FILE
     return json.loads(path.read_text()) if path.is_file() else None

@@ -240,22 +240,6 @@ def test_errors(tmp_path):
         pipeline.make_train_loader(_config(), [case], seed=0, process_index=1)
 
 
-def test_eval_slices_rebuild_the_volume(tmp_path):
-    case = _write(tmp_path, "a", (4, 12, 10), (1, 3, 2, 8, 2, 8), tumor_slices=(1,))
-    items = list(pipeline.eval_slices(case, ("pv", "art"), 3))
-    assert [item["z"] for item in items] == [0, 1, 2, 3]
-    pv = np.asarray(case.image("pv"))
-    for item in items:
-        z = item["z"]
-        assert item["pv"].shape == (12, 10, 3) and item["pv"].dtype == np.float32
-        for channel, zz in enumerate((max(z - 1, 0), z, min(z + 1, 3))):
-            np.testing.assert_array_equal(item["pv"][..., channel], pv[zz])
-            np.testing.assert_array_equal(item["art"][..., channel], 2 * pv[zz])
-        assert item["label"].dtype == np.int32 and item["roi"].dtype == np.uint8
-    np.testing.assert_array_equal(np.stack([i["label"] for i in items]), case.tumor)
-    np.testing.assert_array_equal(np.stack([i["roi"] for i in items]), case.roi)
-
-
 def test_one_worker_process_gives_the_same_batches(tmp_path):
     case = _write(tmp_path, "a", (6, 32, 32), (0, 6, 4, 28, 4, 28))
     config = _config()
@@ -350,8 +334,7 @@ def test_tumor_target_gates_inputs_by_the_roi_and_liver_target_does_not(tmp_path
     roi = np.zeros(shape, np.uint8)
     roi[:, 4:20, 6:18] = 1
     case = _write(tmp_path, "g", shape, (1, 4, 4, 20, 6, 18), roi=roi)
-    code = np.asarray(case.image("pv"))
-    for target, label in (("tumor", case.tumor), ("liver", case.liver)):
+    for target in ("tumor", "liver"):
         config = _config(crop=24, batch=2)
         config.data.target = target
         batch = next(iter(pipeline.make_train_loader(config, [case], seed=0, worker_count=0)))
@@ -362,10 +345,5 @@ def test_tumor_target_gates_inputs_by_the_roi_and_liver_target_does_not(tmp_path
                 assert (z >= 0).sum() == roi[zc].sum()
             else:  # the whole slice, any slice (the liver target samples outside the liver z-range too)
                 assert (z >= 0).all()
-        items = list(pipeline.eval_slices(case, ("pv",), 3, target=target))
-        rebuilt = np.stack([item["pv"][..., 1] for item in items])
-        expected = code * roi if target == "tumor" else code
-        np.testing.assert_array_equal(rebuilt, expected)
-        np.testing.assert_array_equal(np.stack([item["label"] for item in items]), label)
     with pytest.raises(ValueError, match="config.data.target"):
         pipeline.PairedPatch(("pv",), 3, 16, target="vessels")

@@ -66,3 +66,30 @@ def test_bad_arguments_raise(args, message):
 def test_fold_out_of_range_raises():
     with pytest.raises(ValueError, match="fold must be"):
         splits.fold_split(["a", "b", "c"], ["x", "y", "z"], fold=3, num_folds=3)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.35])
+def test_case_split_carves_validation_from_the_training_folds_stratified(fraction):
+    ids, strata = _cohort()
+    stratum_of = dict(zip(ids, strata))
+    for fold in range(5):
+        split = splits.case_split(ids, strata, fold, 5, val_fraction=fraction, seed=3)
+        train, validation, test = (set(split[k]) for k in ("train", "validation", "test"))
+        assert not (train & validation or train & test or validation & test)
+        assert train | validation | test == set(ids)
+        assert split["test"] == splits.stratified_folds(ids, strata, 5, seed=3)[fold]
+        pool = sorted(train | validation)
+        assert len(validation) == (round(fraction * len(pool)) if fraction else 0)
+        for stratum, size in Counter(stratum_of[c] for c in pool).items():  # floor or ceiling of its share
+            taken = sum(stratum_of[c] == stratum for c in validation)
+            assert int(np.floor(fraction * size)) <= taken <= int(np.ceil(fraction * size)), (stratum, taken, size)
+        assert split == splits.case_split(ids[::-1], strata[::-1], fold, 5, val_fraction=fraction, seed=3)
+
+
+def test_validation_holdout_keeps_one_case_of_each_kind_or_refuses():
+    train, validation = splits.validation_holdout(["a", "b"], ["x", "y"], 0.1)
+    assert len(validation) == 1 and sorted(train + validation) == ["a", "b"]
+    with pytest.raises(ValueError, match="none for training"):
+        splits.validation_holdout(["a"], ["x"], 0.5)
+    with pytest.raises(ValueError, match="val_fraction"):
+        splits.validation_holdout(["a", "b"], ["x", "y"], 1.0)

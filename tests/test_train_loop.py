@@ -13,6 +13,7 @@ from paresseg_jax import model_io
 from paresseg_jax.train import loop
 from paresseg_jax.train.checkpoint import Checkpoints
 from paresseg_jax import workdir as workdir_layout
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.workdir import read_metrics
 
 STEPS = 18
@@ -104,6 +105,30 @@ def test_smoke_training_decreases_loss_and_writes_everything(uninterrupted):
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == STEPS
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert result["best_global_dice"] == max(r["global_dice"] for r in val)
+    # Test fold 0 of 5 (one case per fold), validation one of the other four (val_fraction 0.2), all disjoint.
+    split = workdir_layout.read_split(workdir)
+    train_ids, val_ids, test_ids = (set(split[k]) for k in ("train", "validation", "test"))
+    assert len(test_ids) == 1 and len(val_ids) == 1 and len(train_ids) == 3
+    assert train_ids | val_ids | test_ids == {f"case{i:02d}" for i in range(5)}
+    assert set(val[0]["case_dice"]) == val_ids  # validation never scores a test case
+    assert split["fold"] == 0 and split["num_folds"] == 5 and split["val_fraction"] == 0.2
+
+
+def test_without_validation_cases_there_is_no_best_model_and_best_is_refused(cache_dir, tmp_path):
+    config = tiny_config(cache_dir, num_steps=2, eval_every=1)
+    config.data.val_fraction = 0.0
+    config.eval.checkpoint = "best"
+    with pytest.raises(PareSegError, match="val_fraction"):
+        loop.train_and_evaluate(config, str(tmp_path / "refused"))
+    config.eval.checkpoint = "last"
+    result = loop.train_and_evaluate(config, str(tmp_path / "work"))
+    assert result["best_global_dice"] is None
+    assert not [r for r in read_metrics(tmp_path / "work") if r["split"] == "val"]
+    assert (tmp_path / "work" / "last_model").is_dir() and not (tmp_path / "work" / "best_model").exists()
+    assert workdir_layout.read_split(tmp_path / "work")["validation"] == []
+    config.data.fold = 1  # a resumed run must not silently change its split
+    with pytest.raises(PareSegError, match="another train/validation/test split"):
+        loop.train_and_evaluate(config, str(tmp_path / "work"))
 
 
 @pytest.mark.parametrize("model", ["tiny", pytest.param("paresseg", marks=pytest.mark.slow)])

@@ -33,6 +33,7 @@ class TinySeg(nn.Module):
     width: int = 4
     num_classes: int = 2
     attention: str = "reference"
+    precise_attention: bool = True
     fusion: Optional[str] = None
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
@@ -52,10 +53,11 @@ class TinySeg(nn.Module):
         h = jnp.concatenate(features, axis=-1)
         b, height, width, c = h.shape
         flat = h.reshape(b, height * width, c)
-        energy = jnp.einsum("bnc,bnd->bcd", flat, flat)
+        precision = jax.lax.Precision.HIGHEST if self.precise_attention else None
+        energy = jnp.einsum("bnc,bnd->bcd", flat, flat, precision=precision)
         weights = jax.nn.softmax(jnp.max(energy, axis=-1, keepdims=True) - energy, axis=-1)
         gamma = self.param("gamma", nn.initializers.constant(0.5), (1,), jnp.float32).astype(self.dtype)
-        h = (gamma * jnp.einsum("bcd,bnd->bnc", weights, flat) + flat).reshape(h.shape)
+        h = (gamma * jnp.einsum("bcd,bnd->bnc", weights, flat, precision=precision) + flat).reshape(h.shape)
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="final")(h)
 
 

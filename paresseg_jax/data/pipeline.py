@@ -30,7 +30,7 @@ restored iterator state continues both exactly (the seed is hashed first:
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grain
 import jax
@@ -371,30 +371,3 @@ def iterator_save_args(iterator: grain.DataLoaderIterator):
 def iterator_restore_args(iterator: grain.DataLoaderIterator):
     """Orbax args that restore a fresh ``iter(loader)`` in place to the saved position."""
     return grain.checkpoint.CheckpointRestore(iterator)
-
-
-def eval_slices(
-    case: CachedCase, phases: Sequence[str], in_channels: int, target: str = "tumor"
-) -> Iterator[dict[str, Any]]:
-    """Every slice of a case, z ascending, uncropped, for inference and validation.
-
-    Yields ``{'z': int, <phase>: [H, W, in_channels] float32, 'label': [H, W]
-    int32 of the target, 'roi': [H, W] uint8}``; stacking the per-slice results
-    along z rebuilds the volume. For the tumor target the images are ROI-gated
-    as in training; for the liver target they are whole and 'roi' is all ones.
-    """
-    check_target(target)
-    depth = case.shape[0]
-    images = {p: case.image(p) for p in phases}
-    label = case.tumor if target == "tumor" else case.liver
-    roi = case.roi if target == "tumor" else np.ones(case.shape, np.uint8)
-    for z in range(depth):
-        zs = slice_indices(z, depth, in_channels)
-        outside = roi[zs] == 0
-        item = {"z": z}
-        for p in phases:
-            stack = np.where(outside, np.float32(0), images[p][zs]) if target == "tumor" else images[p][zs]
-            item[p] = np.ascontiguousarray(np.moveaxis(stack, 0, -1), np.float32)
-        item["label"] = np.asarray(label[z], np.int32)
-        item["roi"] = np.asarray(roi[z], np.uint8)
-        yield item

@@ -50,3 +50,49 @@ def fold_split(case_ids: Sequence[str], strata: Sequence, fold: int, num_folds: 
     folds = stratified_folds(case_ids, strata, num_folds, seed)
     train = sorted(c for k, f in enumerate(folds) if k != fold for c in f)
     return train, folds[fold]
+
+
+def validation_holdout(case_ids: Sequence[str], strata: Sequence, fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids): ``round(fraction * n)`` of the cases (at least one) held out, stratified.
+
+    Validation is carved from training cases only, so that choosing a
+    checkpoint on it never looks at the test fold. The count is shared among
+    strata by largest remainder (ties to the larger stratum, then by name),
+    so each stratum gives the floor or ceiling of its share; within a stratum
+    the cases are drawn with ``seed``. ``fraction`` 0 gives no validation.
+    """
+    case_ids = [str(c) for c in case_ids]
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction {fraction} must be in [0, 1) (config.data.val_fraction)")
+    count = max(1, int(round(fraction * len(case_ids)))) if fraction > 0 else 0
+    if count >= len(case_ids) > 0:
+        raise ValueError(
+            f"config.data.val_fraction={fraction} of {len(case_ids)} training cases leaves none for training; "
+            "use a smaller fraction (0: no validation) or more cases"
+        )
+    groups = defaultdict(list)
+    for case_id, stratum in zip(case_ids, strata):
+        groups[str(stratum)].append(case_id)
+    shares = {s: fraction * len(m) for s, m in groups.items()}
+    taken = {s: int(np.floor(share)) for s, share in shares.items()}
+    by_remainder = sorted(groups, key=lambda s: (-(shares[s] - taken[s]), -len(groups[s]), s))
+    for stratum in by_remainder[: count - sum(taken.values())]:
+        taken[stratum] += 1
+    rng = np.random.default_rng(seed)
+    validation = []
+    for stratum in sorted(groups):
+        members = sorted(groups[stratum])
+        validation += [members[i] for i in rng.permutation(len(members))[: taken[stratum]]]
+    held = set(validation)
+    return sorted(c for c in case_ids if c not in held), sorted(validation)
+
+
+def case_split(
+    case_ids: Sequence[str], strata: Sequence, fold: int, num_folds: int = 5, val_fraction: float = 0.0, seed: int = 0
+) -> dict[str, list[str]]:
+    """``{'train', 'validation', 'test'}`` case ids of one cross-validation fold: the test fold held
+    out, validation carved from the other folds (:func:`validation_holdout`); the three are disjoint."""
+    train, test = fold_split(case_ids, strata, fold, num_folds, seed)
+    stratum_of = dict(zip((str(c) for c in case_ids), strata))
+    train, validation = validation_holdout(train, [stratum_of[c] for c in train], val_fraction, seed)
+    return {"train": train, "validation": validation, "test": test}

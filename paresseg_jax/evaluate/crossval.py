@@ -1,98 +1,48 @@
-"""Score models on preprocessed cases, and the paper's k-fold cross-validation.
+"""The paper's k-fold cross-validation, and scoring a folder of predicted masks.
 
 Protocol (paper, Sec. 4): folds stratified by tumor type
 (``paresseg_jax.data.splits``, ``config.data.num_folds``, 5 by default); fold
 k trains on the other folds (``paresseg-train`` with ``config.data.fold = k``,
-in ``<workdir>/fold_k``) and its best model (by validation global Dice)
-segments the fold's held-out cases, every slice, inside the case's liver ROI.
-Each case is scored on its whole volume; the per-case records of all folds
-go into ``<workdir>/summary.json``. A fold whose ``summary.json`` exists is
-not repeated, and training resumes from its checkpoints, so an interrupted
-cross-validation continues where it stopped.
+in ``<workdir>/fold_k``; validation, if any, carved from those folds) and
+segments the fold's held-out cases through the paper's cascade: a
+liver-ResSeg trained on the same folds (``<liver_workdir>/fold_k``, by
+default ``<workdir>/liver/fold_k``) predicts each case's liver, whose 5x5
+dilation is the tumor model's ROI. Scoring is
+:func:`paresseg_jax.evaluate.scoring.score_run`'s (the model of
+``config.eval.checkpoint``, whole slices, ``p >= threshold``); the per-case
+records of all folds go into ``<workdir>/summary.json``. A fold whose
+``summary.json`` exists is not repeated, and training resumes from its
+checkpoints, so an interrupted cross-validation continues where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import ml_collections
-import numpy as np
-from tqdm import tqdm
 
-from paresseg_jax import model_io, preflight
+from paresseg_jax import preflight
 from paresseg_jax.data import io
-from paresseg_jax.data.cache import CachedCase
-from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.errors import BadInputError
+from paresseg_jax.evaluate.scoring import CASCADE, protocol, score_run
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
-from paresseg_jax.infer.cascade import PREDICT_OPTIONS
-from paresseg_jax.infer.overlay import overlay_montage
-from paresseg_jax.infer.predict import predict_volume
-from paresseg_jax.train.loop import train_and_evaluate, training_cases
-from paresseg_jax.workdir import CONFIG_FILE
+from paresseg_jax.train.loop import train_and_evaluate
 
-PREDICTIONS_DIR = "predictions"
-OVERLAYS_DIR = "overlays"
+LIVER_DIR = "liver"
 
 
-def evaluate_cases(
-    module,
-    variables,
-    cases: Sequence[CachedCase],
-    eval_config: Mapping,
-    out_dir: str | os.PathLike | None = None,
-    overlays: bool = False,
-    target: str = "tumor",
-    **info,
-) -> list[dict]:
-    """Predict and score cached cases; records as :func:`evaluate_case` makes them.
-
-    ``target`` 'tumor': inside the case's liver ROI, against the tumor mask;
-    'liver' (the cascade's first stage): whole slices against the liver mask.
-    With ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
-    geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
-    ``info`` (e.g. ``fold=k``) is added to every record.
-    """
-    if target not in ("tumor", "liver"):
-        raise ValueError(f"target={target!r} (config.data.target) must be 'tumor' or 'liver'")
-    options = {k: eval_config[k] for k in PREDICT_OPTIONS if k in eval_config}
-    threshold = float(eval_config.get("threshold", 0.6))
-    records = []
-    for case in tqdm(cases, desc="evaluate", unit="case", leave=False):
-        images = {p: case.image(p) for p in module.phases}
-        roi, truth = (case.roi, case.tumor) if target == "tumor" else (None, case.liver)
-        prob = predict_volume(module, variables, images, roi, **options)
-        mask = (prob > threshold).astype(np.uint8)
-        spacing_zyx = tuple(reversed(case.meta["spacing"]))
-        records.append(
-            evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type, scanner=case.meta.get("scanner"), **info)
-        )
-        if out_dir is not None:
-            io.write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
-            if overlays:
-                overlay_montage(
-                    case.image("pv"), mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=truth,
-                    spacing_zyx=spacing_zyx, title=f"{case.case_id} ({case.tumor_type}): prediction red, truth green",
-                )
-    return records
-
-
-def evaluate_workdir(workdir: str | os.PathLike, overlays: bool = False, **info) -> dict:
-    """Score a ``paresseg-train`` workdir's best model on its validation fold (its ``config.data.target``); writes ``summary.json`` there."""
-    workdir = Path(workdir)
-    config_file = workdir / CONFIG_FILE
-    if not config_file.is_file():
-        raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    module, variables, _ = model_io.load_model(workdir)
-    _, held_out = training_cases(config)
-    target = config.data.get("target", "tumor")
-    records = evaluate_cases(module, variables, held_out, config.eval.to_dict(), workdir, overlays, target, **info)
-    write_summary(workdir, records, workdir=str(workdir), **info)
-    return read_summary(workdir)
+def liver_stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The cascade's liver-ResSeg for a tumor experiment: single-branch ResSeg on PV with the liver as target,
+    on the same cohort, folds, training recipe and evaluation settings (``configs/liver_resseg.py``'s changes)."""
+    liver = copy.deepcopy(config)
+    liver.model.name = "resseg"
+    liver.model.fusion = None
+    liver.model.phases = ("pv",)
+    liver.data.target = "liver"
+    return liver
 
 
 def cross_validate(
@@ -100,24 +50,37 @@ def cross_validate(
     workdir: str | os.PathLike,
     folds: Sequence[int] | None = None,
     overlays: bool = False,
+    liver_workdir: str | os.PathLike | None = None,
 ) -> dict:
-    """Train and score every fold (or the given ones); returns the ``summary.json`` content of ``workdir``."""
+    """Train and score every fold (or the given ones); returns the ``summary.json`` content of ``workdir``.
+
+    With ``config.eval.roi`` 'cascade' (the default) each fold's liver-ResSeg
+    is trained too (:func:`liver_stage_config`) in ``liver_workdir/fold_k``
+    unless it is there already, so several tumor experiments can share one.
+    """
     workdir = Path(workdir)
     num_folds = int(config.data.num_folds)
     folds = list(range(num_folds)) if folds is None else [int(k) for k in folds]
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
         raise ValueError(f"folds {bad} are outside 0..{num_folds - 1} (config.data.num_folds={num_folds})")
+    cascade = config.data.get("target", "tumor") == "tumor" and config.eval.get("roi", CASCADE) == CASCADE
+    liver_root = Path(liver_workdir) if liver_workdir is not None else workdir / LIVER_DIR
     records = []
     for fold in folds:
         fold_dir = workdir / f"fold_{fold}"
         if not (fold_dir / SUMMARY_FILE).is_file():
             fold_config = copy.deepcopy(config)
             fold_config.data.fold = fold
+            liver_dir = liver_root / f"fold_{fold}" if cascade else None
+            if cascade:
+                train_and_evaluate(liver_stage_config(fold_config), str(liver_dir))
             train_and_evaluate(fold_config, str(fold_dir))
-            evaluate_workdir(fold_dir, overlays, fold=fold)
+            score_run(fold_dir, liver_workdir=liver_dir, overlays=overlays, title=f"fold {fold}")
         records += read_summary(fold_dir)["cases"]
-    write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict())
+    roi = config.eval.get("roi", CASCADE)
+    write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict(),
+                  **protocol(config.eval.to_dict(), roi, config.data.get("target", "tumor")))
     return read_summary(workdir)
 
 

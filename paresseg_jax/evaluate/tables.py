@@ -34,6 +34,24 @@ def metrics_table(runs: Mapping[str, Mapping]) -> str:
     return _markdown(header, rows)
 
 
+PROTOCOL_COLUMNS = ("checkpoint", "roi", "extent", "mode", "threshold")
+
+
+def protocol_table(runs: Mapping[str, Mapping]) -> str:
+    """How each run's numbers were made (``summary.json`` info): its test fold, the model scored, the ROI
+    (the paper's cascade or the ground-truth-liver oracle), the extent computed and the threshold."""
+    header = ["run", "test cases"] + list(PROTOCOL_COLUMNS)
+    rows = []
+    for name, content in runs.items():
+        info = content.get("info", {})
+        split = info.get("split")
+        folds = info.get("folds")
+        tested = (f"fold {split['fold']} of {split['num_folds']} ({len(split['test'])})" if split
+                  else f"folds {', '.join(map(str, folds))} of {info.get('num_folds')}" if folds else "-")
+        rows.append([name, tested] + [str(info.get(c, "-")) for c in PROTOCOL_COLUMNS])
+    return _markdown(header, rows)
+
+
 def per_type_table(runs: Mapping[str, Mapping]) -> str:
     """Tables 8/11 layout: DPC (%) per tumor type and over all cases, one row per run."""
     types = sorted({t for content in runs.values() for t in content["summary"]["per_type"]})

@@ -15,10 +15,21 @@ import numpy as np
 
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble
+from paresseg_jax.infer.predict import binarize
 
 LIVER_LABEL, TUMOR_LABEL = 1, 2  # LiTS label map
 PREDICT_OPTIONS = ("mode", "tile", "stride", "weighting", "batch_size", "batch_pixels", "conv_impl", "tta",
                    "pad_multiple", "crop_to_roi", "roi_margin")
+
+
+def predict_options(eval_config: Mapping) -> dict:
+    """Keyword arguments of :func:`predict_volume` from a config's ``eval`` section."""
+    return {k: eval_config[k] for k in PREDICT_OPTIONS if k in eval_config}
+
+
+def threshold_for(eval_config: Mapping, target: str) -> float:
+    """The probability a target's voxel needs: ``threshold`` for tumor, ``liver_threshold`` for the liver stage."""
+    return float(eval_config.get("liver_threshold", 0.5) if target == "liver" else eval_config.get("threshold", 0.6))
 
 
 def options_from_config(eval_config: Mapping) -> dict:
@@ -52,13 +63,13 @@ def segment_study(
 
     ``tumor_model`` and ``liver_model`` are ``(module, variables)`` pairs or
     ensembles (probabilities averaged). The ROI comes from a given ``liver``
-    mask if any, else from the liver model's prediction (probability >
+    mask if any, else from the liver model's prediction (probability >=
     ``liver_threshold``), else there is no ROI and the whole volume is
     segmented. ``predict_options`` go to :func:`predict_volume` for both
     models (mode, tile, stride, tta, ...); ``progress(stage, done, total)``
     hears of every batch, stage 'liver' or 'tumor'.
 
-    Returns ``prob`` (float32 tumor probability), ``mask`` (uint8, prob >
+    Returns ``prob`` (float32 tumor probability), ``mask`` (uint8, prob >=
     ``threshold``), ``liver`` and ``roi`` (uint8, or None without a ROI) and
     ``labels`` (:func:`label_map` of liver and mask).
     """
@@ -72,11 +83,11 @@ def segment_study(
         if liver_model.phases != ("pv",):
             raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
         liver_prob = liver_model.probability({"pv": images["pv"]}, progress=stage("liver"), **predict_options)
-        liver = (liver_prob > liver_threshold).astype(np.uint8)
+        liver = binarize(liver_prob, liver_threshold)
     if liver is not None and np.shape(liver) != np.shape(images["pv"]):
         raise ValueError(f"the liver mask has shape {np.shape(liver)} but the PV image {np.shape(images['pv'])}")
     roi = None if liver is None else liver_roi(liver, roi_dilation)
     prob = as_ensemble(tumor_model).probability(images, roi, progress=stage("tumor"), **predict_options)
-    mask = (prob > threshold).astype(np.uint8)
+    mask = binarize(prob, threshold)
     liver = None if liver is None else (np.asarray(liver) > 0).astype(np.uint8)
     return {"prob": prob, "mask": mask, "liver": liver, "roi": roi, "labels": label_map(liver, mask)}

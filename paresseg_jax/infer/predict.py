@@ -11,10 +11,16 @@ Two ways to cover a slice:
   past the image read zeros there.
 
 With a ROI (the cascade's dilated liver), only slices that hold some of it
-are computed, and by default only the ROI's in-plane bounding box (grown by
-``roi_margin`` and rounded up to ``ROI_GRID`` pixels, so volumes share a few
-compiled shapes): outside the ROI the inputs are zero and the output is
-discarded, and training patches were crops of the same zero-gated images.
+are computed, each whole by default. ``crop_to_roi`` computes only the ROI's
+in-plane bounding box (grown by ``roi_margin`` and rounded up to ``ROI_GRID``
+pixels, so volumes share a few compiled shapes): faster, but not the same
+function. Outside the ROI the inputs are zero, yet after conv + BN + ReLU the
+features there are not, and the phase attention's channel energies sum over
+every pixel of the slice; once its ``gamma`` has left 0 the crop changes the
+energies, the softmax and the output (README gives the measured difference).
+
+A voxel is foreground where its probability is ``>= threshold``
+(:func:`binarize`), as in the reference.
 
 Slices or tiles go through the model in batches of a fixed shape (the last
 batch is padded), so a volume compiles the model once per mode and size.
@@ -88,7 +94,7 @@ def predict_volume(
     batch_size: int = 8,
     tta: bool = False,
     pad_multiple: int = 32,
-    crop_to_roi: bool = True,
+    crop_to_roi: bool = False,
     roi_margin: int = 32,
     batch_pixels: int = 0,
     conv_impl: str = "direct",
@@ -101,7 +107,8 @@ def predict_volume(
     With a ``roi`` (the dilated liver mask), voxels outside it are set to 0 in
     the inputs (as the paper does), slices without ROI are not computed, and
     the probability outside the ROI is 0; with ``crop_to_roi`` only the ROI's
-    bounding box plus ``roi_margin`` pixels (see :func:`roi_box`) is computed.
+    bounding box plus ``roi_margin`` pixels (see :func:`roi_box`) is computed,
+    a speed option that changes attention models' output (module docstring).
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
@@ -139,6 +146,11 @@ def predict_volume(
     if roi is not None:
         prob[~inside] = 0.0
     return prob
+
+
+def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 mask of ``prob >= threshold``: the reference marks tumor where p >= 0.6."""
+    return (np.asarray(prob) >= threshold).astype(np.uint8)
 
 
 def roi_box(inside: np.ndarray, margin: int) -> tuple[slice, slice]:

@@ -1,10 +1,12 @@
 """``train_and_evaluate(config, workdir)``: the whole training run, resumable at any point.
 
-Order of events: prepare the cache (preprocessing is idempotent) -> pick the
-fold's training and validation cases -> build the model, optimizer and Grain
-loader -> restore the latest complete checkpoint in ``workdir`` if there is
-one -> train, validating and checkpointing periodically -> export
-``best_model`` / ``last_model`` for inference.
+Order of events: prepare the cache (preprocessing is idempotent) -> split
+the cases into train / validation / test and write ``split.json`` (the test
+fold is never read here; validation is carved from the training folds) ->
+build the model, optimizer and Grain loader -> restore the latest complete
+checkpoint in ``workdir`` if there is one -> train, validating and
+checkpointing periodically -> export ``last_model`` (and ``best_model``, the
+best by validation global Dice, when there is validation) for inference.
 
 A checkpoint holds the train state and the data iterator together, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
@@ -34,13 +36,15 @@ from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data import splits
 from paresseg_jax.data.pipeline import LiverSliceSource, make_train_loader
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.train import step as step_lib
 from paresseg_jax.train.checkpoint import BEST_METRIC, Checkpoints, abstract_like
 from paresseg_jax.train.parallel import DataParallel
 from paresseg_jax.train.state import create_train_state, learning_rate_schedule, make_optimizer
 from paresseg_jax.train.validate import validate
 from paresseg_jax.train.writers import MetricsWriter
-from paresseg_jax.workdir import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL
+from paresseg_jax.workdir import (BEST_MODEL, CHECKPOINT_CHOICES, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL, SPLIT_FILE,
+                                  read_split)
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +123,53 @@ def prepared_cache(config) -> Path:
     )
 
 
-def training_cases(config) -> tuple[list, list]:
-    """(train cases, validation cases): fold ``config.data.fold`` of the tumor-type-stratified folds."""
+def split_ids(config, cases) -> dict[str, list[str]]:
+    """``{'train', 'validation', 'test'}`` case ids: fold ``config.data.fold`` of the tumor-type-stratified
+    folds is the test set; ``config.data.val_fraction`` of the other folds, stratified, is validation."""
     data = config.data
-    cases = cache_lib.open_cohort(prepared_cache(config))
-    ids = [c.case_id for c in cases]
-    strata = [c.tumor_type or "none" for c in cases]
-    train_ids, val_ids = splits.fold_split(
-        ids, strata, data.fold, data.num_folds, seed=data.fold_seed
+    return splits.case_split(
+        [c.case_id for c in cases], [c.tumor_type or "none" for c in cases], data.fold, data.num_folds,
+        val_fraction=float(data.get("val_fraction", 0.0)), seed=data.fold_seed,
     )
+
+
+def fold_cases(config) -> dict[str, list]:
+    """The cached cases of :func:`split_ids`'s three sets, by set name."""
+    cases = cache_lib.open_cohort(prepared_cache(config))
     by_id = {c.case_id: c for c in cases}
-    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
+    return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, cases).items()}
+
+
+def check_checkpoint_choice(config, has_validation: bool) -> str:
+    """``config.eval.checkpoint``: 'last' (the paper: the model at the end of training) or 'best' (by
+    validation global Dice, so it needs validation cases)."""
+    choice = config.eval.get("checkpoint", "last")
+    if choice not in CHECKPOINT_CHOICES:
+        raise PareSegError(f"config.eval.checkpoint={choice!r} is unknown", fix=f"use one of {sorted(CHECKPOINT_CHOICES)}")
+    if choice == "best" and not has_validation:
+        raise PareSegError(
+            "config.eval.checkpoint='best' chooses the model on validation cases, but "
+            f"config.data.val_fraction={config.data.get('val_fraction', 0.0)} leaves none",
+            fix="set config.data.val_fraction > 0 (e.g. 0.2) or config.eval.checkpoint='last'",
+        )
+    return choice
+
+
+def _write_split(workdir: Path, config, cases: dict[str, list]) -> None:
+    """``split.json``: the run's case ids by set; a resumed run must find the same split."""
+    split = {part: [c.case_id for c in members] for part, members in cases.items()}
+    data = config.data
+    split["fold"], split["num_folds"], split["fold_seed"] = int(data.fold), int(data.num_folds), int(data.fold_seed)
+    split["val_fraction"] = float(data.get("val_fraction", 0.0))
+    previous = read_split(workdir)
+    if previous is not None and previous != split:
+        raise PareSegError(
+            "this workdir was trained on another train/validation/test split than the config now gives",
+            path=workdir / SPLIT_FILE, fix="use a new --workdir, or the config (data.fold, num_folds, fold_seed, "
+            "val_fraction, the cohort) it was trained with",
+        )
+    if jax.process_index() == 0:
+        write_text(workdir / SPLIT_FILE, json.dumps(split, indent=1))
 
 
 def num_train_steps(config, train_cases) -> int:
@@ -186,7 +226,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train = config.train
     is_main = jax.process_index() == 0
 
-    train_cases, val_cases = training_cases(config)
+    cases = fold_cases(config)
+    train_cases, val_cases = cases["train"], cases["validation"]
+    check_checkpoint_choice(config, bool(val_cases))
+    _write_split(workdir, config, cases)
     total_steps = num_train_steps(config, train_cases)
     parallel = DataParallel(train.parallel)
     parallel.check_batch_size(train.batch_size)
@@ -215,21 +258,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step_lib.make_train_step(module, tx, losses.get_loss(train.loss), schedule, parallel.bn_axis_name)
     )
     eval_module = build_model(config)
-    eval_step = jax.jit(step_lib.make_eval_step(eval_module))
     writer = MetricsWriter(workdir, resume_step=start)
-    threshold = float(config.eval.get("threshold", 0.5))
 
     def run_validation(step: int, state) -> dict:
         variables = jax.device_put(parallel.host_state(state).variables, parallel.local_devices[0])
-        result = validate(
-            lambda batch: eval_step(variables, batch),
-            val_cases,
-            config.model.phases,
-            config.model.in_channels,
-            threshold,
-            config.eval.batch_size,
-            config.data.get("target", "tumor"),
-        )
+        result = validate(eval_module, variables, val_cases, config.eval.to_dict(), config.data.get("target", "tumor"))
         writer.write(step, "val", result)
         return result
 
@@ -253,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending = (step, metrics)
                 bar.update(1)
                 val = None
-                if step % train.eval_every == 0 or step == total_steps:
+                if val_cases and (step % train.eval_every == 0 or step == total_steps):
                     val = run_validation(step, state)
                     if meta["best_global_dice"] is None or val[BEST_METRIC] > meta["best_global_dice"]:
                         meta = {"best_global_dice": val[BEST_METRIC], "best_step": step}

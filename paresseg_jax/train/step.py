@@ -1,4 +1,4 @@
-"""One pure train step and one eval step; parallelism wraps them (``parallel.py``).
+"""One pure train step; parallelism wraps it (``parallel.py``); validation runs inference itself (``validate.py``).
 
 ``train_step(state, batch) -> (state, metrics)`` has no Python side effects
 and never leaves the device: a non-finite loss or gradient does not raise,
@@ -91,12 +91,3 @@ def make_train_step(
 
     return train_step
 
-
-def make_eval_step(module: nn.Module) -> Callable[[dict, dict], jax.Array]:
-    """``eval_step(variables, batch) -> p_tumor`` ``[B, H, W]`` float32 (softmax[..., 1])."""
-
-    def eval_step(variables: dict, batch: dict) -> jax.Array:
-        logits = module.apply(variables, *model_inputs(module, batch), train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1]
-
-    return eval_step

@@ -1,0 +1,210 @@
+"""Scoring a trained run: the one path behind every reported number.
+
+``paresseg-evaluate``, :func:`~paresseg_jax.evaluate.crossval.cross_validate`,
+the demo and the ablation all call :func:`score_run`, so one run gives the
+same per-case records whichever of them reports it. The protocol is the
+paper's unless a config says otherwise, and every ``summary.json`` states it:
+
+- cases: the run's ``test`` ids from its ``split.json`` (its held-out fold),
+  never the cases it trained or chose a checkpoint on;
+- model: ``config.eval.checkpoint``, 'last' (the paper) or 'best' (chosen on
+  validation cases carved from the training folds);
+- ROI (``config.eval.roi``): 'cascade', the dilated prediction of a
+  liver-ResSeg trained on the same training folds (the paper), or
+  'oracle_gt_liver', the ground-truth liver's dilated ROI from the cache,
+  an upper bound the paper does not report;
+- extent: whole slices unless ``config.eval.crop_to_roi``; foreground where
+  ``p >= threshold``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from paresseg_jax import model_io
+from paresseg_jax.data import io, preprocess
+from paresseg_jax.data import cache as cache_lib
+from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.errors import PareSegError
+from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
+from paresseg_jax.infer.overlay import overlay_montage
+from paresseg_jax.infer.predict import binarize, predict_volume
+from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, read_config, read_split
+
+CASCADE = "cascade"
+ORACLE = "oracle_gt_liver"
+ROI_SOURCES = (CASCADE, ORACLE)
+PREDICTIONS_DIR = "predictions"
+OVERLAYS_DIR = "overlays"
+
+
+def protocol(eval_config: Mapping, roi: str, target: str = "tumor") -> dict:
+    """How a run's numbers were made, in the words a summary and a table print."""
+    crop = bool(eval_config.get("crop_to_roi", False))
+    return {
+        "checkpoint": eval_config.get("checkpoint", "last"),
+        "roi": roi if target == "tumor" else "none (liver target: whole slices)",
+        "extent": f"ROI box + {eval_config.get('roi_margin', 32)} px" if crop and target == "tumor" else "whole slices",
+        "mode": eval_config.get("mode", "full"),
+        "threshold": f">= {threshold_for(eval_config, target)}",
+    }
+
+
+def score_cases(
+    tumor_model: tuple,
+    cases: Sequence[CachedCase],
+    eval_config: Mapping,
+    *,
+    roi: str = CASCADE,
+    liver_model: tuple | None = None,
+    roi_dilation: int = 5,
+    target: str = "tumor",
+    out_dir: str | os.PathLike | None = None,
+    overlays: bool = False,
+    title: str = "",
+    **info,
+) -> list[dict]:
+    """Segment and score cached cases; one :func:`evaluate_case` record each (``info`` added to each).
+
+    ``tumor_model`` and ``liver_model`` are ``(module, variables)``. For the
+    'tumor' target the ROI is the liver model's dilated prediction (``roi``
+    'cascade', the record gets its ``liver_dice``) or the cache's
+    ground-truth ROI ('oracle_gt_liver'); the 'liver' target (the cascade's
+    first stage) is scored on whole slices against the liver mask. With
+    ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
+    geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
+    """
+    if target not in ("tumor", "liver"):
+        raise ValueError(f"target={target!r} (config.data.target) must be 'tumor' or 'liver'")
+    if roi not in ROI_SOURCES:
+        raise PareSegError(f"config.eval.roi={roi!r} is unknown", fix=f"use one of {ROI_SOURCES}")
+    if target == "tumor" and roi == CASCADE and liver_model is None:
+        raise PareSegError("the cascade ROI needs a liver model", fix=f"give one, or use roi={ORACLE!r} (an oracle)")
+    module, variables = tumor_model
+    options = predict_options(eval_config)
+    records = []
+    for case in tqdm(cases, desc="score", unit="case", leave=False):
+        images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *module.phases))}
+        extra = {}
+        if target == "liver":
+            truth = case.liver
+            mask = binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options),
+                            threshold_for(eval_config, target))
+        elif roi == ORACLE:
+            truth = case.tumor
+            mask = binarize(predict_volume(module, variables, images, case.roi, **options), eval_config["threshold"])
+        else:
+            truth = case.tumor
+            result = segment_study(
+                images, tumor_model, liver_model=liver_model, threshold=eval_config["threshold"],
+                liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
+            )
+            mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
+        spacing_zyx = tuple(reversed(case.meta["spacing"]))
+        records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
+                                     scanner=case.meta.get("scanner"), **extra, **info))
+        if out_dir is not None:
+            io.write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
+            if overlays:
+                overlay_montage(
+                    images["pv"], mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=truth,
+                    spacing_zyx=spacing_zyx, max_slices=8,
+                    title=f"{title + ': ' if title else ''}{case.case_id} ({case.tumor_type}), prediction red, truth green",
+                )
+    return records
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
+    return overlap_metrics(
+        tp=int(np.count_nonzero(p & t)), fp=int(np.count_nonzero(p & ~t)),
+        fn=int(np.count_nonzero(~p & t)), tn=int(np.count_nonzero(~p & ~t)),
+    )["dice"]
+
+
+def run_split(workdir: str | os.PathLike) -> dict:
+    """A run's ``split.json``, checked: its test cases are disjoint from its train and validation cases."""
+    split = read_split(workdir)
+    if split is None:
+        raise PareSegError(
+            f"no {SPLIT_FILE}: the run does not say which cases it trained, validated and was tested on",
+            path=workdir, fix="give a workdir written by paresseg-train (runs trained before split.json: retrain)",
+        )
+    parts = [set(split[k]) for k in ("train", "validation", "test")]
+    if parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2]:
+        raise PareSegError("train, validation and test case ids overlap", path=Path(workdir) / SPLIT_FILE,
+                           fix="retrain in a new workdir")
+    return split
+
+
+def load_run_model(workdir: str | os.PathLike, checkpoint: str) -> tuple:
+    """``(module, variables)`` of a training run's exported model for ``config.eval.checkpoint``."""
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise PareSegError(f"config.eval.checkpoint={checkpoint!r} is unknown", fix=f"use one of {sorted(CHECKPOINT_CHOICES)}")
+    return model_io.load_model(Path(workdir) / CHECKPOINT_CHOICES[checkpoint])[:2]
+
+
+def score_run(
+    workdir: str | os.PathLike,
+    *,
+    liver_workdir: str | os.PathLike | None = None,
+    roi: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overlays: bool = False,
+    title: str = "",
+    **info,
+) -> dict:
+    """Score a ``paresseg-train`` workdir on its test cases; writes and returns ``summary.json`` (in ``out_dir``,
+    default the workdir). ``info`` (e.g. a run's name) goes into the summary's info, not the case records, so
+    one run's records are the same whoever scores it.
+
+    ``roi`` overrides the run's ``config.eval.roi``. The cascade takes its
+    liver model from ``liver_workdir``, a liver-ResSeg run whose test cases
+    must be this run's (so it never trained on them either).
+    """
+    workdir = Path(workdir)
+    config = read_config(workdir)
+    if config is None:
+        raise PareSegError("no config.json", path=workdir, fix="give a workdir written by paresseg-train")
+    config = ml_collections.ConfigDict(config)
+    split = run_split(workdir)
+    eval_config = config.eval.to_dict()
+    target = config.data.get("target", "tumor")
+    roi = roi or eval_config.get("roi", CASCADE)
+    liver_model = None
+    if target == "tumor" and roi == CASCADE:
+        if liver_workdir is None:
+            raise PareSegError(
+                "the paper's cascade ROI needs the liver-ResSeg trained on this run's training folds",
+                path=workdir, fix=f"give its workdir (--liver_workdir), or choose the oracle explicitly (--roi={ORACLE})",
+            )
+        liver_split = run_split(liver_workdir)
+        if sorted(liver_split["test"]) != sorted(split["test"]):
+            raise PareSegError(
+                f"the liver run's test cases {liver_split['test']} are not this run's {split['test']}",
+                path=liver_workdir, fix="train the liver model on the same folds (data.fold, num_folds, fold_seed)",
+            )
+        liver_config = read_config(liver_workdir)
+        liver_model = load_run_model(liver_workdir, liver_config["eval"].get("checkpoint", "last"))
+    tumor_model = load_run_model(workdir, eval_config.get("checkpoint", "last"))
+    cases = cache_lib.open_cohort(prepared_cache(config), split["test"])  # the cache training used
+    roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    records = score_cases(
+        tumor_model, cases, eval_config, roi=roi, liver_model=liver_model, roi_dilation=roi_dilation, target=target,
+        out_dir=out_dir or workdir, overlays=overlays, title=title, fold=split["fold"],
+    )
+    split_info = {k: split[k] for k in ("fold", "num_folds", "train", "validation", "test")}
+    out = Path(out_dir or workdir)
+    write_summary(out, records, workdir=str(workdir.absolute()), split=split_info,
+                  liver_workdir=None if liver_model is None else str(Path(liver_workdir).absolute()),
+                  **protocol(eval_config, roi, target), **info)
+    return read_summary(out)

@@ -5,16 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_infer_study import save_tiny_model
 
-from paresseg_jax import config_defaults
-from paresseg_jax import model_io
+from paresseg_jax import config_defaults, model_io, models
 from paresseg_jax.data import cache, io
-from paresseg_jax.evaluate import crossval, summary
+from paresseg_jax.errors import PareSegError
+from paresseg_jax.evaluate import crossval, scoring, summary
+from paresseg_jax.infer.cascade import segment_study
 from paresseg_jax.infer.predict import predict_volume
+from paresseg_jax.train import loop
 
 SHAPE = (4, 32, 32)
 TYPES = ("FNH", "FNH", "HCC", "HCC")
@@ -46,43 +48,77 @@ def _config(cache_dir):
     return config
 
 
-def test_cross_validate_trains_each_fold_once_and_scores_every_case(tmp_path, monkeypatch):
+def _save_model(path, phases):
+    """A width-4 ResSeg (DMP for two phases) with fixed random weights, saved as paresseg-train exports it."""
+    name = "resseg" if len(phases) == 1 else "dmp_resseg"
+    module = models.create(name, width=4, phases=phases)
+    variables = jax.tree.map(np.asarray, models.init_variables(module, jax.random.key(len(phases))))
+    model_io.save_model(path, {"name": name, "width": 4, "phases": list(phases)}, variables)
+
+
+def test_cross_validate_trains_each_fold_and_its_liver_model_once_and_scores_every_test_case(tmp_path, monkeypatch):
     cache_dir = _tiny_cache(tmp_path)
     trained = []
 
     def fake_training(config, workdir):
-        """Stands in for paresseg-train: what the evaluation reads is config.json and best_model/."""
-        trained.append(config.data.fold)
+        """Stands in for paresseg-train: what scoring reads is config.json, split.json and last_model/."""
+        trained.append((config.data.target, config.data.fold))
         Path(workdir).mkdir(parents=True)
         (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        save_tiny_model(Path(workdir) / "best_model")
+        split = loop.split_ids(config, cache.open_cohort(cache_dir))
+        (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
+        _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
 
     monkeypatch.setattr(crossval, "train_and_evaluate", fake_training)
     content = crossval.cross_validate(_config(cache_dir), tmp_path / "cv", overlays=True)
-    assert trained == [0, 1]
+    assert trained == [("liver", 0), ("tumor", 0), ("liver", 1), ("tumor", 1)]
     cases = {c["case_id"]: c for c in content["cases"]}
     assert sorted(cases) == [f"case_{i}" for i in range(4)]
     assert sorted(c["fold"] for c in cases.values()) == [0, 0, 1, 1]
     # Stratified by type: each fold holds one FNH and one HCC case.
     for fold in (0, 1):
         assert sorted(c["tumor_type"] for c in cases.values() if c["fold"] == fold) == ["FNH", "HCC"]
-    # One case checked end to end against a direct prediction.
-    case = cache.open_case(cache_dir / "case_2")
-    module, variables, _ = model_io.load_model(tmp_path / "cv" / f"fold_{cases['case_2']['fold']}")
-    prob = predict_volume(module, variables, {p: case.image(p) for p in module.phases}, case.roi, batch_size=2)
-    mask = (prob > 0.5).astype(np.uint8)
-    expected = summary.evaluate_case(mask, case.tumor, SPACING_XYZ[::-1], "case_2", "HCC")
+        split = json.loads((tmp_path / "cv" / f"fold_{fold}" / "split.json").read_text())
+        assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))
+        assert sorted(split["test"]) == sorted(c for c, r in cases.items() if r["fold"] == fold)
+    info = content["info"]
+    assert (info["roi"], info["checkpoint"], info["extent"], info["threshold"]) == ("cascade", "last", "whole slices", ">= 0.5")
+    # One case checked end to end against the cascade run directly: liver model -> dilated ROI -> tumor model.
+    case, fold = cache.open_case(cache_dir / "case_2"), cases["case_2"]["fold"]
+    tumor = model_io.load_model(tmp_path / "cv" / f"fold_{fold}" / "last_model")[:2]
+    liver = model_io.load_model(tmp_path / "cv" / "liver" / f"fold_{fold}" / "last_model")[:2]
+    result = segment_study({p: case.image(p) for p in ("pv", "art")}, tumor, liver_model=liver, threshold=0.5,
+                           liver_threshold=0.5, batch_size=2)
+    expected = summary.evaluate_case(result["mask"], case.tumor, SPACING_XYZ[::-1], "case_2", "HCC")
     assert cases["case_2"]["metrics"] == expected["metrics"]
-    written = sitk.ReadImage(str(tmp_path / "cv" / f"fold_{cases['case_2']['fold']}" / "predictions" / "case_2.nii.gz"))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)
+    assert 0 <= cases["case_2"]["liver_dice"] <= 1
+    written = sitk.ReadImage(str(tmp_path / "cv" / f"fold_{fold}" / "predictions" / "case_2.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), result["mask"])
     np.testing.assert_allclose(written.GetSpacing(), SPACING_XYZ)
     assert (tmp_path / "cv" / "fold_0" / "overlays").is_dir()
     assert content["summary"]["all"]["n_cases"] == 4
+    # paresseg-evaluate --run on a fold's workdir gives that fold's records.
+    again = scoring.score_run(tmp_path / "cv" / "fold_1", liver_workdir=tmp_path / "cv" / "liver" / "fold_1",
+                              out_dir=tmp_path / "again")
+    assert again["cases"] == [c for c in content["cases"] if c["fold"] == 1]
+    # A liver model tested on other cases (trained on this run's test cases) is refused.
+    with pytest.raises(PareSegError, match="not this run's"):
+        scoring.score_run(tmp_path / "cv" / "fold_1", liver_workdir=tmp_path / "cv" / "liver" / "fold_0")
     # A second call resumes: no fold is trained again.
     crossval.cross_validate(_config(cache_dir), tmp_path / "cv")
-    assert trained == [0, 1]
+    assert len(trained) == 4
     with pytest.raises(ValueError, match="num_folds"):
         crossval.cross_validate(_config(cache_dir), tmp_path / "cv", folds=[2])
+
+    # The oracle, named as such: the cache's ground-truth liver ROI, no liver model trained.
+    oracle = _config(cache_dir)
+    oracle.eval.roi = "oracle_gt_liver"
+    content = crossval.cross_validate(oracle, tmp_path / "oracle", folds=[fold])
+    assert trained[4:] == [("tumor", fold)] and content["info"]["roi"] == "oracle_gt_liver"
+    tumor = model_io.load_model(tmp_path / "oracle" / f"fold_{fold}" / "last_model")[:2]
+    prob = predict_volume(*tumor, {p: case.image(p) for p in ("pv", "art")}, case.roi, batch_size=2)
+    expected = summary.evaluate_case((prob >= 0.5).astype(np.uint8), case.tumor, SPACING_XYZ[::-1], "case_2", "HCC")
+    assert {c["case_id"]: c for c in content["cases"]}["case_2"]["metrics"] == expected["metrics"]
 
 
 def _write_cohort(root):
@@ -121,7 +157,7 @@ def test_evaluate_folder_and_launcher_tables(tmp_path):
     assert (tmp_path / "figs" / "per_type_dpc.png").is_file()
 
 
-def test_evaluate_cases_liver_target_scores_whole_slices_against_the_liver(tmp_path):
+def test_score_cases_liver_target_whole_slices_tumor_target_inside_the_cascade_or_oracle_roi(tmp_path):
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -137,9 +173,15 @@ def test_evaluate_cases_liver_target_scores_whole_slices_against_the_liver(tmp_p
             return jnp.concatenate([jnp.zeros_like(score), score], axis=-1)
 
     cases = cache.open_cohort(_tiny_cache(tmp_path))
-    liver = crossval.evaluate_cases(BrightPV(), {}, cases, {"batch_size": 2}, target="liver")
+    bright = (BrightPV(), {})
+    liver = scoring.score_cases(bright, cases, {"batch_size": 2}, target="liver")
     assert [r["metrics"]["dice"] for r in liver] == [1.0] * 4
-    tumor = crossval.evaluate_cases(BrightPV(), {}, cases, {"batch_size": 2}, target="tumor")
-    assert all(r["metrics"]["dice"] < 0.2 for r in tumor)  # the whole liver ROI is called tumor
+    oracle = scoring.score_cases(bright, cases, {"batch_size": 2}, roi="oracle_gt_liver")
+    assert all(r["metrics"]["dice"] < 0.2 for r in oracle)  # the whole liver ROI is called tumor
+    cascade = scoring.score_cases(bright, cases, {"batch_size": 2}, liver_model=bright)
+    assert [r["liver_dice"] for r in cascade] == [1.0] * 4  # the liver model finds the liver exactly
+    assert [r["metrics"] for r in cascade] == [r["metrics"] for r in oracle]  # so the ROI is the oracle's
+    with pytest.raises(PareSegError, match="needs a liver model"):
+        scoring.score_cases(bright, cases, {})
     with pytest.raises(ValueError, match="target"):
-        crossval.evaluate_cases(BrightPV(), {}, cases, {}, target="spleen")
+        scoring.score_cases(bright, cases, {}, target="spleen")

@@ -101,11 +101,12 @@ def score_cases(
                             threshold_for(eval_config, target))
         elif roi == ORACLE:
             truth = case.tumor
-            mask = binarize(predict_volume(module, variables, images, case.roi, **options), eval_config["threshold"])
+            mask = binarize(predict_volume(module, variables, images, case.roi, **options),
+                            threshold_for(eval_config, target))
         else:
             truth = case.tumor
             result = segment_study(
-                images, tumor_model, liver_model=liver_model, threshold=eval_config["threshold"],
+                images, tumor_model, liver_model=liver_model, threshold=threshold_for(eval_config, target),
                 liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
             )
             mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)

@@ -6,6 +6,8 @@
     PYTHONPATH=tests paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
+    paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop
+    paresseg-bench precision --width=64 --size=224   # attention matmuls at HIGHEST vs default, against float64
 
 Timing: compile time reported apart, warm-up calls excluded, variants run
 interleaved in rounds, medians. With --compare_torch the PyTorch oracle
@@ -26,7 +28,8 @@ from absl import app, flags
 from paresseg_jax import cli
 from paresseg_jax.atomic import write_text
 
-SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data"}
+SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data",
+               "extent": "paresseg_jax.benchmarks.extent", "precision": "paresseg_jax.benchmarks.precision"}
 PARTS = ("train", "infer", "pipeline", "study")
 DEFAULT_PARTS = ("train", "infer", "pipeline")
 BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default

@@ -10,6 +10,7 @@
 #   BIG_BATCH=128 PEAK_TFLOPS=989 COMPARE_TORCH=1 OUT=/tmp/gc bash launch/gpu_check.sh
 #   ALLOW_CPU=1 WIDTH=4 SIZE=32 BIG_BATCH=4 SLICES=2 INFER_BATCH=2 SLICE_SIZE=64 bash launch/gpu_check.sh  # smoke test
 #   RUNS=big_bf16 bash launch/gpu_check.sh   # only the headline run and its op-time breakdown (short device time)
+#   RUNS=precision bash launch/gpu_check.sh  # attention matmuls at Precision.HIGHEST vs the default (TF32)
 #
 # PEAK_TFLOPS defaults to the card's dense bfloat16 tensor-core peak (H100/H200 SXM: 989); the
 # float32 rows are compared with the same number, so their fraction is a lower bound.
@@ -27,7 +28,7 @@ SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
 PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
 PROFILE_CALLS=${PROFILE_CALLS:-3}  # traced large-batch steps for the op-time breakdown (0: none)
-ALL_RUNS=big_bf16,big_f32,batch8,infer
+ALL_RUNS=big_bf16,big_f32,batch8,infer,precision
 RUNS=${RUNS:-$ALL_RUNS}  # which runs (always in the order of ALL_RUNS)
 listed() { [[ ",$2," == *",$1,"* ]]; }  # listed NAME LIST: NAME is an item of the comma-separated LIST
 for run in ${RUNS//,/ }; do
@@ -79,5 +80,12 @@ bench batch8 "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --bat
   "${torch[@]}" --json="$OUT/train_b8.json"
 bench infer "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \
   --slice_size="$SLICE_SIZE" --infer_batch="$INFER_BATCH" --warmup=1 "${torch[@]}" --json="$OUT/infer.json"
+# The model's default (precise_attention) against XLA's default precision, which is TF32 on this card: error of
+# each float32 setting against float64 (logits, gradient) and seconds per call, at the paper's batch.
+if listed precision "$RUNS"; then
+  echo "== attention matmuls: Precision.HIGHEST vs default, float32 against float64, batch 8"
+  "$PYTHON" launch/benchmark.py precision --width="$WIDTH" --size="$SIZE" --batch=8 --repeats="$REPEATS" \
+    --json="$OUT/precision.json" || { echo "gpu_check: FAILED: precision" >&2; failed=1; }
+fi
 echo "results: $OUT/"
 exit "$failed"

@@ -103,14 +103,18 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     variants = {(r["variant"], r.get("dtype")) for r in json.loads((tmp_path / "train_b8.json").read_text())["rows"]}
     assert variants == {("jax", "bfloat16"), ("jax", "float32"), ("torch", "float32")}
     assert json.loads((tmp_path / "infer.json").read_text())["torch"]["device"] == "cpu"  # JAX is on the CPU too
+    precision = json.loads((tmp_path / "precision.json").read_text())["results"]
+    assert set(precision) == {"highest", "default"}
+    # A CPU computes float32 matmuls in float32 either way: both close to float64.
+    assert max(r["logits_rel_error"] for r in precision.values()) < 1e-4
 
     # A failed run (here: a batch that does not divide the volume) is reported; the others still run.
     broken = tmp_path / "broken"
     result = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                             env={**env, "INFER_BATCH": "3", "COMPARE_TORCH": "0", "OUT": str(broken)})
     assert result.returncode == 1 and "FAILED" in result.stderr
-    assert sorted(p.name for p in broken.iterdir()) == ["train_b4_bfloat16.json", "train_b4_float32.json",
-                                                         "train_b8.json"]
+    assert sorted(p.name for p in broken.iterdir()) == ["precision.json", "train_b4_bfloat16.json",
+                                                         "train_b4_float32.json", "train_b8.json"]
 
     refused = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=REPO, capture_output=True, encoding="utf-8",
                              env={**env, "ALLOW_CPU": "0"})

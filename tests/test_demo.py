@@ -1,12 +1,15 @@
-"""The main job end to end at a minimal scale: cohort -> cache -> three trainings -> cascade -> report."""
+"""The main job end to end at a minimal scale: cohort -> cache -> three trainings -> cascade -> report;
+the ablation and paresseg-evaluate scoring the same runs."""
 
 import json
+import shutil
 
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import demo
+from paresseg_jax import ablation, demo
 from paresseg_jax.data import io
+from paresseg_jax.evaluate import scoring
 
 TINY = demo.DemoScale(
     num_cases=5, shape=(10, 64, 64), width=4, crop_size=32, batch_size=2,
@@ -21,6 +24,7 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
         assert run_name in text
     assert "DPC per tumor type" in text and "not clinical accuracy" in text
     assert "t-test of the per-case Dice not computed" in text  # one held-out case
+    assert "| fold 0 of 5 (1) | last | cascade | whole slices | full | >= 0.6 |" in " ".join(text.split())  # stated
     for picture in ("training_curves.png", "per_type_dpc.png"):
         assert (tmp_path / picture).stat().st_size > 0
 
@@ -44,3 +48,16 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     before = (tmp_path / "eval" / "paresseg" / "summary.json").stat().st_mtime_ns
     demo.run_demo(str(tmp_path), scale=TINY)
     assert (tmp_path / "eval" / "paresseg" / "summary.json").stat().st_mtime_ns == before
+
+    # The same run scored by paresseg-evaluate's path and by the ablation (which reuses the demo's finished
+    # trainings here: same scale, cohort and configs) gives the demo's records.
+    demo_summary = json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())
+    split = json.loads((tmp_path / "resseg" / "split.json").read_text())
+    assert [c["case_id"] for c in demo_summary["cases"]] == split["test"]
+    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"])) and split["validation"]
+    evaluated = scoring.score_run(tmp_path / "resseg", liver_workdir=tmp_path / "liver", out_dir=tmp_path / "evaluate")
+    assert evaluated["cases"] == demo_summary["cases"]
+    shutil.rmtree(tmp_path / "eval" / "resseg")
+    table = ablation.run_ablation(str(tmp_path), TINY, runs=("resseg",))
+    assert json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())["cases"] == demo_summary["cases"]
+    assert "| fold 0 of 5 (1) | last | cascade | whole slices | full | >= 0.6 |" in " ".join(table.split())

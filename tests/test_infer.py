@@ -188,7 +188,7 @@ def test_roi_crop_computes_only_the_box_and_changes_nothing_for_a_local_model(mo
                         lambda m, v, tta, impl, shape: shapes.append(shape) or compiled_forward(m, v, tta, impl, shape))
     options = dict(mode=mode, tile=32, stride=16, pad_multiple=1)
     whole = predict.predict_volume(module, variables, images, roi, crop_to_roi=False, **options)
-    cropped = predict.predict_volume(module, variables, images, roi, roi_margin=0, **options)
+    cropped = predict.predict_volume(module, variables, images, roi, crop_to_roi=True, roi_margin=0, **options)
     np.testing.assert_allclose(cropped, whole, atol=1e-6)
     assert cropped[roi > 0].std() > 0 and not cropped[roi == 0].any()
     if mode == "full":
@@ -218,6 +218,12 @@ def test_batch_pixels_caps_the_slices_per_pass_and_not_the_result(monkeypatch):
         predict.predict_volume(module, variables, images, batch_pixels=-1)
     with pytest.raises(ValueError, match="conv_impl"):
         predict.predict_volume(module, variables, images, conv_impl="winograd")
+
+
+def test_foreground_is_probability_at_or_above_the_threshold_as_in_the_reference():
+    prob = np.array([0.0, np.nextafter(np.float32(0.6), np.float32(0)), np.float32(0.6), 0.61, 1.0], np.float32)
+    np.testing.assert_array_equal(predict.binarize(prob, np.float32(0.6)), [0, 0, 1, 1, 1])
+    assert predict.binarize(prob, 0.6).dtype == np.uint8
 
 
 def test_input_errors_name_the_fix():

@@ -89,14 +89,14 @@ def test_input_gate_hides_a_spot_next_to_the_roi():
     assert ungated["roi"] is None and ungated["liver"] is None
 
 
-def test_given_liver_mask_wins_over_liver_model_and_threshold_is_strict():
+def test_given_liver_mask_wins_over_liver_model_and_threshold_is_checked():
     images = _cascade_images()
     liver = np.zeros((3, 24, 24), np.uint8)
     liver[:, 18:22, 18:22] = 1  # a "liver" around the far spot only
     result = cascade.segment_study(images, (TumorStandIn(), {}), liver_model=(LiverStandIn(), {}), liver=liver)
     assert result["mask"][1, 20, 20] == 1 and result["mask"][1, 8, 8] == 0
     with pytest.raises(ValueError, match="threshold"):
-        cascade.segment_study(images, (TumorStandIn(), {}), threshold=1.0)
+        cascade.segment_study(images, (TumorStandIn(), {}), threshold=0.0)  # p >= 0: everything
     with pytest.raises(ValueError, match="single-phase PV"):
         cascade.segment_study(images, (TumorStandIn(), {}), liver_model=(TumorStandIn(), {}))
 

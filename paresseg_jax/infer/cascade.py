@@ -73,8 +73,9 @@ def segment_study(
     ``threshold``), ``liver`` and ``roi`` (uint8, or None without a ROI) and
     ``labels`` (:func:`label_map` of liver and mask).
     """
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold={threshold} must lie in [0, 1) (config.eval.threshold; the reference uses 0.6)")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must lie in (0, 1] (config.eval.threshold; the reference uses 0.6)")
+
     def stage(name):
         return None if progress is None else (lambda done, total: progress(name, done, total))
 

@@ -8,8 +8,10 @@
 The rows (label, run folder, config, overrides) are a TOML file: by default
 the built-in configs/ablation.toml, which describes the format.
 
-Prints the metrics beside the paper's and the DPC per tumor type, and writes
-<workdir>/ablation.md. Finished rows are reused on a rerun.
+Every row is scored as paresseg-evaluate scores a run: the held-out fold, the
+last model, through the paper's cascade (one liver-ResSeg trained on the same
+folds). Prints the protocol, the metrics beside the paper's and the DPC per
+tumor type, and writes <workdir>/ablation.md. Finished rows are reused on a rerun.
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCHERS = {
     "paresseg_jax_launch.train": ("config", "workdir", "coordinator_address"),
     "paresseg_jax_launch.predict": ("pv", "art", "model", "out", "crop_to_roi"),
-    "paresseg_jax_launch.evaluate": ("run", "predictions", "folds"),
+    "paresseg_jax_launch.evaluate": ("run", "predictions", "folds", "liver_workdir", "roi"),
     "paresseg_jax_launch.demo": ("workdir", "full", "seed"),
     "paresseg_jax_launch.ablation": ("workdir", "rows", "runs", "steps"),
     "paresseg_jax_launch.convert": ("input", "output", "arch"),

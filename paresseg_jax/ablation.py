@@ -100,6 +100,8 @@ def run_ablation(workdir: str, scale: demo.DemoScale, rows: list[Row] | None = N
     write_text(workdir / "ablation_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, seed)
     chosen = [row for row in rows if not runs or row.run in runs]
+    if any(row.run == demo.LIVER_RUN for row in rows):
+        raise PareSegError(f"run folder {demo.LIVER_RUN!r} holds the cascade's liver-ResSeg", fix="name the row's run otherwise")
     liver_dir = workdir / demo.LIVER_RUN
     if any(not (workdir / "eval" / row.run / SUMMARY_FILE).is_file() for row in chosen):  # a finished one restores
         print("[ablation] the cascade's liver-ResSeg: training", flush=True)

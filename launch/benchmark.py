@@ -7,7 +7,7 @@
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
     paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop
-    paresseg-bench precision --width=64 --size=224   # attention matmuls at HIGHEST vs default, against float64
+    paresseg-bench precision --width=64 --size=224   # attention matmuls at HIGHEST vs default (TF32 on GPUs)
 
 Timing: compile time reported apart, warm-up calls excluded, variants run
 interleaved in rounds, medians. With --compare_torch the PyTorch oracle

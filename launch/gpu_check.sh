@@ -80,10 +80,10 @@ bench batch8 "train step, batch 8" --parts=train --dtypes=bfloat16,float32 --bat
   "${torch[@]}" --json="$OUT/train_b8.json"
 bench infer "inference, $SLICES x $SLICE_SIZE x $SLICE_SIZE volume" --parts=infer --slices="$SLICES" \
   --slice_size="$SLICE_SIZE" --infer_batch="$INFER_BATCH" --warmup=1 "${torch[@]}" --json="$OUT/infer.json"
-# The model's default (precise_attention) against XLA's default precision, which is TF32 on this card: error of
-# each float32 setting against float64 (logits, gradient) and seconds per call, at the paper's batch.
+# The model's default (precise_attention) against XLA's default precision, which is TF32 on this card: how much
+# the float32 logits and gradient move, and seconds per call of each, at the paper's batch.
 if listed precision "$RUNS"; then
-  echo "== attention matmuls: Precision.HIGHEST vs default, float32 against float64, batch 8"
+  echo "== attention matmuls: Precision.HIGHEST vs default (TF32), float32, batch 8"
   "$PYTHON" launch/benchmark.py precision --width="$WIDTH" --size="$SIZE" --batch=8 --repeats="$REPEATS" \
     --json="$OUT/precision.json" || { echo "gpu_check: FAILED: precision" >&2; failed=1; }
 fi

@@ -116,7 +116,8 @@ def test_a_block_in_a_package_of_ones_own_survives_every_command(tmp_path):
     assert without.returncode == 2 and "cannot import 'gateblocks.spatial'" in without.stderr
     assert "Traceback" not in without.stderr
 
-    tables = _ok(_command("paresseg-evaluate", "--run=gate=work", cwd=tmp_path, env=env))
+    # No liver-ResSeg was trained here: the ground-truth-liver oracle, asked for by name.
+    tables = _ok(_command("paresseg-evaluate", "--run=gate=work", "--roi=oracle_gt_liver", cwd=tmp_path, env=env))
     assert "| gate " in tables and (tmp_path / "work" / "summary.json").is_file()
 
     report = _ok(_command("paresseg-ablation", "--workdir=ablation", "--rows=rows.toml", "--num_cases=5", "--size=64",

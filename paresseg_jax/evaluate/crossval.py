@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import ml_collections
+import numpy as np
 
 from paresseg_jax import preflight
 from paresseg_jax.data import io

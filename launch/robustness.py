@@ -1,9 +1,11 @@
 """paresseg-robustness: a trained model's Dice with ART misaligned by 0-10 mm, and without ART.
 
-    paresseg-robustness --workdir=runs/paresseg                        # shifts and deformations, 0-10 mm
-    paresseg-robustness --workdir=runs/paresseg_pd --absent=art --magnitudes=0   # a phase-dropout model without ART
+    paresseg-robustness --workdir=runs/paresseg --liver_workdir=runs/liver   # shifts and deformations, 0-10 mm
+    paresseg-robustness --workdir=runs/paresseg_pd --roi=oracle_gt_liver --absent=art --magnitudes=0
 
-Scores the run's held-out cases once per condition into
+Scores the run's test cases (split.json) with its config.eval.checkpoint model,
+as paresseg-evaluate does (the cascade ROI of --liver_workdir, a liver-ResSeg
+trained on the same folds, unless --roi names the oracle), once per condition into
 WORKDIR/perturbed/<condition>/summary.json (compare conditions with
 paresseg-evaluate --run NAME=WORKDIR/perturbed/<condition>) and prints the
 mean Dice of each.
@@ -24,12 +26,15 @@ _SEED = flags.DEFINE_integer("seed", 0, "fixes each case's shift direction and d
 _CACHE = flags.DEFINE_string("cache_dir", None, "read the held-out cases from this cache instead of the run's (the "
                              "cohort preprocessed otherwise, e.g. without registration or rigid only)")
 _PREFIX = flags.DEFINE_string("prefix", "", "prepended to each condition's folder name (e.g. rigid_)")
+_LIVER = flags.DEFINE_string("liver_workdir", None, "liver-ResSeg run for the cascade ROI (its test cases must be the run's)")
+_ROI = flags.DEFINE_enum("roi", None, ["cascade", "oracle_gt_liver"], "ROI source (default: the run's config.eval.roi)")
 
 
 def main(argv):
     del argv
     dpc = robustness.evaluate_perturbed(_WORKDIR.value, [float(m) for m in _MAGNITUDES.value], _KINDS.value,
-                                        _ABSENT.value, _PHASE.value, _SEED.value, _CACHE.value, _PREFIX.value)
+                                        _ABSENT.value, _PHASE.value, _SEED.value, _CACHE.value, _PREFIX.value,
+                                        liver_workdir=_LIVER.value, roi=_ROI.value)
     for name, value in dpc.items():
         print(f"{name:>20}  DPC {100 * value:6.2f}%")
 

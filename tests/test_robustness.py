@@ -9,7 +9,7 @@ from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import robustness
 from paresseg_jax.evaluate.summary import read_summary
 from paresseg_jax.train import loop
-from paresseg_jax.workdir import PERTURBED_DIR
+from paresseg_jax.workdir import PERTURBED_DIR, read_split
 from test_train_support import tiny_config, write_tiny_cache
 
 
@@ -50,22 +50,28 @@ def test_a_shifted_view_moves_its_phase_rigidly_by_the_magnitude_in_one_directio
 
 def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_without_art(cache_dir, tmp_path):
     dropout = _train(cache_dir, tmp_path / "dropout", 0.5)
-    dpc = robustness.evaluate_perturbed(dropout, magnitudes_mm=(0, 4), kinds=("shift", "deformation"), absent=["art"])
+    with pytest.raises(PareSegError, match="cascade ROI needs the liver-ResSeg"):
+        robustness.evaluate_perturbed(dropout, magnitudes_mm=(0,), kinds=())
+    dpc = robustness.evaluate_perturbed(dropout, magnitudes_mm=(0, 4), kinds=("shift", "deformation"), absent=["art"],
+                                        roi="oracle_gt_liver")
     assert list(dpc) == ["none", "shift_4mm", "deformation_4mm", "without_art"]
     for name in dpc:
         summary = read_summary(dropout / PERTURBED_DIR / name)
         assert {r["condition"] for r in summary["cases"]} == {name}
+        assert summary["info"]["roi"] == "oracle_gt_liver"
+        assert sorted(r["case_id"] for r in summary["cases"]) == sorted(read_split(dropout)["test"])
         assert dpc[name] == pytest.approx(np.mean([r["metrics"]["dice"] for r in summary["cases"]]))
     assert read_summary(dropout / PERTURBED_DIR / "shift_4mm")["cases"][0]["misalignment_mm"] == 4.0
     # the held-out cases as another preprocessing left them (here: other images under the same case ids)
     other = write_tiny_cache(tmp_path / "other", seed=7)
-    robustness.evaluate_perturbed(dropout, magnitudes_mm=(0,), kinds=(), cache_dir=other, prefix="other_")
+    robustness.evaluate_perturbed(dropout, magnitudes_mm=(0,), kinds=(), cache_dir=other, prefix="other_",
+                                  roi="oracle_gt_liver")
     elsewhere, here = (read_summary(dropout / PERTURBED_DIR / name) for name in ("other_none", "none"))
     assert elsewhere["info"]["cache_dir"] == str(other)
     assert [r["case_id"] for r in elsewhere["cases"]] == [r["case_id"] for r in here["cases"]]
     plain = _train(cache_dir, tmp_path / "plain", 0.0)
     with pytest.raises(PareSegError, match="trained without phase dropout"):
-        robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"])
+        robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"], roi="oracle_gt_liver")
 
 
 def test_the_study_rows_build_their_configs():

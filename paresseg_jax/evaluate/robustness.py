@@ -30,10 +30,10 @@ from paresseg_jax import absent_phases, model_io
 from paresseg_jax.data import misregistration
 from paresseg_jax.data.cache import CachedCase, open_cohort
 from paresseg_jax.errors import BadInputError, MissingInputError
-from paresseg_jax.evaluate.crossval import evaluate_cases
+from paresseg_jax.evaluate import scoring
 from paresseg_jax.evaluate.summary import write_summary
-from paresseg_jax.train.loop import training_cases
-from paresseg_jax.workdir import CONFIG_FILE, PERTURBED_DIR
+from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR
 
 KINDS = ("shift", "deformation")
 
@@ -91,6 +91,8 @@ def evaluate_perturbed(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     prefix: str = "",
+    liver_workdir: str | os.PathLike | None = None,
+    roi: str | None = None,
 ) -> dict[str, float]:
     """Score a ``paresseg-train`` workdir's model on its held-out cases under each condition: ``phase`` misaligned
     by each of ``magnitudes_mm`` in each of ``kinds``, then (if given) with the ``absent`` phases left out.
@@ -109,14 +111,18 @@ def evaluate_perturbed(
     if not config_file.is_file():
         raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-    module, variables, spec = model_io.load_model(workdir)
+    eval_config = config.eval.to_dict()
+    checkpoint = eval_config.get("checkpoint", "last")
+    scoring.load_run_model(workdir, checkpoint)  # checks the choice
+    module, variables, spec = model_io.load_model(workdir / CHECKPOINT_CHOICES[checkpoint])
     if phase not in module.phases or phase == "pv":
         raise BadInputError(f"the model's phases are {module.phases}, so it cannot misalign {phase!r}", path=workdir,
                             fix="misalign one of the model's phases other than PV (--phase)")
-    _, cases = training_cases(config)
-    if cache_dir is not None:
-        cases = open_cohort(cache_dir, [c.case_id for c in cases])
+    split = scoring.run_split(workdir)
+    cases = open_cohort(cache_dir if cache_dir is not None else prepared_cache(config), split["test"])
     target = config.data.get("target", "tumor")
+    roi = roi or eval_config.get("roi", scoring.CASCADE)
+    liver_model = scoring.run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == scoring.CASCADE else None
     conditions = {}
     for magnitude in sorted({float(m) for m in magnitudes_mm}):
         for kind in kinds if magnitude > 0 else ("none",):
@@ -130,8 +136,9 @@ def evaluate_perturbed(
     source = {"cache_dir": str(cache_dir or config.data.cache_dir or "the run's")}
     for name, (views, info) in conditions.items():
         name = prefix + name
-        records = evaluate_cases(module, variables, views, config.eval.to_dict(), target=target, condition=name,
-                                 **info)
-        write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info)
+        records = scoring.score_cases((module, variables), views, eval_config, roi=roi, liver_model=liver_model,
+                                      target=target, condition=name, **info)
+        write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info,
+                      **scoring.protocol(eval_config, roi, target))
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))
     return dpc

@@ -154,6 +154,24 @@ def load_run_model(workdir: str | os.PathLike, checkpoint: str) -> tuple:
     return model_io.load_model(Path(workdir) / CHECKPOINT_CHOICES[checkpoint])[:2]
 
 
+def run_liver_model(workdir: str | os.PathLike, split: Mapping, liver_workdir: str | os.PathLike | None) -> tuple:
+    """The cascade's ``(module, variables)``: the liver-ResSeg of ``liver_workdir``, whose test cases must be the
+    tumor run's (``split``), so that it never trained on them either."""
+    if liver_workdir is None:
+        raise PareSegError(
+            "the paper's cascade ROI needs the liver-ResSeg trained on this run's training folds",
+            path=workdir, fix=f"give its workdir (--liver_workdir), or choose the oracle explicitly (--roi={ORACLE})",
+        )
+    liver_split = run_split(liver_workdir)
+    if sorted(liver_split["test"]) != sorted(split["test"]):
+        raise PareSegError(
+            f"the liver run's test cases {liver_split['test']} are not this run's {split['test']}",
+            path=liver_workdir, fix="train the liver model on the same folds (data.fold, num_folds, fold_seed)",
+        )
+    liver_config = read_config(liver_workdir)
+    return load_run_model(liver_workdir, liver_config["eval"].get("checkpoint", "last"))
+
+
 def score_run(
     workdir: str | os.PathLike,
     *,
@@ -181,21 +199,7 @@ def score_run(
     eval_config = config.eval.to_dict()
     target = config.data.get("target", "tumor")
     roi = roi or eval_config.get("roi", CASCADE)
-    liver_model = None
-    if target == "tumor" and roi == CASCADE:
-        if liver_workdir is None:
-            raise PareSegError(
-                "the paper's cascade ROI needs the liver-ResSeg trained on this run's training folds",
-                path=workdir, fix=f"give its workdir (--liver_workdir), or choose the oracle explicitly (--roi={ORACLE})",
-            )
-        liver_split = run_split(liver_workdir)
-        if sorted(liver_split["test"]) != sorted(split["test"]):
-            raise PareSegError(
-                f"the liver run's test cases {liver_split['test']} are not this run's {split['test']}",
-                path=liver_workdir, fix="train the liver model on the same folds (data.fold, num_folds, fold_seed)",
-            )
-        liver_config = read_config(liver_workdir)
-        liver_model = load_run_model(liver_workdir, liver_config["eval"].get("checkpoint", "last"))
+    liver_model = run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == CASCADE else None
     tumor_model = load_run_model(workdir, eval_config.get("checkpoint", "last"))
     cases = cache_lib.open_cohort(prepared_cache(config), split["test"])  # the cache training used
     roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])

@@ -3,7 +3,6 @@ every registered model and fusion block at tiny width."""
 
 import functools
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -81,7 +81,8 @@ def benchmark_infer(module, variables, size: int, slices: int, batch: int, tile:
     # (a pixel cap above any padded batch, so the CPU's default cap does not shrink it).
     def volume(mode, roi=None):
         return lambda: predict_volume(module, variables, volumes, roi, mode=mode, tile=tile, stride=stride,
-                                      batch_size=batch, batch_pixels=batch * (max(size, tile) + 32) ** 2)
+                                      batch_size=batch, batch_pixels=batch * (max(size, tile) + 32) ** 2,
+                                      crop_to_roi=roi is not None)
 
     fns = {"jax full": volume("full"), "jax tile": volume("tile"), "jax roi": volume("full", liver_ellipse(slices, size))}
     if torch_model is not None:

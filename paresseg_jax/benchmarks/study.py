@@ -21,8 +21,8 @@ from typing import Mapping
 from paresseg_jax import model_io
 from paresseg_jax.data import io, phantom
 
-# paresseg-predict flags per variant: the liver mask's ROI cropped to its box (the default), or whole slices.
-VARIANTS = {"roi": [], "whole": ["--nocrop_to_roi"]}
+# paresseg-predict flags per variant: the liver mask's ROI cropped to its box, or whole slices (the default).
+VARIANTS = {"roi": ["--crop_to_roi"], "whole": []}
 
 
 def predict_command() -> str:

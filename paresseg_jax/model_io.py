@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from paresseg_jax import absent_phases
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.errors import BadInputError, MissingInputError
-from paresseg_jax.workdir import EXPORTED_MODELS
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, EXPORTED_MODELS, LAST_MODEL, read_config
 
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -61,11 +61,15 @@ def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapp
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A saved-model folder itself, or the exported model inside a training workdir."""
+    """A saved-model folder itself, or the exported model inside a training workdir: the one its
+    ``config.eval.checkpoint`` names ('last' unless the run chose 'best' on its validation cases), as
+    evaluation scores it."""
     path = Path(path).absolute()
     if (path / SPEC_FILE).exists():
         return path
-    for name in EXPORTED_MODELS:
+    config = read_config(path) or {}
+    chosen = CHECKPOINT_CHOICES.get(config.get("eval", {}).get("checkpoint", "last"), LAST_MODEL)
+    for name in dict.fromkeys((chosen, *EXPORTED_MODELS)):
         if (path / name / SPEC_FILE).exists():
             return path / name
     raise MissingInputError(

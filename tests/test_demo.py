@@ -19,7 +19,7 @@ TINY = demo.DemoScale(
 
 def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     report = demo.run_demo(str(tmp_path), scale=TINY)
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     for run_name in demo.TUMOR_RUNS.values():
         assert run_name in text
     assert "DPC per tumor type" in text and "not clinical accuracy" in text

@@ -71,6 +71,6 @@ def test_no_source_file_or_help_text_points_outside_the_repository():
     files = [p for folder in ("paresseg_jax", "configs", "launch", "tests") for p in (REPO / folder).rglob("*")
              if p.suffix in (".py", ".sh", ".toml", ".json") and "__pycache__" not in p.parts]
     files += [REPO / "setup.cfg", REPO / "pyproject.toml"]
-    pointing = [f"{p.relative_to(REPO)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+    pointing = [f"{p.relative_to(REPO)}:{n}" for p in files for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                 if outside.search(line)]
     assert not pointing

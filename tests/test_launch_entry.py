@@ -28,7 +28,7 @@ LAUNCHERS = {
 def _first_doc_line(module: str) -> str:
     """Read from the source: importing a launcher here would define its flags in this process."""
     path = Path(importlib.util.find_spec(module).origin)
-    return ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))).splitlines()[0]
 
 
 def _run(source: str, *args: str) -> subprocess.CompletedProcess:

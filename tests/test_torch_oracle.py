@@ -64,7 +64,8 @@ def test_intra_phase_attention_reference_and_paper_semantics():
     expected = {
         # softmax(rowmax(E) - E) is softmax(-E): the reference attends to the *least* similar channels.
         "reference": gamma * softmax(-energy, axis=-1) @ flat + flat,
-        "paper": softmax(energy, axis=-1).transpose(0, 2, 1) @ flat + flat,
+        # Eq. 1 read as DANet: out_j = sum_i m_ji X_i, weights summing to one over the summed channel i.
+        "paper": softmax(energy, axis=-1) @ flat + flat,
     }
     for attention, want in expected.items():
         module = IntraPhaseAttention(attention).double()

@@ -110,7 +110,8 @@ class IntraPhaseAttention(nn.Module):
     """``sc``: DANet-style channel attention on the PV features.
 
     reference: out = gamma * softmax(rowmax(E) - E) X + X with E = X X^T;
-    paper Eq. (1): out = softmax(X X^T)^T X + X (no gamma).
+    paper Eq. (1), read as DANet: out = softmax(X X^T) X + X (no gamma; weights summing to one over
+    the summed channel).
     """
 
     def __init__(self, attention: str):
@@ -126,7 +127,7 @@ class IntraPhaseAttention(nn.Module):
             energy = energy.amax(dim=-1, keepdim=True) - energy
             out = self.gamma * (torch.softmax(energy, dim=-1) @ flat) + flat
         else:
-            out = torch.softmax(energy, dim=-1).transpose(1, 2) @ flat + flat
+            out = torch.softmax(energy, dim=-1) @ flat + flat
         return out.reshape(x.shape)
 
 

@@ -10,7 +10,8 @@
 
 PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
 one per phase the model uses (a model trained with phase dropout also runs
-without ART: "absent_phases" in the printed report). MODEL: a ``paresseg-train`` workdir, a saved
+without ART: "absent_phases" in the printed report, and per case in a
+folder's summary.json). MODEL: a ``paresseg-train`` workdir, a saved
 model (also a converted PyTorch checkpoint) or a cross-validation workdir
 (its fold_* models); --model repeated or a cross-validation workdir averages
 the models' probabilities. COHORT: a manifest.json cohort, LiTS files, an

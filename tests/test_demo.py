@@ -2,7 +2,6 @@
 the ablation and paresseg-evaluate scoring the same runs."""
 
 import json
-import shutil
 
 import numpy as np
 import SimpleITK as sitk
@@ -49,15 +48,19 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     demo.run_demo(str(tmp_path), scale=TINY)
     assert (tmp_path / "eval" / "paresseg" / "summary.json").stat().st_mtime_ns == before
 
-    # The same run scored by paresseg-evaluate's path and by the ablation (which reuses the demo's finished
-    # trainings here: same scale, cohort and configs) gives the demo's records.
+    # The same run scored by paresseg-evaluate's path gives the demo's records, and so does the ablation, which
+    # trains it again in its own workdir (same scale, cohort seed, configs and training seed: deterministic).
     demo_summary = json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())
     split = json.loads((tmp_path / "resseg" / "split.json").read_text())
     assert [c["case_id"] for c in demo_summary["cases"]] == split["test"]
     assert not set(split["test"]) & (set(split["train"]) | set(split["validation"])) and split["validation"]
     evaluated = scoring.score_run(tmp_path / "resseg", liver_workdir=tmp_path / "liver", out_dir=tmp_path / "evaluate")
     assert evaluated["cases"] == demo_summary["cases"]
-    shutil.rmtree(tmp_path / "eval" / "resseg")
-    table = ablation.run_ablation(str(tmp_path), TINY, runs=("resseg",))
-    assert json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())["cases"] == demo_summary["cases"]
-    assert "| fold 0 of 5 (1) | last | cascade | whole slices | full | >= 0.6 |" in " ".join(table.split())
+    table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1])
+    pooled = [json.loads((tmp_path / "ablation" / "resseg" / f"seed_{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert pooled[0]["cases"] == demo_summary["cases"]
+    assert [c["case_id"] for c in pooled[1]["cases"]] == split["test"]  # the other seed: the same test case
+    flat = " ".join(table.split())
+    assert "| folds 0 of 5 | last | cascade | whole slices | full | >= 0.6 |" in flat
+    dpc = [100 * p["summary"]["all"]["dpc"] for p in pooled]
+    assert f"| single ResSeg (PV) | {np.mean(dpc):.1f} +- {np.std(dpc, ddof=1):.1f} |" in flat

@@ -107,9 +107,10 @@ def test_given_liver_mask_wins_over_liver_model_and_threshold_is_checked():
 SHAPE = (5, 30, 34)  # (z, y, x)
 
 
-def save_tiny_model(path, seed=0, phases=("pv", "art")):
-    """A registered model (DMP ResSeg, width 4) of `phases` with random weights, saved like paresseg-train does."""
-    spec = {"name": "dmp_resseg", "width": 4, "phases": list(phases)}
+def save_tiny_model(path, seed=0, phases=("pv", "art"), **spec_entries):
+    """A registered model (DMP ResSeg, width 4) of `phases` with random weights, saved like paresseg-train does
+    (``spec_entries`` added to its spec, e.g. the phase dropout it was trained with)."""
+    spec = {"name": "dmp_resseg", "width": 4, "phases": list(phases), **spec_entries}
     module = models.create(spec["name"], width=4, phases=tuple(phases))
     inputs = [jnp.zeros((1, 32, 32, 3))] * len(phases)
     abstract = jax.eval_shape(lambda key: module.init(key, *inputs, train=False), jax.random.key(0))

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from dicom_studies import Grid, Study, write_ct_series
 from test_infer_study import save_tiny_model
 
-from paresseg_jax import model_io
+from paresseg_jax import absent_phases, model_io
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import ensemble, folder, predict, study
@@ -212,6 +212,23 @@ def test_folder_checks_every_case_for_the_models_phases_before_work(tmp_path, tw
     with pytest.raises(PareSegError, match=r"case 'case_1' has no image for phase\(s\) \['art'\]"):
         folder.predict_folder(tmp_path / "cohort", tmp_path / "out", two_models)
     assert not (tmp_path / "out").exists() and len(cases) == 3  # nothing written, not even case_0
+
+
+def test_folder_gives_a_missing_art_as_absent_to_a_model_trained_with_phase_dropout(tmp_path):
+    model = save_tiny_model(tmp_path / "pd", seed=2, **{absent_phases.SPEC_KEY: 0.3})
+    write_cohort(tmp_path / "cohort")
+    (tmp_path / "cohort" / "case_1" / "art.nii.gz").unlink()
+    segmenter = study.Segmenter.load(model, eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+    summary = folder.predict_folder(tmp_path / "cohort", tmp_path / "out", segmenter)
+    absent = {r["case_id"]: r["absent_phases"] for r in summary["cases"]}
+    assert absent == {"case_0": [], "case_1": ["art"], "case_2": []}
+    assert "without ART" in folder.case_line(next(r for r in summary["cases"] if r["case_id"] == "case_1"))
+    # the same label map as one study given without ART (single-study mode: ART as zeros)
+    alone = study.segment({"pv": tmp_path / "cohort" / "case_1" / "pv.nii.gz"}, segmenter,
+                          liver=tmp_path / "cohort" / "case_1" / "liver.nii.gz")
+    in_folder = sitk.ReadImage(str(folder.label_map_path(tmp_path / "out", "case_1", "nifti")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(in_folder), sitk.GetArrayFromImage(alone))
 
 
 def _seg_frames(seg_path, source_folder):

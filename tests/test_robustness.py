@@ -75,7 +75,8 @@ def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_wi
 
 
 def test_the_study_rows_build_their_configs():
-    rows = ablation.read_rows(config_files.builtin_dir() / "beyond_the_paper.toml")
+    study = ablation.read_study("beyond_the_paper")
+    rows = study.rows
     configs = {}
     for row in rows:
         configs[row.run] = config_files.load(row.config)
@@ -83,3 +84,7 @@ def test_the_study_rows_build_their_configs():
     assert configs["spatial"].model.fusion == "spatial"
     assert configs["paresseg_phase_dropout"].train.phase_dropout == 0.3
     assert dict(configs["paresseg_misregistration"].data.misregistration) == {"shift_mm": 5.0, "deformation_mm": 3.0}
+    robust = {row.run for row in rows if row.robustness}
+    assert robust == {"paresseg", "spatial", "paresseg_misregistration"}
+    assert [row.without for row in rows if row.without] == [("art",)]
+    assert set(study.registration) == {"unregistered", "rigid"} and max(study.magnitudes_mm) == 10

@@ -1,4 +1,5 @@
-"""Report figures: training curves, DPC per tumor type. (Overlays: :mod:`paresseg_jax.infer.overlay`.)
+"""Report figures: training curves, DPC per tumor type, a study's spread and misalignment curves.
+(Overlays: :mod:`paresseg_jax.infer.overlay`.)
 
 Drawn on Agg canvases with matplotlib's object API: no display, no global state.
 """
@@ -62,6 +63,61 @@ def per_type_bars(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
         axes.bar_label(bars, fmt="%.1f", fontsize=7)
     axes.set_xticks(positions, types)
     axes.set(ylabel="DPC (%)", ylim=(0, 100), title="Dice per case by tumor type")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def spread(entries: Mapping[str, tuple[list[float], list[float]]], path: str | os.PathLike) -> Path:
+    """DPC (%) per entry with its spread: each case's Dice (dots, mean over seeds) in a box, and each seed's
+    mean DPC (diamonds); ``entries``: label -> (per-case values, per-seed means), as fractions."""
+    labels = list(entries)
+    figure = Figure(figsize=(9, 0.45 * len(labels) + 1.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    positions = -np.arange(len(labels))  # first entry on top
+    axes.boxplot([100 * np.asarray(entries[k][0]) for k in labels], positions=positions, widths=0.5,
+                 showfliers=False, orientation="horizontal")
+    jitter = np.random.default_rng(0)
+    for y, label in zip(positions, labels):
+        cases, seeds = entries[label]
+        axes.scatter(100 * np.asarray(cases), y + jitter.uniform(-0.15, 0.15, len(cases)), s=10, alpha=0.5, color="C0")
+        axes.scatter(100 * np.asarray(seeds), np.full(len(seeds), y + 0.3), marker="D", s=25, color="C3")
+    axes.set_yticks(positions, labels, fontsize=8)
+    axes.set(xlabel="DPC (%)", xlim=(0, 100), title="Dice per case (dots, box) and per seed (red diamonds)")
+    return _save(figure, path)
+
+
+def per_type_grid(runs: Mapping[str, Mapping], path: str | os.PathLike) -> Path:
+    """DPC (%) per tumor type as a grid, one line per entry (many entries stay legible, unlike bars)."""
+    labels = list(runs)
+    types = sorted({t for content in runs.values() for t in content["summary"]["per_type"]})
+    values = np.array([[100 * runs[k]["summary"]["per_type"].get(t, {}).get("dpc", np.nan) for t in types] for k in labels])
+    figure = Figure(figsize=(1.1 * len(types) + 5, 0.4 * len(labels) + 1.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    image = axes.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        axes.text(j, i, "-" if np.isnan(value) else f"{value:.1f}", ha="center", va="center", fontsize=8,
+                  color="white" if value < 60 else "black")
+    axes.set_xticks(range(len(types)), types)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    axes.set_title("DPC (%) per tumor type")
+    figure.colorbar(image, ax=axes, label="DPC (%)")
+    return _save(figure, path)
+
+
+def misalignment_curves(curves: Mapping[str, Mapping[str, list[tuple[float, float]]]], path: str | os.PathLike) -> Path:
+    """Mean DPC (%) against the ART misalignment (mm) applied at test time: one colour per entry, a solid line
+    for rigid shifts and a dashed one for deformations; ``curves``: label -> kind -> [(mm, DPC fraction)]."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for i, (label, kinds) in enumerate(curves.items()):
+        for kind, points in kinds.items():
+            mm, dpc = np.array(sorted(points)).T
+            axes.plot(mm, 100 * dpc, marker="o", color=f"C{i}", linestyle="-" if kind == "shift" else "--",
+                      label=f"{label} ({kind})")
+    axes.set(xlabel="ART misalignment (mm)", ylabel="DPC (%)", ylim=(0, 100), title="Dice against ART misalignment")
     axes.legend(fontsize=8)
     return _save(figure, path)
 

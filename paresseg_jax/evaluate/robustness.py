@@ -119,7 +119,8 @@ def evaluate_perturbed(
         raise BadInputError(f"the model's phases are {module.phases}, so it cannot misalign {phase!r}", path=workdir,
                             fix="misalign one of the model's phases other than PV (--phase)")
     split = scoring.run_split(workdir)
-    cases = open_cohort(cache_dir if cache_dir is not None else prepared_cache(config), split["test"])
+    cache = Path(cache_dir) if cache_dir is not None else prepared_cache(config)
+    cases = open_cohort(cache, split["test"])
     target = config.data.get("target", "tumor")
     roi = roi or eval_config.get("roi", scoring.CASCADE)
     liver_model = scoring.run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == scoring.CASCADE else None
@@ -133,7 +134,7 @@ def evaluate_perturbed(
         absent_phases.missing_phases(set(module.phases) - set(absent), module.phases, spec, workdir)
         conditions["without_" + "_".join(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
     dpc = {}
-    source = {"cache_dir": str(cache_dir or config.data.cache_dir or "the run's")}
+    source = {"cache_dir": str(cache)}
     for name, (views, info) in conditions.items():
         name = prefix + name
         records = scoring.score_cases((module, variables), views, eval_config, roi=roi, liver_model=liver_model,

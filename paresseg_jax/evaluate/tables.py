@@ -31,7 +31,7 @@ def metrics_table(runs: Mapping[str, Mapping]) -> str:
             + [_percent(overall.get(c)) for c in PERCENT_COLUMNS]
             + [_number(overall.get(c)) for c in MM_COLUMNS]
         )
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 PROTOCOL_COLUMNS = ("checkpoint", "roi", "extent", "mode", "threshold")
@@ -49,7 +49,7 @@ def protocol_table(runs: Mapping[str, Mapping]) -> str:
         tested = (f"fold {split['fold']} of {split['num_folds']} ({len(split['test'])})" if split
                   else f"folds {', '.join(map(str, folds))} of {info.get('num_folds')}" if folds else "-")
         rows.append([name, tested] + [str(info.get(c, "-")) for c in PROTOCOL_COLUMNS])
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def per_type_table(runs: Mapping[str, Mapping]) -> str:
@@ -63,7 +63,7 @@ def per_type_table(runs: Mapping[str, Mapping]) -> str:
             f"{_percent(per_type[t]['dpc'])} ({per_type[t]['n_cases']})" if t in per_type else "-" for t in types
         ]
         rows.append([name] + cells + [_percent(content["summary"]["all"]["dpc"])])
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def slice_table(runs: Mapping[str, Mapping]) -> str:
@@ -81,7 +81,7 @@ def slice_table(runs: Mapping[str, Mapping]) -> str:
                 rows.append([label, name, "0"] + ["-"] * len(SLICE_COLUMNS))
             else:
                 rows.append([label, name, str(found["n_cases"])] + [_percent(found.get(c)) for c in SLICE_COLUMNS])
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def paper_comparison_table(runs: Mapping[str, Mapping], paper: Mapping[str, Mapping]) -> str:
@@ -97,7 +97,7 @@ def paper_comparison_table(runs: Mapping[str, Mapping], paper: Mapping[str, Mapp
             + [_percent(overall.get(c)) for c in columns]
             + [f"{published[c]:.2f}" if c in published else "-" for c in columns]
         )
-    return _markdown(header, rows)
+    return markdown(header, rows)
 
 
 def paired_t_test(cases_a: Sequence[Mapping], cases_b: Sequence[Mapping], metric: str = "dice") -> dict:
@@ -154,7 +154,7 @@ def _number(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |" for row in [header, *rows]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -83,14 +83,17 @@ def predict_folder(
 
 
 def _with_phases(entry: io.CaseEntry, segmenter: Segmenter, input_dir, resample_masks: bool) -> io.CaseEntry:
-    """The entry reading only the phases the model uses (an error naming the case if one is missing)."""
+    """The entry reading only the phases the model uses. A phase missing is given as absent to models trained
+    with phase dropout; for others it is an error naming the case."""
     missing = segmenter.missing_phases(entry.phases)
-    if missing:
+    if missing and (segmenter.tumor.phase_dropout <= 0 or "pv" in missing):
         raise PareSegError(
-            f"case {entry.case_id!r} has no image for phase(s) {missing}, which the model uses {segmenter.phases}",
-            path=input_dir, fix="add those images to every case, or use a model of the phases the cohort has",
+            f"case {entry.case_id!r} has no image for phase(s) {missing}, which the model uses {segmenter.phases}"
+            + ("" if "pv" in missing else " and was trained without phase dropout"),
+            path=input_dir, fix="add those images to every case, or use a model of the phases the cohort has "
+            "(or one trained with config.train.phase_dropout > 0)",
         )
-    return dataclasses.replace(entry, phases={p: entry.phases[p] for p in segmenter.phases},
+    return dataclasses.replace(entry, phases={p: entry.phases[p] for p in segmenter.phases if p in entry.phases},
                                resample_masks=entry.resample_masks or resample_masks)
 
 
@@ -120,7 +123,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
     if save_probabilities:
         files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
     roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-    info = {"roi": roi, **volumes_ml(result, case), "files": files, "scanner": case.metadata.get("scanner")}
+    info = {"roi": roi, **volumes_ml(result, case), "files": files, "scanner": case.metadata.get("scanner"),
+            "absent_phases": segmenter.missing_phases(entry.phases)}
     if segmenter.liver is not None and case.liver is not None:
         info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)
     info["seconds"] = time.perf_counter() - start
@@ -138,5 +142,7 @@ def case_line(record: Mapping) -> str:
         parts.append(f"liver Dice {100 * record['liver_metrics']['dice']:.1f}%")
     if "metrics" in record:
         parts.append(f"tumor Dice {100 * record['metrics']['dice']:.1f}%")
+    if record.get("absent_phases"):
+        parts.append(f"without {', '.join(p.upper() for p in record['absent_phases'])}")
     parts.append(f"{record['seconds']:.1f} s")
     return "  ".join(parts)

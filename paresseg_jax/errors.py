@@ -6,7 +6,9 @@ any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 
 class PareSegError(Exception):
@@ -34,3 +36,12 @@ class BadInputError(PareSegError, ValueError):
 
 class OutputError(PareSegError):
     """An output location that cannot be written, or that holds something the run would destroy."""
+
+
+def read_json(path: str | os.PathLike, fix: str, what: str = ""):
+    """The JSON content of a file the user gave; invalid JSON (or not UTF-8) is a ``BadInputError`` naming the
+    file, the parser's complaint and ``fix``. ``what`` names the file's role in the message (e.g. 'manifest')."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadInputError(f"{what + ' ' if what else ''}is not valid JSON ({error})", path=path, fix=fix) from None

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from paresseg_jax import absent_phases
 from paresseg_jax.atomic import atomic_path, write_text
-from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, EXPORTED_MODELS, LAST_MODEL, read_config
 
 SPEC_FILE = "model.json"
@@ -101,11 +101,7 @@ def check_model(path: str | os.PathLike):
 
     path = resolve_model_dir(path)
     spec_file = path / SPEC_FILE
-    try:
-        spec = json.loads(spec_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInputError(f"model spec is not valid JSON ({error})", path=spec_file,
-                            fix="restore it from the training workdir or convert the model again") from None
+    spec = read_json(spec_file, "restore it from the training workdir or convert the model again", what="model spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise BadInputError("model spec has no model \"name\"", path=spec_file,
                             fix='it should read {"name": "paresseg", "width": ..., ...}')

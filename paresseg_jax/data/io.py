@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from paresseg_jax.atomic import atomic_path, write_text
-from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 
 PHASES = ("pv", "art", "nc", "dl")
 MASK_NAMES = ("liver", "tumor")
@@ -507,10 +507,7 @@ def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
     if not path.is_file():
         raise MissingInputError("manifest does not exist", path=path, fix="check the path")
     usage = 'expected JSON {"cases": [{"case_id": ...}, ...]}'
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInputError(f"manifest is not valid JSON ({error})", path=path, fix=usage) from None
+    content = read_json(path, usage, what="manifest")
     records = content.get("cases") if isinstance(content, dict) else None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise BadInputError("manifest has no list of case records under \"cases\"", path=path, fix=usage)

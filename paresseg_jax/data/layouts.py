@@ -24,13 +24,12 @@ input; the dataset folder or ``imagesTr`` gives the labelled training cases.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from paresseg_jax.data import io
-from paresseg_jax.errors import PareSegError
+from paresseg_jax.errors import PareSegError, read_json
 
 DATASET_JSON = "dataset.json"
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES = "imagesTr", "labelsTr", "imagesTs"
@@ -77,10 +76,7 @@ def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None)
     """Case entries of an nnU-Net raw dataset or an MSD task (see the module docstring)."""
     dataset, images = dataset_split(Path(root))
     spec_path = dataset / DATASET_JSON
-    try:
-        spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as error:
-        raise PareSegError(f"is not valid JSON ({error})", path=spec_path, fix="repair the file") from None
+    spec = read_json(spec_path, "repair the file")
     phases = _channel_phases(spec, spec_path, channel_phases or {})
     ending = spec.get("file_ending", ".nii.gz")
     labelled = images == TRAIN_IMAGES

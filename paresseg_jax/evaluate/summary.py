@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from paresseg_jax.atomic import write_text
-from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 from paresseg_jax.metrics import case_metrics, overlap_metrics, summarize
 
 SUMMARY_FILE = "summary.json"
@@ -124,11 +124,7 @@ def read_summary(path: str | os.PathLike) -> dict:
     if not file.is_file():
         raise MissingInputError("does not exist", path=file,
                                 fix="give a summary.json written by paresseg-evaluate (or the folder holding it)")
-    try:
-        content = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BadInputError(f"is not valid JSON ({error})", path=file,
-                            fix="give a summary.json written by paresseg-evaluate") from None
+    content = read_json(file, fix="give a summary.json written by paresseg-evaluate")
     if not isinstance(content, dict) or not isinstance(content.get("cases"), list):
         raise BadInputError("is not a paresseg summary (no list of 'cases')", path=file,
                             fix="give a summary.json written by paresseg-evaluate")

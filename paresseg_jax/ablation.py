@@ -305,7 +305,8 @@ def _pool_folds(study: Study, row: Row, seed_dir: Path, folds: list[int], num_fo
         kept = ("checkpoint", "roi", "extent", "mode", "threshold", "cache_dir", "absent", "misalignment",
                 "misalignment_mm", "phase")
         out = _scored(seed_dir, condition)
-        write_summary(out, [c for part in parts for c in part["cases"]], run=row.label, seed=seed, folds=folds,
+        records = [{"fold": k, **c} for k, part in zip(folds, parts) for c in part["cases"]]  # each with its fold
+        write_summary(out, records, run=row.label, seed=seed, folds=folds,
                       num_folds=num_folds, **{k: v for k, v in parts[0]["info"].items() if k in kept})
         pooled[f"{row.run}:{condition}" if condition else row.run] = read_summary(out)
     return pooled

@@ -58,6 +58,7 @@ def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_wi
     for name in dpc:
         summary = read_summary(dropout / PERTURBED_DIR / name)
         assert {r["condition"] for r in summary["cases"]} == {name}
+        assert {r["fold"] for r in summary["cases"]} == {read_split(dropout)["fold"]}  # pooled per fold by studies
         assert summary["info"]["roi"] == "oracle_gt_liver"
         assert sorted(r["case_id"] for r in summary["cases"]) == sorted(read_split(dropout)["test"])
         assert dpc[name] == pytest.approx(np.mean([r["metrics"]["dice"] for r in summary["cases"]]))

@@ -138,7 +138,7 @@ def evaluate_perturbed(
     for name, (views, info) in conditions.items():
         name = prefix + name
         records = scoring.score_cases((module, variables), views, eval_config, roi=roi, liver_model=liver_model,
-                                      target=target, condition=name, **info)
+                                      target=target, condition=name, fold=split["fold"], **info)
         write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info,
                       **scoring.protocol(eval_config, roi, target))
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))

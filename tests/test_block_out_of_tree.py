@@ -121,7 +121,7 @@ def test_a_block_in_a_package_of_ones_own_survives_every_command(tmp_path):
     assert "| gate " in tables and (tmp_path / "work" / "summary.json").is_file()
 
     report = _ok(_command("paresseg-ablation", "--workdir=ablation", "--rows=rows.toml", "--num_cases=5", "--size=64",
-                          "--slices=8", "--width=4", "--steps=2", cwd=tmp_path, env=env))
+                          "--slices=8", "--width=4", "--steps=2", "--folds=0", cwd=tmp_path, env=env))
     assert "| spatial gate " in report
-    saved = json.loads((tmp_path / "ablation" / "gate" / "last_model" / "model.json").read_text())
+    saved = json.loads((tmp_path / "ablation" / "gate" / "seed_0" / "fold_0" / "last_model" / "model.json").read_text())
     assert saved["name"] == MODEL and saved["fusion"] == BLOCK

@@ -1,7 +1,7 @@
 """paresseg-ablation: a study of model variants on a synthetic cohort, every fold, one or more seeds.
 
-    paresseg-ablation --workdir=runs/beyond --rows=beyond_the_paper  # spatial block, phase dropout,
-                                                                      # misregistration: ~1 h on 2 CPU cores
+    paresseg-ablation --workdir=runs/beyond --rows=beyond_the_paper  # spatial block, phase dropout, misregistration:
+                                                                      # 193 CPU-min, >= 1 h 37 min on 2 cores
     paresseg-ablation --workdir=runs/ablation                        # the paper's Table 4 + DMP, MPF
     paresseg-ablation --workdir=runs/ablation --folds=0 --runs=resseg,paresseg --seeds=0,1,2
     paresseg-ablation --workdir=runs/ablation_full --full            # paper widths (GPU)

@@ -41,6 +41,9 @@ _SIZE = flags.DEFINE_integer("size", None, "in-plane size of the phantom cases i
 _SLICES = flags.DEFINE_integer("slices", None, "slices per phantom case (default: the demo's)")
 _STEPS = flags.DEFINE_integer("steps", None, "training steps per row (default: the demo's tumor-model steps)")
 _COHORT_SEED = flags.DEFINE_integer("cohort_seed", 0, "seed of the phantom cohort (the same for every training seed)")
+_JOBS = flags.DEFINE_integer("jobs", 1, "trainings at a time, each in its own process (results do not depend on it); "
+                             "on a CPU one per 2 cores or so, on a GPU 1 (a process takes most of its memory)",
+                             lower_bound=1)
 
 
 def main(argv):
@@ -54,7 +57,7 @@ def main(argv):
     study = ablation.read_study(_ROWS.value)
     folds = None if _FOLDS.value is None else [int(k) for k in _FOLDS.value]
     print(ablation.run_ablation(_WORKDIR.value, scale, study, runs=_RUNS.value, seeds=[int(s) for s in _SEEDS.value],
-                                folds=folds, cohort_seed=_COHORT_SEED.value))
+                                folds=folds, cohort_seed=_COHORT_SEED.value, jobs=_JOBS.value))
 
 
 def run():

@@ -21,25 +21,30 @@ the report (:mod:`paresseg_jax.evaluate.ablation_report`) pairs rows case by cas
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import ml_collections
 
-from paresseg_jax import config_files, demo
+from paresseg_jax import compilation_cache, config_files, demo
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data.preprocess import preprocess_cohort, resolve_config
+from paresseg_jax.data.preprocess import resolve_config
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import ablation_report, robustness
 from paresseg_jax.evaluate.scoring import score_run
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
 from paresseg_jax.model_io import SPEC_FILE
-from paresseg_jax.train.loop import train_and_evaluate
+from paresseg_jax.train.loop import prepared_cache, train_and_evaluate
 from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
 
 ROWS_FILE = "ablation.toml"  # the built-in study, beside the built-in configs
@@ -135,10 +140,11 @@ def entry_names(study: Study) -> dict[str, str]:
 
 def conditions(study: Study, row: Row) -> dict[str, str]:
     """The row's extra scorings, ``condition folder -> label`` (folders as ``paresseg-robustness`` writes them)."""
-    found = {f"without_{'_'.join(row.without)}": f"without {', '.join(p.upper() for p in row.without)}"} if row.without else {}
+    found = {robustness.absent_name(row.without): f"without {', '.join(p.upper() for p in row.without)}"} if row.without else {}
     if row.robustness:
-        found |= {f"{kind}_{m:g}mm": f"ART {kind} {m:g} mm" for m in study.magnitudes_mm if m > 0 for kind in study.kinds}
-        found |= {f"{name}_none": f"registration: {name}" for name in study.registration}
+        found |= {robustness.condition_name(kind, m): f"ART {kind} {m:g} mm"
+                  for m in study.magnitudes_mm if m > 0 for kind in study.kinds}
+        found |= {_registration_condition(name): f"registration: {name}" for name in study.registration}
     return found
 
 
@@ -164,35 +170,16 @@ def paper_rows() -> dict[str, dict]:
     return {row["model"]: row for row in published["table4_ablation_resseg"] + published["table6_fusion"]}
 
 
-class _Progress:
-    """Counts trainings, stops the study when one was interrupted, and prints the time left (extrapolated from
-    the trainings this process ran)."""
+@dataclasses.dataclass(frozen=True)
+class _Training:
+    """One training of a study: a fold's liver-ResSeg (no row), or a row's model of one seed and fold, scored."""
 
-    def __init__(self, total: int):
-        self.total, self.done, self.trained, self.seconds = total, 0, 0, 0.0
+    fold: int
+    seed: int
+    row: Row | None = None
 
-    def train(self, config, workdir: Path, what: str) -> None:
-        if _finished(workdir, int(config.train.num_steps)):
-            return self.skip()
-        print(f"[ablation] {self.done + 1}/{self.total} {what}", flush=True)
-        start = time.perf_counter()
-        result = train_and_evaluate(config, str(workdir))
-        if result.get("stopped_by"):
-            raise SystemExit(f"[ablation] stopped by {result['stopped_by']} while training {workdir}; "
-                             "rerun the same command to continue")
-        self.done, self.trained, self.seconds = self.done + 1, self.trained + 1, self.seconds + time.perf_counter() - start
-        left = self.seconds / self.trained * (self.total - self.done) / 60
-        print(f"[ablation] {self.seconds / 60:.1f} min of training so far, about {left:.0f} min left", flush=True)
-
-    def skip(self) -> None:
-        self.done += 1
-
-
-def _finished(workdir: Path, steps: int) -> bool:
-    """Whether a training workdir holds its last model and a checkpoint of its final step (nothing left to do)."""
-    checkpoints = workdir / CHECKPOINT_DIR
-    saved = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
-    return (workdir / LAST_MODEL / SPEC_FILE).is_file() and max(saved, default=-1) >= steps
+    def describe(self) -> str:
+        return f"liver-ResSeg, fold {self.fold}" if self.row is None else f"{self.row.label}, seed {self.seed}, fold {self.fold}"
 
 
 def run_ablation(
@@ -203,10 +190,11 @@ def run_ablation(
     seeds: Sequence[int] = (0,),
     folds: Sequence[int] | None = None,
     cohort_seed: int = 0,
+    jobs: int = 1,
 ) -> str:
     """Train and score ``study``'s rows (default: the built-in ones; only the ``runs`` named if given) for each
-    seed on each fold (default: all) in ``workdir`` (finished trainings and scorings are reused); writes
-    ``<workdir>/ablation.md`` with its figures and returns the report text."""
+    seed on each fold (default: all) in ``workdir``, ``jobs`` trainings at a time (finished trainings and scorings
+    are reused); writes ``<workdir>/ablation.md`` with its figures and returns the report text."""
     workdir = Path(workdir).absolute()
     study = read_study() if study is None else study
     unknown = sorted(set(runs or ()) - {row.run for row in study.rows})
@@ -216,42 +204,30 @@ def run_ablation(
     if not folds or not set(folds) <= set(range(scale.num_folds)) or not seeds or len(set(seeds)) < len(seeds):
         raise PareSegError(f"folds {folds} of {scale.num_folds}, seeds {list(seeds)}",
                            fix=f"give folds among 0..{scale.num_folds - 1} and distinct seeds")
+    if jobs < 1:
+        raise PareSegError(f"jobs {jobs}", fix="give 1 or more trainings to run at a time")
     chosen = [row for row in study.rows if not runs or row.run in runs]
     workdir.mkdir(parents=True, exist_ok=True)
     write_text(workdir / "ablation_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
     demo.make_cohort(workdir, scale, cohort_seed)
-    progress = _Progress(len(folds) * (1 + len(seeds) * len(chosen)))
+    trainings = [_Training(fold, seeds[0]) for fold in folds]
+    trainings += [_Training(fold, seed, row) for fold in folds for seed in seeds for row in chosen]
     print(f"[ablation] {len(chosen)} rows x {len(seeds)} seeds x {len(folds)} folds = "
           f"{len(chosen) * len(seeds) * len(folds)} tumor trainings + {len(folds)} liver-ResSeg "
-          f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps", flush=True)
-    for fold in folds:
-        liver_dir = workdir / demo.LIVER_RUN / f"fold_{fold}"
-        run_dirs = {(seed, row.run): workdir / row.run / f"seed_{seed}" / f"fold_{fold}" for seed in seeds for row in chosen}
-        if all((d / SUMMARY_FILE).is_file() for d in run_dirs.values()):
-            progress.skip()  # every row of the fold is scored: the liver model is not needed again
-        else:
-            liver = demo.scaled_config("liver_resseg", workdir, scale, scale.liver_steps, seeds[0])
-            liver.data.fold = fold
-            progress.train(liver, liver_dir, f"liver-ResSeg, fold {fold}")
-        for seed in seeds:
-            for row in chosen:
-                config = demo.scaled_config(row.config, workdir, scale, scale.tumor_steps, seed)
-                apply_overrides(config, row.overrides, row.label)
-                config.data.fold = fold
-                run_dir = run_dirs[seed, row.run]
-                if (run_dir / SUMMARY_FILE).is_file():
-                    progress.skip()
-                else:
-                    progress.train(config, run_dir, f"{row.label}, seed {seed}, fold {fold}")
-                    score_run(run_dir, liver_workdir=liver_dir, run=row.label)
-                _score_conditions(study, row, config, run_dir, liver_dir, seed)
+          f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps, {jobs} at a time", flush=True)
+    todo = [t for t in trainings if not _done(workdir, scale, study, t, trainings)]
+    for config in {json.dumps(resolve_config(c.data.get("preprocess")), sort_keys=True): c
+                   for c in _caches(workdir, scale, study, todo)}.values():
+        prepared_cache(config)  # here, before the trainings share it
+    _run_trainings(workdir, scale, study, todo, len(trainings) - len(todo), len(trainings), jobs)
     per_seed = {}
     for seed in seeds:
         for row in chosen:
             for name, summary in _pool_folds(study, row, workdir / row.run / f"seed_{seed}", folds, scale.num_folds, seed).items():
                 per_seed.setdefault(name, []).append(summary)
     labels = {name: label for name, label in entry_names(study).items() if name in per_seed}
-    curves = {row.label: {kind: [(0.0, row.run)] + [(m, f"{row.run}:{kind}_{m:g}mm") for m in study.magnitudes_mm if m > 0]
+    curves = {row.label: {kind: [(0.0, row.run)] + [(m, f"{row.run}:{robustness.condition_name(kind, m)}")
+                                                    for m in study.magnitudes_mm if m > 0]
                           for kind in study.kinds} for row in chosen if row.robustness}
     description = (
         f"{scale.num_cases} phantom cases ({scale.shape[2]} x {scale.shape[1]} px x {scale.shape[0]} slices); folds "
@@ -266,34 +242,172 @@ def run_ablation(
                               curves, paper_rows())
 
 
+def _config(workdir: Path, scale: demo.DemoScale, training: _Training) -> ml_collections.ConfigDict:
+    if training.row is None:
+        config = demo.scaled_config("liver_resseg", workdir, scale, scale.liver_steps, training.seed)
+    else:
+        config = demo.scaled_config(training.row.config, workdir, scale, scale.tumor_steps, training.seed)
+        apply_overrides(config, training.row.overrides, training.row.label)
+    config.data.fold = training.fold
+    config.train.eval_every = config.train.num_steps  # validated once: the study scores the last model
+    return config
+
+
+def _run_dir(workdir: Path, training: _Training) -> Path:
+    if training.row is None:
+        return workdir / demo.LIVER_RUN / f"fold_{training.fold}"
+    return workdir / training.row.run / f"seed_{training.seed}" / f"fold_{training.fold}"
+
+
+def _done(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training, trainings: list[_Training]) -> bool:
+    """A row's model is done once scored under each of its conditions; a liver-ResSeg once trained, or once
+    its fold's rows are done (it is not needed again)."""
+    if training.row is not None:
+        run_dir = _run_dir(workdir, training)
+        return all((_scored(run_dir, c) / SUMMARY_FILE).is_file() for c in [None, *conditions(study, training.row)])
+    fold_rows = [t for t in trainings if t.row is not None and t.fold == training.fold]
+    return _finished(_run_dir(workdir, training), scale.liver_steps) or all(
+        _done(workdir, scale, study, t, trainings) for t in fold_rows)
+
+
+def _finished(workdir: Path, steps: int) -> bool:
+    """Whether a training workdir holds its last model and a checkpoint of its final step (nothing left to do)."""
+    checkpoints = workdir / CHECKPOINT_DIR
+    saved = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
+    return (workdir / LAST_MODEL / SPEC_FILE).is_file() and max(saved, default=-1) >= steps
+
+
+def _caches(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Training]) -> list:
+    """The configs whose preprocessed caches ``todo`` reads: the trainings' and the registration variants'."""
+    configs = [_config(workdir, scale, t) for t in todo]
+    variants = [_registration_variant(c, changes) for c, t in zip(configs, todo)
+                if t.row is not None and t.row.robustness for changes in study.registration.values()]
+    return configs + variants
+
+
+def _registration_variant(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
+    """``config`` with its cohort preprocessed with ``changes`` (a registration variant of the test cases)."""
+    variant = ml_collections.ConfigDict(config.to_dict())
+    variant.data.preprocess = resolve_config(changes, base=resolve_config(config.data.get("preprocess")))
+    return variant
+
+
+def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Training], done: int, total: int,
+                   jobs: int) -> None:
+    """Runs ``todo`` here (``jobs`` 1) or ``jobs`` at a time in spawned processes (one per training, so memory is
+    returned), a row's model only once its fold's liver-ResSeg is trained; prints each start and end and the time
+    left, extrapolated from the training steps done."""
+    def steps(training: _Training) -> int:
+        return scale.liver_steps if training.row is None else scale.tumor_steps
+
+    start, steps_done, steps_total = time.perf_counter(), 0, sum(map(steps, todo))
+
+    def started(training: _Training) -> None:
+        nonlocal done
+        done += 1
+        print(f"[ablation] {done}/{total} {training.describe()}", flush=True)
+
+    def finished(training: _Training) -> None:
+        nonlocal steps_done
+        steps_done += steps(training)
+        minutes = (time.perf_counter() - start) / 60
+        left = minutes / steps_done * (steps_total - steps_done)
+        print(f"[ablation] done: {training.describe()}; {minutes:.1f} min so far, about {left:.0f} min left", flush=True)
+
+    if jobs == 1:
+        for training in todo:
+            started(training)
+            _train_and_score(workdir, scale, study, training)
+            finished(training)
+        return
+    settings = {name: getattr(jax.config, name) for name in compilation_cache.SETTINGS}
+    pending, running = list(todo), {}
+    with _progress_bars_off(), concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
+        initializer=_start_worker, initargs=(settings,),
+    ) as pool:
+        try:
+            while pending or running:
+                livers = {t.fold for t in pending + list(running.values()) if t.row is None}
+                while len(running) < jobs:
+                    ready = next((t for t in pending if t.row is None or t.fold not in livers), None)
+                    if ready is None:
+                        break
+                    pending.remove(ready)
+                    started(ready)
+                    running[pool.submit(_train_and_score, workdir, scale, study, ready)] = ready
+                finished_now, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished_now:
+                    future.result()
+                    finished(running.pop(future))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the running trainings stop at a checkpoint on a signal
+            raise
+
+
+@contextlib.contextmanager
+def _progress_bars_off():
+    """Spawned workers start without tqdm bars (``TQDM_DISABLE``): two bars on one line read as noise; the
+    study prints each training's start and end instead."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _start_worker(jax_settings: dict) -> None:
+    """A spawned training process: the parent's compilation cache (the folds of a row compile the same steps)."""
+    import jax
+
+    for name, value in jax_settings.items():
+        jax.config.update(name, value)
+
+
+def _train_and_score(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training) -> None:
+    """Trains (unless finished) and, for a row, scores the model under each of its conditions; a training stopped
+    by a signal stops the study."""
+    config, run_dir = _config(workdir, scale, training), _run_dir(workdir, training)
+    if not _finished(run_dir, int(config.train.num_steps)):
+        result = train_and_evaluate(config, str(run_dir))
+        if result.get("stopped_by"):
+            raise SystemExit(f"[ablation] stopped by {result['stopped_by']} while training {run_dir}; "
+                             "rerun the same command to continue")
+    if training.row is None:
+        return
+    liver_dir = _run_dir(workdir, _Training(training.fold, training.seed))
+    if not (run_dir / SUMMARY_FILE).is_file():
+        score_run(run_dir, liver_workdir=liver_dir, run=training.row.label)
+    _score_conditions(study, training.row, config, run_dir, liver_dir, training.seed)
+
+
 def _score_conditions(study: Study, row: Row, config, run_dir: Path, liver_dir: Path, seed: int) -> None:
     """The row's extra scorings of one fold's model (each skipped when its summary exists)."""
     def done(condition: str) -> bool:
         return (_scored(run_dir, condition) / SUMMARY_FILE).is_file()
 
-    if row.without and not done(f"without_{'_'.join(row.without)}"):
+    if row.without and not done(robustness.absent_name(row.without)):
         robustness.evaluate_perturbed(run_dir, magnitudes_mm=(), absent=row.without, liver_workdir=liver_dir)
     if not row.robustness:
         return
     magnitudes = [m for m in study.magnitudes_mm if m > 0]
-    if not all(done(f"{kind}_{m:g}mm") for m in magnitudes for kind in study.kinds):
+    if not all(done(robustness.condition_name(kind, m)) for m in magnitudes for kind in study.kinds):
         robustness.evaluate_perturbed(run_dir, magnitudes_mm=magnitudes, kinds=study.kinds, seed=seed,
                                       liver_workdir=liver_dir)
     for name, changes in study.registration.items():
-        if not done(f"{name}_none"):
-            options = config.data.get("preprocess")
-            options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else dict(options or {})
-            cache_dir = preprocess_cohort(config.data.cohort_dir, config.data.cache_root,
-                                          _merged(options, changes), workers=config.data.get("preprocess_workers", 0))
+        if not done(_registration_condition(name)):
+            cache_dir = prepared_cache(_registration_variant(config, changes))
             robustness.evaluate_perturbed(run_dir, magnitudes_mm=(0,), kinds=(), cache_dir=cache_dir,
                                           prefix=f"{name}_", liver_workdir=liver_dir)
 
 
-def _merged(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merged(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
+def _registration_condition(name: str) -> str:
+    """The folder of the held-out cases registered otherwise, scored at 0 mm (``evaluate_perturbed``'s prefix)."""
+    return f"{name}_{robustness.condition_name('', 0)}"
 
 
 def _pool_folds(study: Study, row: Row, seed_dir: Path, folds: list[int], num_folds: int, seed: int) -> dict:
@@ -305,7 +419,7 @@ def _pool_folds(study: Study, row: Row, seed_dir: Path, folds: list[int], num_fo
         kept = ("checkpoint", "roi", "extent", "mode", "threshold", "cache_dir", "absent", "misalignment",
                 "misalignment_mm", "phase")
         out = _scored(seed_dir, condition)
-        records = [{"fold": k, **c} for k, part in zip(folds, parts) for c in part["cases"]]  # each with its fold
+        records = [case for part in parts for case in part["cases"]]  # each with the fold it was scored in
         write_summary(out, records, run=row.label, seed=seed, folds=folds,
                       num_folds=num_folds, **{k: v for k, v in parts[0]["info"].items() if k in kept})
         pooled[f"{row.run}:{condition}" if condition else row.run] = read_summary(out)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 ENV = "PARESSEG_XLA_CACHE"
 MAX_BYTES = 2 << 30
+SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_compilation_cache_max_size")
 
 
 def cache_dir(environ=os.environ) -> Path | None:
@@ -37,9 +38,7 @@ def enable(min_compile_secs: float = 1.0) -> Path | None:
     folder = cache_dir()
     if folder is None:
         return None
-    settings = {"jax_compilation_cache_dir": str(folder),
-                "jax_persistent_cache_min_compile_time_secs": min_compile_secs,
-                "jax_compilation_cache_max_size": MAX_BYTES}
+    settings = dict(zip(SETTINGS, (str(folder), min_compile_secs, MAX_BYTES)))
     if "jax" in sys.modules:
         import jax
 

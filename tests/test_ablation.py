@@ -89,7 +89,7 @@ def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tm
     study = ablation.read_study(tmp_path / "study.toml")
     work = tmp_path / "work"
     scale = dataclasses.replace(TINY, num_cases=10)  # 2 test cases in fold 0: enough for the paired tests
-    report = ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0])
+    report = ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0], jobs=2)  # 2 processes
     assert "1 rows x 2 seeds x 1 folds = 2 tumor trainings + 1 liver-ResSeg" in capsys.readouterr().out
     dpc = []
     for seed in (0, 1):
@@ -113,8 +113,8 @@ def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tm
     for figure in ("dpc_per_entry.png", "dpc_per_type.png", "dpc_vs_misalignment.png"):
         assert (work / figure).stat().st_size > 0
     assert (work / "ablation.md").read_text() == report
-    # A rerun trains and scores nothing again.
+    # A rerun (in this process) trains and scores nothing again.
     before = (work / "pd" / "seed_1" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns
     assert ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0]) == report
-    assert "training so far" not in capsys.readouterr().out
+    assert "[ablation] done" not in capsys.readouterr().out
     assert (work / "pd" / "seed_1" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns == before

@@ -49,14 +49,15 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     assert (tmp_path / "eval" / "paresseg" / "summary.json").stat().st_mtime_ns == before
 
     # The same run scored by paresseg-evaluate's path gives the demo's records, and so does the ablation, which
-    # trains it again in its own workdir (same scale, cohort seed, configs and training seed: deterministic).
+    # trains it again in its own workdir (same scale, cohort seed, configs and training seed: deterministic),
+    # here two trainings at a time in spawned processes.
     demo_summary = json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())
     split = json.loads((tmp_path / "resseg" / "split.json").read_text())
     assert [c["case_id"] for c in demo_summary["cases"]] == split["test"]
     assert not set(split["test"]) & (set(split["train"]) | set(split["validation"])) and split["validation"]
     evaluated = scoring.score_run(tmp_path / "resseg", liver_workdir=tmp_path / "liver", out_dir=tmp_path / "evaluate")
     assert evaluated["cases"] == demo_summary["cases"]
-    table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1])
+    table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1], jobs=2)
     pooled = [json.loads((tmp_path / "ablation" / "resseg" / f"seed_{s}" / "summary.json").read_text()) for s in (0, 1)]
     assert pooled[0]["cases"] == demo_summary["cases"]
     assert [c["case_id"] for c in pooled[1]["cases"]] == split["test"]  # the other seed: the same test case

@@ -192,6 +192,16 @@ def test_unknown_setting_raises():
         preprocess.resolve_config({"registration": {"mesh": 3}})
 
 
+def test_settings_change_a_base_config_section_by_section():
+    """A registration variant of a run's preprocessing (the ablation's rigid-only test cases): the changed
+    setting replaced, the base's other settings kept, nested sections merged."""
+    base = preprocess.resolve_config({"window": [-100, 200], "registration": {"mesh_mm": 60.0}})
+    variant = preprocess.resolve_config({"registration": {"bspline_iterations": 0}}, base=base)
+    assert variant["window"] == [-100.0, 200.0] and variant["registration"]["mesh_mm"] == 60.0
+    assert variant["registration"]["bspline_iterations"] == 0 and base["registration"]["bspline_iterations"] > 0
+    assert {k: v for k, v in variant.items() if k != "registration"} == {k: v for k, v in base.items() if k != "registration"}
+
+
 def test_code_revision_is_part_of_the_cache_key(tmp_path, monkeypatch):
     """A cache made by code that registered differently is made again, not reused."""
     resolved = preprocess.resolve_config({"register": False})

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from paresseg_jax import ablation, config_files
+from paresseg_jax import ablation, config_files, models
 from paresseg_jax.data import cache
 from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate import robustness
+from paresseg_jax.evaluate import robustness, scoring
 from paresseg_jax.evaluate.summary import read_summary
+from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
 from test_train_support import tiny_config, write_tiny_cache
@@ -73,6 +74,27 @@ def test_every_condition_gets_its_summary_and_only_a_phase_dropout_model_goes_wi
     plain = _train(cache_dir, tmp_path / "plain", 0.0)
     with pytest.raises(PareSegError, match="trained without phase dropout"):
         robustness.evaluate_perturbed(plain, magnitudes_mm=(), absent=["art"], roi="oracle_gt_liver")
+
+
+def test_conditions_that_keep_pv_reuse_the_liver_stage_with_the_same_records(cache_dir):
+    """evaluate_perturbed scores every condition with one dict of liver masks: the liver model runs once per
+    case, and a record is the same as when it runs each time."""
+    import jax
+
+    cases = cache.open_cohort(cache_dir)[:2]
+    tumor, liver = (models.create("resseg", width=4, phases=phases) for phases in (("pv", "art"), ("pv",)))
+    tumor_model = (tumor, models.init_variables(tumor, jax.random.PRNGKey(0)))
+    liver_model = (liver, models.init_variables(liver, jax.random.PRNGKey(1)))
+    liver_prob = as_ensemble(liver_model).probability({"pv": np.asarray(cases[0].image("pv"))})
+    eval_config = {"threshold": 0.5, "liver_threshold": float(np.median(liver_prob))}  # an untrained model's half
+    each_time = scoring.score_cases(tumor_model, cases, eval_config, liver_model=liver_model)
+    masks = {}
+    first = scoring.score_cases(tumor_model, cases, eval_config, liver_model=liver_model, liver_masks=masks)
+    assert sorted(masks) == [c.case_id for c in cases] and first == each_time
+    assert 0 < masks[cases[0].case_id].mean() < 1  # a liver ROI that is neither empty nor everything
+    not_a_model = ("the liver model", "must not run again")
+    again = scoring.score_cases(tumor_model, cases, eval_config, liver_model=not_a_model, liver_masks=masks)
+    assert again == each_time
 
 
 def test_the_study_rows_build_their_configs():

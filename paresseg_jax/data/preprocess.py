@@ -65,14 +65,14 @@ def default_preprocess_config() -> dict:
     }
 
 
-def resolve_config(preprocess_config: Mapping | None) -> dict:
-    """Defaults updated with the given settings (nested sections merged) plus ``revision``; unknown keys are
-    an error, and so is a resolved config of another ``REVISION``."""
+def resolve_config(preprocess_config: Mapping | None, base: Mapping | None = None) -> dict:
+    """``base`` (default: the defaults) updated with the given settings (nested sections merged) plus
+    ``revision``; unknown keys are an error, and so is a resolved config of another ``REVISION``."""
     given = preprocess_config.to_dict() if hasattr(preprocess_config, "to_dict") else dict(preprocess_config or {})
     revision = given.pop("revision", REVISION)
     if revision != REVISION:
         raise ValueError(f"preprocessing config of revision {revision}; this code makes revision {REVISION}")
-    config = default_preprocess_config()
+    config = default_preprocess_config() if base is None else resolve_config(base)
     for key, value in given.items():
         if key not in config:
             raise KeyError(f"unknown preprocessing setting {key!r}; known: {sorted(config)}")

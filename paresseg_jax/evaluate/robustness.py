@@ -82,6 +82,16 @@ def without(case: CachedCase, phases: Sequence[str]) -> PerturbedCase:
     return PerturbedCase(case, {p: lambda: np.zeros(case.shape, np.float32) for p in phases})
 
 
+def condition_name(kind: str, magnitude_mm: float) -> str:
+    """A misalignment's folder under ``perturbed/``: ``shift_4mm``, ``deformation_10mm``, ``none`` at 0 mm."""
+    return f"{kind}_{magnitude_mm:g}mm" if magnitude_mm > 0 else "none"
+
+
+def absent_name(phases: Sequence[str]) -> str:
+    """The folder under ``perturbed/`` of the scores with ``phases`` absent: ``without_art``."""
+    return "without_" + "_".join(phases)
+
+
 def evaluate_perturbed(
     workdir: str | os.PathLike,
     magnitudes_mm: Sequence[float] = (0, 2, 4, 6, 8, 10),
@@ -127,18 +137,20 @@ def evaluate_perturbed(
     conditions = {}
     for magnitude in sorted({float(m) for m in magnitudes_mm}):
         for kind in kinds if magnitude > 0 else ("none",):
-            name = f"{kind}_{magnitude:g}mm" if magnitude > 0 else "none"
+            name = condition_name(kind, magnitude)
             views = cases if magnitude == 0 else [misaligned(c, kind, magnitude, phase, seed) for c in cases]
             conditions[name] = (views, {"misalignment": kind, "misalignment_mm": magnitude, "phase": phase})
     if absent:
         absent_phases.missing_phases(set(module.phases) - set(absent), module.phases, spec, workdir)
-        conditions["without_" + "_".join(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
+        conditions[absent_name(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
     dpc = {}
     source = {"cache_dir": str(cache)}
+    liver_masks = {}  # every condition keeps PV: the liver stage runs once per case
     for name, (views, info) in conditions.items():
         name = prefix + name
         records = scoring.score_cases((module, variables), views, eval_config, roi=roi, liver_model=liver_model,
-                                      target=target, condition=name, fold=split["fold"], **info)
+                                      liver_masks=liver_masks, target=target, condition=name, fold=split["fold"],
+                                      **info)
         write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info,
                       **scoring.protocol(eval_config, roi, target))
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, MutableMapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -66,6 +66,7 @@ def score_cases(
     *,
     roi: str = CASCADE,
     liver_model: tuple | None = None,
+    liver_masks: MutableMapping[str, np.ndarray] | None = None,
     roi_dilation: int = 5,
     target: str = "tumor",
     out_dir: str | os.PathLike | None = None,
@@ -79,7 +80,9 @@ def score_cases(
     'tumor' target the ROI is the liver model's dilated prediction (``roi``
     'cascade', the record gets its ``liver_dice``) or the cache's
     ground-truth ROI ('oracle_gt_liver'); the 'liver' target (the cascade's
-    first stage) is scored on whole slices against the liver mask. With
+    first stage) is scored on whole slices against the liver mask. ``liver_masks``, by case id, holds the
+    liver stage's masks and is filled with them: conditions that change only other phases than PV pass the
+    same dict and run the liver model once per case (the result is the same). With
     ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
     geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
     """
@@ -105,11 +108,14 @@ def score_cases(
                             threshold_for(eval_config, target))
         else:
             truth = case.tumor
+            known = None if liver_masks is None else liver_masks.get(case.case_id)
             result = segment_study(
-                images, tumor_model, liver_model=liver_model, threshold=threshold_for(eval_config, target),
+                images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold_for(eval_config, target),
                 liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
             )
             mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
+            if liver_masks is not None:
+                liver_masks[case.case_id] = result["liver"]
         spacing_zyx = tuple(reversed(case.meta["spacing"]))
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
                                      scanner=case.meta.get("scanner"), **extra, **info))

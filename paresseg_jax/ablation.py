@@ -22,11 +22,11 @@ the report (:mod:`paresseg_jax.evaluate.ablation_report`) pairs rows case by cas
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import time
 import tomllib
 from importlib import resources
@@ -49,6 +49,7 @@ from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
 
 ROWS_FILE = "ablation.toml"  # the built-in study, beside the built-in configs
 REPORT_FILE = "ablation.md"
+LOG_DIR = "logs"  # with jobs > 1: each training's output, <run>_seed_<s>_fold_<k>.log
 _ROW_FIELDS = {"label", "run", "config", "overrides", "without", "robustness"}
 _STUDY_FIELDS = {"row", "compare", "robustness"}
 _ROBUSTNESS_FIELDS = {"magnitudes_mm", "kinds", "registration"}
@@ -214,7 +215,8 @@ def run_ablation(
     trainings += [_Training(fold, seed, row) for fold in folds for seed in seeds for row in chosen]
     print(f"[ablation] {len(chosen)} rows x {len(seeds)} seeds x {len(folds)} folds = "
           f"{len(chosen) * len(seeds) * len(folds)} tumor trainings + {len(folds)} liver-ResSeg "
-          f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps, {jobs} at a time", flush=True)
+          f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps, {jobs} at a time"
+          + (f" (each one's output in {workdir / LOG_DIR})" if jobs > 1 else ""), flush=True)
     todo = [t for t in trainings if not _done(workdir, scale, study, t, trainings)]
     for config in {json.dumps(resolve_config(c.data.get("preprocess")), sort_keys=True): c
                    for c in _caches(workdir, scale, study, todo)}.values():
@@ -295,8 +297,8 @@ def _registration_variant(config: ml_collections.ConfigDict, changes: dict) -> m
 def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Training], done: int, total: int,
                    jobs: int) -> None:
     """Runs ``todo`` here (``jobs`` 1) or ``jobs`` at a time in spawned processes (one per training, so memory is
-    returned), a row's model only once its fold's liver-ResSeg is trained; prints each start and end and the time
-    left, extrapolated from the training steps done."""
+    returned; output in ``<workdir>/logs``), a row's model only once its fold's liver-ResSeg is trained; prints
+    each start and end and the time left, extrapolated from the training steps done."""
     def steps(training: _Training) -> int:
         return scale.liver_steps if training.row is None else scale.tumor_steps
 
@@ -322,7 +324,7 @@ def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: lis
         return
     settings = {name: getattr(jax.config, name) for name in compilation_cache.SETTINGS}
     pending, running = list(todo), {}
-    with _progress_bars_off(), concurrent.futures.ProcessPoolExecutor(
+    with concurrent.futures.ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1,
         initializer=_start_worker, initargs=(settings,),
     ) as pool:
@@ -335,29 +337,33 @@ def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: lis
                         break
                     pending.remove(ready)
                     started(ready)
-                    running[pool.submit(_train_and_score, workdir, scale, study, ready)] = ready
+                    running[pool.submit(_in_worker, workdir, scale, study, ready)] = ready
                 finished_now, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in finished_now:
+                    training = running.pop(future)
+                    if future.exception() is not None:
+                        print(f"[ablation] failed: {training.describe()}; its output: {_log_file(workdir, training)}",
+                              file=sys.stderr, flush=True)
                     future.result()
-                    finished(running.pop(future))
+                    finished(training)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # the running trainings stop at a checkpoint on a signal
             raise
 
 
-@contextlib.contextmanager
-def _progress_bars_off():
-    """Spawned workers start without tqdm bars (``TQDM_DISABLE``): two bars on one line read as noise; the
-    study prints each training's start and end instead."""
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = before
+def _in_worker(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training) -> None:
+    """``_train_and_score`` in a spawned process, its output (progress bars, warnings) in its own log file:
+    two trainings' bars on one terminal read as noise, and the study prints each start and end."""
+    log = _log_file(workdir, training)
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "a") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+    _train_and_score(workdir, scale, study, training)
+
+
+def _log_file(workdir: Path, training: _Training) -> Path:
+    return workdir / LOG_DIR / f"{_run_dir(workdir, training).relative_to(workdir).as_posix().replace('/', '_')}.log"
 
 
 def _start_worker(jax_settings: dict) -> None:

@@ -1,7 +1,7 @@
 """paresseg-ablation: a study of model variants on a synthetic cohort, every fold, one or more seeds.
 
-    paresseg-ablation --workdir=runs/beyond --rows=beyond_the_paper  # spatial block, phase dropout, misregistration:
-                                                                      # 193 CPU-min, >= 1 h 37 min on 2 cores
+    paresseg-ablation --workdir=runs/beyond --rows=beyond_the_paper --steps=250 --jobs=2
+                                    # spatial block, phase dropout, misregistration: 65 min on 2 cores
     paresseg-ablation --workdir=runs/ablation                        # the paper's Table 4 + DMP, MPF
     paresseg-ablation --workdir=runs/ablation --folds=0 --runs=resseg,paresseg --seeds=0,1,2
     paresseg-ablation --workdir=runs/ablation_full --full            # paper widths (GPU)
@@ -14,7 +14,8 @@ optional pairs to compare and an optional [robustness] table.
 Each row trains once per seed on each fold (the fold held out) and is scored
 as paresseg-evaluate scores a run: last model, the paper's cascade with the
 liver-ResSeg of the same folds, whole slices, p >= 0.6. The plan (number of
-trainings) prints first and the time left after each training. Writes
+trainings) prints first and the time left after each training; --jobs runs
+trainings side by side, each in its own process (output in <workdir>/logs). Writes
 <workdir>/ablation.md: DPC mean +- sd over seeds, per-case paired tests
 (t-test, Wilcoxon, Benjamini-Hochberg q) and figures. Finished trainings and
 scorings are reused on a rerun.

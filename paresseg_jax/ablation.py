@@ -368,8 +368,6 @@ def _log_file(workdir: Path, training: _Training) -> Path:
 
 def _start_worker(jax_settings: dict) -> None:
     """A spawned training process: the parent's compilation cache (the folds of a row compile the same steps)."""
-    import jax
-
     for name, value in jax_settings.items():
         jax.config.update(name, value)
 
@@ -408,12 +406,17 @@ def _score_conditions(study: Study, row: Row, config, run_dir: Path, liver_dir: 
         if not done(_registration_condition(name)):
             cache_dir = prepared_cache(_registration_variant(config, changes))
             robustness.evaluate_perturbed(run_dir, magnitudes_mm=(0,), kinds=(), cache_dir=cache_dir,
-                                          prefix=f"{name}_", liver_workdir=liver_dir)
+                                          prefix=_registration_prefix(name), liver_workdir=liver_dir)
+
+
+def _registration_prefix(name: str) -> str:
+    """``evaluate_perturbed``'s prefix for the held-out cases registered otherwise (``rigid_``)."""
+    return f"{name}_"
 
 
 def _registration_condition(name: str) -> str:
-    """The folder of the held-out cases registered otherwise, scored at 0 mm (``evaluate_perturbed``'s prefix)."""
-    return f"{name}_{robustness.condition_name('', 0)}"
+    """The folder of the held-out cases registered otherwise, scored at 0 mm (``rigid_none``)."""
+    return _registration_prefix(name) + robustness.condition_name("", 0)
 
 
 def _pool_folds(study: Study, row: Row, seed_dir: Path, folds: list[int], num_folds: int, seed: int) -> dict:

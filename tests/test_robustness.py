@@ -1,5 +1,11 @@
 """A trained run scored with ART misaligned by known millimetres and without ART."""
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +17,10 @@ from paresseg_jax.evaluate.summary import read_summary
 from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
+from standin_models import save_standin
 from test_train_support import tiny_config, write_tiny_cache
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +32,55 @@ def _train(cache_dir, workdir, phase_dropout):
     config = tiny_config(cache_dir, num_steps=2, eval_every=2, checkpoint_every=2, phase_dropout=phase_dropout)
     loop.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+@pytest.fixture(scope="module")
+def contrast_run(cache_dir, tmp_path_factory):
+    """A run and its liver run (same split) whose exported models are stand-ins with known masks: tumor where ART
+    exceeds PV by 0.2 (the tiny cache's tumor exactly), liver where PV is above 0.25 (its liver)."""
+    root = tmp_path_factory.mktemp("contrast")
+    run = _train(cache_dir, root / "run", 0.0)
+    save_standin(run / "last_model", phase_dropout=0.5)
+    liver = Path(shutil.copytree(run, root / "liver"))
+    save_standin(liver / "last_model", phases=("pv",), rule="bright", offset=0.25)
+    return run, liver
+
+
+def test_misaligned_or_absent_art_lowers_the_dice_of_a_model_that_reads_art(contrast_run):
+    """With the shift or deformation ignored, or ART kept in for 'without_art', this test fails."""
+    run, liver = contrast_run
+    dpc = robustness.evaluate_perturbed(run, magnitudes_mm=(0, 4), absent=["art"], liver_workdir=liver)
+    assert dpc["none"] > 0.9  # the stand-in finds the tumors where ART is where PV is
+    assert dpc["shift_4mm"] < dpc["none"] - 0.1 and dpc["deformation_4mm"] < dpc["none"] - 0.05
+    assert dpc["shift_4mm"] != dpc["deformation_4mm"]
+    without = read_summary(run / PERTURBED_DIR / "without_art")["cases"]
+    assert dpc["without_art"] == 0.0 and all(r["metrics"]["dice"] == 0.0 for r in without)  # no ART, no contrast
+    assert all(r["liver_dice"] > 0.9 for r in read_summary(run / PERTURBED_DIR / "none")["cases"])  # cascade ROI
+    other_seed = robustness.evaluate_perturbed(run, magnitudes_mm=(4,), kinds=("shift",), seed=1, liver_workdir=liver)
+    assert other_seed["shift_4mm"] != dpc["shift_4mm"]  # the seed draws the directions
+
+
+def test_robustness_command(contrast_run, cache_dir):
+    """paresseg-robustness as README shows it (its --help: test_launch_entry): every flag reaches
+    evaluate_perturbed, the printed DPCs are the summaries'."""
+    run, liver = contrast_run
+    command = [str(Path(sys.executable).with_name("paresseg-robustness"))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([*command, f"--workdir={run}", f"--liver_workdir={liver}", "--magnitudes=0,3",
+                           "--kinds=shift", "--seed=2", "--absent=art", f"--cache_dir={cache_dir}", "--prefix=cli_"],
+                          capture_output=True, encoding="utf-8", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ["cli_none", "cli_shift_3mm", "cli_without_art"]
+    assert sorted(p.name for p in (run / PERTURBED_DIR).glob("cli_*")) == sorted(names)
+    for name in names:
+        summary = read_summary(run / PERTURBED_DIR / name)
+        assert summary["info"]["seed"] == 2 and summary["info"]["roi"] == "cascade"
+        dpc = 100 * np.mean([r["metrics"]["dice"] for r in summary["cases"]])
+        assert f"{name:>20}  DPC {dpc:6.2f}%" in done.stdout
+    oracle = subprocess.run([*command, f"--workdir={run}", "--roi=oracle_gt_liver", "--magnitudes=0", "--kinds=shift",
+                             "--prefix=oracle_"], capture_output=True, encoding="utf-8", env=env, timeout=300)
+    assert oracle.returncode == 0, oracle.stderr[-3000:]
+    assert read_summary(run / PERTURBED_DIR / "oracle_none")["info"]["roi"] == "oracle_gt_liver"
 
 
 def test_a_shifted_view_moves_its_phase_rigidly_by_the_magnitude_in_one_direction_per_case(tmp_path):

@@ -1,0 +1,100 @@
+"""README's paresseg-make-phantom, -predict and -evaluate commands end to end, on stand-in models with known masks.
+
+One phantom cohort (written by ``paresseg-make-phantom --phases``) and two
+saved stand-ins (``standin_models``) serve the module: a liver model (PV above
+0.65 after windowing) and a tumor model (ART above PV by 0.1); masks are
+non-empty, and every equality is checked beside a setting that must differ.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from standin_models import save_standin
+
+pytestmark = pytest.mark.xdist_group("documented_commands")
+REPO = Path(__file__).resolve().parents[1]
+CASES = ("case_0000", "case_0001")
+LIVER_OFFSET = 0.65
+
+
+def command(name, *args, status=0):
+    """A console script as a user runs it (stand-ins import from tests/)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([str(Path(sys.executable).with_name(name)), *map(str, args)], capture_output=True,
+                          encoding="utf-8", errors="replace", env=env, timeout=300)
+    assert done.returncode == status, (done.stdout[-2000:], done.stderr[-3000:])
+    return done
+
+
+def array(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def windowed(path):
+    from paresseg_jax.data.preprocess import hu_window
+
+    return hu_window(array(path).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("documented")
+    command("paresseg-make-phantom", f"--out={root / 'phantom'}", "--num_cases=2", "--size=128", "--slices=6",
+            "--phases=pv,art,nc,dl", "--num_folds=2")
+    save_standin(root / "tumor", offset=0.1)
+    save_standin(root / "liver", phases=("pv",), rule="bright", offset=LIVER_OFFSET)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cascade_preds(cohort):
+    """README's folder command: paresseg-predict --input --output --model --liver_model."""
+    out = cohort / "preds"
+    command("paresseg-predict", f"--input={cohort / 'phantom'}", f"--output={out}", f"--model={cohort / 'tumor'}",
+            f"--liver_model={cohort / 'liver'}", "--noregister")
+    return out
+
+
+def test_make_phantom_writes_every_phase_asked_on_the_pv_grid(cohort):
+    for case in CASES:
+        folder = cohort / "phantom" / case
+        pv = sitk.ReadImage(str(folder / "pv.nii.gz"))
+        for phase in ("art", "nc", "dl"):
+            image = sitk.ReadImage(str(folder / f"{phase}.nii.gz"))
+            assert image.GetSize() == pv.GetSize() == (128, 128, 6) and image.GetSpacing() == pv.GetSpacing()
+            assert not np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(pv))
+    liver_hu = array(cohort / "phantom" / CASES[0] / "pv.nii.gz")[array(cohort / "phantom" / CASES[0] / "liver.nii.gz") > 0]
+    nc_hu = array(cohort / "phantom" / CASES[0] / "nc.nii.gz")[array(cohort / "phantom" / CASES[0] / "liver.nii.gz") > 0]
+    assert np.median(nc_hu) < np.median(liver_hu) - 20  # the liver enhances from NC (55 HU) to PV (110 HU)
+
+
+def test_predict_cascade_takes_label_1_from_the_liver_model(cohort, cascade_preds):
+    """Label 1 is the liver model's mask, not the case's liver; tumor (2) lies inside its dilated ROI."""
+    for case in CASES:
+        labels = array(cascade_preds / f"{case}.nii.gz")
+        liver = windowed(cohort / "phantom" / case / "pv.nii.gz") > LIVER_OFFSET  # the stand-in's rule
+        roi = ndimage.binary_dilation(liver, np.ones((1, 5, 5), bool))
+        gt_liver = array(cohort / "phantom" / case / "liver.nii.gz") > 0
+        np.testing.assert_array_equal(labels == 1, liver & (labels != 2))
+        assert (labels == 2).any() and not (labels == 2)[~roi].any()
+        assert (labels == 1).sum() > 1000 and ((labels == 1) != gt_liver).sum() > 500  # not the case's liver mask
+
+
+def test_predict_one_study_as_readme_shows(cohort, cascade_preds, tmp_path):
+    """README's one-study command: the mask is the folder run's tumor label, with its probability and overlay."""
+    case = cohort / "phantom" / CASES[1]
+    done = command("paresseg-predict", f"--pv={case / 'pv.nii.gz'}", f"--art={case / 'art.nii.gz'}",
+                   f"--model={cohort / 'tumor'}", f"--liver_model={cohort / 'liver'}", f"--out={tmp_path / 'mask.nii.gz'}",
+                   f"--prob={tmp_path / 'prob.nii.gz'}", f"--overlay={tmp_path / 'overlay.png'}", "--noregister")
+    mask, prob = array(tmp_path / "mask.nii.gz"), array(tmp_path / "prob.nii.gz")
+    np.testing.assert_array_equal(mask, array(cascade_preds / f"{CASES[1]}.nii.gz") == 2)
+    assert mask.any() and np.array_equal(mask > 0, prob >= 0.6)
+    assert (tmp_path / "overlay.png").stat().st_size > 1000 and '"roi": "liver model"' in done.stdout

@@ -23,6 +23,12 @@ pytestmark = pytest.mark.xdist_group("documented_commands")
 REPO = Path(__file__).resolve().parents[1]
 CASES = ("case_0000", "case_0001")
 LIVER_OFFSET = 0.65
+PROBE = {"context": 2.0, "tilt": 1.0, "conv": 1.0}  # flips, crops, tiles and the conv setting change its output
+# Two paresseg-predict runs and the settings each passes (flag values as eval_config values).
+SPEED = {"tta": True, "crop_to_roi": True, "roi_margin": 8, "batch_pixels": 128 * 128, "conv_impl": "fast"}
+TILES = {"mode": "tile", "tile": 64, "stride": 32, "weighting": "gaussian"}
+OTHER = {"tta": False, "crop_to_roi": False, "roi_margin": 32, "batch_pixels": 0, "conv_impl": "direct", "mode": "full",
+         "tile": 96, "stride": 64, "weighting": "pyramid"}  # each setting's default or another valid value
 
 
 def command(name, *args, status=0):
@@ -51,6 +57,7 @@ def cohort(tmp_path_factory):
             "--phases=pv,art,nc,dl", "--num_folds=2")
     save_standin(root / "tumor", offset=0.1)
     save_standin(root / "liver", phases=("pv",), rule="bright", offset=LIVER_OFFSET)
+    save_standin(root / "probe", offset=0.1, gain=20.0, **PROBE)
     return root
 
 
@@ -98,3 +105,49 @@ def test_predict_one_study_as_readme_shows(cohort, cascade_preds, tmp_path):
     np.testing.assert_array_equal(mask, array(cascade_preds / f"{CASES[1]}.nii.gz") == 2)
     assert mask.any() and np.array_equal(mask > 0, prob >= 0.6)
     assert (tmp_path / "overlay.png").stat().st_size > 1000 and '"roi": "liver model"' in done.stdout
+
+
+def _flags(settings):
+    return [f"--{k}" if v is True else f"--{k}={v}" for k, v in settings.items()]
+
+
+@pytest.mark.parametrize("settings", [SPEED, TILES], ids=["speed", "tiles"])
+def test_predict_settings_reach_the_segmentation(cohort, settings, tmp_path):
+    """Each flag's value is what the command segments with (its probabilities equal predict_files' with that
+    setting), and another value of any one changes them, except --batch_pixels (slices per pass only)."""
+    from paresseg_jax.infer import study
+
+    case = cohort / "phantom" / CASES[0]
+    phases, liver = {p: case / f"{p}.nii.gz" for p in ("pv", "art")}, case / "liver.nii.gz"
+    command("paresseg-predict", *[f"--{p}={path}" for p, path in phases.items()], f"--model={cohort / 'probe'}",
+            f"--liver={liver}", f"--out={tmp_path / 'cli.nii.gz'}", f"--prob={tmp_path / 'cli_prob.nii.gz'}",
+            "--noregister", *_flags(settings))
+    expected = array(tmp_path / "cli_prob.nii.gz")
+
+    def prob(**config):
+        segmenter = study.Segmenter.load(cohort / "probe", None, config).with_registration(False)
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.nii.gz"
+        study.predict_files(phases, segmenter, out, liver=liver, prob_out=out.with_name("p" + out.name))
+        assert array(out).any()  # a non-empty mask under every setting
+        return array(out.with_name("p" + out.name))
+
+    np.testing.assert_array_equal(prob(**settings), expected)
+    for name in settings:
+        other = prob(**{**settings, name: OTHER[name]})
+        if name == "batch_pixels":
+            np.testing.assert_array_equal(other, expected)
+        else:
+            assert not np.array_equal(other, expected), f"--{name} changed nothing"
+
+
+def test_batch_pixels_caps_the_slices_per_forward_pass(cohort, monkeypatch):
+    from paresseg_jax.infer import predict, study
+
+    compiled, shapes = predict._compiled_forward, []
+    monkeypatch.setattr(predict, "_compiled_forward", lambda *args: shapes.append(args[-1]) or compiled(*args))
+    case = cohort / "phantom" / CASES[0]
+    images = {p: windowed(case / f"{p}.nii.gz") for p in ("pv", "art")}
+    module, variables = study.Segmenter.load(cohort / "tumor").tumor.members[0]
+    for batch_pixels in (0, 2 * 128 * 128):
+        predict.predict_volume(module, variables, images, batch_size=4, batch_pixels=batch_pixels)
+    assert [s[0] for s in shapes] == [4, 2]

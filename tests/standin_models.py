@@ -20,6 +20,9 @@ as the phase attention's whole-slice energies do), ``tilt`` a left-right ramp
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+TESTS = Path(__file__).resolve().parent
 CONV_CHANNELS = 64  # ops.conv2d uses Winograd from 64 channels on
 
 
@@ -66,3 +70,29 @@ def save_standin(path: Path, phases=("pv", "art"), **options) -> Path:
     spec = {"name": "standin_models:PhaseContrast", "phases": list(phases), **options}
     module = models.create(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", "phase_dropout")})
     return model_io.save_model(path, spec, models.init_variables(module, jax.random.key(0)))
+
+
+def standin_runs(cache_dir: Path, root: Path, **tumor_options) -> tuple[Path, Path]:
+    """A tiny training run over ``cache_dir`` (``test_train_support``'s) and a liver run with the same split,
+    whose exported models are stand-ins: tumor where ART exceeds PV by 0.2 (that cache's tumors exactly),
+    liver where PV is above 0.25 (its liver)."""
+    import shutil
+
+    from paresseg_jax.train import loop
+    from test_train_support import tiny_config
+
+    run = root / "run"
+    loop.train_and_evaluate(tiny_config(cache_dir, num_steps=2, eval_every=2, checkpoint_every=2), str(run))
+    save_standin(run / "last_model", **tumor_options)
+    liver = Path(shutil.copytree(run, root / "liver"))
+    save_standin(liver / "last_model", phases=("pv",), rule="bright", offset=0.25)
+    return run, liver
+
+
+def command(name: str, *args, status: int = 0) -> subprocess.CompletedProcess:
+    """A console script as a user runs it, with ``tests/`` on the import path (the stand-ins live there)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([str(Path(sys.executable).with_name(name)), *map(str, args)], capture_output=True,
+                          encoding="utf-8", errors="replace", env=env, timeout=300)
+    assert done.returncode == status, (done.stdout[-2000:], done.stderr[-3000:])
+    return done

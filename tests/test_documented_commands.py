@@ -6,21 +6,17 @@ saved stand-ins (``standin_models``) serve the module: a liver model (PV above
 non-empty, and every equality is checked beside a setting that must differ.
 """
 
-import os
+import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from standin_models import save_standin
+from standin_models import command, save_standin, standin_runs
 
 pytestmark = pytest.mark.xdist_group("documented_commands")
-REPO = Path(__file__).resolve().parents[1]
 CASES = ("case_0000", "case_0001")
 LIVER_OFFSET = 0.65
 PROBE = {"context": 2.0, "tilt": 1.0, "conv": 1.0}  # flips, crops, tiles and the conv setting change its output
@@ -29,15 +25,6 @@ SPEED = {"tta": True, "crop_to_roi": True, "roi_margin": 8, "batch_pixels": 128 
 TILES = {"mode": "tile", "tile": 64, "stride": 32, "weighting": "gaussian"}
 OTHER = {"tta": False, "crop_to_roi": False, "roi_margin": 32, "batch_pixels": 0, "conv_impl": "direct", "mode": "full",
          "tile": 96, "stride": 64, "weighting": "pyramid"}  # each setting's default or another valid value
-
-
-def command(name, *args, status=0):
-    """A console script as a user runs it (stand-ins import from tests/)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([str(Path(sys.executable).with_name(name)), *map(str, args)], capture_output=True,
-                          encoding="utf-8", errors="replace", env=env, timeout=300)
-    assert done.returncode == status, (done.stdout[-2000:], done.stderr[-3000:])
-    return done
 
 
 def array(path):
@@ -151,3 +138,75 @@ def test_batch_pixels_caps_the_slices_per_forward_pass(cohort, monkeypatch):
     for batch_pixels in (0, 2 * 128 * 128):
         predict.predict_volume(module, variables, images, batch_size=4, batch_pixels=batch_pixels)
     assert [s[0] for s in shapes] == [4, 2]
+
+
+def _voe(pred, truth):
+    return 1 - np.count_nonzero(pred & truth) / np.count_nonzero(pred | truth)
+
+
+def test_evaluate_predictions_with_a_tumor_label_and_a_metric(cohort, cascade_preds, tmp_path):
+    """Label maps with tumor 3 are scored with --tumor_label=3 as paresseg-predict's (tumor 2) are, refused without;
+    --metric=voe tests the VOEs, whose means are checked against VOEs computed here."""
+    relabelled = tmp_path / "tumor_3"
+    relabelled.mkdir()
+    for case in CASES:
+        image = sitk.ReadImage(str(cascade_preds / f"{case}.nii.gz"))
+        moved = sitk.GetImageFromArray(np.where(sitk.GetArrayFromImage(image) == 2, 3, sitk.GetArrayFromImage(image)))
+        moved.CopyInformation(image)
+        sitk.WriteImage(moved, str(relabelled / f"{case}.nii.gz"))
+    phantom = cohort / "phantom"
+    refused = command("paresseg-evaluate", f"--predictions={relabelled}", f"--cohort={phantom}", status=2)
+    assert "has labels [0, 1, 3]" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    done = command("paresseg-evaluate", f"--predictions={relabelled}", f"--cohort={phantom}", "--tumor_label=3",
+                   f"--run=as_predicted={cascade_preds}", "--metric=voe")
+    truths = [array(phantom / case / "tumor.nii.gz") > 0 for case in CASES]
+    tumors = [array(cascade_preds / f"{case}.nii.gz") == 2 for case in CASES]
+    voe = np.mean([_voe(p, t) for p, t in zip(tumors, truths)])
+    assert all(p.any() for p in tumors) and 0 < voe < 1
+    assert f"paired t-test on voe (2 cases): as_predicted {voe:.4f} vs tumor_3 {voe:.4f}" in done.stdout
+
+
+def test_evaluate_refuses_predictions_on_another_grid_unless_resample_masks(cohort, cascade_preds, tmp_path):
+    coarse = tmp_path / "coarse"
+    coarse.mkdir()
+    for case in CASES:
+        image = sitk.ReadImage(str(cascade_preds / f"{case}.nii.gz"))
+        spacing = [s * f for s, f in zip(image.GetSpacing(), (2, 2, 1))]
+        size = [n // f for n, f in zip(image.GetSize(), (2, 2, 1))]
+        sitk.WriteImage(sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor, image.GetOrigin(),
+                                      spacing, image.GetDirection()), str(coarse / f"{case}.nii.gz"))
+    (coarse / "summary.json").write_text(json.dumps({"info": {"labels": {"tumor": 2}}, "cases": [], "summary": None}))
+    refused = command("paresseg-evaluate", f"--predictions={coarse}", f"--cohort={cohort / 'phantom'}", status=2)
+    assert "--resample_masks" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    done = command("paresseg-evaluate", f"--predictions={coarse}", f"--cohort={cohort / 'phantom'}", "--resample_masks")
+    scored = json.loads((coarse / "summary.json").read_text())["cases"]
+    assert len(scored) == 2 and all(r["metrics"]["dice"] > 0 for r in scored) and "| coarse " in done.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from test_train_support import write_tiny_cache
+
+    root = tmp_path_factory.mktemp("runs")
+    return standin_runs(write_tiny_cache(root / "cache"), root)
+
+
+def test_evaluate_a_run_with_the_cascade_and_overlays(runs):
+    run, liver = runs
+    command("paresseg-evaluate", f"--run=standin={run}", f"--liver_workdir={liver}", "--overlays")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["info"]["roi"] == "cascade" and summary["summary"]["all"]["dpc"] > 0.9
+    test_cases = json.loads((run / "split.json").read_text())["test"]
+    assert sorted(p.stem for p in (run / "overlays").glob("*.png")) == sorted(test_cases)
+
+
+def test_bench_extent_on_a_run(runs, tmp_path):
+    """The tiny cache's 40 px slices are narrower than the crop grid (64 px): the crop is the whole slice."""
+    run, liver = runs
+    done = command("paresseg-bench", "extent", f"--run={run}", f"--liver_workdir={liver}",
+                   f"--json={tmp_path / 'extent.json'}")
+    result = json.loads((tmp_path / "extent.json").read_text())
+    assert result["roi"] == "cascade" and len(result["cases"]) == len(json.loads((run / "split.json").read_text())["test"])
+    for case in result["cases"]:
+        assert case["dice_whole"] == case["dice_crop"] > 0.9 and case["changed_voxels"] == 0
+    assert "whole slices vs ROI crop" in done.stdout

@@ -1,11 +1,5 @@
 """A trained run scored with ART misaligned by known millimetres and without ART."""
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,10 +11,8 @@ from paresseg_jax.evaluate.summary import read_summary
 from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
-from standin_models import save_standin
+from standin_models import command, standin_runs
 from test_train_support import tiny_config, write_tiny_cache
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +28,7 @@ def _train(cache_dir, workdir, phase_dropout):
 
 @pytest.fixture(scope="module")
 def contrast_run(cache_dir, tmp_path_factory):
-    """A run and its liver run (same split) whose exported models are stand-ins with known masks: tumor where ART
-    exceeds PV by 0.2 (the tiny cache's tumor exactly), liver where PV is above 0.25 (its liver)."""
-    root = tmp_path_factory.mktemp("contrast")
-    run = _train(cache_dir, root / "run", 0.0)
-    save_standin(run / "last_model", phase_dropout=0.5)
-    liver = Path(shutil.copytree(run, root / "liver"))
-    save_standin(liver / "last_model", phases=("pv",), rule="bright", offset=0.25)
-    return run, liver
+    return standin_runs(cache_dir, tmp_path_factory.mktemp("contrast"), phase_dropout=0.5)
 
 
 def test_misaligned_or_absent_art_lowers_the_dice_of_a_model_that_reads_art(contrast_run):
@@ -64,12 +49,8 @@ def test_robustness_command(contrast_run, cache_dir):
     """paresseg-robustness as README shows it (its --help: test_launch_entry): every flag reaches
     evaluate_perturbed, the printed DPCs are the summaries'."""
     run, liver = contrast_run
-    command = [str(Path(sys.executable).with_name("paresseg-robustness"))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([*command, f"--workdir={run}", f"--liver_workdir={liver}", "--magnitudes=0,3",
-                           "--kinds=shift", "--seed=2", "--absent=art", f"--cache_dir={cache_dir}", "--prefix=cli_"],
-                          capture_output=True, encoding="utf-8", env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = command("paresseg-robustness", f"--workdir={run}", f"--liver_workdir={liver}", "--magnitudes=0,3",
+                   "--kinds=shift", "--seed=2", "--absent=art", f"--cache_dir={cache_dir}", "--prefix=cli_")
     names = ["cli_none", "cli_shift_3mm", "cli_without_art"]
     assert sorted(p.name for p in (run / PERTURBED_DIR).glob("cli_*")) == sorted(names)
     for name in names:
@@ -77,9 +58,8 @@ def test_robustness_command(contrast_run, cache_dir):
         assert summary["info"]["seed"] == 2 and summary["info"]["roi"] == "cascade"
         dpc = 100 * np.mean([r["metrics"]["dice"] for r in summary["cases"]])
         assert f"{name:>20}  DPC {dpc:6.2f}%" in done.stdout
-    oracle = subprocess.run([*command, f"--workdir={run}", "--roi=oracle_gt_liver", "--magnitudes=0", "--kinds=shift",
-                             "--prefix=oracle_"], capture_output=True, encoding="utf-8", env=env, timeout=300)
-    assert oracle.returncode == 0, oracle.stderr[-3000:]
+    command("paresseg-robustness", f"--workdir={run}", "--roi=oracle_gt_liver", "--magnitudes=0", "--kinds=shift",
+            "--prefix=oracle_")
     assert read_summary(run / PERTURBED_DIR / "oracle_none")["info"]["roi"] == "oracle_gt_liver"
 
 

@@ -14,6 +14,8 @@ from paresseg_jax.workdir import PERTURBED_DIR, read_split
 from standin_models import command, standin_runs
 from test_train_support import tiny_config, write_tiny_cache
 
+pytestmark = pytest.mark.xdist_group("robustness")  # the module's runs are built once
+
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):

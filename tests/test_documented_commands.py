@@ -200,6 +200,17 @@ def test_evaluate_a_run_with_the_cascade_and_overlays(runs):
     assert sorted(p.stem for p in (run / "overlays").glob("*.png")) == sorted(test_cases)
 
 
+def test_evaluate_refuses_a_run_whose_split_overlaps(runs, tmp_path):
+    """A split.json edited so that a test case is also a training case: one line, exit 2, nothing scored."""
+    run = shutil.copytree(runs[0], tmp_path / "run")
+    split = json.loads((run / "split.json").read_text())
+    split["train"].append(split["test"][0])
+    (run / "split.json").write_text(json.dumps(split))
+    refused = command("paresseg-evaluate", f"--run=edited={run}", "--roi=oracle_gt_liver", status=2)
+    assert "train, validation and test case ids overlap" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert not (run / "summary.json").exists()
+
+
 def test_bench_extent_on_a_run(runs, tmp_path):
     """The tiny cache's 40 px slices are narrower than the crop grid (64 px): the crop is the whole slice."""
     run, liver = runs

@@ -296,10 +296,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     bar.set_postfix(loss=last.get("loss"), val_dice=val[BEST_METRIC])
                 stop = signals.should_stop()
                 if val is not None or stop or step % train.checkpoint_every == 0 or step == total_steps:
-                    # the step's metrics line goes to disk before its checkpoint: a kill right after the commit
-                    # must not leave a resumed run without it
-                    last, streak = _account(pending, parallel, streak, train, writer, bar)
-                    pending = None
                     save(step, state, val)
                 if stop:
                     stopped_by = signals.received or "a signal on another process"

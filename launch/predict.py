@@ -3,8 +3,9 @@
     # one study: a 0/1 tumor mask
     paresseg-predict --pv PV --art ART --model MODEL --out mask.nii.gz \\
         [--liver_model LIVER_MODEL | --liver liver.nii.gz] [--prob prob.nii.gz] \\
-        [--overlay overlay.png] [--gt tumor.nii.gz] [--dicom_seg seg.dcm]
-    # a cohort or folder of studies: DIR/<case_id>.nii.gz label maps (0 background, 1 liver, 2 tumor)
+        [--overlay overlay.png] [--gt tumor.nii.gz] [--dicom_seg seg.dcm] [--lesions lesions.csv]
+    # a cohort or folder of studies: DIR/<case_id>.nii.gz label maps (0 background, 1 liver, 2 tumor),
+    # DIR/summary.json and DIR/lesions.csv (one row per lesion)
     paresseg-predict --input COHORT --output DIR --model MODEL [--liver_model LIVER_MODEL] [--save_probabilities] \\
         [--output_format dicom_seg]
 
@@ -43,6 +44,8 @@ _OUT = flags.DEFINE_string("out", None, "one study: tumor mask to write (e.g. ma
 _PROB = flags.DEFINE_string("prob", None, "one study: also write the tumor probability map here")
 _OVERLAY = flags.DEFINE_string("overlay", None, "one study: also write a PNG montage of the slices with tumor here")
 _GT = flags.DEFINE_string("gt", None, "one study: ground-truth tumor mask: printed metrics, drawn in green on the overlay")
+_LESIONS = flags.DEFINE_string("lesions", None, "one study: also write the lesion table (volume, diameters, HU per "
+                               "phase, centroid) as CSV here")
 _INPUT = flags.DEFINE_string("input", None, "a cohort or folder of studies to segment (needs --output)")
 _OUTPUT = flags.DEFINE_string("output", None, "folder for <case_id>.nii.gz label maps and summary.json (with --input)")
 _SAVE_PROB = flags.DEFINE_boolean("save_probabilities", False, "with --input: also write <case_id>_tumor_prob.nii.gz")
@@ -73,7 +76,7 @@ _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIG
              "crop_to_roi": _CROP,
              "roi_margin": _MARGIN}
 _SINGLE_STUDY = {"pv": _PV, "art": _ART, "phase": _PHASE, "liver": _LIVER, "out": _OUT, "prob": _PROB,
-                 "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG}
+                 "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG, "lesions": _LESIONS}
 
 
 def phase_paths() -> dict:
@@ -105,7 +108,7 @@ def main(argv):
         raise app.UsageError("give --pv (and the model's other phases) and --out (or --dicom_seg) for one study, "
                              "or --input and --output for a folder of studies")
     single = dict(liver=_LIVER.value, gt=_GT.value, prob_out=_PROB.value, overlay_out=_OVERLAY.value,
-                  dicom_seg_out=_DICOM_SEG.value)
+                  dicom_seg_out=_DICOM_SEG.value, lesions_out=_LESIONS.value)
     if _INPUT.value is None:  # before importing jax: a wrong path fails at once
         preflight.prediction(phase_paths(), _MODEL.value, _OUT.value, liver_model=_LIVER_MODEL.value, **single)
     else:

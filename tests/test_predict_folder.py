@@ -4,6 +4,7 @@ The console scripts run in subprocesses on cohorts and models the tests
 write; expected label maps are rebuilt here from `predict_volume` and numpy.
 """
 
+import csv
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 from dicom_studies import Grid, Study, write_ct_series
 from test_infer_study import save_tiny_model
 
@@ -121,6 +123,29 @@ def test_folder_summary_scores_the_cases_with_masks(predicted):
     for case_id in CASES:  # one line per case at the end
         assert sum(line.startswith(case_id + " ") for line in lines) == 1
     assert "tumor DPC" in done.stdout
+
+
+def test_folder_lists_every_lesion_in_lesions_csv_and_summary(predicted):
+    """lesions.csv and summary.json against the written label maps and the cases' HU, measured here with numpy."""
+    _, cases, out, _ = predicted
+    with open(out / "lesions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = {r["case_id"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    voxel_ml = float(np.prod(GEOMETRY.spacing)) / 1000
+    for case_id, case in cases.items():
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case_id}.nii.gz")))
+        components, count = ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(components.ravel())[1:]
+        ours = [r for r in rows if r["case_id"] == case_id]
+        assert len(ours) == count == summary[case_id]["lesions"]["count"]
+        assert [float(r["volume_ml"]) for r in ours] == pytest.approx(sorted(sizes * voxel_ml, reverse=True), abs=0.006)
+        biggest = components == 1 + int(np.argmax(sizes))
+        assert float(ours[0]["pv_hu_mean"]) == pytest.approx(case.phases["pv"][biggest].mean(), abs=0.006)
+        assert float(ours[0]["art_hu_sd"]) == pytest.approx(case.phases["art"][biggest].std(), abs=0.006)
+        organ = np.count_nonzero(labels > 0)
+        burden = summary[case_id]["lesions"]["tumor_burden_pct"]
+        assert burden == pytest.approx(100 * np.count_nonzero(labels == 2) / organ)
+        assert [lesion["lesion"] for lesion in summary[case_id]["lesions"]["lesions"]] == list(range(1, count + 1))
 
 
 def test_evaluate_scores_the_label_maps(predicted, tmp_path):

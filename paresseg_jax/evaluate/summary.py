@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from paresseg_jax import lesions
 from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 from paresseg_jax.metrics import case_metrics, overlap_metrics, summarize
@@ -42,7 +43,7 @@ def slice_groups(gt: np.ndarray) -> dict[str, np.ndarray]:
     marginal. ``tumor`` is their union, every slice with ground-truth tumor.
     Returns boolean ``(z,)`` selections.
     """
-    labels, count = ndimage.label(np.asarray(gt) > 0, structure=np.ones((3, 3, 3), bool))
+    labels, _ = lesions.components(gt)
     marginal = np.zeros(labels.shape[0], bool)
     tumor = np.zeros(labels.shape[0], bool)
     for extent in ndimage.find_objects(labels):

@@ -10,7 +10,8 @@ With ``output_format='dicom_seg'`` the label map is written as
 ``<output>/<case_id>.dcm``, a DICOM-SEG referencing the case's PV series
 (every PV must then be a DICOM series folder). Cases with a tumor mask are
 scored as ``paresseg-evaluate`` scores them, and ``<output>/summary.json``
-holds every case's record.
+holds every case's record, its lesions included; ``<output>/lesions.csv``
+lists every case's lesions (``paresseg_jax.lesions``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Mapping
 
 from tqdm import tqdm
 
+from paresseg_jax import lesions
 from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
-from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg,
-                                      write_image)
+from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml,
+                                      write_dicom_seg, write_image)
 from paresseg_jax.metrics import case_metrics
 
 PROBABILITY_SUFFIX = "_tumor_prob"
@@ -79,6 +81,8 @@ def predict_folder(
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
             "labels": LABELS, "settings": segmenter.options}
+    lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
+                      [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
     return read_summary(write_summary(output_dir, records, **info))
 
 
@@ -123,7 +127,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
     if save_probabilities:
         files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
     roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-    info = {"roi": roi, **volumes_ml(result, case), "files": files, "scanner": case.metadata.get("scanner"),
+    info = {"roi": roi, **volumes_ml(result, case), "lesions": study_lesions(result, case), "files": files,
+            "scanner": case.metadata.get("scanner"),
             "absent_phases": segmenter.missing_phases(entry.phases)}
     if segmenter.liver is not None and case.liver is not None:
         info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)
@@ -135,7 +140,7 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
 
 def case_line(record: Mapping) -> str:
     """One line about a segmented case: volumes, Dice when scored, time."""
-    parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml"]
+    parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml in {record['lesions']['count']} lesion(s)"]
     if "liver_ml" in record:
         parts.append(f"liver {record['liver_ml']:.1f} ml ({record['roi']})")
     if "liver_metrics" in record:

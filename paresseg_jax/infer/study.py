@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import absent_phases, model_io, preflight
+from paresseg_jax import absent_phases, lesions, model_io, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
@@ -99,17 +99,19 @@ class Segmenter:
 
     def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
-        """``(segment_study result, windowed images, registration report)`` of a case in HU.
+        """``(segment_study result, windowed images, registration report)`` of a case in HU; the result
+        also holds ``phases_hu``, the phases in HU as registered to PV.
 
         ``liver``: a liver mask to take the ROI from; without one the liver
         model (if any) predicts it. ``sources`` name the phases' files in errors.
         """
-        images, registration = prepare_images(case, self.preprocess_config, sources)
-        images = absent_phases.fill_absent(images, self.phases)
+        registered, registration = registered_phases(case, self.preprocess_config, sources)
+        images = absent_phases.fill_absent(windowed(registered, self.preprocess_config), self.phases)
         result = segment_study(
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
         )
+        result["phases_hu"] = registered  # what the lesions are measured on
         return result, images, registration
 
 
@@ -124,6 +126,13 @@ def prepare_images(case: io.Case, preprocess_config: Mapping | None,
                    sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(windowed images, registration report)``: other phases registered to PV, all windowed to [0, 1].
     ``sources`` (phase -> file) name the image in a registration failure."""
+    phases, report = registered_phases(case, preprocess_config, sources)
+    return windowed(phases, preprocess_config), report
+
+
+def registered_phases(case: io.Case, preprocess_config: Mapping | None,
+                      sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(phases in HU, registration report)``: the other phases registered to PV when the settings say so."""
     config = preprocess.resolve_config(preprocess_config)
     phases, report = dict(case.phases), {}
     if config["register"]:
@@ -134,9 +143,13 @@ def prepare_images(case: io.Case, preprocess_config: Mapping | None,
             except RuntimeError as error:
                 raise preprocess.registration_failure(error, (sources or {}).get(name, name)) from None
             phases[name] = preprocess.apply_transform(phases[name], case, transform)
-    low, high = config["window"]
-    images = {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
-    return images, report
+    return phases, report
+
+
+def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None) -> dict[str, np.ndarray]:
+    """Every phase in HU windowed to [0, 1] as training windowed it."""
+    low, high = preprocess.resolve_config(preprocess_config)["window"]
+    return {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
 
 
 def read_files(
@@ -188,6 +201,7 @@ def predict_files(
     prob_out: str | os.PathLike | None = None,
     overlay_out: str | os.PathLike | None = None,
     dicom_seg_out: str | os.PathLike | None = None,
+    lesions_out: str | os.PathLike | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
     resample_masks: bool = False,
@@ -200,7 +214,8 @@ def predict_files(
     instead of a liver model. ``gt``: a tumor mask to score against and draw
     in green. ``resample_masks``: allow masks on another grid than PV (else
     refused). ``dicom_seg_out``: the liver and tumor as a DICOM-SEG
-    referencing the PV series (PV must be a DICOM series folder). Every path
+    referencing the PV series (PV must be a DICOM series folder).
+    ``lesions_out``: the lesion table as CSV (``paresseg_jax.lesions``). Every path
     and the models are checked before any image is read, and the outputs are
     written together at the end, whole or not at all. ``eval_config`` (keys
     of a config's ``eval`` section) and ``preprocess_config`` override the
@@ -208,11 +223,12 @@ def predict_files(
     (those of ``paresseg_jax.config_defaults``). A phase left out (``None``)
     is given to the model as absent (zeros) if it was trained with phase
     dropout, else refused. Returns a report: paths written, tumor volume
-    (ml), registration, the phases given as absent, metrics.
+    (ml), lesions, registration, the phases given as absent, metrics.
     """
     loaded = isinstance(model, Segmenter)
     preflight.prediction(phase_paths, None if loaded else model, out, liver_model=liver_model, liver=liver, gt=gt,
-                         prob_out=prob_out, overlay_out=overlay_out, dicom_seg_out=dicom_seg_out)
+                         prob_out=prob_out, overlay_out=overlay_out, dicom_seg_out=dicom_seg_out,
+                         lesions_out=lesions_out)
     if dicom_seg_out is not None and phase_paths.get("pv") is not None:
         check_dicom_series(phase_paths["pv"], "a DICOM-SEG output (--dicom_seg)")
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
@@ -225,7 +241,8 @@ def predict_files(
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
     case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
-    report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case)}
+    report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case),
+              "lesions": study_lesions(result, case)}
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:
         report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
@@ -236,6 +253,10 @@ def predict_files(
         if prob_out is not None:
             report["prob"] = str(prob_out)
             io.write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
+        if lesions_out is not None:
+            report["lesions_csv"] = str(lesions_out)
+            rows = lesions.csv_rows(case.case_id, report["lesions"]["lesions"])
+            lesions.write_csv(outputs.enter_context(atomic_path(lesions_out)), rows)
         if dicom_seg_out is not None:
             report["dicom_seg"] = str(dicom_seg_out)
             write_dicom_seg(result["labels"], case, given["pv"], outputs.enter_context(atomic_path(dicom_seg_out)))
@@ -257,6 +278,12 @@ def volumes_ml(result: Mapping, case: io.Case) -> dict:
     if result["liver"] is not None:
         volumes["liver_ml"] = int(result["liver"].sum()) * voxel_ml
     return volumes
+
+
+def study_lesions(result: Mapping, case: io.Case) -> dict:
+    """The lesions of a :meth:`Segmenter.segment_case` result: measured in HU on the registered phases."""
+    return lesions.study_lesions(result["mask"], result["liver"], case, phases_hu=result["phases_hu"],
+                                 prob=result["prob"])
 
 
 def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Path:

@@ -39,7 +39,10 @@ _MODEL = flags.DEFINE_multi_string("model", None, "tumor model: paresseg-train w
                                    "cross-validation workdir; repeat for an ensemble", required=True)
 _LIVER_MODEL = flags.DEFINE_multi_string("liver_model", [], "liver model (single-phase PV ResSeg) whose dilated mask "
                                          "is the ROI; repeat (or a cross-validation workdir) for an ensemble")
-_LIVER = flags.DEFINE_string("liver", None, "liver mask file to take the ROI from instead of a liver model")
+_LIVER = flags.DEFINE_string("liver", None, "liver mask file to take the ROI from instead of a liver model: 0/1, or "
+                             "a multi-label map with --liver_label")
+_LIVER_LABEL = flags.DEFINE_integer("liver_label", None, "--liver (or, with --input, every case's liver file) is a "
+                                    "multi-label map whose voxels of this value are the liver (TotalSegmentator: 5)")
 _OUT = flags.DEFINE_string("out", None, "one study: tumor mask to write (e.g. mask.nii.gz)")
 _PROB = flags.DEFINE_string("prob", None, "one study: also write the tumor probability map here")
 _OVERLAY = flags.DEFINE_string("overlay", None, "one study: also write a PNG montage of the slices with tumor here")
@@ -99,6 +102,8 @@ def main(argv):
     del argv
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
+    if _LIVER_LABEL.value is not None and not (_LIVER.value or _INPUT.value):
+        raise app.UsageError("--liver_label names the liver's value in the --liver label map: give --liver too")
     if _INPUT.value is not None:
         given = [f"--{name}" for name, flag in _SINGLE_STUDY.items() if flag.value not in (None, [])]
         if not _OUTPUT.value or given:
@@ -124,7 +129,8 @@ def main(argv):
         segmenter = segmenter.with_registration(_REGISTER.value)
     if _INPUT.value is not None:
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
-                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value)
+                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
+                                        liver_label=_LIVER_LABEL.value)
         for record in summary["cases"]:
             print(folder.case_line(record))
         if summary["summary"] is not None:
@@ -133,7 +139,8 @@ def main(argv):
                   "scored cases")
         print(f"{len(summary['cases'])} label maps and summary.json in {_OUTPUT.value}")
         return
-    report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value)
+    report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,
+                                 liver_label=_LIVER_LABEL.value)
     print(json.dumps(report, indent=1, default=str))
 
 

@@ -310,3 +310,42 @@ def test_dicom_seg_of_a_dicom_study_references_its_pv_series(tmp_path, two_model
     with pytest.raises(PareSegError, match="DICOM series folder"):
         folder.predict_folder(tmp_path / "nifti", tmp_path / "refused", segmenter, output_format="dicom_seg")
     assert not (tmp_path / "refused").exists()
+
+
+def _organ_map(case):
+    """A TotalSegmentator-style multi-label map: liver 5 where the case's liver is, other organs 1-4 beside it."""
+    organs = np.where(case.liver > 0, 5, 0).astype(np.uint8)
+    organs[:, :4, :] = 1  # spleen
+    organs[:, -4:, :3] = 2  # a kidney
+    return organs
+
+
+def test_liver_from_a_multi_label_map(tmp_path, two_models):
+    """--liver_label 5 takes the ROI from a multi-label map: the same label maps as the case's 0/1 liver mask."""
+    layout = {"case_0": CASES["case_0"]}
+    cases = write_cohort(tmp_path / "cohort", layout)
+    case = cases["case_0"]
+    organs = tmp_path / "cohort" / "case_0" / "liver.nii.gz"  # the case's liver file, now a label map
+    io.write_image(_organ_map(case), case, organs)
+    out = tmp_path / "out"
+    done = run_script("paresseg-predict", f"--input={tmp_path / 'cohort'}", f"--output={out}",
+                      f"--model={two_models[0]}", "--liver_label=5", "--threshold=0.5", "--noregister")
+    assert done.returncode == 0, done.stderr[-3000:]
+    prob, expected = _expected(case, two_models[:1])
+    decided = np.abs(prob - 0.5) > 1e-4
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_0.nii.gz")))
+    np.testing.assert_array_equal(labels[decided], expected[decided])
+    # One study, and the notebook API: the same; a label the map lacks, or no label for a map, is refused.
+    segmenter = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+    phases = {p: tmp_path / "cohort" / "case_0" / f"{p}.nii.gz" for p in ("pv", "art")}
+    study.predict_files(phases, segmenter, tmp_path / "one.nii.gz", liver=organs, liver_label=5)
+    one = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one.nii.gz")))
+    np.testing.assert_array_equal(one[decided], (expected == 2)[decided])
+    api = sitk.GetArrayFromImage(study.segment(phases, segmenter, liver=organs, liver_label=5))
+    np.testing.assert_array_equal(api, labels)
+    with pytest.raises(PareSegError, match=r"liver.nii.gz: liver label map has no voxel of label 6 .*\[0, 1, 2, 5\]"):
+        study.predict_files(phases, segmenter, tmp_path / "six.nii.gz", liver=organs, liver_label=6)
+    with pytest.raises(PareSegError, match=r"liver mask has labels \[0, 1, 2, 5\]; expected 0/1"):
+        study.predict_files(phases, segmenter, tmp_path / "none.nii.gz", liver=organs)
+    assert not (tmp_path / "six.nii.gz").exists() and not (tmp_path / "none.nii.gz").exists()

@@ -55,6 +55,7 @@ def predict_folder(
     save_probabilities: bool = False,
     output_format: str = "nifti",
     resample_masks: bool = False,
+    liver_label: int | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
 ) -> dict:
@@ -64,11 +65,14 @@ def predict_folder(
     :func:`paresseg_jax.infer.study.predict_files`, ensembles included).
     Every case is checked for the model's phases before any is segmented.
     ``resample_masks``: allow the cases' masks on another grid than PV.
+    ``liver_label``: every case's liver file is a multi-label map (e.g. a
+    TotalSegmentator output), the liver being this value.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
-    entries = [_with_phases(entry, segmenter, input_dir, resample_masks) for entry in io.read_cohort(input_dir)]
+    entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
+               for entry in io.read_cohort(input_dir)]
     if output_format == "dicom_seg":
         for entry in entries:
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")

@@ -159,10 +159,12 @@ def read_files(
     tumor: str | os.PathLike | None = None,
     case_id: str = "study",
     resample_masks: bool = False,
+    liver_label: int | None = None,
 ) -> io.Case:
     """A study's case in HU on the PV grid: ``phase_paths`` maps phase names ('pv' required) to image files
     or DICOM folders; ``liver`` and ``tumor`` are optional 0/1 masks on the PV grid (on another grid only
-    with ``resample_masks``: resampled onto it)."""
+    with ``resample_masks``: resampled onto it); ``liver_label``: ``liver`` is a multi-label map, the liver
+    being this value."""
     if "pv" not in phase_paths or phase_paths["pv"] is None:
         raise BadInputError("a study needs its PV image (--pv): PV is the target phase")
     entry = io.CaseEntry(
@@ -171,6 +173,7 @@ def read_files(
         liver=None if liver is None else Path(liver),
         tumor=None if tumor is None else Path(tumor),
         resample_masks=resample_masks,
+        liver_label=liver_label,
     )
     return io.read_case(entry)
 
@@ -205,13 +208,15 @@ def predict_files(
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
     resample_masks: bool = False,
+    liver_label: int | None = None,
 ) -> dict:
     """Segment one study and write the tumor mask (and optionally probability, overlay, DICOM-SEG) in PV geometry.
 
     ``model`` / ``liver_model``: a saved model, a ``paresseg-train`` workdir,
     a cross-validation workdir or a list of them (an ensemble), or a loaded
     :class:`Segmenter`. ``liver``: a liver mask file to take the ROI from
-    instead of a liver model. ``gt``: a tumor mask to score against and draw
+    instead of a liver model, or a multi-label map whose ``liver_label``
+    voxels are the liver (TotalSegmentator: 5). ``gt``: a tumor mask to score against and draw
     in green. ``resample_masks``: allow masks on another grid than PV (else
     refused). ``dicom_seg_out``: the liver and tumor as a DICOM-SEG
     referencing the PV series (PV must be a DICOM series folder).
@@ -239,7 +244,7 @@ def predict_files(
     if unused:
         raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
-    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
+    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
     report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case),
               "lesions": study_lesions(result, case)}
@@ -313,6 +318,7 @@ def segment(
     liver: sitk.Image | str | os.PathLike | None = None,
     register: bool | None = None,
     resample_masks: bool = False,
+    liver_label: int | None = None,
     **options: Any,
 ) -> sitk.Image:
     """The LiTS label map (uint8: 0 background, 1 liver, 2 tumor) of one study, in PV geometry.
@@ -323,7 +329,8 @@ def segment(
     then windowed. ``model``/``liver_model`` as for :func:`predict_files`; pass
     a :class:`Segmenter` to load the models once for many studies. ``liver``:
     a 0/1 liver mask (image or file) on the PV grid (another grid only with
-    ``resample_masks``) to take the ROI from. ``options`` are
+    ``resample_masks``) to take the ROI from, or a multi-label map whose
+    ``liver_label`` voxels are the liver. ``options`` are
     ``eval`` settings (threshold, mode, tta, batch_size, ...). Liver is 1 only
     where a liver mask was given or predicted.
     """
@@ -345,7 +352,7 @@ def segment(
         liver_image = liver if isinstance(liver, sitk.Image) else io.read_image(liver)
         source = liver if not isinstance(liver, sitk.Image) else "the liver mask"
         labels = io.labels_on_grid(liver_image, pv_image, source, "liver", resample=resample_masks)
-        mask = io.check_binary_mask(labels, source, "liver")
+        mask = io.liver_from_labels(labels, source, liver_label)
     geometry = io.Geometry.of(pv_image)
     case = io.Case(arrays, mask, None, geometry.spacing, geometry.origin, geometry.direction, {"case_id": "study"})
     result, _, _ = segmenter.segment_case(case, liver=mask, sources=sources)

@@ -299,10 +299,12 @@ def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Pa
 
 
 def check_dicom_series(pv: str | os.PathLike, purpose: str) -> None:
-    """A DICOM-SEG references its source series: refuse, before any work, a PV that is not a DICOM folder."""
+    """A DICOM-SEG references its source series: refuse, before any work, a PV that is not a DICOM folder
+    or whose headers lack what the SEG must carry."""
     if not Path(pv).is_dir():
         raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file", path=pv,
                             fix="give the PV series' DICOM folder, or write NIfTI instead")
+    dicom_seg.source_headers(pv)
 
 
 def write_dicom_seg(labels: np.ndarray, case: io.Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:

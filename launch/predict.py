@@ -9,6 +9,9 @@
     paresseg-predict --input COHORT --output DIR --model MODEL [--liver_model LIVER_MODEL] [--save_probabilities] \\
         [--output_format dicom_seg]
 
+A rerun of a folder skips the cases already finished (--overwrite: all again);
+--num_parts N --part_id K splits a folder between N processes or machines.
+
 PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
 one per phase the model uses (a model trained with phase dropout also runs
 without ART: "absent_phases" in the printed report, and per case in a
@@ -51,6 +54,11 @@ _LESIONS = flags.DEFINE_string("lesions", None, "one study: also write the lesio
                                "phase, centroid) as CSV here")
 _INPUT = flags.DEFINE_string("input", None, "a cohort or folder of studies to segment (needs --output)")
 _OUTPUT = flags.DEFINE_string("output", None, "folder for <case_id>.nii.gz label maps and summary.json (with --input)")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "with --input: predict every case again (by default a rerun "
+                                  "skips the cases finished with the same models and settings whose outputs are intact)")
+_NUM_PARTS = flags.DEFINE_integer("num_parts", 1, "with --input: split the cases into this many parts, one per "
+                                  "process or machine writing into the same --output")
+_PART_ID = flags.DEFINE_integer("part_id", 0, "with --input: which part (0 .. num_parts - 1) this process predicts")
 _SAVE_PROB = flags.DEFINE_boolean("save_probabilities", False, "with --input: also write <case_id>_tumor_prob.nii.gz")
 _FORMAT = flags.DEFINE_enum("output_format", "nifti", ["nifti", "dicom_seg"], "with --input: label maps as "
                             "<case_id>.nii.gz, or as <case_id>.dcm DICOM-SEGs (every PV a DICOM series folder)")
@@ -117,6 +125,9 @@ def main(argv):
     if _INPUT.value is None:  # before importing jax: a wrong path fails at once
         preflight.prediction(phase_paths(), _MODEL.value, _OUT.value, liver_model=_LIVER_MODEL.value, **single)
     else:
+        if _NUM_PARTS.value < 1 or not 0 <= _PART_ID.value < _NUM_PARTS.value:
+            raise app.UsageError(f"--part_id {_PART_ID.value} of --num_parts {_NUM_PARTS.value}: give "
+                                 "0 <= part_id < num_parts")
         io.read_cohort(preflight.existing(_INPUT.value, "the studies (--input)"))
         preflight.output_folder(_OUTPUT.value, "the output folder (--output)")
         preflight.models(_MODEL.value)
@@ -130,14 +141,17 @@ def main(argv):
     if _INPUT.value is not None:
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
                                         output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
-                                        liver_label=_LIVER_LABEL.value)
+                                        liver_label=_LIVER_LABEL.value, overwrite=_OVERWRITE.value,
+                                        num_parts=_NUM_PARTS.value, part_id=_PART_ID.value)
         for record in summary["cases"]:
             print(folder.case_line(record))
         if summary["summary"] is not None:
             overall = summary["summary"]["all"]
             print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
                   "scored cases")
-        print(f"{len(summary['cases'])} label maps and summary.json in {_OUTPUT.value}")
+        print(f"{len(summary['cases'])} of {summary['info']['cases_in_input']} cases finished "
+              f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json and lesions.csv "
+              f"in {_OUTPUT.value}")
         return
     report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,
                                  liver_label=_LIVER_LABEL.value)

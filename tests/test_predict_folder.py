@@ -349,3 +349,55 @@ def test_liver_from_a_multi_label_map(tmp_path, two_models):
     with pytest.raises(PareSegError, match=r"liver mask has labels \[0, 1, 2, 5\]; expected 0/1"):
         study.predict_files(phases, segmenter, tmp_path / "none.nii.gz", liver=organs)
     assert not (tmp_path / "six.nii.gz").exists() and not (tmp_path / "none.nii.gz").exists()
+
+
+def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, monkeypatch):
+    """A run stopped halfway keeps its finished cases; parts share one folder; outputs are checked, not trusted."""
+    from paresseg_jax.infer import resume
+
+    write_cohort(tmp_path / "cohort")
+    out = tmp_path / "out"
+    segmenter = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+
+    def run(**options):
+        return folder.predict_folder(tmp_path / "cohort", out, options.pop("segmenter", segmenter), **options)
+
+    real = folder._predict_case
+
+    def killed_at_case_2(entry, *args):
+        if entry.case_id == "case_2":
+            raise KeyboardInterrupt
+        return real(entry, *args)
+
+    monkeypatch.setattr(folder, "_predict_case", killed_at_case_2)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(folder, "_predict_case", real)
+    assert [json.loads(line)["record"]["case_id"] for line in (out / "finished.jsonl").read_text().splitlines()] == [
+        "case_0", "case_1"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("case_*.nii.gz")}
+    summary = run()
+    assert summary["info"]["predicted_now"] == ["case_2"] and len(summary["cases"]) == 3
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("case_[01].nii.gz")} == stamps  # not written again
+    assert run()["info"]["predicted_now"] == []
+    (out / "case_1.nii.gz").write_bytes((out / "case_1.nii.gz").read_bytes()[:-8])  # an output damaged since
+    (out / "case_0.nii.gz").unlink()
+    assert run()["info"]["predicted_now"] == ["case_0", "case_1"]
+    assert run(overwrite=True)["info"]["predicted_now"] == ["case_0", "case_1", "case_2"]
+    other = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.7, "batch_size": 2},
+                                 preprocess_config={"register": False})
+    assert run(segmenter=other)["info"]["predicted_now"] == ["case_0", "case_1", "case_2"]  # another setting
+
+    single, out = out, tmp_path / "parts"
+    first = run(segmenter=other, num_parts=2, part_id=1)
+    assert first["info"]["predicted_now"] == ["case_1"] and [r["case_id"] for r in first["cases"]] == ["case_1"]
+    second = run(segmenter=other, num_parts=2, part_id=0)
+    assert second["info"]["predicted_now"] == ["case_0", "case_2"] and len(second["cases"]) == 3
+    assert sorted(p.name for p in out.glob(resume.RECORD_GLOB)) == ["finished.part-0-of-2.jsonl",
+                                                                   "finished.part-1-of-2.jsonl"]
+    for case_id in CASES:  # the parts' label maps are the single run's with the same settings
+        parted, whole = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case_id}.nii.gz"))) for d in (out, single))
+        np.testing.assert_array_equal(parted, whole)
+    with pytest.raises(PareSegError, match="part 2 of 2 does not exist"):
+        run(num_parts=2, part_id=2)

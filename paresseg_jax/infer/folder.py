@@ -28,6 +28,7 @@ from paresseg_jax import lesions
 from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.infer import resume
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml,
                                       write_dicom_seg, write_image)
@@ -58,6 +59,9 @@ def predict_folder(
     liver_label: int | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
+    overwrite: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
 ) -> dict:
     """Segment every case of ``input_dir`` into ``output_dir``; returns the ``summary.json`` content.
 
@@ -66,25 +70,38 @@ def predict_folder(
     Every case is checked for the model's phases before any is segmented.
     ``resample_masks``: allow the cases' masks on another grid than PV.
     ``liver_label``: every case's liver file is a multi-label map (e.g. a
-    TotalSegmentator output), the liver being this value.
+    TotalSegmentator output), the liver being this value. Finished cases are
+    skipped unless ``overwrite``; ``num_parts``/``part_id`` take every
+    ``num_parts``-th case (``paresseg_jax.infer.resume``). The summary holds
+    every finished case of the folder, whichever part finished it.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
+    resume.check_part(num_parts, part_id)
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
                for entry in io.read_cohort(input_dir)]
     if output_format == "dicom_seg":
         for entry in entries:
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")
-    records = []
-    with tqdm(entries, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
+    run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
+                         options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
+                         probabilities=save_probabilities, liver_label=liver_label)
+    keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
+    done = {} if overwrite else resume.finished(output_dir, keys)
+    todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
+    with tqdm(todo, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
         for entry in studies:
             studies.set_postfix_str(entry.case_id)
             bar = _slice_bar(slices, entry.case_id)
-            records.append(_predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar))
+            record = _predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar)
+            resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
+    found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
+    records = [found[entry.case_id] for entry in entries if entry.case_id in found]
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
-            "labels": LABELS, "settings": segmenter.options}
+            "labels": LABELS, "settings": segmenter.options, "cases_in_input": len(entries),
+            "predicted_now": [entry.case_id for entry in todo]}
     lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
                       [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
     return read_summary(write_summary(output_dir, records, **info))

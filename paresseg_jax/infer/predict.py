@@ -27,7 +27,10 @@ batch is padded), so a volume compiles the model once per mode and size.
 While the device runs one batch the host prepares the next. On a CPU a batch
 holds at most ``CPU_BATCH_PIXELS`` pixels (by default): the forward pass's
 buffers live in host memory and grow with the pixels in flight, so a study's
-peak memory is bounded by the batch, not by the volume.
+peak memory is bounded by the batch, not by the volume. With several local
+devices each batch is sharded across them along its first axis (its length
+rounded up to a multiple of the device count) and the weights replicated, so
+the slices of one study run on all of them at once.
 """
 
 from __future__ import annotations
@@ -169,10 +172,22 @@ def roi_box(inside: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 
 def batch_length(batch_size: int, batch_pixels: int, item_pixels: int) -> int:
-    """Items per forward pass: ``batch_size``, fewer if they hold over ``batch_pixels`` pixels (0: no cap), >= 1."""
-    if batch_pixels <= 0:
-        return batch_size
-    return max(1, min(batch_size, batch_pixels // item_pixels))
+    """Items per forward pass: ``batch_size``, fewer if they hold over ``batch_pixels`` pixels (0: no cap), >= 1,
+    then rounded up to a multiple of the local devices (each takes an equal share)."""
+    if batch_pixels > 0:
+        batch_size = max(1, min(batch_size, batch_pixels // item_pixels))
+    devices = jax.local_device_count()
+    return -(-batch_size // devices) * devices
+
+
+def _device_shardings():
+    """``(batch sharded over the local devices, replicated)`` shardings, or None with one device."""
+    devices = jax.local_devices()
+    if len(devices) < 2:
+        return None
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    spec = jax.sharding.PartitionSpec
+    return jax.sharding.NamedSharding(mesh, spec("batch")), jax.sharding.NamedSharding(mesh, spec())
 
 
 def _full_slices(compile_forward, channels, volumes, slices, prob, batching, pad_multiple, report):
@@ -232,7 +247,8 @@ def _overlap_tiles(compile_forward, channels, volumes, slices, prob, batching, t
 
 
 def _compiled_forward(module, variables, tta, conv_impl, shape):
-    """The jitted batch function, after checking (without running it) that it keeps H and W."""
+    """The jitted batch function (batches sharded over the local devices, if several), after checking
+    (without running it) that it keeps H and W."""
     if conv_impl not in ("direct", "fast"):
         raise ValueError(f"conv_impl={conv_impl!r} (config.eval.conv_impl): choose 'direct' or 'fast'")
     abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in module.phases)
@@ -243,7 +259,13 @@ def _compiled_forward(module, variables, tta, conv_impl, shape):
             f"{type(module).__name__} maps {shape[1]}x{shape[2]} inputs to {out.shape[1:]} outputs; use a tile size "
             "or pad_multiple (config.eval.tile / config.eval.pad_multiple) that the model's down-sampling divides"
         )
-    return lambda inputs: tumor_probability(module, variables, inputs, tta=tta, conv_impl=conv_impl)
+    shardings = _device_shardings()
+    if shardings is None:
+        return lambda inputs: tumor_probability(module, variables, inputs, tta=tta, conv_impl=conv_impl)
+    batch, replicated = shardings
+    variables = jax.device_put(variables, replicated)
+    return lambda inputs: tumor_probability(module, variables, jax.device_put(inputs, batch), tta=tta,
+                                            conv_impl=conv_impl)
 
 
 def _pipelined(forward, batches: Iterable) -> Iterator[tuple]:

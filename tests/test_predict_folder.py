@@ -401,3 +401,50 @@ def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, m
         np.testing.assert_array_equal(parted, whole)
     with pytest.raises(PareSegError, match="part 2 of 2 does not exist"):
         run(num_parts=2, part_id=2)
+
+
+def test_dicom_round_trip_import_predict_seg(tmp_path, two_models):
+    """DICOM study -> paresseg-import-dicom (NIfTI cohort) -> folder prediction -> DICOM-SEG on the original PV
+    series: read back with highdicom, every frame derives from the PV instance at its own position."""
+    import highdicom as hd
+    from dicom_studies import write_seg
+
+    from paresseg_jax.data import dicom_import
+
+    grid = Grid(shape=(6, 32, 32), spacing=(0.75, 0.8, 3.0), origin=(-10.0, 5.0, 60.0))
+    rng = np.random.default_rng(3)
+    study_ = Study("RT_001")
+    pv_dir = write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                             number=3, description="PORTAL VENOUS", slice_order=[4, 1, 5, 0, 3, 2])
+    write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                    number=4, description="ARTERIAL")
+    liver = np.zeros(grid.shape, np.uint8)
+    liver[1:5, 6:26, 5:27] = 1
+    write_seg(tmp_path / "dicom", study_, pv_dir, {"Liver": liver})
+    report = dicom_import.import_dicom(tmp_path / "dicom", tmp_path / "cohort", progress=False)
+    assert report["imported"] == 1, report
+    segmenter = study.Segmenter.load(two_models[0], eval_config={"threshold": 0.5},
+                                     preprocess_config={"register": False})
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "segs", segmenter, output_format="dicom_seg")
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "maps", segmenter)
+    (case_id,) = [p.stem for p in (tmp_path / "segs").glob("*.dcm")]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "maps" / f"{case_id}.nii.gz")))
+    assert (labels == 2).any() and (labels == 1).any()
+
+    seg = hd.seg.segread(tmp_path / "segs" / f"{case_id}.dcm")
+    sources = {d.SOPInstanceUID: d for d in (pydicom.dcmread(p) for p in pv_dir.iterdir())}
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == next(iter(sources.values())).SeriesInstanceUID
+    assert seg.StudyInstanceUID == study_.study_uid
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    seen = set()
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        source = sources[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose([float(v) for v in position], [float(v) for v in source.ImagePositionPatient])
+        z = int(source.InstanceNumber) - 1  # the writer made slice z instance z + 1, whatever the file order
+        segment = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        np.testing.assert_array_equal(frame > 0, labels[z] >= 1 if segment == 1 else labels[z] == 2)
+        seen.add((segment, z))
+    assert {z for s, z in seen if s == 1} == set(np.flatnonzero((labels >= 1).any(axis=(1, 2))))
+    assert {z for s, z in seen if s == 2} == set(np.flatnonzero((labels == 2).any(axis=(1, 2))))

@@ -8,7 +8,8 @@ TotalSegmentator family write them. The ROI comes from the liver model when
 one is given, else from the case's own liver mask, else there is none.
 With ``output_format='dicom_seg'`` the label map is written as
 ``<output>/<case_id>.dcm``, a DICOM-SEG referencing the case's PV series
-(every PV must then be a DICOM series folder). Cases with a tumor mask are
+(every PV must then be a DICOM series folder, or come from
+``paresseg-import-dicom``, whose manifest names its source folder). Cases with a tumor mask are
 scored as ``paresseg-evaluate`` scores them, and ``<output>/summary.json``
 holds every case's record, its lesions included; ``<output>/lesions.csv``
 lists every case's lesions (``paresseg_jax.lesions``).
@@ -83,7 +84,7 @@ def predict_folder(
                for entry in io.read_cohort(input_dir)]
     if output_format == "dicom_seg":
         for entry in entries:
-            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")
+            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
     run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
                          options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
                          probabilities=save_probabilities, liver_label=liver_label)
@@ -142,7 +143,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
     result, _, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
     labels_path = label_map_path(output, case.case_id, output_format)
     if output_format == "dicom_seg":
-        files = {"labels": str(write_dicom_seg(result["labels"], case, entry.phases["pv"], labels_path))}
+        source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+        files = {"labels": str(write_dicom_seg(result["labels"], case, source, labels_path))}
     else:
         files = {"labels": str(write_image(result["labels"], case, labels_path))}
     if save_probabilities:

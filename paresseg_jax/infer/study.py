@@ -298,13 +298,19 @@ def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Pa
     return Path(path)
 
 
-def check_dicom_series(pv: str | os.PathLike, purpose: str) -> None:
-    """A DICOM-SEG references its source series: refuse, before any work, a PV that is not a DICOM folder
-    or whose headers lack what the SEG must carry."""
-    if not Path(pv).is_dir():
-        raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file", path=pv,
-                            fix="give the PV series' DICOM folder, or write NIfTI instead")
-    dicom_seg.source_headers(pv)
+def check_dicom_series(pv: str | os.PathLike, purpose: str, metadata: Mapping | None = None) -> Path:
+    """The DICOM folder a SEG references: PV's own, or for a case of ``paresseg-import-dicom`` the PV series'
+    source folder its manifest recorded (``metadata['series']['pv']['folders']``). Refused before any work
+    when there is none, or when its headers lack what the SEG must carry."""
+    folders = [Path(pv)] if Path(pv).is_dir() else [
+        Path(f) for f in ((metadata or {}).get("series") or {}).get("pv", {}).get("folders", [])]
+    if len(folders) != 1 or not folders[0].is_dir():
+        recorded = f" (its import recorded {[str(f) for f in folders]})" if folders else ""
+        raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file{recorded}", path=pv,
+                            fix="give the PV series' DICOM folder (or, for an imported cohort, keep the DICOM files "
+                            "where they were imported from), or write NIfTI instead")
+    dicom_seg.source_headers(folders[0])
+    return folders[0]
 
 
 def write_dicom_seg(labels: np.ndarray, case: io.Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -314,3 +314,32 @@ def test_lesions_are_measured_on_the_registered_phases(tmp_path, tiny_model):
     np.testing.assert_allclose(study.preprocess.hu_window(result["phases_hu"]["art"]), images["art"], atol=1e-6)
     assert not np.allclose(result["phases_hu"]["art"], case.phases["art"])  # moved by the registration
     np.testing.assert_array_equal(result["phases_hu"]["pv"], case.phases["pv"])
+
+
+def test_predict_files_applies_and_records_the_stored_postprocessing(tmp_path, tiny_model):
+    """postprocessing.json beside the model (as paresseg-postprocess writes it): lesions under its volume go
+    (partial removals: tests/test_postprocess.py)."""
+    from scipy import ndimage
+
+    from paresseg_jax import postprocess
+
+    geometry = ((0.7, 0.8, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, art_path, liver_path, _, _ = _study(tmp_path, geometry, False)
+    settings = dict(eval_config={"threshold": 0.5, "batch_size": 2}, preprocess_config={"register": False})
+    plain = study.predict_files({"pv": pv_path, "art": art_path}, tiny_model, tmp_path / "plain.nii.gz",
+                                liver=liver_path, **settings)
+    assert plain["postprocessing"] is None
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nii.gz")))
+    labels, _ = ndimage.label(before, structure=np.ones((3, 3, 3)))
+    sizes_ml = np.bincount(labels.ravel())[1:] * np.prod(geometry[0]) / 1000
+    assert len(sizes_ml) >= 1
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    for min_ml in (0.99 * float(sizes_ml.min()), 1.01 * float(sizes_ml.max())):  # all lesions stay; then all go
+        postprocess.write(model, {"settings": {**postprocess.NONE, "tumor_min_ml": min_ml}})
+        report = study.predict_files({"pv": pv_path, "art": art_path}, model, tmp_path / "after.nii.gz",
+                                     liver=liver_path, **settings)
+        assert report["postprocessing"]["tumor_min_ml"] == min_ml
+        after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "after.nii.gz")))
+        np.testing.assert_array_equal(after > 0, np.isin(labels, 1 + np.flatnonzero(sizes_ml >= min_ml)))
+        assert report["lesions"]["count"] == int((sizes_ml >= min_ml).sum())

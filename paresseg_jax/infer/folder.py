@@ -87,7 +87,8 @@ def predict_folder(
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
     run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
                          options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
-                         probabilities=save_probabilities, liver_label=liver_label)
+                         probabilities=save_probabilities, liver_label=liver_label,
+                         postprocessing=segmenter.postprocessing)
     keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
     done = {} if overwrite else resume.finished(output_dir, keys)
     todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
@@ -101,7 +102,8 @@ def predict_folder(
     records = [found[entry.case_id] for entry in entries if entry.case_id in found]
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
-            "labels": LABELS, "settings": segmenter.options, "cases_in_input": len(entries),
+            "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
+            "cases_in_input": len(entries),
             "predicted_now": [entry.case_id for entry in todo]}
     lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
                       [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])

@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import absent_phases, lesions, model_io, preflight
+from paresseg_jax import absent_phases, lesions, model_io, postprocess, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import options_from_config, segment_study
+from paresseg_jax.infer.cascade import label_map, options_from_config, segment_study
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -54,13 +54,16 @@ class Segmenter:
     """The tumor model(s), the optional liver model(s) and the settings they run with, loaded once.
 
     ``options``: keyword arguments of :func:`segment_study` (threshold,
-    mode, tta, ...); ``preprocess_config``: resolved preprocessing settings.
+    mode, tta, ...); ``preprocess_config``: resolved preprocessing settings;
+    ``postprocessing``: the settings ``paresseg-postprocess`` stored beside
+    the first tumor model (``paresseg_jax.postprocess``), None for none.
     """
 
     tumor: Ensemble
     liver: Ensemble | None
     options: dict
     preprocess_config: dict
+    postprocessing: dict | None = None
 
     @classmethod
     def load(
@@ -78,7 +81,8 @@ class Segmenter:
         if preprocess_config is None:
             preprocess_config = trained.get("data", {}).get("preprocess")
         liver = None if liver_model is None else _ensemble(liver_model)
-        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config))
+        chosen = postprocess.read(model_io.resolve_model_dir(tumor.sources[0])) if tumor.sources else None
+        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config), chosen)
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -99,8 +103,8 @@ class Segmenter:
 
     def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
-        """``(segment_study result, windowed images, registration report)`` of a case in HU; the result
-        also holds ``phases_hu``, the phases in HU as registered to PV.
+        """``(segment_study result, windowed images, registration report)`` of a case in HU, with the stored
+        postprocessing applied; the result also holds ``phases_hu``, the phases in HU as registered to PV.
 
         ``liver``: a liver mask to take the ROI from; without one the liver
         model (if any) predicts it. ``sources`` name the phases' files in errors.
@@ -111,6 +115,10 @@ class Segmenter:
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
         )
+        if self.postprocessing:
+            kept_liver, mask = postprocess.apply(result["liver"], result["mask"], case.spacing_zyx,
+                                                 self.postprocessing, liver_predicted=liver is None)
+            result.update(liver=kept_liver, mask=mask, labels=label_map(kept_liver, mask))
         result["phases_hu"] = registered  # what the lesions are measured on
         return result, images, registration
 
@@ -246,7 +254,8 @@ def predict_files(
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
     case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
-    report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case),
+    report = {"registration": registration, "absent_phases": absent, "postprocessing": segmenter.postprocessing,
+              **volumes_ml(result, case),
               "lesions": study_lesions(result, case)}
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:

@@ -59,6 +59,8 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "with --input: predict eve
 _NUM_PARTS = flags.DEFINE_integer("num_parts", 1, "with --input: split the cases into this many parts, one per "
                                   "process or machine writing into the same --output")
 _PART_ID = flags.DEFINE_integer("part_id", 0, "with --input: which part (0 .. num_parts - 1) this process predicts")
+_OVERLAYS = flags.DEFINE_boolean("overlays", False, "with --input: also write <case_id>_lesions.png, the largest "
+                                 "lesions on PV and ART side by side, numbered as in lesions.csv")
 _SAVE_PROB = flags.DEFINE_boolean("save_probabilities", False, "with --input: also write <case_id>_tumor_prob.nii.gz")
 _FORMAT = flags.DEFINE_enum("output_format", "nifti", ["nifti", "dicom_seg"], "with --input: label maps as "
                             "<case_id>.nii.gz, or as <case_id>.dcm DICOM-SEGs (every PV a DICOM series folder)")
@@ -142,7 +144,8 @@ def main(argv):
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
                                         output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
                                         liver_label=_LIVER_LABEL.value, overwrite=_OVERWRITE.value,
-                                        num_parts=_NUM_PARTS.value, part_id=_PART_ID.value)
+                                        num_parts=_NUM_PARTS.value, part_id=_PART_ID.value,
+                                        overlays=_OVERLAYS.value)
         for record in summary["cases"]:
             print(folder.case_line(record))
         if summary["summary"] is not None:
@@ -150,7 +153,7 @@ def main(argv):
             print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
                   "scored cases")
         print(f"{len(summary['cases'])} of {summary['info']['cases_in_input']} cases finished "
-              f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json and lesions.csv "
+              f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json, lesions.csv, report.md "
               f"in {_OUTPUT.value}")
         return
     report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,

@@ -75,7 +75,7 @@ def predicted(tmp_path_factory, two_models):
     out = root / "out"
     done = run_script("paresseg-predict", f"--input={root / 'cohort'}", f"--output={out}", f"--model={two_models[0]}",
                       f"--model={two_models[1]}", "--save_probabilities", "--threshold=0.5", "--noregister",
-                      "--batch_size=2")
+                      "--batch_size=2", "--overlays")
     assert done.returncode == 0, done.stderr[-3000:]
     return root, cases, out, done
 
@@ -146,6 +146,26 @@ def test_folder_lists_every_lesion_in_lesions_csv_and_summary(predicted):
         burden = summary[case_id]["lesions"]["tumor_burden_pct"]
         assert burden == pytest.approx(100 * np.count_nonzero(labels == 2) / organ)
         assert [lesion["lesion"] for lesion in summary[case_id]["lesions"]["lesions"]] == list(range(1, count + 1))
+
+
+def test_folder_overlays_and_markdown_report(predicted):
+    """--overlays: one PNG per case, PV and ART side by side per lesion row; report.md: a row per lesion of
+    lesions.csv, the overlays linked."""
+    import matplotlib.image
+
+    _, cases, out, _ = predicted
+    with open(out / "lesions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    report = (out / "report.md").read_text()
+    for case_id in cases:
+        png = matplotlib.image.imread(out / f"{case_id}_lesions.png")
+        shown = {r["diameter_slice"] for r in rows if r["case_id"] == case_id and int(r["lesion"]) <= 4}
+        height, width = png.shape[:2]
+        assert width > height * 2 / len(shown) * 0.8  # two phases across, a row per slice of the 4 largest lesions
+        assert f"![{case_id}]({case_id}_lesions.png)" in report
+    for row in rows:
+        line = f"| {row['case_id']} | {row['lesion']} | {float(row['volume_ml']):.2f} | "
+        assert line in report
 
 
 def test_evaluate_scores_the_label_maps(predicted, tmp_path):
@@ -365,10 +385,10 @@ def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, m
 
     real = folder._predict_case
 
-    def killed_at_case_2(entry, *args):
+    def killed_at_case_2(entry, *args, **kwargs):
         if entry.case_id == "case_2":
             raise KeyboardInterrupt
-        return real(entry, *args)
+        return real(entry, *args, **kwargs)
 
     monkeypatch.setattr(folder, "_predict_case", killed_at_case_2)
     with pytest.raises(KeyboardInterrupt):

@@ -30,12 +30,15 @@ from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.infer import resume
+from paresseg_jax.infer.lesion_overlay import lesion_overlay
+from paresseg_jax.infer.run_report import write_report
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml,
                                       write_dicom_seg, write_image)
 from paresseg_jax.metrics import case_metrics
 
 PROBABILITY_SUFFIX = "_tumor_prob"
+OVERLAY_SUFFIX = "_lesions.png"
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "dicom_seg": ".dcm"}
 LABELS = {"background": 0, "liver": LIVER_LABEL, "tumor": TUMOR_LABEL}
 
@@ -63,6 +66,7 @@ def predict_folder(
     overwrite: bool = False,
     num_parts: int = 1,
     part_id: int = 0,
+    overlays: bool = False,
 ) -> dict:
     """Segment every case of ``input_dir`` into ``output_dir``; returns the ``summary.json`` content.
 
@@ -75,6 +79,8 @@ def predict_folder(
     skipped unless ``overwrite``; ``num_parts``/``part_id`` take every
     ``num_parts``-th case (``paresseg_jax.infer.resume``). The summary holds
     every finished case of the folder, whichever part finished it.
+    ``overlays``: also ``<case_id>_lesions.png`` (``infer.lesion_overlay``);
+    ``report.md`` sums the run up (``infer.run_report``).
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
@@ -88,7 +94,7 @@ def predict_folder(
     run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
                          options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
                          probabilities=save_probabilities, liver_label=liver_label,
-                         postprocessing=segmenter.postprocessing)
+                         postprocessing=segmenter.postprocessing, overlays=overlays)
     keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
     done = {} if overwrite else resume.finished(output_dir, keys)
     todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
@@ -96,7 +102,8 @@ def predict_folder(
         for entry in studies:
             studies.set_postfix_str(entry.case_id)
             bar = _slice_bar(slices, entry.case_id)
-            record = _predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar)
+            record = _predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar,
+                                   overlays=overlays)
             resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
     found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
     records = [found[entry.case_id] for entry in entries if entry.case_id in found]
@@ -107,6 +114,7 @@ def predict_folder(
             "predicted_now": [entry.case_id for entry in todo]}
     lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
                       [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
+    write_report(output_dir, records, f"paresseg-predict: {Path(input_dir).name}")
     return read_summary(write_summary(output_dir, records, **info))
 
 
@@ -138,11 +146,12 @@ def _slice_bar(bar: tqdm, case_id: str):
 
 
 def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities: bool, output_format: str,
-                  progress) -> dict:
+                  progress, overlays: bool = False) -> dict:
     start = time.perf_counter()
     case = io.read_case(entry)
     given_liver = None if segmenter.liver is not None else case.liver
-    result, _, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+    result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+    found = study_lesions(result, case)
     labels_path = label_map_path(output, case.case_id, output_format)
     if output_format == "dicom_seg":
         source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
@@ -151,8 +160,13 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
         files = {"labels": str(write_image(result["labels"], case, labels_path))}
     if save_probabilities:
         files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
+    if overlays:
+        shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
+        files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],
+                                              output / f"{case.case_id}{OVERLAY_SUFFIX}",
+                                              spacing_zyx=case.spacing_zyx, title=case.case_id))
     roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-    info = {"roi": roi, **volumes_ml(result, case), "lesions": study_lesions(result, case), "files": files,
+    info = {"roi": roi, **volumes_ml(result, case), "lesions": found, "files": files,
             "scanner": case.metadata.get("scanner"),
             "absent_phases": segmenter.missing_phases(entry.phases)}
     if segmenter.liver is not None and case.liver is not None:

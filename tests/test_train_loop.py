@@ -216,12 +216,14 @@ def test_partial_step_directory_is_not_a_checkpoint(tmp_path):
     assert Checkpoints(tmp_path, 2).latest_step() is None
 
 
-def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 5])  # 5: the streak is found in the batch of metrics read at step 5
+def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_path, log_every):
     cache_dir = write_tiny_cache(tmp_path / "cache", num_cases=5, seed=1)
     for weight in cache_dir.glob("*/weight.npy"):
         np.save(weight, np.full(np.load(weight).shape, np.nan, np.float32))
-    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit")
-    with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps"):
+    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit",
+                         log_every=log_every)
+    with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps up to step 4 "):
         loop.train_and_evaluate(config, str(tmp_path / "work"))
     checkpoints = Checkpoints(tmp_path / "work" / workdir_layout.CHECKPOINT_DIR, 3)
     assert checkpoints.latest_step() == 3

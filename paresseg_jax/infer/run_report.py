@@ -36,7 +36,7 @@ def write_report(output: str | os.PathLike, records: Sequence[Mapping], title: s
                       str(record["lesions"]["count"]), _number(record["lesions"]["tumor_burden_pct"], 2),
                       _number(None if dice is None else 100 * dice)])
         for lesion in record["lesions"]["lesions"]:
-            hu = [f"{lesion['hu'][p]['mean']:.0f} ± {lesion['hu'][p]['sd']:.0f}" if p in lesion["hu"] else "-"
+            hu = [f"{lesion['hu'][p]['mean']:.0f} ({lesion['hu'][p]['sd']:.0f})" if p in lesion["hu"] else "-"
                   for p in phases]
             lesions.append([record["case_id"], str(lesion["lesion"]), _number(lesion["volume_ml"], 2),
                             f"{lesion['longest_diameter_mm']:.1f} x {lesion['perpendicular_diameter_mm']:.1f}",
@@ -44,7 +44,7 @@ def write_report(output: str | os.PathLike, records: Sequence[Mapping], title: s
                             _number(lesion.get("mean_probability"), 2), *hu])
     lines = [f"# {title}", "", *_table(cases[0], cases[1:]), "", "## Lesions", "",
              "Numbered by decreasing volume per case, as in lesions.csv; diameters: longest axial and its "
-             "perpendicular (mm); HU: mean ± sd.", ""]
+             "perpendicular (mm); HU: mean (sd).", ""]
     lines += _table(["case", "lesion", "ml", "diameters mm", "slices", "mean p", *[f"{p.upper()} HU" for p in phases]],
                     lesions)
     overlays = [r for r in records if "overlay" in r.get("files", {})]

@@ -110,6 +110,7 @@ def main(argv):
     print("Segmentation metrics (Table 7 layout; %, HD95/ASSD in mm)\n" + tables.metrics_table(runs) + "\n")
     print("DPC per tumor type (Tables 8/11 layout; %)\n" + tables.per_type_table(runs) + "\n")
     print("Marginal vs middle tumor slices (Table 12 layout; %)\n" + tables.slice_table(runs) + "\n")
+    print("Lesion detection (IoU > 0.5 with the touching lesions; %)\n" + tables.detection_table(runs) + "\n")
     names = list(runs)
     for other in names[1:]:
         result = tables.paired_t_test(runs[other]["cases"], runs[names[0]]["cases"], _METRIC.value)

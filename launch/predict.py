@@ -3,10 +3,14 @@
     # one study: a 0/1 tumor mask
     paresseg-predict --pv PV --art ART --model MODEL --out mask.nii.gz \\
         [--liver_model LIVER_MODEL | --liver liver.nii.gz] [--prob prob.nii.gz] \\
-        [--overlay overlay.png] [--gt tumor.nii.gz] [--dicom_seg seg.dcm]
-    # a cohort or folder of studies: DIR/<case_id>.nii.gz label maps (0 background, 1 liver, 2 tumor)
+        [--overlay overlay.png] [--gt tumor.nii.gz] [--dicom_seg seg.dcm] [--lesions lesions.csv]
+    # a cohort or folder of studies: DIR/<case_id>.nii.gz label maps (0 background, 1 liver, 2 tumor),
+    # DIR/summary.json and DIR/lesions.csv (one row per lesion)
     paresseg-predict --input COHORT --output DIR --model MODEL [--liver_model LIVER_MODEL] [--save_probabilities] \\
         [--output_format dicom_seg]
+
+A rerun of a folder skips the cases already finished (--overwrite: all again);
+--num_parts N --part_id K splits a folder between N processes or machines.
 
 PV/ART/--phase NAME=PATH: NIfTI (or MHA/NRRD) files or DICOM series folders,
 one per phase the model uses (a model trained with phase dropout also runs
@@ -38,13 +42,25 @@ _MODEL = flags.DEFINE_multi_string("model", None, "tumor model: paresseg-train w
                                    "cross-validation workdir; repeat for an ensemble", required=True)
 _LIVER_MODEL = flags.DEFINE_multi_string("liver_model", [], "liver model (single-phase PV ResSeg) whose dilated mask "
                                          "is the ROI; repeat (or a cross-validation workdir) for an ensemble")
-_LIVER = flags.DEFINE_string("liver", None, "liver mask file to take the ROI from instead of a liver model")
+_LIVER = flags.DEFINE_string("liver", None, "liver mask file to take the ROI from instead of a liver model: 0/1, or "
+                             "a multi-label map with --liver_label")
+_LIVER_LABEL = flags.DEFINE_integer("liver_label", None, "--liver (or, with --input, every case's liver file) is a "
+                                    "multi-label map whose voxels of this value are the liver (TotalSegmentator: 5)")
 _OUT = flags.DEFINE_string("out", None, "one study: tumor mask to write (e.g. mask.nii.gz)")
 _PROB = flags.DEFINE_string("prob", None, "one study: also write the tumor probability map here")
 _OVERLAY = flags.DEFINE_string("overlay", None, "one study: also write a PNG montage of the slices with tumor here")
 _GT = flags.DEFINE_string("gt", None, "one study: ground-truth tumor mask: printed metrics, drawn in green on the overlay")
+_LESIONS = flags.DEFINE_string("lesions", None, "one study: also write the lesion table (volume, diameters, HU per "
+                               "phase, centroid) as CSV here")
 _INPUT = flags.DEFINE_string("input", None, "a cohort or folder of studies to segment (needs --output)")
 _OUTPUT = flags.DEFINE_string("output", None, "folder for <case_id>.nii.gz label maps and summary.json (with --input)")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "with --input: predict every case again (by default a rerun "
+                                  "skips the cases finished with the same models and settings whose outputs are intact)")
+_NUM_PARTS = flags.DEFINE_integer("num_parts", 1, "with --input: split the cases into this many parts, one per "
+                                  "process or machine writing into the same --output")
+_PART_ID = flags.DEFINE_integer("part_id", 0, "with --input: which part (0 .. num_parts - 1) this process predicts")
+_OVERLAYS = flags.DEFINE_boolean("overlays", False, "with --input: also write <case_id>_lesions.png, the largest "
+                                 "lesions on PV and ART side by side, numbered as in lesions.csv")
 _SAVE_PROB = flags.DEFINE_boolean("save_probabilities", False, "with --input: also write <case_id>_tumor_prob.nii.gz")
 _FORMAT = flags.DEFINE_enum("output_format", "nifti", ["nifti", "dicom_seg"], "with --input: label maps as "
                             "<case_id>.nii.gz, or as <case_id>.dcm DICOM-SEGs (every PV a DICOM series folder)")
@@ -73,7 +89,7 @@ _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIG
              "crop_to_roi": _CROP,
              "roi_margin": _MARGIN}
 _SINGLE_STUDY = {"pv": _PV, "art": _ART, "phase": _PHASE, "liver": _LIVER, "out": _OUT, "prob": _PROB,
-                 "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG}
+                 "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG, "lesions": _LESIONS}
 
 
 def phase_paths() -> dict:
@@ -96,6 +112,8 @@ def main(argv):
     del argv
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
+    if _LIVER_LABEL.value is not None and not (_LIVER.value or _INPUT.value):
+        raise app.UsageError("--liver_label names the liver's value in the --liver label map: give --liver too")
     if _INPUT.value is not None:
         given = [f"--{name}" for name, flag in _SINGLE_STUDY.items() if flag.value not in (None, [])]
         if not _OUTPUT.value or given:
@@ -105,10 +123,13 @@ def main(argv):
         raise app.UsageError("give --pv (and the model's other phases) and --out (or --dicom_seg) for one study, "
                              "or --input and --output for a folder of studies")
     single = dict(liver=_LIVER.value, gt=_GT.value, prob_out=_PROB.value, overlay_out=_OVERLAY.value,
-                  dicom_seg_out=_DICOM_SEG.value)
+                  dicom_seg_out=_DICOM_SEG.value, lesions_out=_LESIONS.value)
     if _INPUT.value is None:  # before importing jax: a wrong path fails at once
         preflight.prediction(phase_paths(), _MODEL.value, _OUT.value, liver_model=_LIVER_MODEL.value, **single)
     else:
+        if _NUM_PARTS.value < 1 or not 0 <= _PART_ID.value < _NUM_PARTS.value:
+            raise app.UsageError(f"--part_id {_PART_ID.value} of --num_parts {_NUM_PARTS.value}: give "
+                                 "0 <= part_id < num_parts")
         io.read_cohort(preflight.existing(_INPUT.value, "the studies (--input)"))
         preflight.output_folder(_OUTPUT.value, "the output folder (--output)")
         preflight.models(_MODEL.value)
@@ -121,16 +142,22 @@ def main(argv):
         segmenter = segmenter.with_registration(_REGISTER.value)
     if _INPUT.value is not None:
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
-                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value)
+                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
+                                        liver_label=_LIVER_LABEL.value, overwrite=_OVERWRITE.value,
+                                        num_parts=_NUM_PARTS.value, part_id=_PART_ID.value,
+                                        overlays=_OVERLAYS.value)
         for record in summary["cases"]:
             print(folder.case_line(record))
         if summary["summary"] is not None:
             overall = summary["summary"]["all"]
             print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
                   "scored cases")
-        print(f"{len(summary['cases'])} label maps and summary.json in {_OUTPUT.value}")
+        print(f"{len(summary['cases'])} of {summary['info']['cases_in_input']} cases finished "
+              f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json, lesions.csv, report.md "
+              f"in {_OUTPUT.value}")
         return
-    report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value)
+    report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,
+                                 liver_label=_LIVER_LABEL.value)
     print(json.dumps(report, indent=1, default=str))
 
 

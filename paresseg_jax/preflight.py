@@ -86,7 +86,8 @@ def models(sources, what: str = "the model folder") -> None:
 
 
 def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model, out: str | os.PathLike | None, *,
-               liver_model=None, liver=None, gt=None, prob_out=None, overlay_out=None, dicom_seg_out=None) -> None:
+               liver_model=None, liver=None, gt=None, prob_out=None, overlay_out=None, dicom_seg_out=None,
+               lesions_out=None) -> None:
     """Every path of one ``predict_files`` call: images readable, model folders present (``model`` and
     ``liver_model``: a path, a list of them, or None when loaded already), outputs writable and distinct (one
     output over another, or over an input, would leave a file that is neither)."""
@@ -101,7 +102,8 @@ def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model, out: 
     outputs = [(out, "the mask output (--out)", IMAGE_OUTPUT_SUFFIXES),
                (prob_out, "the probability output (--prob)", IMAGE_OUTPUT_SUFFIXES),
                (overlay_out, "the overlay output (--overlay)", FIGURE_SUFFIXES),
-               (dicom_seg_out, "the DICOM-SEG output (--dicom_seg)", (".dcm",))]
+               (dicom_seg_out, "the DICOM-SEG output (--dicom_seg)", (".dcm",)),
+               (lesions_out, "the lesion table output (--lesions)", (".csv",))]
     given = [(Path(p).absolute(), what) for p, what, _ in outputs if p is not None]
     inputs = {Path(p).absolute() for p in (*phase_paths.values(), liver, gt) if p is not None}
     for path, what in given:

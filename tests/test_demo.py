@@ -21,7 +21,7 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     text = report.read_text(encoding="utf-8")
     for run_name in demo.TUMOR_RUNS.values():
         assert run_name in text
-    assert "DPC per tumor type" in text and "not clinical accuracy" in text
+    assert "DPC per tumor type" in text and "not clinical accuracy" in text and "## Lesion detection" in text
     assert "t-test of the per-case Dice not computed" in text  # one held-out case
     assert "| fold 0 of 5 (1) | last | cascade | whole slices | full | >= 0.6 |" in " ".join(text.split())  # stated
     for picture in ("training_curves.png", "per_type_dpc.png"):

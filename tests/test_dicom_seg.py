@@ -163,3 +163,53 @@ def test_slice_positions_rounded_by_the_scanner_still_match(tmp_path):
         z = sources[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
         segment = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         np.testing.assert_array_equal(frame, labels[z] >= 1 if segment == 1 else labels[z] == 2)
+
+
+def _edit_headers(folder, edit):
+    """Rewrite every slice of a series with ``edit(dataset)`` applied, as a real export might have left it."""
+    for path in folder.iterdir():
+        dataset = pydicom.dcmread(path)
+        edit(dataset)
+        dataset.save_as(path)
+
+
+@pytest.mark.parametrize("attribute", ["SOPClassUID", "SOPInstanceUID", "StudyID", "AccessionNumber", "PatientName",
+                                       "ReferringPhysicianName"])
+@pytest.mark.parametrize("how", ["empty", "absent"])
+def test_headers_left_blank_are_completed(tmp_path, pv_series, attribute, how):
+    """SOP class and instance from the file meta; type 2 study and patient attributes present and empty."""
+    import highdicom as hd
+
+    metas = {p.name: pydicom.dcmread(p).file_meta for p in pv_series.iterdir()}
+    _edit_headers(pv_series, lambda d: setattr(d, attribute, None) if how == "empty" else delattr(d, attribute))
+    out = write_dicom_seg(_label_image(_labels(), pv_series), pv_series, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(out)
+    (series,) = seg.ReferencedSeriesSequence
+    assert {(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in series.ReferencedInstanceSequence} == {
+        (m.MediaStorageSOPClassUID, m.MediaStorageSOPInstanceUID) for m in metas.values()}
+    for name in ("StudyID", "AccessionNumber", "PatientName", "ReferringPhysicianName"):
+        assert name in seg and (seg.get(name) in ("", None)) == (name == attribute or name in (
+            "AccessionNumber", "ReferringPhysicianName"))  # the test series leaves these two empty already
+
+
+def test_headers_without_a_source_are_refused_before_any_work(tmp_path, pv_series, monkeypatch):
+    from test_infer_study import save_tiny_model
+
+    from paresseg_jax.infer import study
+
+    model = save_tiny_model(tmp_path / "model")
+    art = tmp_path / "art.nii.gz"
+    sitk.WriteImage(io.read_image(pv_series), str(art))
+    monkeypatch.setattr(study.Segmenter, "load", lambda *a, **k: pytest.fail("models loaded before the check"))
+    _edit_headers(pv_series, lambda d: setattr(d, "FrameOfReferenceUID", ""))
+    with pytest.raises(PareSegError, match=r"FrameOfReferenceUID is empty or missing in 1-0\d.dcm; a DICOM-SEG"):
+        study.predict_files({"pv": pv_series, "art": art}, model, None, dicom_seg_out=tmp_path / "seg.dcm")
+
+    def without_class(dataset):
+        del dataset.SOPClassUID
+        del dataset.file_meta.MediaStorageSOPClassUID
+
+    _edit_headers(pv_series, without_class)
+    with pytest.raises(PareSegError, match=r"SOPClassUID is empty or missing in 1-0\d.dcm or its file meta"):
+        study.check_dicom_series(pv_series, "a DICOM-SEG")
+    assert not (tmp_path / "seg.dcm").exists()

@@ -206,6 +206,7 @@ def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geom
         gt=gt_path,
         prob_out=tmp_path / "out" / "prob.nii.gz",
         overlay_out=tmp_path / "out" / "overlay.png",
+        lesions_out=tmp_path / "out" / "lesions.csv",
         eval_config={"threshold": 0.5, "batch_size": 2},
         preprocess_config={"register": False},
     )
@@ -232,6 +233,26 @@ def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geom
     assert report["roi"] == "liver mask" and set(report["metrics"]) >= {"dice", "hd95"}
     assert report["tumor_ml"] == pytest.approx(mask.sum() * np.prod(geometry[0]) / 1000)
     assert (tmp_path / "out" / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_lesions(report, tmp_path / "out" / "lesions.csv", mask, case)
+
+
+def _check_lesions(report, table, mask, case):
+    """The report's lesions and its CSV against the mask's 26-connected components, measured here."""
+    import csv
+
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert report["lesions"]["count"] == len(rows) == count > 0
+    biggest = components == 1 + int(np.argmax(sizes))
+    first = report["lesions"]["lesions"][0]
+    assert first["volume_ml"] == pytest.approx(sizes.max() * np.prod(case.spacing) / 1000)
+    assert first["hu"]["art"]["mean"] == pytest.approx(case.phases["art"][biggest].mean(), rel=1e-5)
+    assert first["first_slice"] == np.flatnonzero(biggest.any(axis=(1, 2)))[0]
+    assert float(rows[0]["pv_hu_mean"]) == pytest.approx(case.phases["pv"][biggest].mean(), abs=0.006)
 
 
 def test_predict_files_refuses_a_missing_phase_on_a_model_trained_without_phase_dropout(tmp_path, tiny_model):
@@ -279,3 +300,46 @@ def test_paresseg_predict_command_line(tmp_path, tiny_model):
     report = json.loads(done.stdout[done.stdout.index("{"):])
     assert report["mask"] == str(out / "mask.nii.gz") and report["roi"] == "liver mask"
     assert "dice" in report["metrics"] and (out / "overlay.png").is_file() and (out / "prob.nii.gz").is_file()
+
+
+def test_lesions_are_measured_on_the_registered_phases(tmp_path, tiny_model):
+    """With registration on, the HU a lesion's ART statistics read are the registered ART the model saw."""
+    geometry = ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, art_path, liver_path, _, _ = _study(tmp_path, geometry, False)
+    segmenter = study.Segmenter.load(tiny_model, eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": True})
+    case = study.read_files({"pv": pv_path, "art": art_path}, liver=liver_path)
+    result, images, registration = segmenter.segment_case(case, liver=case.liver)
+    assert "art" in registration
+    np.testing.assert_allclose(study.preprocess.hu_window(result["phases_hu"]["art"]), images["art"], atol=1e-6)
+    assert not np.allclose(result["phases_hu"]["art"], case.phases["art"])  # moved by the registration
+    np.testing.assert_array_equal(result["phases_hu"]["pv"], case.phases["pv"])
+
+
+def test_predict_files_applies_and_records_the_stored_postprocessing(tmp_path, tiny_model):
+    """postprocessing.json beside the model (as paresseg-postprocess writes it): lesions under its volume go
+    (partial removals: tests/test_postprocess.py)."""
+    from scipy import ndimage
+
+    from paresseg_jax import postprocess
+
+    geometry = ((0.7, 0.8, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, art_path, liver_path, _, _ = _study(tmp_path, geometry, False)
+    settings = dict(eval_config={"threshold": 0.5, "batch_size": 2}, preprocess_config={"register": False})
+    plain = study.predict_files({"pv": pv_path, "art": art_path}, tiny_model, tmp_path / "plain.nii.gz",
+                                liver=liver_path, **settings)
+    assert plain["postprocessing"] is None
+    before = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nii.gz")))
+    labels, _ = ndimage.label(before, structure=np.ones((3, 3, 3)))
+    sizes_ml = np.bincount(labels.ravel())[1:] * np.prod(geometry[0]) / 1000
+    assert len(sizes_ml) >= 1
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    for min_ml in (0.99 * float(sizes_ml.min()), 1.01 * float(sizes_ml.max())):  # all lesions stay; then all go
+        postprocess.write(model, {"settings": {**postprocess.NONE, "tumor_min_ml": min_ml}})
+        report = study.predict_files({"pv": pv_path, "art": art_path}, model, tmp_path / "after.nii.gz",
+                                     liver=liver_path, **settings)
+        assert report["postprocessing"]["tumor_min_ml"] == min_ml
+        after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "after.nii.gz")))
+        np.testing.assert_array_equal(after > 0, np.isin(labels, 1 + np.flatnonzero(sizes_ml >= min_ml)))
+        assert report["lesions"]["count"] == int((sizes_ml >= min_ml).sum())

@@ -23,6 +23,7 @@ LAUNCHERS = {
     "paresseg_jax_launch.import_dicom": ("input", "output", "phase_keyword", "segment_label"),
     "paresseg_jax_launch.benchmark": ("parts", "batch", "compare_torch"),
     "paresseg_jax_launch.robustness": ("workdir", "liver_workdir", "roi", "magnitudes", "kinds", "absent", "seed"),
+    "paresseg_jax_launch.postprocess": ("workdir", "liver_workdir", "roi"),
 }
 
 

@@ -4,6 +4,7 @@ The console scripts run in subprocesses on cohorts and models the tests
 write; expected label maps are rebuilt here from `predict_volume` and numpy.
 """
 
+import csv
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 from dicom_studies import Grid, Study, write_ct_series
 from test_infer_study import save_tiny_model
 
@@ -74,7 +76,7 @@ def predicted(tmp_path_factory, two_models):
     out = root / "out"
     done = run_script("paresseg-predict", f"--input={root / 'cohort'}", f"--output={out}", f"--model={two_models[0]}",
                       f"--model={two_models[1]}", "--save_probabilities", "--threshold=0.5", "--noregister",
-                      "--batch_size=2")
+                      "--batch_size=2", "--overlays")
     assert done.returncode == 0, done.stderr[-3000:]
     return root, cases, out, done
 
@@ -122,6 +124,49 @@ def test_folder_summary_scores_the_cases_with_masks(predicted):
     for case_id in CASES:  # one line per case at the end
         assert sum(line.startswith(case_id + " ") for line in lines) == 1
     assert "tumor DPC" in done.stdout
+
+
+def test_folder_lists_every_lesion_in_lesions_csv_and_summary(predicted):
+    """lesions.csv and summary.json against the written label maps and the cases' HU, measured here with numpy."""
+    _, cases, out, _ = predicted
+    with open(out / "lesions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = {r["case_id"]: r for r in json.loads((out / "summary.json").read_text())["cases"]}
+    voxel_ml = float(np.prod(GEOMETRY.spacing)) / 1000
+    for case_id, case in cases.items():
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case_id}.nii.gz")))
+        components, count = ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(components.ravel())[1:]
+        ours = [r for r in rows if r["case_id"] == case_id]
+        assert len(ours) == count == summary[case_id]["lesions"]["count"]
+        assert [float(r["volume_ml"]) for r in ours] == pytest.approx(sorted(sizes * voxel_ml, reverse=True), abs=0.006)
+        biggest = components == 1 + int(np.argmax(sizes))
+        assert float(ours[0]["pv_hu_mean"]) == pytest.approx(case.phases["pv"][biggest].mean(), abs=0.006)
+        assert float(ours[0]["art_hu_sd"]) == pytest.approx(case.phases["art"][biggest].std(), abs=0.006)
+        organ = np.count_nonzero(labels > 0)
+        burden = summary[case_id]["lesions"]["tumor_burden_pct"]
+        assert burden == pytest.approx(100 * np.count_nonzero(labels == 2) / organ)
+        assert [lesion["lesion"] for lesion in summary[case_id]["lesions"]["lesions"]] == list(range(1, count + 1))
+
+
+def test_folder_overlays_and_markdown_report(predicted):
+    """--overlays: one PNG per case, PV and ART side by side per lesion row; report.md: a row per lesion of
+    lesions.csv, the overlays linked."""
+    import matplotlib.image
+
+    _, cases, out, _ = predicted
+    with open(out / "lesions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    report = (out / "report.md").read_text()
+    for case_id in cases:
+        png = matplotlib.image.imread(out / f"{case_id}_lesions.png")
+        shown = {r["diameter_slice"] for r in rows if r["case_id"] == case_id and int(r["lesion"]) <= 4}
+        height, width = png.shape[:2]
+        assert width > height * 2 / len(shown) * 0.8  # two phases across, a row per slice of the 4 largest lesions
+        assert f"![{case_id}]({case_id}_lesions.png)" in report
+    for row in rows:
+        line = f"| {row['case_id']} | {row['lesion']} | {float(row['volume_ml']):.2f} | "
+        assert line in report
 
 
 def test_evaluate_scores_the_label_maps(predicted, tmp_path):
@@ -292,3 +337,141 @@ def test_dicom_seg_of_a_dicom_study_references_its_pv_series(tmp_path, two_model
     with pytest.raises(PareSegError, match="DICOM series folder"):
         folder.predict_folder(tmp_path / "nifti", tmp_path / "refused", segmenter, output_format="dicom_seg")
     assert not (tmp_path / "refused").exists()
+
+
+def _organ_map(case):
+    """A TotalSegmentator-style multi-label map: liver 5 where the case's liver is, other organs 1-4 beside it."""
+    organs = np.where(case.liver > 0, 5, 0).astype(np.uint8)
+    organs[:, :4, :] = 1  # spleen
+    organs[:, -4:, :3] = 2  # a kidney
+    return organs
+
+
+def test_liver_from_a_multi_label_map(tmp_path, two_models):
+    """--liver_label 5 takes the ROI from a multi-label map: the same label maps as the case's 0/1 liver mask."""
+    layout = {"case_0": CASES["case_0"]}
+    cases = write_cohort(tmp_path / "cohort", layout)
+    case = cases["case_0"]
+    organs = tmp_path / "cohort" / "case_0" / "liver.nii.gz"  # the case's liver file, now a label map
+    io.write_image(_organ_map(case), case, organs)
+    out = tmp_path / "out"
+    done = run_script("paresseg-predict", f"--input={tmp_path / 'cohort'}", f"--output={out}",
+                      f"--model={two_models[0]}", "--liver_label=5", "--threshold=0.5", "--noregister")
+    assert done.returncode == 0, done.stderr[-3000:]
+    prob, expected = _expected(case, two_models[:1])
+    decided = np.abs(prob - 0.5) > 1e-4
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_0.nii.gz")))
+    np.testing.assert_array_equal(labels[decided], expected[decided])
+    # One study, and the notebook API: the same; a label the map lacks, or no label for a map, is refused.
+    segmenter = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+    phases = {p: tmp_path / "cohort" / "case_0" / f"{p}.nii.gz" for p in ("pv", "art")}
+    study.predict_files(phases, segmenter, tmp_path / "one.nii.gz", liver=organs, liver_label=5)
+    one = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "one.nii.gz")))
+    np.testing.assert_array_equal(one[decided], (expected == 2)[decided])
+    api = sitk.GetArrayFromImage(study.segment(phases, segmenter, liver=organs, liver_label=5))
+    np.testing.assert_array_equal(api, labels)
+    with pytest.raises(PareSegError, match=r"liver.nii.gz: liver label map has no voxel of label 6 .*\[0, 1, 2, 5\]"):
+        study.predict_files(phases, segmenter, tmp_path / "six.nii.gz", liver=organs, liver_label=6)
+    with pytest.raises(PareSegError, match=r"liver mask has labels \[0, 1, 2, 5\]; expected 0/1"):
+        study.predict_files(phases, segmenter, tmp_path / "none.nii.gz", liver=organs)
+    assert not (tmp_path / "six.nii.gz").exists() and not (tmp_path / "none.nii.gz").exists()
+
+
+def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, monkeypatch):
+    """A run stopped halfway keeps its finished cases; parts share one folder; outputs are checked, not trusted."""
+    from paresseg_jax.infer import resume
+
+    write_cohort(tmp_path / "cohort")
+    out = tmp_path / "out"
+    segmenter = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.5, "batch_size": 2},
+                                     preprocess_config={"register": False})
+
+    def run(**options):
+        return folder.predict_folder(tmp_path / "cohort", out, options.pop("segmenter", segmenter), **options)
+
+    real = folder._predict_case
+
+    def killed_at_case_2(entry, *args, **kwargs):
+        if entry.case_id == "case_2":
+            raise KeyboardInterrupt
+        return real(entry, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "_predict_case", killed_at_case_2)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(folder, "_predict_case", real)
+    assert [json.loads(line)["record"]["case_id"] for line in (out / "finished.jsonl").read_text().splitlines()] == [
+        "case_0", "case_1"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("case_*.nii.gz")}
+    summary = run()
+    assert summary["info"]["predicted_now"] == ["case_2"] and len(summary["cases"]) == 3
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("case_[01].nii.gz")} == stamps  # not written again
+    assert run()["info"]["predicted_now"] == []
+    (out / "case_1.nii.gz").write_bytes((out / "case_1.nii.gz").read_bytes()[:-8])  # an output damaged since
+    (out / "case_0.nii.gz").unlink()
+    assert run()["info"]["predicted_now"] == ["case_0", "case_1"]
+    assert run(overwrite=True)["info"]["predicted_now"] == ["case_0", "case_1", "case_2"]
+    other = study.Segmenter.load(two_models[:1], eval_config={"threshold": 0.7, "batch_size": 2},
+                                 preprocess_config={"register": False})
+    assert run(segmenter=other)["info"]["predicted_now"] == ["case_0", "case_1", "case_2"]  # another setting
+
+    single, out = out, tmp_path / "parts"
+    first = run(segmenter=other, num_parts=2, part_id=1)
+    assert first["info"]["predicted_now"] == ["case_1"] and [r["case_id"] for r in first["cases"]] == ["case_1"]
+    second = run(segmenter=other, num_parts=2, part_id=0)
+    assert second["info"]["predicted_now"] == ["case_0", "case_2"] and len(second["cases"]) == 3
+    assert sorted(p.name for p in out.glob(resume.RECORD_GLOB)) == ["finished.part-0-of-2.jsonl",
+                                                                   "finished.part-1-of-2.jsonl"]
+    for case_id in CASES:  # the parts' label maps are the single run's with the same settings
+        parted, whole = (sitk.GetArrayFromImage(sitk.ReadImage(str(d / f"{case_id}.nii.gz"))) for d in (out, single))
+        np.testing.assert_array_equal(parted, whole)
+    with pytest.raises(PareSegError, match="part 2 of 2 does not exist"):
+        run(num_parts=2, part_id=2)
+
+
+def test_dicom_round_trip_import_predict_seg(tmp_path, two_models):
+    """DICOM study -> paresseg-import-dicom (NIfTI cohort) -> folder prediction -> DICOM-SEG on the original PV
+    series: read back with highdicom, every frame derives from the PV instance at its own position."""
+    import highdicom as hd
+    from dicom_studies import write_seg
+
+    from paresseg_jax.data import dicom_import
+
+    grid = Grid(shape=(6, 32, 32), spacing=(0.75, 0.8, 3.0), origin=(-10.0, 5.0, 60.0))
+    rng = np.random.default_rng(3)
+    study_ = Study("RT_001")
+    pv_dir = write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                             number=3, description="PORTAL VENOUS", slice_order=[4, 1, 5, 0, 3, 2])
+    write_ct_series(tmp_path / "dicom", study_, rng.integers(-100, 250, grid.shape).astype(np.int16), grid,
+                    number=4, description="ARTERIAL")
+    liver = np.zeros(grid.shape, np.uint8)
+    liver[1:5, 6:26, 5:27] = 1
+    write_seg(tmp_path / "dicom", study_, pv_dir, {"Liver": liver})
+    report = dicom_import.import_dicom(tmp_path / "dicom", tmp_path / "cohort", progress=False)
+    assert report["imported"] == 1, report
+    segmenter = study.Segmenter.load(two_models[0], eval_config={"threshold": 0.5},
+                                     preprocess_config={"register": False})
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "segs", segmenter, output_format="dicom_seg")
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "maps", segmenter)
+    (case_id,) = [p.stem for p in (tmp_path / "segs").glob("*.dcm")]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "maps" / f"{case_id}.nii.gz")))
+    assert (labels == 2).any() and (labels == 1).any()
+
+    seg = hd.seg.segread(tmp_path / "segs" / f"{case_id}.dcm")
+    sources = {d.SOPInstanceUID: d for d in (pydicom.dcmread(p) for p in pv_dir.iterdir())}
+    (series,) = seg.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == next(iter(sources.values())).SeriesInstanceUID
+    assert seg.StudyInstanceUID == study_.study_uid
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    seen = set()
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        source = sources[group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose([float(v) for v in position], [float(v) for v in source.ImagePositionPatient])
+        z = int(source.InstanceNumber) - 1  # the writer made slice z instance z + 1, whatever the file order
+        segment = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        np.testing.assert_array_equal(frame > 0, labels[z] >= 1 if segment == 1 else labels[z] == 2)
+        seen.add((segment, z))
+    assert {z for s, z in seen if s == 1} == set(np.flatnonzero((labels >= 1).any(axis=(1, 2))))
+    assert {z for s, z in seen if s == 2} == set(np.flatnonzero((labels == 2).any(axis=(1, 2))))

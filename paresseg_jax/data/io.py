@@ -128,6 +128,8 @@ class CaseEntry:
     ``segmentation`` is a label map from which the liver and tumor masks are
     taken by label value (``liver_labels``, ``tumor_labels``), as in LiTS.
     ``resample_masks`` allows masks on another grid than PV (resampled onto it).
+    ``liver_label``: ``liver`` is a multi-label map (e.g. TotalSegmentator's,
+    liver 5) whose voxels of this value are the liver; None: a 0/1 mask.
     """
 
     case_id: str
@@ -139,6 +141,7 @@ class CaseEntry:
     tumor_labels: tuple[int, ...] = (1,)
     metadata: Mapping = dataclasses.field(default_factory=dict)
     resample_masks: bool = False
+    liver_label: int | None = None
 
 
 # ----------------------------------------------------------------------------- images
@@ -348,6 +351,19 @@ def check_binary_mask(labels: np.ndarray, path, name: str) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
+def liver_from_labels(labels: np.ndarray, path, liver_label: int | None = None) -> np.ndarray:
+    """The liver of a liver file: a 0/1 mask, or the ``liver_label`` voxels of a multi-label map (refused when
+    it has none: a wrong label would silently give an empty ROI)."""
+    if liver_label is None:
+        return check_binary_mask(labels, path, "liver")
+    if not np.any(labels == liver_label):
+        values = np.unique(labels)
+        raise BadInputError(f"liver label map has no voxel of label {liver_label} (its labels: "
+                            f"{values[:10].tolist()}{'...' if values.size > 10 else ''})", path=path,
+                            fix="give the liver's value in this map (TotalSegmentator: 5) as --liver_label")
+    return mask_from_labels(labels, (liver_label,))
+
+
 def read_mask(path: str | os.PathLike, case: Case, name: str = "liver", *, resample: bool = False) -> np.ndarray:
     """A 0/1 mask file (e.g. a liver model's prediction) on the case's PV grid, uint8.
 
@@ -421,7 +437,8 @@ def read_case(source: CaseEntry | str | os.PathLike) -> Case:
         liver = mask_from_labels(labels, source.liver_labels)
         tumor = mask_from_labels(labels, source.tumor_labels)
     if source.liver is not None:
-        liver = check_binary_mask(_read_labels(source.liver, pv_image, source.resample_masks, "liver"), source.liver, "liver")
+        liver = liver_from_labels(_read_labels(source.liver, pv_image, source.resample_masks, "liver"), source.liver,
+                                  source.liver_label)
     if source.tumor is not None:
         tumor = check_binary_mask(_read_labels(source.tumor, pv_image, source.resample_masks, "tumor"), source.tumor, "tumor")
     metadata = {"tumor_type": None, "scanner": None, **dict(source.metadata), "case_id": source.case_id}

@@ -7,9 +7,11 @@ without predicting again. Layout::
     {"info": {...},                         free-form: run name, config, folds
      "cases": [{"case_id", "tumor_type", "fold", "spacing_zyx",
                 "metrics": paresseg_jax.metrics.case_metrics(...),
+                "detection": paresseg_jax.lesion_metrics.lesion_detection(...),
                 "slices": {"marginal": {...}, "middle": {...}, "tumor": {...}}}],
      "summary": {"all": summarize(...), "per_type": {type: summarize(...)},
-                 "slices": {"marginal": ..., "middle": ..., "tumor": ...}}}
+                 "slices": {"marginal": ..., "middle": ..., "tumor": ...},
+                 "detection": lesion_metrics.detection_scores(...)}}
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from paresseg_jax import lesions
+from paresseg_jax.lesion_metrics import detection_scores, lesion_detection
 from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 from paresseg_jax.metrics import case_metrics, overlap_metrics, summarize
@@ -42,7 +46,7 @@ def slice_groups(gt: np.ndarray) -> dict[str, np.ndarray]:
     marginal. ``tumor`` is their union, every slice with ground-truth tumor.
     Returns boolean ``(z,)`` selections.
     """
-    labels, count = ndimage.label(np.asarray(gt) > 0, structure=np.ones((3, 3, 3), bool))
+    labels, _ = lesions.components(gt)
     marginal = np.zeros(labels.shape[0], bool)
     tumor = np.zeros(labels.shape[0], bool)
     for extent in ndimage.find_objects(labels):
@@ -70,6 +74,7 @@ def evaluate_case(
     record = {"case_id": str(case_id), "tumor_type": tumor_type, **info}
     record["spacing_zyx"] = None if spacing_zyx is None else [float(s) for s in spacing_zyx]
     record["metrics"] = case_metrics(pred, gt, spacing_zyx)
+    record["detection"] = lesion_detection(pred, gt, spacing_zyx)
     record["slices"] = {}
     for group, selected in slice_groups(gt).items():
         if selected.any():
@@ -100,6 +105,7 @@ def summarize_records(records: Sequence[Mapping]) -> dict:
         "all": summarize([r["metrics"] for r in records]),
         "per_type": {t: summarize(cases) for t, cases in sorted(by_type.items())},
         "slices": slices,
+        "detection": detection_scores([r["detection"] for r in records if "detection" in r]),
     }
 
 

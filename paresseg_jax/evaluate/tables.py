@@ -3,7 +3,7 @@
 Tables are Markdown, one row per run, in the layouts of the paper: the
 metrics table (Tables 4-7, 10: DPC, DG, VOE, RVD, TPR, TNR, ACC in percent,
 plus HD95/ASSD in mm), DPC per tumor type (Tables 8 and 11) and marginal vs
-middle slices (Table 12).
+middle slices (Table 12); beside them, lesion detection by size.
 """
 
 from __future__ import annotations
@@ -81,6 +81,27 @@ def slice_table(runs: Mapping[str, Mapping]) -> str:
                 rows.append([label, name, "0"] + ["-"] * len(SLICE_COLUMNS))
             else:
                 rows.append([label, name, str(found["n_cases"])] + [_percent(found.get(c)) for c in SLICE_COLUMNS])
+    return markdown(header, rows)
+
+
+DETECTION_ROWS = {"all": "all", "<10mm": "< 10 mm", "10-20mm": "10-20 mm", ">20mm": "> 20 mm"}  # size -> label
+
+
+def detection_table(runs: Mapping[str, Mapping]) -> str:
+    """Lesion detection per run and lesion size (``paresseg_jax.lesion_metrics``): lesions counted over the
+    scored cases, recall, precision, F1 and mean per-lesion Dice in %. Runs scored before lesions were
+    matched show '-'."""
+    header = ["size", "run", "lesions", "detected", "predicted", "true", "recall", "precision", "F1", "lesion Dice"]
+    rows = []
+    for size, label in DETECTION_ROWS.items():
+        for name, content in runs.items():
+            found = content["summary"].get("detection", {}).get(size)
+            if found is None:
+                rows.append([label, name] + ["-"] * (len(header) - 2))
+                continue
+            counts = [str(found[k]) for k in ("n_reference", "detected", "n_predicted", "true")]
+            rows.append([label, name] + counts
+                        + [_percent(found[k]) for k in ("recall", "precision", "f1", "lesion_dice")])
     return markdown(header, rows)
 
 

@@ -7,6 +7,12 @@ Structure, type Neoplasm, in the liver). Its frames are the source series'
 slices, so it shares their frame of reference and references every source
 instance; a viewer overlays it on the PV series it was computed on.
 Built with highdicom (optional extra ``.[dicom]``).
+
+Real exports leave headers blank that the SEG copies (:func:`source_headers`):
+an empty or absent SOP Class or Instance UID is taken from the file meta,
+which holds the same value; an absent type 2 attribute of the patient and
+study modules (which may be empty, never absent) is added empty; a type 1
+UID with no source (study, series, frame of reference) is refused, naming it.
 """
 
 from __future__ import annotations
@@ -20,11 +26,40 @@ import SimpleITK as sitk
 import paresseg_jax
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import dicom
-from paresseg_jax.errors import PareSegError
+from paresseg_jax.errors import BadInputError, PareSegError
 
 LIVER_SEGMENT = 1
 TUMOR_SEGMENT = 2
 SERIES_DESCRIPTION = "PA-ResSeg liver and tumor"
+FROM_FILE_META = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+MAY_BE_EMPTY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                "AccessionNumber", "ReferringPhysicianName")  # type 2 in the Patient and General Study modules
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")  # type 1, copied into the SEG
+
+
+def source_headers(pv_series_dir: str | os.PathLike) -> list:
+    """The PV series' headers (sorted) completed for a SEG as the module says, or a ``BadInputError`` naming
+    the first attribute that neither the slice nor its file meta gives. Cheap (headers only): callers run it
+    before any work."""
+    headers = dicom.series_headers(pv_series_dir)
+    for header in headers:
+        for name, meta_name in FROM_FILE_META.items():
+            if not header.get(name):
+                _require(getattr(header.get("file_meta"), meta_name, None) or None, name, header, " or its file meta")
+                setattr(header, name, getattr(header.file_meta, meta_name))
+        for name in MAY_BE_EMPTY:
+            if name not in header:
+                setattr(header, name, "")
+        for name in REQUIRED:
+            _require(header.get(name) or None, name, header, "")
+    return headers
+
+
+def _require(value, name: str, header, where: str) -> None:
+    if value is None:
+        raise BadInputError(f"{name} is empty or missing in {Path(header.filename).name}{where}; a DICOM-SEG must "
+                            "carry it", path=Path(header.filename).parent,
+                            fix="complete the series' headers (e.g. with dcmodify), or write NIfTI instead")
 
 
 def _segment_descriptions(hd, codes):
@@ -61,7 +96,7 @@ def write_dicom_seg(label_map: sitk.Image, pv_series_dir: str | os.PathLike, out
     if label_map.GetDimension() != 3 or not np.all(np.isin(values, (0, 1, 2))):
         raise PareSegError(f"the label map to write as DICOM-SEG is {label_map.GetDimension()}D with values "
                            f"{values[:10].tolist()}", fix="give a 3D label map with 0 background, 1 liver, 2 tumor")
-    sources = dicom.series_headers(pv_series_dir)
+    sources = source_headers(pv_series_dir)
     frames = labels[dicom.slice_indices_on_grid(sources, label_map)]
     segments = np.stack([frames >= LIVER_SEGMENT, frames == TUMOR_SEGMENT], axis=-1)
     seg = hd.seg.Segmentation(

@@ -8,9 +8,11 @@ TotalSegmentator family write them. The ROI comes from the liver model when
 one is given, else from the case's own liver mask, else there is none.
 With ``output_format='dicom_seg'`` the label map is written as
 ``<output>/<case_id>.dcm``, a DICOM-SEG referencing the case's PV series
-(every PV must then be a DICOM series folder). Cases with a tumor mask are
+(every PV must then be a DICOM series folder, or come from
+``paresseg-import-dicom``, whose manifest names its source folder). Cases with a tumor mask are
 scored as ``paresseg-evaluate`` scores them, and ``<output>/summary.json``
-holds every case's record.
+holds every case's record, its lesions included; ``<output>/lesions.csv``
+lists every case's lesions (``paresseg_jax.lesions``).
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ from typing import Mapping
 
 from tqdm import tqdm
 
+from paresseg_jax import lesions
 from paresseg_jax.data import io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.infer import resume
+from paresseg_jax.infer.lesion_overlay import lesion_overlay
+from paresseg_jax.infer.run_report import write_report
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
-from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg,
-                                      write_image)
+from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml,
+                                      write_dicom_seg, write_image)
 from paresseg_jax.metrics import case_metrics
 
 PROBABILITY_SUFFIX = "_tumor_prob"
+OVERLAY_SUFFIX = "_lesions.png"
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "dicom_seg": ".dcm"}
 LABELS = {"background": 0, "liver": LIVER_LABEL, "tumor": TUMOR_LABEL}
 
@@ -53,8 +60,13 @@ def predict_folder(
     save_probabilities: bool = False,
     output_format: str = "nifti",
     resample_masks: bool = False,
+    liver_label: int | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
+    overwrite: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    overlays: bool = False,
 ) -> dict:
     """Segment every case of ``input_dir`` into ``output_dir``; returns the ``summary.json`` content.
 
@@ -62,23 +74,47 @@ def predict_folder(
     :func:`paresseg_jax.infer.study.predict_files`, ensembles included).
     Every case is checked for the model's phases before any is segmented.
     ``resample_masks``: allow the cases' masks on another grid than PV.
+    ``liver_label``: every case's liver file is a multi-label map (e.g. a
+    TotalSegmentator output), the liver being this value. Finished cases are
+    skipped unless ``overwrite``; ``num_parts``/``part_id`` take every
+    ``num_parts``-th case (``paresseg_jax.infer.resume``). The summary holds
+    every finished case of the folder, whichever part finished it.
+    ``overlays``: also ``<case_id>_lesions.png`` (``infer.lesion_overlay``);
+    ``report.md`` sums the run up (``infer.run_report``).
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
+    resume.check_part(num_parts, part_id)
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
-    entries = [_with_phases(entry, segmenter, input_dir, resample_masks) for entry in io.read_cohort(input_dir)]
+    entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
+               for entry in io.read_cohort(input_dir)]
     if output_format == "dicom_seg":
         for entry in entries:
-            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")
-    records = []
-    with tqdm(entries, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
+            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+    run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
+                         options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
+                         probabilities=save_probabilities, liver_label=liver_label,
+                         postprocessing=segmenter.postprocessing, overlays=overlays)
+    keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
+    done = {} if overwrite else resume.finished(output_dir, keys)
+    todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
+    with tqdm(todo, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
         for entry in studies:
             studies.set_postfix_str(entry.case_id)
             bar = _slice_bar(slices, entry.case_id)
-            records.append(_predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar))
+            record = _predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar,
+                                   overlays=overlays)
+            resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
+    found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
+    records = [found[entry.case_id] for entry in entries if entry.case_id in found]
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
-            "labels": LABELS, "settings": segmenter.options}
+            "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
+            "cases_in_input": len(entries),
+            "predicted_now": [entry.case_id for entry in todo]}
+    lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
+                      [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
+    write_report(output_dir, records, f"paresseg-predict: {Path(input_dir).name}")
     return read_summary(write_summary(output_dir, records, **info))
 
 
@@ -110,20 +146,28 @@ def _slice_bar(bar: tqdm, case_id: str):
 
 
 def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities: bool, output_format: str,
-                  progress) -> dict:
+                  progress, overlays: bool = False) -> dict:
     start = time.perf_counter()
     case = io.read_case(entry)
     given_liver = None if segmenter.liver is not None else case.liver
-    result, _, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+    result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+    found = study_lesions(result, case)
     labels_path = label_map_path(output, case.case_id, output_format)
     if output_format == "dicom_seg":
-        files = {"labels": str(write_dicom_seg(result["labels"], case, entry.phases["pv"], labels_path))}
+        source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+        files = {"labels": str(write_dicom_seg(result["labels"], case, source, labels_path))}
     else:
         files = {"labels": str(write_image(result["labels"], case, labels_path))}
     if save_probabilities:
         files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
+    if overlays:
+        shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
+        files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],
+                                              output / f"{case.case_id}{OVERLAY_SUFFIX}",
+                                              spacing_zyx=case.spacing_zyx, title=case.case_id))
     roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-    info = {"roi": roi, **volumes_ml(result, case), "files": files, "scanner": case.metadata.get("scanner"),
+    info = {"roi": roi, **volumes_ml(result, case), "lesions": found, "files": files,
+            "scanner": case.metadata.get("scanner"),
             "absent_phases": segmenter.missing_phases(entry.phases)}
     if segmenter.liver is not None and case.liver is not None:
         info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)
@@ -135,7 +179,7 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
 
 def case_line(record: Mapping) -> str:
     """One line about a segmented case: volumes, Dice when scored, time."""
-    parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml"]
+    parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml in {record['lesions']['count']} lesion(s)"]
     if "liver_ml" in record:
         parts.append(f"liver {record['liver_ml']:.1f} ml ({record['roi']})")
     if "liver_metrics" in record:

@@ -20,12 +20,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import absent_phases, model_io, preflight
+from paresseg_jax import absent_phases, lesions, model_io, postprocess, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import options_from_config, segment_study
+from paresseg_jax.infer.cascade import label_map, options_from_config, segment_study
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -54,13 +54,16 @@ class Segmenter:
     """The tumor model(s), the optional liver model(s) and the settings they run with, loaded once.
 
     ``options``: keyword arguments of :func:`segment_study` (threshold,
-    mode, tta, ...); ``preprocess_config``: resolved preprocessing settings.
+    mode, tta, ...); ``preprocess_config``: resolved preprocessing settings;
+    ``postprocessing``: the settings ``paresseg-postprocess`` stored beside
+    the first tumor model (``paresseg_jax.postprocess``), None for none.
     """
 
     tumor: Ensemble
     liver: Ensemble | None
     options: dict
     preprocess_config: dict
+    postprocessing: dict | None = None
 
     @classmethod
     def load(
@@ -78,7 +81,8 @@ class Segmenter:
         if preprocess_config is None:
             preprocess_config = trained.get("data", {}).get("preprocess")
         liver = None if liver_model is None else _ensemble(liver_model)
-        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config))
+        chosen = postprocess.read(model_io.resolve_model_dir(tumor.sources[0])) if tumor.sources else None
+        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config), chosen)
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -99,17 +103,23 @@ class Segmenter:
 
     def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
-        """``(segment_study result, windowed images, registration report)`` of a case in HU.
+        """``(segment_study result, windowed images, registration report)`` of a case in HU, with the stored
+        postprocessing applied; the result also holds ``phases_hu``, the phases in HU as registered to PV.
 
         ``liver``: a liver mask to take the ROI from; without one the liver
         model (if any) predicts it. ``sources`` name the phases' files in errors.
         """
-        images, registration = prepare_images(case, self.preprocess_config, sources)
-        images = absent_phases.fill_absent(images, self.phases)
+        registered, registration = registered_phases(case, self.preprocess_config, sources)
+        images = absent_phases.fill_absent(windowed(registered, self.preprocess_config), self.phases)
         result = segment_study(
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
         )
+        if self.postprocessing:
+            kept_liver, mask = postprocess.apply(result["liver"], result["mask"], case.spacing_zyx,
+                                                 self.postprocessing, liver_predicted=liver is None)
+            result.update(liver=kept_liver, mask=mask, labels=label_map(kept_liver, mask))
+        result["phases_hu"] = registered  # what the lesions are measured on
         return result, images, registration
 
 
@@ -124,6 +134,13 @@ def prepare_images(case: io.Case, preprocess_config: Mapping | None,
                    sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(windowed images, registration report)``: other phases registered to PV, all windowed to [0, 1].
     ``sources`` (phase -> file) name the image in a registration failure."""
+    phases, report = registered_phases(case, preprocess_config, sources)
+    return windowed(phases, preprocess_config), report
+
+
+def registered_phases(case: io.Case, preprocess_config: Mapping | None,
+                      sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(phases in HU, registration report)``: the other phases registered to PV when the settings say so."""
     config = preprocess.resolve_config(preprocess_config)
     phases, report = dict(case.phases), {}
     if config["register"]:
@@ -134,9 +151,13 @@ def prepare_images(case: io.Case, preprocess_config: Mapping | None,
             except RuntimeError as error:
                 raise preprocess.registration_failure(error, (sources or {}).get(name, name)) from None
             phases[name] = preprocess.apply_transform(phases[name], case, transform)
-    low, high = config["window"]
-    images = {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
-    return images, report
+    return phases, report
+
+
+def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None) -> dict[str, np.ndarray]:
+    """Every phase in HU windowed to [0, 1] as training windowed it."""
+    low, high = preprocess.resolve_config(preprocess_config)["window"]
+    return {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
 
 
 def read_files(
@@ -146,10 +167,12 @@ def read_files(
     tumor: str | os.PathLike | None = None,
     case_id: str = "study",
     resample_masks: bool = False,
+    liver_label: int | None = None,
 ) -> io.Case:
     """A study's case in HU on the PV grid: ``phase_paths`` maps phase names ('pv' required) to image files
     or DICOM folders; ``liver`` and ``tumor`` are optional 0/1 masks on the PV grid (on another grid only
-    with ``resample_masks``: resampled onto it)."""
+    with ``resample_masks``: resampled onto it); ``liver_label``: ``liver`` is a multi-label map, the liver
+    being this value."""
     if "pv" not in phase_paths or phase_paths["pv"] is None:
         raise BadInputError("a study needs its PV image (--pv): PV is the target phase")
     entry = io.CaseEntry(
@@ -158,6 +181,7 @@ def read_files(
         liver=None if liver is None else Path(liver),
         tumor=None if tumor is None else Path(tumor),
         resample_masks=resample_masks,
+        liver_label=liver_label,
     )
     return io.read_case(entry)
 
@@ -188,19 +212,23 @@ def predict_files(
     prob_out: str | os.PathLike | None = None,
     overlay_out: str | os.PathLike | None = None,
     dicom_seg_out: str | os.PathLike | None = None,
+    lesions_out: str | os.PathLike | None = None,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
     resample_masks: bool = False,
+    liver_label: int | None = None,
 ) -> dict:
     """Segment one study and write the tumor mask (and optionally probability, overlay, DICOM-SEG) in PV geometry.
 
     ``model`` / ``liver_model``: a saved model, a ``paresseg-train`` workdir,
     a cross-validation workdir or a list of them (an ensemble), or a loaded
     :class:`Segmenter`. ``liver``: a liver mask file to take the ROI from
-    instead of a liver model. ``gt``: a tumor mask to score against and draw
+    instead of a liver model, or a multi-label map whose ``liver_label``
+    voxels are the liver (TotalSegmentator: 5). ``gt``: a tumor mask to score against and draw
     in green. ``resample_masks``: allow masks on another grid than PV (else
     refused). ``dicom_seg_out``: the liver and tumor as a DICOM-SEG
-    referencing the PV series (PV must be a DICOM series folder). Every path
+    referencing the PV series (PV must be a DICOM series folder).
+    ``lesions_out``: the lesion table as CSV (``paresseg_jax.lesions``). Every path
     and the models are checked before any image is read, and the outputs are
     written together at the end, whole or not at all. ``eval_config`` (keys
     of a config's ``eval`` section) and ``preprocess_config`` override the
@@ -208,11 +236,12 @@ def predict_files(
     (those of ``paresseg_jax.config_defaults``). A phase left out (``None``)
     is given to the model as absent (zeros) if it was trained with phase
     dropout, else refused. Returns a report: paths written, tumor volume
-    (ml), registration, the phases given as absent, metrics.
+    (ml), lesions, registration, the phases given as absent, metrics.
     """
     loaded = isinstance(model, Segmenter)
     preflight.prediction(phase_paths, None if loaded else model, out, liver_model=liver_model, liver=liver, gt=gt,
-                         prob_out=prob_out, overlay_out=overlay_out, dicom_seg_out=dicom_seg_out)
+                         prob_out=prob_out, overlay_out=overlay_out, dicom_seg_out=dicom_seg_out,
+                         lesions_out=lesions_out)
     if dicom_seg_out is not None and phase_paths.get("pv") is not None:
         check_dicom_series(phase_paths["pv"], "a DICOM-SEG output (--dicom_seg)")
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
@@ -223,9 +252,11 @@ def predict_files(
     if unused:
         raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
                             fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
-    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks)
+    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
-    report = {"registration": registration, "absent_phases": absent, **volumes_ml(result, case)}
+    report = {"registration": registration, "absent_phases": absent, "postprocessing": segmenter.postprocessing,
+              **volumes_ml(result, case),
+              "lesions": study_lesions(result, case)}
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:
         report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
@@ -236,6 +267,10 @@ def predict_files(
         if prob_out is not None:
             report["prob"] = str(prob_out)
             io.write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
+        if lesions_out is not None:
+            report["lesions_csv"] = str(lesions_out)
+            rows = lesions.csv_rows(case.case_id, report["lesions"]["lesions"])
+            lesions.write_csv(outputs.enter_context(atomic_path(lesions_out)), rows)
         if dicom_seg_out is not None:
             report["dicom_seg"] = str(dicom_seg_out)
             write_dicom_seg(result["labels"], case, given["pv"], outputs.enter_context(atomic_path(dicom_seg_out)))
@@ -259,6 +294,12 @@ def volumes_ml(result: Mapping, case: io.Case) -> dict:
     return volumes
 
 
+def study_lesions(result: Mapping, case: io.Case) -> dict:
+    """The lesions of a :meth:`Segmenter.segment_case` result: measured in HU on the registered phases."""
+    return lesions.study_lesions(result["mask"], result["liver"], case, phases_hu=result["phases_hu"],
+                                 prob=result["prob"])
+
+
 def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Path:
     """:func:`io.write_image` whole or not at all."""
     with atomic_path(path) as tmp:
@@ -266,11 +307,19 @@ def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Pa
     return Path(path)
 
 
-def check_dicom_series(pv: str | os.PathLike, purpose: str) -> None:
-    """A DICOM-SEG references its source series: refuse, before any work, a PV that is not a DICOM folder."""
-    if not Path(pv).is_dir():
-        raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file", path=pv,
-                            fix="give the PV series' DICOM folder, or write NIfTI instead")
+def check_dicom_series(pv: str | os.PathLike, purpose: str, metadata: Mapping | None = None) -> Path:
+    """The DICOM folder a SEG references: PV's own, or for a case of ``paresseg-import-dicom`` the PV series'
+    source folder its manifest recorded (``metadata['series']['pv']['folders']``). Refused before any work
+    when there is none, or when its headers lack what the SEG must carry."""
+    folders = [Path(pv)] if Path(pv).is_dir() else [
+        Path(f) for f in ((metadata or {}).get("series") or {}).get("pv", {}).get("folders", [])]
+    if len(folders) != 1 or not folders[0].is_dir():
+        recorded = f" (its import recorded {[str(f) for f in folders]})" if folders else ""
+        raise BadInputError(f"{purpose} needs the PV image as a DICOM series folder, not a file{recorded}", path=pv,
+                            fix="give the PV series' DICOM folder (or, for an imported cohort, keep the DICOM files "
+                            "where they were imported from), or write NIfTI instead")
+    dicom_seg.source_headers(folders[0])
+    return folders[0]
 
 
 def write_dicom_seg(labels: np.ndarray, case: io.Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -286,6 +335,7 @@ def segment(
     liver: sitk.Image | str | os.PathLike | None = None,
     register: bool | None = None,
     resample_masks: bool = False,
+    liver_label: int | None = None,
     **options: Any,
 ) -> sitk.Image:
     """The LiTS label map (uint8: 0 background, 1 liver, 2 tumor) of one study, in PV geometry.
@@ -296,7 +346,8 @@ def segment(
     then windowed. ``model``/``liver_model`` as for :func:`predict_files`; pass
     a :class:`Segmenter` to load the models once for many studies. ``liver``:
     a 0/1 liver mask (image or file) on the PV grid (another grid only with
-    ``resample_masks``) to take the ROI from. ``options`` are
+    ``resample_masks``) to take the ROI from, or a multi-label map whose
+    ``liver_label`` voxels are the liver. ``options`` are
     ``eval`` settings (threshold, mode, tta, batch_size, ...). Liver is 1 only
     where a liver mask was given or predicted.
     """
@@ -318,7 +369,7 @@ def segment(
         liver_image = liver if isinstance(liver, sitk.Image) else io.read_image(liver)
         source = liver if not isinstance(liver, sitk.Image) else "the liver mask"
         labels = io.labels_on_grid(liver_image, pv_image, source, "liver", resample=resample_masks)
-        mask = io.check_binary_mask(labels, source, "liver")
+        mask = io.liver_from_labels(labels, source, liver_label)
     geometry = io.Geometry.of(pv_image)
     case = io.Case(arrays, mask, None, geometry.spacing, geometry.origin, geometry.direction, {"case_id": "study"})
     result, _, _ = segmenter.segment_case(case, liver=mask, sources=sources)

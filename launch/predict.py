@@ -27,8 +27,9 @@ import json
 
 from absl import app, flags
 
-from paresseg_jax import cli, preflight
-from paresseg_jax.data import io
+from paresseg_jax import cli, flag_checks, preflight
+from paresseg_jax.data import io, series_check
+from paresseg_jax.errors import PareSegError
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder")
 _ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models unless "
@@ -65,6 +66,8 @@ _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its 
                                  "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
+_ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series with a missing slice onto even "
+                                   "slices (with a warning) instead of refusing it")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
 
@@ -92,8 +95,21 @@ def phase_paths() -> dict:
     return paths
 
 
+# Ranges of the numeric settings (the library's own checks come after a model is loaded and a study read).
+_RANGES = {"threshold": dict(low=0.0, high=1.0, low_open=True), "tile": dict(low=16), "stride": dict(low=1),
+           "batch_size": dict(low=1), "batch_pixels": dict(low=0, meaning="0: automatic"), "roi_margin": dict(low=0)}
+
+
 def main(argv):
     del argv
+    with series_check.gaps_allowed(_ALLOW_GAPS.value):
+        _predict()
+
+
+def _predict():
+    flag_checks.all_in_range({name: flag.value for name, flag in _SETTINGS.items()}, _RANGES)
+    if _STRIDE.value is not None and _TILE.value is not None and _STRIDE.value > _TILE.value:
+        flag_checks.in_range("stride", _STRIDE.value, 1, _TILE.value, meaning="tiles must meet or overlap")
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
     if _INPUT.value is not None:
@@ -115,6 +131,8 @@ def main(argv):
         preflight.models(_LIVER_MODEL.value, "the liver model folder")
     from paresseg_jax.infer import folder, study
 
+    if _INPUT.value is not None:
+        folder.check_run(_INPUT.value, _OUTPUT.value, _SAVE_PROB.value, _FORMAT.value)
     eval_config = {k: f.value for k, f in _SETTINGS.items() if f.value is not None}
     segmenter = study.Segmenter.load(_MODEL.value, _LIVER_MODEL.value or None, eval_config)
     if _REGISTER.value is not None:
@@ -122,16 +140,26 @@ def main(argv):
     if _INPUT.value is not None:
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
                                         output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value)
-        for record in summary["cases"]:
-            print(folder.case_line(record))
-        if summary["summary"] is not None:
-            overall = summary["summary"]["all"]
-            print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
-                  "scored cases")
-        print(f"{len(summary['cases'])} label maps and summary.json in {_OUTPUT.value}")
+        _print_folder(summary, folder.case_line)
         return
     report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value)
     print(json.dumps(report, indent=1, default=str))
+
+
+def _print_folder(summary: dict, case_line) -> None:
+    """A line per case, the overall scores, where the files are; a failed case ends the run with status 2."""
+    for record in summary["cases"]:
+        print(case_line(record))
+    if summary["summary"] is not None:
+        overall = summary["summary"]["all"]
+        print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
+              "scored cases")
+    failed = [r["case_id"] for r in summary["cases"] if "failed" in r]
+    print(f"{len(summary['cases']) - len(failed)} label maps and summary.json in {_OUTPUT.value}")
+    if failed:
+        raise PareSegError(f"{len(failed)} of {len(summary['cases'])} cases failed ({', '.join(failed)}; the "
+                           "reasons are above and in summary.json)", path=_OUTPUT.value,
+                           fix="repair those cases' images and segment them again")
 
 
 def run():

@@ -23,9 +23,10 @@ from typing import Mapping
 
 from tqdm import tqdm
 
+from paresseg_jax import preflight
 from paresseg_jax.data import io
-from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.errors import BadInputError, PareSegError
+from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg,
                                       write_image)
@@ -65,21 +66,57 @@ def predict_folder(
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
+    check_run(input_dir, output_dir, save_probabilities, output_format)
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     entries = [_with_phases(entry, segmenter, input_dir, resample_masks) for entry in io.read_cohort(input_dir)]
     if output_format == "dicom_seg":
         for entry in entries:
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")
-    records = []
+    records, interrupted = [], False
     with tqdm(entries, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
-        for entry in studies:
-            studies.set_postfix_str(entry.case_id)
-            bar = _slice_bar(slices, entry.case_id)
-            records.append(_predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar))
+        try:
+            for entry in studies:
+                studies.set_postfix_str(entry.case_id)
+                bar = _slice_bar(slices, entry.case_id)
+                records.append(_case_or_failure(entry, segmenter, Path(output_dir), save_probabilities, output_format,
+                                                bar))
+        except KeyboardInterrupt:  # the finished cases are kept, with a summary that lists them
+            interrupted = True
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
-            "labels": LABELS, "settings": segmenter.options}
-    return read_summary(write_summary(output_dir, records, **info))
+            "labels": LABELS, "settings": segmenter.options, "interrupted": interrupted}
+    summary = read_summary(write_summary(output_dir, records, **info))
+    if interrupted:
+        raise PareSegError(f"interrupted after {len(records)} of {len(entries)} cases; their files and a summary.json "
+                           "of them are kept", path=output_dir, fix="run again to segment the others")
+    return summary
+
+
+def _case_or_failure(entry: io.CaseEntry, *args) -> dict:
+    """A case's record; a case whose voxels turn out bad (NaN, a failed registration) is recorded as failed, with
+    the reason, and the others go on (an output that cannot be written stops the run)."""
+    try:
+        return _predict_case(entry, *args)
+    except BadInputError as error:
+        return {"case_id": entry.case_id, "tumor_type": entry.metadata.get("tumor_type"), "failed": error.message}
+
+
+def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_probabilities: bool = False,
+                  output_format: str = "nifti") -> None:
+    """Every case's image headers, and every output of the run named, before any work: no output may meet an
+    input or another output (one case's label map and another's probability map, a label map over a PV file
+    when ``output_dir`` holds the inputs)."""
+    entries = io.read_cohort(input_dir)
+    outputs = [(Path(output_dir) / SUMMARY_FILE, "the run's summary")]
+    for entry in entries:
+        outputs.append((label_map_path(output_dir, entry.case_id, output_format), f"case {entry.case_id!r}'s label map"))
+        if save_probabilities:
+            outputs.append((probability_path(output_dir, entry.case_id), f"case {entry.case_id!r}'s probabilities"))
+    inputs = preflight.cohort_inputs(entries, input_dir)
+    preflight.outputs_apart(outputs, inputs)
+    for entry in entries:  # every header before any case is segmented
+        for path in preflight.case_files(entry):
+            preflight.image(path, f"case {entry.case_id!r}'s image")
 
 
 def _with_phases(entry: io.CaseEntry, segmenter: Segmenter, input_dir, resample_masks: bool) -> io.CaseEntry:
@@ -135,6 +172,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
 
 def case_line(record: Mapping) -> str:
     """One line about a segmented case: volumes, Dice when scored, time."""
+    if "failed" in record:
+        return f"{record['case_id']}  FAILED: {record['failed']}"
     parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml"]
     if "liver_ml" in record:
         parts.append(f"liver {record['liver_ml']:.1f} ml ({record['roi']})")

@@ -28,6 +28,7 @@ def main(argv):
     del argv
     extras.require("torch", "paresseg-convert", "torch")
     source = preflight.existing(_INPUT.value, "the input (--input)")
+    preflight.outputs_apart([(_OUTPUT.value, "the output (--output)")], [source], whole=True)
     if source.is_dir():
         preflight.output_file(_OUTPUT.value, "the output (--output)", (".pth", ".pt"), overwrite=_OVERWRITE.value)
         written = interop.saved_model_to_torch_checkpoint(source, _OUTPUT.value)

@@ -123,10 +123,11 @@ def _identity(path: str | os.PathLike) -> tuple:
     return (status.st_dev, status.st_ino)
 
 
-def outputs_apart(outputs: Sequence[tuple[str | os.PathLike, str]], inputs) -> None:
+def outputs_apart(outputs: Sequence[tuple[str | os.PathLike, str]], inputs, *, whole: bool = False) -> None:
     """Refuse, before any work, an output that is an input or lies inside an input folder (compared as resolved
     real paths and inodes: symlinks, ``..`` and hard links do not get through), or two outputs that meet.
-    ``outputs``: ``(path, what)`` pairs, ``what`` naming it in the error."""
+    ``outputs``: ``(path, what)`` pairs, ``what`` naming it in the error; ``whole``: they are folders replaced
+    whole, so an input inside one is refused too."""
     files, folders = {}, set()
     for source in inputs:
         real = os.path.realpath(source)
@@ -143,6 +144,10 @@ def outputs_apart(outputs: Sequence[tuple[str | os.PathLike, str]], inputs) -> N
         inside = next((f for f in folders if real.startswith(f.rstrip(os.sep) + os.sep)), None)
         if inside is not None:
             raise OutputError(f"{what} would write into the input folder {inside}", path=path,
+                              fix="write the output elsewhere")
+        held = next((files[f] for f in files if whole and isinstance(f, str) and f.startswith(real + os.sep)), None)
+        if held is not None:
+            raise OutputError(f"{what} would be replaced whole, with the input {held} inside it", path=path,
                               fix="write the output elsewhere")
         for key in {real, _identity(path) or real}:
             if key in taken:
@@ -171,6 +176,7 @@ def training(config, workdir: str | os.PathLike) -> None:
     output_folder(workdir, "the workdir (--workdir)")
     data = config.data
     if data.get("cohort_dir"):
+        outputs_apart([(workdir, "the workdir (--workdir)")], [data.cohort_dir])
         io.read_cohort(existing(data.cohort_dir, "the cohort (config.data.cohort_dir)"))
     elif data.get("cache_dir"):
         existing(data.cache_dir, "the preprocessed cache (config.data.cache_dir)")

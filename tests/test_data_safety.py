@@ -84,11 +84,16 @@ def _predict(f, folder, **changes):
     return ["predict"] + [f"--{k}={v}" for k, v in args.items() if v is not None]
 
 
+def _volume(path: Path) -> Path:
+    """A CT-like volume (noise in soft-tissue HU; every file the same, so registration finds identity)."""
+    return io.write_image(np.random.default_rng(0).uniform(-100, 200, SHAPE).astype(np.float32), GEOMETRY, path)
+
+
 def _cohort(folder: Path, cases, top=None, pv="pv.nii.gz") -> Path:
     """A manifest cohort in ``folder`` whose cases share one PV and one ART file (``cases``: records without
     phases), right for the model but for the one mistake of each case."""
     for name in (pv, "art.nii.gz"):
-        io.write_image(np.zeros(SHAPE, np.float32), GEOMETRY, folder / name)
+        _volume(folder / name)
     records = [{"phases": {"pv": pv, "art": "art.nii.gz"}, **case} for case in cases]
     (folder / "manifest.json").write_text(json.dumps({"cases": records, **(top or {})}))
     return folder
@@ -140,6 +145,19 @@ CASES = {
         "c0.nii.gz", "would overwrite an input"),
     "out_name_too_long_for_its_temporary": (lambda f, o, s: _predict(f, o, out=o / ("m" * 240 + ".nii.gz")),
                                             "out", "name too long to write"),
+    "convert_output_inside_its_input_model": (lambda f, o, s: ["convert", f"--input={f['model']}",
+                                                               f"--output={f['model'] / 'weights.pth'}"],
+                                              "weights.pth", "would write into the input folder"),
+    "train_workdir_is_the_cohort": (lambda f, o, s: ["train", "--config=smoke", f"--workdir={_cohort(s, [{'case_id': 'c0'}])}",
+                                                     f"--config.data.cohort_dir={s}"], "--workdir",
+                                    "would overwrite an input"),
+    "convert_output_folder_holds_its_input": (lambda f, o, s: ["convert", f"--input={_pth(s / 'models')}",
+                                                               f"--output={s / 'models'}", "--overwrite"],
+                                              "models", "would be replaced whole, with the input"),
+    "import_dicom_case_folder_holds_its_input": (lambda f, o, s: ["import-dicom",
+                                                                  f"--input={_dicom_study(s)}",
+                                                                  f"--output={s}", "--overwrite"],
+                                                 "P1", "would be replaced whole, with the input"),
     # names from data
     "case_id_climbs_out": (lambda f, o, s: _predict_folder(f, o, _cohort(s, [{"case_id": "../../x"}])),
                            "manifest.json", "holds the character '/'"),
@@ -223,13 +241,27 @@ CASES = {
 WRITES_REPORT = {"import_dicom_missing_slice"}
 
 
+def _pth(folder: Path) -> Path:
+    """A file named like a PyTorch checkpoint (never read: the output is refused first)."""
+    folder.mkdir()
+    (folder / "weights.pth").write_bytes(b"not read")
+    return folder / "weights.pth"
+
+
+def _dicom_study(folder: Path) -> Path:
+    """The folder of a study of patient P1 (a PV series) in ``folder/P1``, the case folder its import writes."""
+    study = Study(patient_id="P1")
+    write_ct_series(folder, study, np.zeros(GRID.shape, np.int16), GRID, number=2, description="PV portal venous")
+    return study.folder(folder)
+
+
 def _lits(folder: Path) -> Path:
-    io.write_image(np.zeros(SHAPE, np.float32), GEOMETRY, folder / "volume-a.nii.gz")
+    _volume(folder / "volume-a.nii.gz")
     return folder
 
 
 def _manifest(folder: Path, phases) -> Path:
-    io.write_image(np.zeros(SHAPE, np.float32), GEOMETRY, folder / "art.nii.gz")
+    _volume(folder / "art.nii.gz")
     record = {"case_id": "c0", "phases": {**phases, "art": "art.nii.gz"}}
     (folder / "manifest.json").write_text(json.dumps({"cases": [record]}))
     return folder
@@ -237,7 +269,7 @@ def _manifest(folder: Path, phases) -> Path:
 
 def _dataset(folder: Path, spec) -> Path:
     (folder / "imagesTr").mkdir()
-    io.write_image(np.zeros(SHAPE, np.float32), GEOMETRY, folder / "imagesTr" / "c0_0000.nii.gz")
+    _volume(folder / "imagesTr" / "c0_0000.nii.gz")
     (folder / "dataset.json").write_text(json.dumps(spec))
     return folder
 

@@ -358,8 +358,8 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     output = Path(output_dir)
     ids = _case_ids(studies)
     outputs = [(output / name, f"the case folder of study {uid}") for uid, name in ids.items()]
-    preflight.outputs_apart(outputs + [(output / io.MANIFEST, "the manifest"), (output / REPORT, "the report")],
-                            [input_dir])
+    preflight.outputs_apart(outputs, [input_dir], whole=True)
+    preflight.outputs_apart([(output / io.MANIFEST, "the manifest"), (output / REPORT, "the report")], [input_dir])
     records, entries = [], []
     for study in tqdm(studies, desc="import studies", unit="study", disable=not progress):
         record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords, require_seg, allow_gaps)

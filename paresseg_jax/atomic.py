@@ -105,7 +105,7 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
             if error.errno not in WRITE_FAILURES:
                 raise
             raise OutputError(f"cannot be written ({os.strerror(error.errno)}); nothing of it was kept", path=target,
-                              fix="free space on that disk (or raise the quota), or write the output elsewhere") from None
+                              fix="free space on that disk (or raise the quota), or write elsewhere") from None
         if directory and target.exists():
             old = _beside(target, PREVIOUS_MARK)
             os.replace(target, old)

@@ -24,11 +24,12 @@ def in_range(flag: str, value, low: float | None = None, high: float | None = No
             wanted = f"{'more than' if low_open else 'at least'} {low}"
         else:
             wanted = f"in {'(' if low_open else '['}{low}, {high}]"
-        raise BadInputError(f"--{flag}={value} is out of range: it must be {wanted}" + (f" ({meaning})" if meaning else ""),
+        why = f" ({meaning})" if meaning else ""
+        raise BadInputError(f"--{flag}={value} is out of range: it must be {wanted}{why}",
                             fix=f"give --{flag} a value {wanted}")
 
 
 def all_in_range(values: dict, ranges: dict) -> None:
-    """:func:`in_range` for each flag named in ``ranges`` (``flag -> keyword arguments``) with its value in ``values``."""
+    """:func:`in_range` for each flag named in ``ranges`` (``flag -> keyword arguments``), value from ``values``."""
     for flag, limits in ranges.items():
         in_range(flag, values.get(flag), **limits)

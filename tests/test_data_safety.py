@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_studies import Grid, Study, write_ct_series
+from test_bad_inputs import _save_model
 from test_infer_study import save_tiny_model
 
 from paresseg_jax.data import io
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPE = (8, 32, 32)
 GEOMETRY = io.Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-GRID = Grid(shape=(6, 16, 16))
+GRID = Grid(shape=(6, 32, 32))
 
 
 def run_script(name, *args, env=None):
@@ -70,12 +71,13 @@ def data(tmp_path_factory):
     pv = rng.uniform(-100, 200, SHAPE).astype(np.float32)
     files = {name: io.write_image(pv, GEOMETRY, root / f"{name}.nii.gz") for name in ("pv", "art")}
     files["model"] = save_tiny_model(root / "model")
+    files["model_pv"] = save_tiny_model(root / "model_pv", phases=("pv",))  # for DICOM PVs, which ART would not fit
+    files["model_resseg"] = _save_model(root / "model_resseg", {"name": "resseg", "width": 4})  # one convert takes
     files["root"] = root
     for name, changes in (("dicom_good", {}), ("dicom_gap", {"drop": 3}), ("dicom_duplicate", {"duplicate": 2}),
                           ("dicom_tilt", {"tilt": 4})):
         files[name] = _dicom_series(root, name, **changes)
     files["dicom_gap_study"] = root / "dicom_gap"
-    files["dicom_dot_patient"] = _dicom_series(root, "dicom_dot", patient=".").parents[1]
     return files
 
 
@@ -89,18 +91,32 @@ def _volume(path: Path) -> Path:
     return io.write_image(np.random.default_rng(0).uniform(-100, 200, SHAPE).astype(np.float32), GEOMETRY, path)
 
 
-def _cohort(folder: Path, cases, top=None, pv="pv.nii.gz") -> Path:
+def _dicom_predict(f, folder, series, **changes):
+    return _predict(f, folder, pv=f[series], art=None, model=f["model_pv"], **changes)
+
+
+def _tumor(path: Path) -> Path:
+    """``path/c0.nii.gz``: a 0/1 tumor mask (a prediction, or a case's ground truth)."""
+    tumor = np.zeros(SHAPE, np.uint8)
+    tumor[3:5, 10:20, 10:20] = 1
+    io.write_image(tumor, GEOMETRY, path / "c0.nii.gz")
+    return path
+
+
+def _cohort(folder: Path, cases, top=None, pv="pv.nii.gz", tumor=False) -> Path:
     """A manifest cohort in ``folder`` whose cases share one PV and one ART file (``cases``: records without
-    phases), right for the model but for the one mistake of each case."""
+    phases; ``tumor``: also a tumor mask c0.nii.gz), right for the model but for the one mistake of each case."""
     for name in (pv, "art.nii.gz"):
         _volume(folder / name)
+    if tumor:
+        _tumor(folder)
     records = [{"phases": {"pv": pv, "art": "art.nii.gz"}, **case} for case in cases]
     (folder / "manifest.json").write_text(json.dumps({"cases": records, **(top or {})}))
     return folder
 
 
-def _predict_folder(f, out, cohort, *extra):
-    return ["predict", f"--input={cohort}", f"--output={out}", f"--model={f['model']}", *extra]
+def _predict_folder(f, out, cohort, *extra, model="model"):
+    return ["predict", f"--input={cohort}", f"--output={out}", f"--model={f[model]}", *extra]
 
 
 def _linked_out(f, out, scratch, kind):
@@ -137,16 +153,16 @@ CASES = {
                                  "would overwrite an input"),
     "prob_is_art_through_dotdot": (lambda f, o, s: _predict(f, o, prob=f["root"] / "model" / ".." / "art.nii.gz"),
                                    "art.nii.gz", "would overwrite an input"),
-    "out_inside_the_dicom_pv_folder": (lambda f, o, s: _predict(f, o, pv=f["dicom_good"],
-                                                                out=f["dicom_good"] / "mask.nii.gz"),
+    "out_inside_the_dicom_pv_folder": (lambda f, o, s: _dicom_predict(f, o, "dicom_good",
+                                                                      out=f["dicom_good"] / "mask.nii.gz"),
                                        "mask.nii.gz", "would write into the input folder"),
     "folder_output_is_the_input_where_names_meet": (
         lambda f, o, s: _predict_folder(f, s, _cohort(s, [{"case_id": "c0"}], pv="c0.nii.gz")),
         "c0.nii.gz", "would overwrite an input"),
     "out_name_too_long_for_its_temporary": (lambda f, o, s: _predict(f, o, out=o / ("m" * 240 + ".nii.gz")),
                                             "out", "name too long to write"),
-    "convert_output_inside_its_input_model": (lambda f, o, s: ["convert", f"--input={f['model']}",
-                                                               f"--output={f['model'] / 'weights.pth'}"],
+    "convert_output_inside_its_input_model": (lambda f, o, s: ["convert", f"--input={f['model_resseg']}",
+                                                               f"--output={f['model_resseg'] / 'weights.pth'}"],
                                               "weights.pth", "would write into the input folder"),
     "train_workdir_is_the_cohort": (lambda f, o, s: ["train", "--config=smoke", f"--workdir={_cohort(s, [{'case_id': 'c0'}])}",
                                                      f"--config.data.cohort_dir={s}"], "--workdir",
@@ -195,13 +211,14 @@ CASES = {
     # flags, before anything is loaded
     "threshold_zero": (lambda f, o, s: _predict(f, o, threshold=0), "--threshold=0.0", "in (0.0, 1.0]"),
     "threshold_above_one": (lambda f, o, s: _predict(f, o, threshold=1.5), "--threshold=1.5", "in (0.0, 1.0]"),
-    "stride_zero": (lambda f, o, s: _predict(f, o, stride=0), "--stride=0", "at least 1"),
-    "stride_beyond_tile": (lambda f, o, s: _predict(f, o, tile=32, stride=40), "--stride=40", "in [1, 32]"),
-    "tile_too_small": (lambda f, o, s: _predict(f, o, tile=8), "--tile=8", "at least 16"),
+    "stride_zero": (lambda f, o, s: _predict(f, o, mode="tile", stride=0), "--stride=0", "at least 1"),
+    "stride_beyond_tile": (lambda f, o, s: _predict(f, o, mode="tile", tile=32, stride=40), "--stride=40", "in [1, 32]"),
+    "tile_too_small": (lambda f, o, s: _predict(f, o, mode="tile", tile=8), "--tile=8", "at least 16"),
     "batch_size_zero": (lambda f, o, s: _predict(f, o, batch_size=0), "--batch_size=0", "at least 1"),
     "batch_pixels_negative": (lambda f, o, s: _predict(f, o, batch_pixels=-1), "--batch_pixels=-1", "at least 0"),
     "roi_margin_negative": (lambda f, o, s: _predict(f, o, roi_margin=-4), "--roi_margin=-4", "at least 0"),
-    "evaluate_tumor_label_zero": (lambda f, o, s: ["evaluate", f"--predictions={s}", f"--cohort={s}",
+    "evaluate_tumor_label_zero": (lambda f, o, s: ["evaluate", f"--predictions={_tumor(s / 'preds')}",
+                                                   f"--cohort={_cohort(s, [{'case_id': 'c0', 'tumor': 'c0.nii.gz'}], tumor=True)}",
                                                    "--tumor_label=0"], "--tumor_label=0", "0 is background"),
     "make_phantom_no_cases": (lambda f, o, s: ["make-phantom", f"--out={o}", "--num_cases=0"], "--num_cases=0",
                               "at least 1"),
@@ -210,7 +227,7 @@ CASES = {
                                 "PV is missing"),
     # files the command did not make
     "make_phantom_over_a_cohort": (lambda f, o, s: ["make-phantom", f"--out={_cohort(s, [{'case_id': 'c0'}])}",
-                                                    "--num_cases=1", "--size=16", "--slices=4"],
+                                                    "--num_cases=2", "--size=16", "--slices=4"],
                                    "--out", "pass --overwrite"),
     "import_dicom_over_a_cohort": (lambda f, o, s: ["import-dicom", f"--input={f['dicom_good']}",
                                                     f"--output={_cohort(s, [{'case_id': 'c0'}])}"],
@@ -222,13 +239,14 @@ CASES = {
     "nifti_header_promises_2000_cubed": (lambda f, o, s: _predict(f, o, pv=_long_header(s / "huge")), "huge/pv.nii.gz",
                                          "more than the"),
     # DICOM series integrity
-    "dicom_pv_missing_slice": (lambda f, o, s: _predict(f, o, pv=f["dicom_gap"]), "dicom_gap",
+    "dicom_pv_missing_slice": (lambda f, o, s: _dicom_predict(f, o, "dicom_gap"), "dicom_gap",
                                "a slice is missing"),
-    "dicom_pv_duplicate_position": (lambda f, o, s: _predict(f, o, pv=f["dicom_duplicate"]),
+    "dicom_pv_duplicate_position": (lambda f, o, s: _dicom_predict(f, o, "dicom_duplicate"),
                                     "dicom_duplicate", "two slices at the same position"),
-    "dicom_pv_mixed_orientation": (lambda f, o, s: _predict(f, o, pv=f["dicom_tilt"]), "dicom_tilt",
+    "dicom_pv_mixed_orientation": (lambda f, o, s: _dicom_predict(f, o, "dicom_tilt"), "dicom_tilt",
                                    "mixed orientation"),
-    "folder_case_with_missing_slice": (lambda f, o, s: _predict_folder(f, o, _dicom_cohort(s, f)), "c1/pv",
+    "folder_case_with_missing_slice": (lambda f, o, s: _predict_folder(f, o, _dicom_cohort(s, f), model="model_pv"),
+                                       "c1/pv",
                                        "a slice is missing"),
     "import_dicom_missing_slice": (lambda f, o, s: ["import-dicom", f"--input={f['dicom_gap_study']}",
                                                     f"--output={o}"], "dicom_gap", "1 of 1 studies failed"),
@@ -275,10 +293,9 @@ def _dataset(folder: Path, spec) -> Path:
 
 
 def _dicom_cohort(folder: Path, f) -> Path:
-    """Case folders with PV and ART: c0's PV a good NIfTI file, c1's the DICOM series with a missing slice."""
+    """Case folders: c0's PV a good NIfTI file, c1's the DICOM series with a missing slice."""
     for case, pv in (("c0", f["pv"]), ("c1", f["dicom_gap"])):
         (folder / case).mkdir()
-        shutil.copy(f["art"], folder / case / "art.nii.gz")
         (shutil.copytree if pv.is_dir() else shutil.copy)(pv, folder / case / "pv")
         if not pv.is_dir():
             (folder / case / "pv").rename(folder / case / "pv.nii.gz")

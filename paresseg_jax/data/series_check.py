@@ -81,7 +81,8 @@ def check_spacing(positions: np.ndarray, folder: str | os.PathLike, allow_gaps: 
     if steps.size and (usual <= 0 or duplicates.size):
         at = ordered[duplicates[0]] if duplicates.size else ordered[0]
         raise BadInputError(f"two slices at the same position ({at:.2f} mm along the normal): duplicates or two "
-                            "acquisitions in one series", path=folder, fix="keep one acquisition's slices in the folder")
+                            "acquisitions in one series", path=folder,
+                            fix="keep one acquisition's slices in the folder")
     uneven = np.flatnonzero(np.abs(steps - usual) > _SPACING_RTOL * usual)
     if not uneven.size:
         return None
@@ -103,7 +104,8 @@ def even_slices(image: sitk.Image, positions: np.ndarray, spacing: float) -> sit
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     upper = np.clip(np.searchsorted(offsets, targets, side="right"), 1, len(offsets) - 1)
     weight = np.clip((targets - offsets[upper - 1]) / (offsets[upper] - offsets[upper - 1]), 0.0, 1.0)
-    result = sitk.GetImageFromArray(array[upper - 1] * (1 - weight)[:, None, None] + array[upper] * weight[:, None, None])
+    weight = weight[:, None, None]
+    result = sitk.GetImageFromArray(array[upper - 1] * (1 - weight) + array[upper] * weight)
     result.SetOrigin(image.GetOrigin())
     result.SetDirection(image.GetDirection())
     result.SetSpacing((*image.GetSpacing()[:2], spacing))

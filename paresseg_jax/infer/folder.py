@@ -109,7 +109,8 @@ def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_
     entries = io.read_cohort(input_dir)
     outputs = [(Path(output_dir) / SUMMARY_FILE, "the run's summary")]
     for entry in entries:
-        outputs.append((label_map_path(output_dir, entry.case_id, output_format), f"case {entry.case_id!r}'s label map"))
+        labels = label_map_path(output_dir, entry.case_id, output_format)
+        outputs.append((labels, f"case {entry.case_id!r}'s label map"))
         if save_probabilities:
             outputs.append((probability_path(output_dir, entry.case_id), f"case {entry.case_id!r}'s probabilities"))
     inputs = preflight.cohort_inputs(entries, input_dir)

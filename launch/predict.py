@@ -95,11 +95,6 @@ def phase_paths() -> dict:
     return paths
 
 
-# Ranges of the numeric settings (the library's own checks come after a model is loaded and a study read).
-_RANGES = {"threshold": dict(low=0.0, high=1.0, low_open=True), "tile": dict(low=16), "stride": dict(low=1),
-           "batch_size": dict(low=1), "batch_pixels": dict(low=0, meaning="0: automatic"), "roi_margin": dict(low=0)}
-
-
 def main(argv):
     del argv
     with series_check.gaps_allowed(_ALLOW_GAPS.value):
@@ -107,7 +102,7 @@ def main(argv):
 
 
 def _predict():
-    flag_checks.all_in_range({name: flag.value for name, flag in _SETTINGS.items()}, _RANGES)
+    flag_checks.all_in_range({name: flag.value for name, flag in _SETTINGS.items()}, flag_checks.EVAL_RANGES)
     if _STRIDE.value is not None and _TILE.value is not None and _STRIDE.value > _TILE.value:
         flag_checks.in_range("stride", _STRIDE.value, 1, _TILE.value, meaning="tiles must meet or overlap")
     if _LIVER.value and _LIVER_MODEL.value:

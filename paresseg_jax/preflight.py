@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from paresseg_jax import names
+from paresseg_jax import flag_checks, names
 from paresseg_jax.atomic import temporary_name
 from paresseg_jax.data import io
 from paresseg_jax.errors import MissingInputError, OutputError
@@ -174,6 +174,7 @@ def training(config, workdir: str | os.PathLike) -> None:
     from paresseg_jax import model_io
 
     output_folder(workdir, "the workdir (--workdir)")
+    flag_checks.all_in_range(config.get("eval", {}), flag_checks.EVAL_RANGES, prefix="config.eval.")
     data = config.data
     if data.get("cohort_dir"):
         outputs_apart([(workdir, "the workdir (--workdir)")], [data.cohort_dir])

@@ -18,7 +18,7 @@ from dicom_studies import Grid, Study, write_ct_series
 from test_data_safety import GEOMETRY, SHAPE, run_script
 from test_infer_study import save_tiny_model
 
-from paresseg_jax import atomic
+from paresseg_jax import atomic, cli
 from paresseg_jax.data import io
 from paresseg_jax.errors import OutputError, PareSegError
 from paresseg_jax.infer import folder, study
@@ -179,3 +179,30 @@ def test_predict_with_allow_gaps_resamples_with_a_warning(tmp_path, model):
     assert "resampled onto even 2.50 mm slices (--allow_gaps)" in done.stderr
     mask = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
     assert mask.GetSize()[2] == 6 and mask.GetSpacing()[2] == pytest.approx(grid.spacing[2])
+
+
+def test_folder_case_label_map_and_probabilities_appear_together(monkeypatch, tmp_path, model):
+    cohort = _two_cases(tmp_path / "in", 0.0)
+    monkeypatch.setattr(study.Segmenter, "segment_case", lambda self, case, **kw: _canned(case, **kw))
+    real, calls = io.write_image, []
+
+    def full_at_probabilities(array, geometry, path):
+        calls.append(path)
+        if array.dtype == np.float32:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(array, geometry, path)
+
+    monkeypatch.setattr(io, "write_image", full_at_probabilities)
+    with pytest.raises(OutputError, match=r"c0_tumor_prob\.nii\.gz: cannot be written"):
+        folder.predict_folder(cohort, tmp_path / "out", model, save_probabilities=True)
+    assert len(calls) == 2 and not list((tmp_path / "out").iterdir())  # c0's label map taken back with it
+
+
+def test_ctrl_c_is_one_line(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        cli._launcher_main(interrupted)([])
+    assert stop.value.code == cli.INTERRUPTED_STATUS
+    assert capsys.readouterr().err.strip().endswith(": interrupted")

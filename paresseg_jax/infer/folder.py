@@ -15,6 +15,7 @@ holds every case's record.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,12 +25,12 @@ from typing import Mapping
 from tqdm import tqdm
 
 from paresseg_jax import preflight
+from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io
 from paresseg_jax.errors import BadInputError, PareSegError
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
-from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg,
-                                      write_image)
+from paresseg_jax.infer.study import ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg
 from paresseg_jax.metrics import case_metrics
 
 PROBABILITY_SUFFIX = "_tumor_prob"
@@ -153,13 +154,16 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
     case = io.read_case(entry)
     given_liver = None if segmenter.liver is not None else case.liver
     result, _, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
-    labels_path = label_map_path(output, case.case_id, output_format)
-    if output_format == "dicom_seg":
-        files = {"labels": str(write_dicom_seg(result["labels"], case, entry.phases["pv"], labels_path))}
-    else:
-        files = {"labels": str(write_image(result["labels"], case, labels_path))}
-    if save_probabilities:
-        files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
+    files = {"labels": str(label_map_path(output, case.case_id, output_format))}
+    with contextlib.ExitStack() as outputs:  # a case's label map and probabilities appear together, or neither
+        labels = outputs.enter_context(atomic_path(files["labels"]))
+        if output_format == "dicom_seg":
+            write_dicom_seg(result["labels"], case, entry.phases["pv"], labels)
+        else:
+            io.write_image(result["labels"], case, labels)
+        if save_probabilities:
+            files["probabilities"] = str(probability_path(output, case.case_id))
+            io.write_image(result["prob"], case, outputs.enter_context(atomic_path(files["probabilities"])))
     roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
     info = {"roi": roi, **volumes_ml(result, case), "files": files, "scanner": case.metadata.get("scanner"),
             "absent_phases": segmenter.missing_phases(entry.phases)}

@@ -45,10 +45,14 @@ def run_script(name, *args, env=None):
 def _dicom_series(root: Path, name: str, patient: str = "P1", **changes) -> Path:
     """A 6-slice CT series folder (``description`` says PV), with ``changes`` applied to its files' headers:
     ``drop``: a slice index to delete; ``duplicate``: a slice to copy under a new instance; ``tilt``: a slice
-    whose orientation is rotated."""
-    hu = np.random.default_rng(1).integers(-100, 200, GRID.shape).astype(np.int16)
-    folder = write_ct_series(root / name, Study(patient_id=patient), hu, GRID, number=2, description="PV portal venous")
+    whose orientation is rotated; ``smaller``: two 16 x 16 slices joining the series beyond its end."""
+    hu, study = np.random.default_rng(1).integers(-100, 200, GRID.shape).astype(np.int16), Study(patient_id=patient)
+    folder = write_ct_series(root / name, study, hu, GRID, number=2, description="PV portal venous")
     files = sorted(folder.glob("*.dcm"))
+    if "smaller" in changes:
+        small = Grid(shape=(2, 16, 16), origin=GRID.position(GRID.shape[0]).tolist())
+        write_ct_series(root / name, study, hu[:2, :16, :16], small, number=2, description="PV portal venous",
+                        series_uid=pydicom.dcmread(files[0]).SeriesInstanceUID, first_instance=50)
     if "drop" in changes:
         files[changes["drop"]].unlink()
     if "duplicate" in changes:
@@ -75,7 +79,7 @@ def data(tmp_path_factory):
     files["model_resseg"] = _save_model(root / "model_resseg", {"name": "resseg", "width": 4})  # one convert takes
     files["root"] = root
     for name, changes in (("dicom_good", {}), ("dicom_gap", {"drop": 3}), ("dicom_duplicate", {"duplicate": 2}),
-                          ("dicom_tilt", {"tilt": 4})):
+                          ("dicom_tilt", {"tilt": 4}), ("dicom_sizes", {"smaller": True})):
         files[name] = _dicom_series(root, name, **changes)
     files["dicom_gap_study"] = root / "dicom_gap"
     return files
@@ -248,6 +252,8 @@ CASES = {
                                     "dicom_duplicate", "two slices at the same position"),
     "dicom_pv_mixed_orientation": (lambda f, o, s: _dicom_predict(f, o, "dicom_tilt"), "dicom_tilt",
                                    "mixed orientation"),
+    "dicom_pv_mixed_sizes": (lambda f, o, s: _dicom_predict(f, o, "dicom_sizes"), "dicom_sizes",
+                             "slices of different sizes [(16, 16), (32, 32)]"),
     "folder_case_with_missing_slice": (lambda f, o, s: _predict_folder(f, o, _dicom_cohort(s, f), model="model_pv"),
                                        "c1/pv",
                                        "a slice is missing"),

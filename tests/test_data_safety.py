@@ -194,6 +194,8 @@ CASES = {
     "case_outputs_meet": (lambda f, o, s: _predict_folder(f, o, _cohort(s, [{"case_id": "a"}, {"case_id": "a_tumor_prob"}]),
                                                           "--save_probabilities"),
                           "a_tumor_prob.nii.gz", "is given for two outputs"),
+    "nnunet_case_name_too_long": (lambda f, o, s: _predict_folder(f, o, _dataset(s, NNUNET_SPEC, "c" * 230)),
+                                  "imagesTr", "it is too long (230 bytes"),
     "lits_volume_without_number": (lambda f, o, s: _predict_folder(f, o, _lits(s)), "volume-a.nii.gz",
                                    "not named volume-<number>"),
     # manifests and dataset.json, whole
@@ -294,9 +296,13 @@ def _manifest(folder: Path, phases) -> Path:
     return folder
 
 
-def _dataset(folder: Path, spec) -> Path:
+NNUNET_SPEC = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumor": 2},
+               "file_ending": ".nii.gz"}
+
+
+def _dataset(folder: Path, spec, case: str = "c0") -> Path:
     (folder / "imagesTr").mkdir()
-    _volume(folder / "imagesTr" / "c0_0000.nii.gz")
+    _volume(folder / "c0.nii.gz").rename(folder / "imagesTr" / f"{case}_0000.nii.gz")  # a name too long to write to
     (folder / "dataset.json").write_text(json.dumps(spec))
     return folder
 

@@ -19,8 +19,8 @@ from test_data_safety import GEOMETRY, SHAPE, run_script
 from test_infer_study import save_tiny_model
 
 from paresseg_jax import atomic, cli
-from paresseg_jax.data import io
-from paresseg_jax.errors import OutputError, PareSegError
+from paresseg_jax.data import declared_size, io
+from paresseg_jax.errors import BadInputError, OutputError, PareSegError
 from paresseg_jax.infer import folder, study
 
 
@@ -206,3 +206,23 @@ def test_ctrl_c_is_one_line(capsys):
         cli._launcher_main(interrupted)([])
     assert stop.value.code == cli.INTERRUPTED_STATUS
     assert capsys.readouterr().err.strip().endswith(": interrupted")
+
+
+def test_header_larger_than_the_memory_is_refused_before_reading(monkeypatch, tmp_path):
+    path = _image(tmp_path / "pv.nii.gz")
+    monkeypatch.setattr(declared_size, "available_memory", lambda: 1000)  # bytes: less than 8 x 32 x 32 floats
+    with pytest.raises(BadInputError, match=r"pv\.nii\.gz: image of \(32, 32, 8\) voxels needs .* more than"):
+        io.read_image_header(path)
+    with pytest.raises(BadInputError, match="more than"):
+        io.read_image(path)
+
+
+def test_writer_error_is_one_error_naming_the_file(monkeypatch, tmp_path):
+    def fail(image, path, *args, **kwargs):
+        raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: itkNiftiImageIO.cxx:2386:\n"
+                           "ITK ERROR: NiftiImageIO: ERROR: nifti library failed to write image")
+
+    monkeypatch.setattr(sitk, "WriteImage", fail)
+    with pytest.raises(OutputError, match=r"mask\.nii\.gz: cannot be written \(ITK ERROR: .*failed to write image\)"):
+        _image(tmp_path / "mask.nii.gz")
+    assert not list(tmp_path.iterdir())

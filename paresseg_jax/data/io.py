@@ -47,7 +47,7 @@ from paresseg_jax import names
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.data import declared_size, schema, series_check
 from paresseg_jax.data.write_check import check_image_file
-from paresseg_jax.errors import BadInputError, MissingInputError, read_json
+from paresseg_jax.errors import BadInputError, MissingInputError, OutputError, read_json
 
 PHASES = ("pv", "art", "nc", "dl")
 MASK_NAMES = ("liver", "tumor")
@@ -336,7 +336,11 @@ def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Pa
     path = Path(path)
     image = Geometry.of(geometry).apply_to(sitk.GetImageFromArray(array))
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:  # ITK's writers report a failed write as a RuntimeError
+            raise OutputError(f"cannot be written ({_first_line(error)})", path=path,
+                              fix="check the disk (space, quota, permissions), or write elsewhere") from None
         check_image_file(tmp, path, array.nbytes)
     return path
 

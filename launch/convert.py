@@ -13,7 +13,7 @@ existing .pth or a non-empty output folder is replaced only with --overwrite.
 
 from absl import flags
 
-from paresseg_jax import cli, preflight
+from paresseg_jax import cli, extras, preflight
 from paresseg_jax.interop import torch as interop
 
 _INPUT = flags.DEFINE_string("input", None, ".pth file, or a saved-model folder / training workdir", required=True)
@@ -26,7 +26,9 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace an existing --out
 
 def main(argv):
     del argv
+    extras.require("torch", "paresseg-convert", "torch")
     source = preflight.existing(_INPUT.value, "the input (--input)")
+    preflight.outputs_apart([(_OUTPUT.value, "the output (--output)")], [source], whole=True)
     if source.is_dir():
         preflight.output_file(_OUTPUT.value, "the output (--output)", (".pth", ".pt"), overwrite=_OVERWRITE.value)
         written = interop.saved_model_to_torch_checkpoint(source, _OUTPUT.value)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from paresseg_jax import cli, preflight
+from paresseg_jax import cli, flag_checks, preflight
 
 _CONFIG = cli.define_config_flag("experiment config (built-in name or file path): run its k-fold cross-validation")
 _WORKDIR = flags.DEFINE_string("workdir", None, "cross-validation workdir (fold_k/ subfolders, summary.json)")
@@ -57,6 +57,17 @@ def _load_run(path: Path) -> dict:
     return scoring.score_run(path, liver_workdir=_LIVER.value, roi=_ROI.value, overlays=_OVERLAYS.value)
 
 
+def _scores_file(predictions: Path) -> Path:
+    """Where --predictions' scores go: its summary.json, or scores.json beside a summary.json that another command
+    (paresseg-predict, with its files, ROI, volumes and times) wrote there and that is not ours to replace."""
+    from paresseg_jax.evaluate import summary
+
+    ours = predictions / summary.SUMMARY_FILE
+    if ours.is_file() and "predictions" not in summary.read_summary(ours)["info"]:
+        return predictions / "scores.json"
+    return ours
+
+
 def _check_inputs(runs: list[tuple[str, str]]) -> None:
     """Every path before any work (and before importing jax): a typo in the last --run fails at once."""
     if _PREDICTIONS.value:
@@ -80,6 +91,7 @@ def main(argv):
     del argv
     if _CONFIG.value is not None and not _WORKDIR.value:
         raise app.UsageError("--config runs a cross-validation: give its --workdir too")
+    flag_checks.in_range("tumor_label", _TUMOR_LABEL.value, 1, 255, meaning="0 is background")
     if _PREDICTIONS.value and not _COHORT.value:
         raise app.UsageError("--predictions needs --cohort (the ground truth to score against)")
     named_runs = []
@@ -100,9 +112,11 @@ def main(argv):
         paths[name] = Path(_WORKDIR.value)
     if _PREDICTIONS.value:
         name = Path(_PREDICTIONS.value).name
-        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, resample_masks=_RESAMPLE_MASKS.value,
+        scores = _scores_file(Path(_PREDICTIONS.value))
+        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, scores, _RESAMPLE_MASKS.value,
                                               tumor_label=_TUMOR_LABEL.value)
         paths[name] = Path(_PREDICTIONS.value)
+        print(f"scores of {_PREDICTIONS.value}: {scores}")
     for name, path in named_runs:
         runs[name], paths[name] = _load_run(Path(path)), Path(path)
 

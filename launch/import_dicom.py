@@ -17,8 +17,9 @@ import collections
 
 from absl import app, flags
 
-from paresseg_jax import cli
+from paresseg_jax import cli, preflight
 from paresseg_jax.data import dicom_import, layouts
+from paresseg_jax.errors import PareSegError
 
 _INPUT = flags.DEFINE_string("input", None, "folder of DICOM studies (patient/study/series/*.dcm)", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "cohort folder to write (case folders, manifest.json)", required=True)
@@ -33,6 +34,10 @@ _SEGMENT_LABEL = flags.DEFINE_multi_string(
     "the phrases given for a mask replace its defaults: "
     + "; ".join(f"{m}: {', '.join(words)}" for m, words in dicom_import.SEGMENT_KEYWORDS.items()))
 _REQUIRE_SEG = flags.DEFINE_boolean("require_seg", False, "import only studies with a DICOM-SEG (a training cohort)")
+_ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a series with a missing slice onto even slices "
+                                   "(with a warning) instead of failing its study")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "import into an --output folder that is not empty (its "
+                                  "manifest.json, report and case folders of the same names are replaced)")
 
 
 def _table(flag_name: str, values: list[str]) -> dict[str, list[str]]:
@@ -47,11 +52,13 @@ def _table(flag_name: str, values: list[str]) -> dict[str, list[str]]:
 
 def main(argv):
     del argv
+    preflight.existing(_INPUT.value, "the DICOM folder (--input)")
+    preflight.output_folder(_OUTPUT.value, "the cohort folder (--output)", overwrite=_OVERWRITE.value)
     report = dicom_import.import_dicom(
         _INPUT.value, _OUTPUT.value,
         phase_keywords=_table("phase_keyword", _PHASE_KEYWORD.value),
         segment_keywords=_table("segment_label", _SEGMENT_LABEL.value),
-        require_seg=_REQUIRE_SEG.value,
+        require_seg=_REQUIRE_SEG.value, allow_gaps=_ALLOW_GAPS.value,
     )
     for case in report["cases"]:
         name = case["imported"] or f"{case['patient_id']} (not imported)"
@@ -61,6 +68,9 @@ def main(argv):
             print(f"    {note}")
     print(f"imported {report['imported']} of {report['studies']} studies into {_OUTPUT.value} "
           f"(details: {dicom_import.REPORT})")
+    if report["failed"]:
+        raise PareSegError(f"{report['failed']} of {report['studies']} studies failed (see above; the others were "
+                           "imported)", path=_INPUT.value, fix="repair or remove those series and import again")
 
 
 def run():

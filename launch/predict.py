@@ -31,8 +31,9 @@ import json
 
 from absl import app, flags
 
-from paresseg_jax import cli, preflight
-from paresseg_jax.data import io
+from paresseg_jax import cli, flag_checks, preflight
+from paresseg_jax.data import io, series_check
+from paresseg_jax.errors import PareSegError
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder")
 _ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models unless "
@@ -81,6 +82,8 @@ _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its 
                                  "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
+_ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series with a missing slice onto even "
+                                   "slices (with a warning) instead of refusing it")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
 
@@ -110,6 +113,14 @@ def phase_paths() -> dict:
 
 def main(argv):
     del argv
+    with series_check.gaps_allowed(_ALLOW_GAPS.value):
+        _predict()
+
+
+def _predict():
+    flag_checks.all_in_range({name: flag.value for name, flag in _SETTINGS.items()}, flag_checks.EVAL_RANGES)
+    if _STRIDE.value is not None and _TILE.value is not None and _STRIDE.value > _TILE.value:
+        flag_checks.in_range("stride", _STRIDE.value, 1, _TILE.value, meaning="tiles must meet or overlap")
     if _LIVER.value and _LIVER_MODEL.value:
         raise app.UsageError("give --liver (a mask) or --liver_model, not both")
     if _LIVER_LABEL.value is not None and not (_LIVER.value or _INPUT.value):
@@ -136,6 +147,8 @@ def main(argv):
         preflight.models(_LIVER_MODEL.value, "the liver model folder")
     from paresseg_jax.infer import folder, study
 
+    if _INPUT.value is not None:
+        folder.check_run(_INPUT.value, _OUTPUT.value, _SAVE_PROB.value, _FORMAT.value)
     eval_config = {k: f.value for k, f in _SETTINGS.items() if f.value is not None}
     segmenter = study.Segmenter.load(_MODEL.value, _LIVER_MODEL.value or None, eval_config)
     if _REGISTER.value is not None:
@@ -146,19 +159,29 @@ def main(argv):
                                         liver_label=_LIVER_LABEL.value, overwrite=_OVERWRITE.value,
                                         num_parts=_NUM_PARTS.value, part_id=_PART_ID.value,
                                         overlays=_OVERLAYS.value)
-        for record in summary["cases"]:
-            print(folder.case_line(record))
-        if summary["summary"] is not None:
-            overall = summary["summary"]["all"]
-            print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
-                  "scored cases")
-        print(f"{len(summary['cases'])} of {summary['info']['cases_in_input']} cases finished "
-              f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json, lesions.csv, report.md "
-              f"in {_OUTPUT.value}")
+        _print_folder(summary, folder.case_line)
         return
     report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,
                                  liver_label=_LIVER_LABEL.value)
     print(json.dumps(report, indent=1, default=str))
+
+
+def _print_folder(summary: dict, case_line) -> None:
+    """A line per case, the overall scores, where the files are; a failed case ends the run with status 2."""
+    for record in summary["cases"]:
+        print(case_line(record))
+    if summary["summary"] is not None:
+        overall = summary["summary"]["all"]
+        print(f"tumor DPC {100 * overall['dpc']:.2f}%  DG {100 * overall['dg']:.2f}%  over {overall['n_cases']} "
+              "scored cases")
+    failed = [r["case_id"] for r in summary["cases"] if "failed" in r]
+    print(f"{len(summary['cases']) - len(failed)} of {summary['info']['cases_in_input']} cases finished "
+          f"({len(summary['info']['predicted_now'])} predicted now): label maps, summary.json, lesions.csv, report.md "
+          f"in {_OUTPUT.value}")
+    if failed:
+        raise PareSegError(f"{len(failed)} of {len(summary['cases'])} cases failed ({', '.join(failed)}; the "
+                           "reasons are above and in summary.json)", path=_OUTPUT.value,
+                           fix="repair those cases' images and segment them again")
 
 
 def run():

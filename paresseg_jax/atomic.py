@@ -9,21 +9,34 @@ back. Half-written temporaries (``.<name>.partial-<tag>``) are deleted then.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
 
+from paresseg_jax.errors import OutputError
+
 PARTIAL_MARK = ".partial-"
 PREVIOUS_MARK = ".previous-"
 # This process's temporaries in use: several outputs may be open at once in one folder (written
 # together, or one inside another), and none of them is a leftover.
 _OPEN: set[Path] = set()
+# What a full disk, a quota, a failing or read-only device, or a too-long name look like to a writer.
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.ENAMETOOLONG}
 
 
 def _beside(target: Path, mark: str) -> Path:
     return target.with_name(f".{target.name}{mark}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def temporary_name(name: str) -> str:
+    """The longest name a file ``name``'s temporary can have (the largest process id Linux gives), so a name
+    too long for the file system is refused before the work, not when its temporary is created."""
+    path = _beside(Path(name), PARTIAL_MARK)
+    widest = path.name.replace(f"{os.getpid()}-", "4194304-")
+    return widest + "".join(Path(name).suffixes)
 
 
 def _remove(path: Path) -> None:
@@ -86,7 +99,13 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
     if directory:
         tmp.mkdir()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as error:
+            if error.errno not in WRITE_FAILURES:
+                raise
+            raise OutputError(f"cannot be written ({os.strerror(error.errno)}); nothing of it was kept", path=target,
+                              fix="free space on that disk (or raise the quota), or write elsewhere") from None
         if directory and target.exists():
             old = _beside(target, PREVIOUS_MARK)
             os.replace(target, old)
@@ -100,8 +119,22 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
             _remove(tmp)
 
 
+def synced(path: str | os.PathLike) -> None:
+    """Flush a written file to its disk, so a full disk or a failing device is an error now, before the rename,
+    not lost data later (file systems may allocate blocks only when they write them back)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_text(target: str | os.PathLike, text: str) -> Path:
     """``Path.write_text`` whole or not at all."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        data = text.encode()
+        with open(tmp, "wb") as stream:
+            if stream.write(data) != len(data):
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp))
+        synced(tmp)
     return Path(target)

@@ -10,8 +10,8 @@ Library INFO logs (orbax, grain, jax's backend probing) stay out of the
 launchers' output unless ``--verbosity`` is given. An error the user can
 fix (a ``PareSegError``: it names the file and the fix) ends the run with
 that one line and exit status 2, not a traceback; a FileNotFoundError not
-(yet) of that kind with its one line and status 1; any other exception is a
-bug and keeps its traceback.
+(yet) of that kind with its one line and status 1; Ctrl-C with one line and
+status 130; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool
 
 
 USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130  # what a shell reports for a command ended by SIGINT
 
 
 def _launcher_main(main):
@@ -67,6 +68,9 @@ def _launcher_main(main):
             raise SystemExit(USER_ERROR_STATUS) from None
         except FileNotFoundError as error:
             raise SystemExit(f"{Path(sys.argv[0]).name}: error: {error}") from None
+        except KeyboardInterrupt:  # Ctrl-C: one line; every output is whole or absent (atomic), so nothing to undo
+            print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_STATUS) from None
 
     return checked_main
 

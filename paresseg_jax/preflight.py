@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from paresseg_jax import flag_checks, names
+from paresseg_jax.atomic import temporary_name
 from paresseg_jax.data import io
 from paresseg_jax.errors import MissingInputError, OutputError
 
@@ -47,6 +49,9 @@ def output_file(path: str | os.PathLike, what: str, suffixes: Sequence[str] | No
                           fix=f"end the name with one of {', '.join(suffixes)}")
     if path.exists() and not overwrite:
         raise OutputError(f"{what} exists", path=path, fix="remove it, choose another name, or pass --overwrite")
+    if len(temporary_name(path.name).encode()) > names.NAME_MAX:
+        raise OutputError(f"{what} has a name too long to write ({len(path.name.encode())} bytes with its temporary "
+                          f"suffix over {names.NAME_MAX})", path=path.parent, fix="choose a shorter name")
     _writable_folder(path.parent, what, path)
     return path
 
@@ -104,16 +109,65 @@ def prediction(phase_paths: Mapping[str, str | os.PathLike | None], model, out: 
                (overlay_out, "the overlay output (--overlay)", FIGURE_SUFFIXES),
                (dicom_seg_out, "the DICOM-SEG output (--dicom_seg)", (".dcm",)),
                (lesions_out, "the lesion table output (--lesions)", (".csv",))]
-    given = [(Path(p).absolute(), what) for p, what, _ in outputs if p is not None]
-    inputs = {Path(p).absolute() for p in (*phase_paths.values(), liver, gt) if p is not None}
-    for path, what in given:
-        if path in inputs:
-            raise OutputError(f"{what} would overwrite an input", path=path, fix="write the output elsewhere")
-        if sum(path == other for other, _ in given) > 1:
-            raise OutputError(f"{what} is given for two outputs", path=path, fix="give each output its own name")
+    outputs_apart([(p, what) for p, what, _ in outputs if p is not None],
+                  [p for p in (*phase_paths.values(), liver, gt) if p is not None])
     for path, what, suffixes in outputs:
         if path is not None:
             output_file(path, what, suffixes)
+
+
+def _identity(path: str | os.PathLike) -> tuple:
+    """What two paths share when they name one file: the inode of an existing file (hard links too)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return ()
+    return (status.st_dev, status.st_ino)
+
+
+def outputs_apart(outputs: Sequence[tuple[str | os.PathLike, str]], inputs, *, whole: bool = False) -> None:
+    """Refuse, before any work, an output that is an input or lies inside an input folder (compared as resolved
+    real paths and inodes: symlinks, ``..`` and hard links do not get through), or two outputs that meet.
+    ``outputs``: ``(path, what)`` pairs, ``what`` naming it in the error; ``whole``: they are folders replaced
+    whole, so an input inside one is refused too."""
+    files, folders = {}, set()
+    for source in inputs:
+        real = os.path.realpath(source)
+        files[real] = files[_identity(source) or real] = source
+        if os.path.isdir(real):
+            folders.add(real)
+    taken: dict = {}
+    for path, what in outputs:
+        real = os.path.realpath(path)
+        source = files.get(real) or files.get(_identity(path) or real)
+        if source is not None:
+            raise OutputError(f"{what} would overwrite an input ({source})", path=path,
+                              fix="write the output elsewhere")
+        inside = next((f for f in folders if real.startswith(f.rstrip(os.sep) + os.sep)), None)
+        if inside is not None:
+            raise OutputError(f"{what} would write into the input folder {inside}", path=path,
+                              fix="write the output elsewhere")
+        held = next((files[f] for f in files if whole and isinstance(f, str) and f.startswith(real + os.sep)), None)
+        if held is not None:
+            raise OutputError(f"{what} would be replaced whole, with the input {held} inside it", path=path,
+                              fix="write the output elsewhere")
+        for key in {real, _identity(path) or real}:
+            if key in taken:
+                raise OutputError(f"{what} is given for two outputs (also {taken[key]})", path=path,
+                                  fix="give each output its own name")
+            taken[key] = what
+
+
+def cohort_inputs(entries, source: str | os.PathLike) -> list[Path]:
+    """Every file a cohort's entries read, and the manifest or dataset.json that lists them."""
+    source = Path(source)
+    files = [p for p in (source, source / "manifest.json", source / "dataset.json") if p.is_file()]
+    return files + [path for entry in entries for path in case_files(entry)]
+
+
+def case_files(entry) -> list[Path]:
+    """The images and masks one cohort entry (``io.CaseEntry``) reads."""
+    return [p for p in (*entry.phases.values(), entry.liver, entry.tumor, entry.segmentation) if p is not None]
 
 
 def training(config, workdir: str | os.PathLike) -> None:
@@ -122,8 +176,10 @@ def training(config, workdir: str | os.PathLike) -> None:
     from paresseg_jax import model_io
 
     output_folder(workdir, "the workdir (--workdir)")
+    flag_checks.all_in_range(config.get("eval", {}), flag_checks.EVAL_RANGES, prefix="config.eval.")
     data = config.data
     if data.get("cohort_dir"):
+        outputs_apart([(workdir, "the workdir (--workdir)")], [data.cohort_dir])
         io.read_cohort(existing(data.cohort_dir, "the cohort (config.data.cohort_dir)"))
     elif data.get("cache_dir"):
         existing(data.cache_dir, "the preprocessed cache (config.data.cache_dir)")

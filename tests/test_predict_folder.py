@@ -171,10 +171,12 @@ def test_folder_overlays_and_markdown_report(predicted):
 
 def test_evaluate_scores_the_label_maps(predicted, tmp_path):
     root, _, out, _ = predicted
-    copy = shutil.copytree(out, tmp_path / "predictions")  # evaluate rewrites the folder's summary.json
+    copy = shutil.copytree(out, tmp_path / "predictions")
+    predicted_summary = (copy / "summary.json").read_bytes()
     done = run_script("paresseg-evaluate", f"--predictions={copy}", f"--cohort={root / 'cohort'}")
     assert done.returncode == 0, done.stderr[-3000:]
-    ours = json.loads((copy / "summary.json").read_text())
+    assert (copy / "summary.json").read_bytes() == predicted_summary  # paresseg-predict's, not evaluate's to replace
+    ours = json.loads((copy / "scores.json").read_text())
     assert ours["info"]["labels"] == {"tumor": 2}  # read from paresseg-predict's summary, and kept
     by_id = {r["case_id"]: r for r in ours["cases"]}
     assert "metrics" not in by_id["case_2"]
@@ -182,7 +184,7 @@ def test_evaluate_scores_the_label_maps(predicted, tmp_path):
     assert by_id["case_0"]["metrics"]["dice"] == pytest.approx(
         case_metrics(labels == 2, _case("case_0", *CASES["case_0"], 0).tumor)["dice"])
     # paresseg-predict's own summary.json is a run too: tables and a paired t-test over the scored cases.
-    done = run_script("paresseg-evaluate", f"--run=ensemble={out}", f"--run=rescored={copy}")
+    done = run_script("paresseg-evaluate", f"--run=ensemble={out}", f"--run=rescored={copy / 'scores.json'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"\| ensemble +\| 2 +\|", done.stdout) and "(2 cases): rescored" in done.stdout
 

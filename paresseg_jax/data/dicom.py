@@ -8,7 +8,6 @@ Plain DICOM image series are read by SimpleITK (``io.read_image``) without them.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from paresseg_jax import extras
+from paresseg_jax.data import series_check
 from paresseg_jax.errors import PareSegError
 
 _GRID_ATOL = 1e-3  # direction cosines, pixel spacing in mm
@@ -24,11 +25,7 @@ _POSITION_TOL = 0.1  # voxels: headers round positions (0.01 mm of a 0.625 mm sl
 
 def require(module: str, purpose: str):
     """Import ``module`` (``pydicom`` or ``highdicom``) or fail with the install command."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise PareSegError(f"{purpose} needs the {module} package, which is not installed",
-                           fix="install the DICOM extra: pip install 'paresseg_jax[dicom]'") from None
+    return extras.require(module, purpose, "dicom")
 
 
 def read_header(path: str | os.PathLike):
@@ -77,8 +74,9 @@ def series_headers(folder: str | os.PathLike) -> list:
     return [headers[i] for i in sort_slices(headers)]
 
 
-def read_series_image(paths: Iterable[str | os.PathLike]) -> sitk.Image:
-    """The volume of one series' slice files (any order), in HU with the DICOM geometry.
+def read_series_image(paths: Iterable[str | os.PathLike], allow_gaps: bool = False) -> sitk.Image:
+    """The volume of one series' slice files (any order), in HU with the DICOM geometry. Unevenly spaced
+    slices are refused, or with ``allow_gaps`` resampled onto even ones (``series_check``).
 
     GDCM widens int16 slices with a rescale intercept to int32; HU that fit
     int16 are stored back as int16 (half the bytes to write, nothing lost).
@@ -90,10 +88,14 @@ def read_series_image(paths: Iterable[str | os.PathLike]) -> sitk.Image:
         raise PareSegError(f"the slices of this series have different sizes {sorted(sizes)} (rows, columns)",
                            path=paths[0].parent, fix="keep the slices of one volume in the series")
     ordered = [str(paths[i]) for i in sort_slices(headers)]
+    positions = series_check.slice_positions(ordered, paths[0].parent)
+    even_spacing = series_check.check_spacing(positions, paths[0].parent, allow_gaps)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(ordered)
     try:
         image = reader.Execute()
+        if even_spacing is not None:
+            image = series_check.even_slices(image, positions, even_spacing)
     except RuntimeError as error:  # ITK: "Exception thrown in ...: file:line", then what went wrong
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         raise PareSegError(f"cannot read this DICOM series ({lines[min(1, len(lines) - 1)]})",

@@ -37,8 +37,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from paresseg_jax import names, preflight
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.data import dicom, io, layouts
+from paresseg_jax.data.write_check import check_image_file
 from paresseg_jax.errors import MissingInputError, PareSegError
 
 REPORT = "import_report.json"
@@ -269,7 +271,7 @@ def _case_ids(studies: Sequence[Study]) -> dict[str, str]:
     for patient, own in per_patient.items():
         for k, study in enumerate(own):
             name = patient if len(own) == 1 else f"{patient}_{study.date or k}"
-            name = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+            name = names.renamed(re.sub(r"[^A-Za-z0-9._-]+", "_", name))  # a PatientID of '.' is no folder name
             while name in ids.values():
                 name = f"{name}_{k}"
             ids[study.uid] = name
@@ -277,7 +279,7 @@ def _case_ids(studies: Sequence[Study]) -> dict[str, str]:
 
 
 def _import_study(study: Study, case_id: str, output: Path, keywords, segment_keywords,
-                  require_seg: bool) -> tuple[dict | None, dict]:
+                  require_seg: bool, allow_gaps: bool) -> tuple[dict | None, dict]:
     """Write one study's case folder; ``(manifest record or None, report entry)``."""
     segs = [f for s in study.series.values() if s.modality == "SEG" for f in s.files]
     referenced = {instance.ReferencedSOPInstanceUID for path in segs
@@ -300,16 +302,18 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
                      "(no registration)")
     try:
         with atomic_path(output / case_id, directory=True) as folder:
-            images = {p: dicom.read_series_image(s.files) for p, s in phases.items()}
+            images = {p: dicom.read_series_image(s.files, allow_gaps) for p, s in phases.items()}
             for phase, image in images.items():
                 sitk.WriteImage(image, str(folder / f"{phase}.nii.gz"), useCompression=True)
+                check_image_file(folder / f"{phase}.nii.gz", output / case_id / f"{phase}.nii.gz",
+                                 image.GetNumberOfPixels() * image.GetSizeOfPixelComponent())
             masks, seg_notes = _segment_masks(segs, images["pv"], segment_keywords)
             notes += seg_notes
             for kind, mask in masks.items():
                 io.write_image(mask, io.Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
     except PareSegError as error:  # this study's files: the others are still imported
         notes.append(f"study not imported: {error}")
-        report["imported"] = None
+        report["imported"], report["error"] = None, error.message
         return None, report
     if not segs:
         notes.append("no DICOM-SEG in the study: no masks")
@@ -327,14 +331,16 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
 def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
                  phase_keywords: Mapping[str, Iterable[str]] | None = None,
                  segment_keywords: Mapping[str, Iterable[str]] | None = None, require_seg: bool = False,
-                 progress: bool = True) -> dict:
+                 allow_gaps: bool = False, progress: bool = True) -> dict:
     """Import every study under ``input_dir`` into ``output_dir`` (our layout, ``manifest.json``,
     ``import_report.json``); returns the report.
 
     ``phase_keywords`` / ``segment_keywords`` replace the default phrases of
     the phases / mask kinds they name (the others keep theirs). With
     ``require_seg``, studies without a DICOM-SEG (e.g. follow-up scans) are
-    reported and left out, for a training cohort.
+    reported and left out, for a training cohort. A series with a missing slice
+    fails its study (``report["failed"]`` counts them) unless ``allow_gaps``
+    (then resampled onto even slices, with a warning).
     """
     keywords = {**layouts.PHASE_KEYWORDS, **{k: tuple(v) for k, v in (phase_keywords or {}).items()}}
     unknown = sorted(set(keywords) - set(io.PHASES))
@@ -351,14 +357,17 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         dicom.require("highdicom", "reading DICOM-SEG masks")  # before any study, not once per study
     output = Path(output_dir)
     ids = _case_ids(studies)
+    outputs = [(output / name, f"the case folder of study {uid}") for uid, name in ids.items()]
+    preflight.outputs_apart(outputs, [input_dir], whole=True)
+    preflight.outputs_apart([(output / io.MANIFEST, "the manifest"), (output / REPORT, "the report")], [input_dir])
     records, entries = [], []
     for study in tqdm(studies, desc="import studies", unit="study", disable=not progress):
-        record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords, require_seg)
+        record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords, require_seg, allow_gaps)
         entries.append(entry)
         if record is not None:
             records.append(record)
     report = {"input": str(Path(input_dir).absolute()), "studies": len(studies), "imported": len(records),
-              "cases": entries}
+              "failed": sum("error" in entry for entry in entries), "cases": entries}
     if records:
         io.write_manifest(output, records)
     write_text(output / REPORT, json.dumps(report, indent=1))

@@ -43,8 +43,11 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
+from paresseg_jax import names
 from paresseg_jax.atomic import atomic_path, write_text
-from paresseg_jax.errors import BadInputError, MissingInputError, read_json
+from paresseg_jax.data import declared_size, schema, series_check
+from paresseg_jax.data.write_check import check_image_file
+from paresseg_jax.errors import BadInputError, MissingInputError, OutputError, read_json
 
 PHASES = ("pv", "art", "nc", "dl")
 MASK_NAMES = ("liver", "tumor")
@@ -165,7 +168,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return _checked_volume(image, path)
 
 
-def read_image_header(path: str | os.PathLike) -> None:
+def read_image_header(path: str | os.PathLike, allow_gaps: bool = False) -> None:
     """Check, without reading its voxels, that an image file exists and its header is a 3D scalar volume.
 
     Launchers call it on every input before any work, so a wrong path or file fails in a second.
@@ -174,9 +177,12 @@ def read_image_header(path: str | os.PathLike) -> None:
     if not path.exists():
         raise MissingInputError("image does not exist", path=path, fix="check the path")
     if path.is_dir():
-        if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        if not series:
             raise BadInputError("folder holds no DICOM series", path=path,
                                 fix="give an image file or a folder of DICOM slices")
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+        series_check.check_spacing(series_check.slice_positions(files, path), path, allow_gaps)
         return
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -186,6 +192,7 @@ def read_image_header(path: str | os.PathLike) -> None:
         raise BadInputError(f"cannot read image header ({_first_line(error)})", path=path,
                             fix="is it a NIfTI/MHA/NRRD file or a DICOM series folder?") from None
     _check_volume_shape(reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), path)
+    declared_size.check(path, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
 
 
 def _checked_volume(image: sitk.Image, path: Path) -> sitk.Image:
@@ -218,6 +225,7 @@ def _read_nifti(path: Path) -> sitk.Image:
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     _check_volume_shape(reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), path)
+    declared_size.check(path, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
     try:
         voxels = np.asanyarray(nibabel.load(path).dataobj)
     except (OSError, EOFError, ValueError, zlib.error) as error:
@@ -238,7 +246,7 @@ def _read_nifti(path: Path) -> sitk.Image:
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _read_dicom_series(folder: Path, allow_gaps: bool = False) -> sitk.Image:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise BadInputError("folder holds no DICOM series", path=folder,
@@ -246,9 +254,13 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise BadInputError(f"folder holds {len(series)} DICOM series {list(series)}", path=folder,
                             fix="put each series in its own folder")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    positions = series_check.slice_positions(files, folder)
+    even_spacing = series_check.check_spacing(positions, folder, allow_gaps)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
+    reader.SetFileNames(files)
+    image = reader.Execute()
+    return image if even_spacing is None else series_check.even_slices(image, positions, even_spacing)
 
 
 def _first_line(error: Exception) -> str:
@@ -327,7 +339,12 @@ def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Pa
     path = Path(path)
     image = Geometry.of(geometry).apply_to(sitk.GetImageFromArray(array))
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:  # ITK's writers report a failed write as a RuntimeError
+            raise OutputError(f"cannot be written ({_first_line(error)})", path=path,
+                              fix="check the disk (space, quota, permissions), or write elsewhere") from None
+        check_image_file(tmp, path, array.nbytes)
     return path
 
 
@@ -525,29 +542,23 @@ def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
         raise MissingInputError("manifest does not exist", path=path, fix="check the path")
     usage = 'expected JSON {"cases": [{"case_id": ...}, ...]}'
     content = read_json(path, usage, what="manifest")
-    records = content.get("cases") if isinstance(content, dict) else None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise BadInputError("manifest has no list of case records under \"cases\"", path=path, fix=usage)
-    resample_default = bool(content.get("resample_masks", False))
+    schema.check_manifest(content, path, PHASES)
+    records = content["cases"]
+    resample_default = content.get("resample_masks", False)
     root = path.parent
     entries, seen = [], set()
     for i, record in enumerate(records):
-        if "case_id" not in record:
-            raise BadInputError(f"case #{i} has no \"case_id\"", path=path, fix=usage)
-        case_id = str(record["case_id"])
+        case_id = names.file_name(str(record["case_id"]), f"case #{i}'s case_id", path=path)
         if case_id in seen:
             raise BadInputError(f"case id {case_id!r} appears twice", path=path, fix="give every case its own id")
         seen.add(case_id)
         file_keys = {"folder", "phases", "liver", "tumor", "segmentation", "liver_labels", "tumor_labels", "resample_masks"}
         metadata = {k: v for k, v in record.items() if k not in file_keys and k != "case_id"}
-        resample = bool(record.get("resample_masks", resample_default))
+        resample = record.get("resample_masks", resample_default)
         if "phases" not in record:
             entry = _entry_from_folder(root / record.get("folder", case_id), case_id, metadata)
             entries.append(dataclasses.replace(entry, resample_masks=resample))
             continue
-        if not isinstance(record["phases"], dict):
-            raise BadInputError(f"case {case_id!r}: \"phases\" is not a mapping", path=path,
-                                fix='write "phases": {"pv": "<file>", "art": "<file>"}')
 
         def resolve(name: str | None) -> Path | None:
             if name is None:
@@ -559,10 +570,6 @@ def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
             return file
 
         phases = {name: resolve(p) for name, p in record["phases"].items()}
-        unknown = sorted(set(phases) - set(PHASES))
-        if unknown:
-            raise BadInputError(f"case {case_id!r} has unknown phases {unknown}", path=path,
-                                fix=f"use names from {PHASES}")
         entries.append(
             CaseEntry(
                 case_id,
@@ -586,8 +593,14 @@ def write_manifest(root: str | os.PathLike, records: Sequence[Mapping]) -> Path:
 
 def _lits_entries(root: Path) -> list[CaseEntry]:
     entries = []
-    for volume in sorted(root.glob("volume-*.nii*"), key=lambda p: int(re.findall(r"\d+", p.name)[0])):
-        number = re.findall(r"\d+", volume.name)[0]
+    volumes = {}
+    for volume in root.glob("volume-*.nii*"):
+        match = re.fullmatch(r"volume-(\d+)\.nii(\.gz)?", volume.name)
+        if match is None:
+            raise BadInputError(f"LiTS volume {volume.name!r} is not named volume-<number>.nii[.gz]", path=root,
+                                fix="rename it (e.g. volume-7.nii.gz, with segmentation-7.nii.gz) or move it out")
+        volumes[volume] = match[1]
+    for volume, number in sorted(volumes.items(), key=lambda item: int(item[1])):
         segmentation = find_image(root, f"segmentation-{number}")
         metadata = {"tumor_type": None, "scanner": None}
         entries.append(CaseEntry(f"lits-{number}", {"pv": volume}, segmentation=segmentation, metadata=metadata, **LITS_LABELS))

@@ -28,7 +28,8 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from paresseg_jax.data import io
+from paresseg_jax import names
+from paresseg_jax.data import io, schema
 from paresseg_jax.errors import PareSegError, read_json
 
 DATASET_JSON = "dataset.json"
@@ -77,6 +78,7 @@ def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None)
     dataset, images = dataset_split(Path(root))
     spec_path = dataset / DATASET_JSON
     spec = read_json(spec_path, "repair the file")
+    schema.check_dataset(spec, spec_path)
     phases = _channel_phases(spec, spec_path, channel_phases or {})
     ending = spec.get("file_ending", ".nii.gz")
     labelled = images == TRAIN_IMAGES
@@ -158,5 +160,6 @@ def _case_files(folder: Path, ending: str, per_channel: bool) -> dict[str, dict[
             raise PareSegError(f"image {path.name} has no channel suffix", path=folder,
                                fix=f"name channel files <case>_0000{ending}, <case>_0001{ending}, ...")
         case_id, channel = (match["case"], str(int(match["channel"]))) if match else (stem, "0")
+        names.file_name(case_id, f"the case id of {path.name}", path=folder, fix="rename the file")
         cases.setdefault(case_id, {})[channel] = path
     return cases

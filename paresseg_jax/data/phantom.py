@@ -61,6 +61,7 @@ LESION_DIAMETER_MM = (5.0, 60.0)
 # smooth local displacement amplitude (mm) and rotation (degrees).
 BREATHING = {"shift_z_mm": (6.0, 13.0), "shift_xy_mm": 3.0, "local_mm": 2.5, "rotation_deg": 3.0}
 
+MIN_SHAPE = (4, 16, 16)  # (z, y, x): room for a liver, a lesion and the body around them
 _LABELS = tuple(HU)
 _LABEL = {name: i for i, name in enumerate(_LABELS)}
 
@@ -107,8 +108,9 @@ def make_case_with_phase_masks(
     if "pv" not in phases or any(p not in PHASE_ORDER for p in phases):
         raise ValueError(f"phases {tuple(phases)} must include 'pv' and use names from {PHASE_ORDER}")
     shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape[1:]) < 16 or shape[0] < 4:
-        raise ValueError(f"shape {shape} must be (z, y, x) with at least 4 slices and 16 x 16 pixels")
+    if len(shape) != 3 or min(shape[1:]) < MIN_SHAPE[1] or shape[0] < MIN_SHAPE[0]:
+        raise ValueError(f"shape {shape} must be (z, y, x) with at least {MIN_SHAPE[0]} slices and "
+                         f"{MIN_SHAPE[1]} x {MIN_SHAPE[2]} pixels")
     rng = np.random.default_rng(seed)
     scanner = scanner or str(rng.choice(sorted(SCANNERS)))
     if scanner not in SCANNERS:
@@ -194,7 +196,9 @@ def make_cohort(
     for i in range(num_cases):
         case_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         plan.append((f"case_{i:04d}", case_seed, TUMOR_TYPES[i % len(TUMOR_TYPES)], scanners[(i // len(TUMOR_TYPES)) % len(scanners)]))
-    folds = splits.stratified_folds([p[0] for p in plan], [p[2] for p in plan], num_folds=min(num_folds, num_cases), seed=seed)
+    ids = [p[0] for p in plan]
+    folds = ([ids] if min(num_folds, num_cases) < 2  # one fold: nothing to stratify
+             else splits.stratified_folds(ids, [p[2] for p in plan], num_folds=min(num_folds, num_cases), seed=seed))
     fold_of = {case_id: k for k, fold in enumerate(folds) for case_id in fold}
     records = []
     iterator = plan

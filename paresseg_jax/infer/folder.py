@@ -17,6 +17,7 @@ lists every case's lesions (``paresseg_jax.lesions``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -25,16 +26,16 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from paresseg_jax import lesions
+from paresseg_jax import lesions, preflight
+from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io
-from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.errors import BadInputError, PareSegError
+from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer import resume
-from paresseg_jax.infer.lesion_overlay import lesion_overlay
-from paresseg_jax.infer.run_report import write_report
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
-from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml,
-                                      write_dicom_seg, write_image)
+from paresseg_jax.infer.lesion_overlay import lesion_overlay
+from paresseg_jax.infer.run_report import REPORT_FILE, write_report
+from paresseg_jax.infer.study import ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml, write_dicom_seg
 from paresseg_jax.metrics import case_metrics
 
 PROBABILITY_SUFFIX = "_tumor_prob"
@@ -85,6 +86,7 @@ def predict_folder(
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
     resume.check_part(num_parts, part_id)
+    check_run(input_dir, output_dir, save_probabilities, output_format, overlays)
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
                for entry in io.read_cohort(input_dir)]
@@ -98,24 +100,68 @@ def predict_folder(
     keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
     done = {} if overwrite else resume.finished(output_dir, keys)
     todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
+    failed, interrupted = {}, False
     with tqdm(todo, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
-        for entry in studies:
-            studies.set_postfix_str(entry.case_id)
-            bar = _slice_bar(slices, entry.case_id)
-            record = _predict_case(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar,
-                                   overlays=overlays)
-            resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
+        try:
+            for entry in studies:
+                studies.set_postfix_str(entry.case_id)
+                bar = _slice_bar(slices, entry.case_id)
+                record = _case_or_failure(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar,
+                                          overlays=overlays)
+                if "failed" in record:  # not recorded as finished: a rerun tries it again
+                    failed[entry.case_id] = record
+                else:
+                    resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
+        except KeyboardInterrupt:  # the finished cases are kept, with a summary that lists them
+            interrupted = True
     found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
+    found.update(failed)
     records = [found[entry.case_id] for entry in entries if entry.case_id in found]
+    finished = [r for r in records if "failed" not in r]
     info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
             "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
             "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
             "cases_in_input": len(entries),
-            "predicted_now": [entry.case_id for entry in todo]}
+            "predicted_now": [entry.case_id for entry in todo], "interrupted": interrupted}
     lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
-                      [row for r in records for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
-    write_report(output_dir, records, f"paresseg-predict: {Path(input_dir).name}")
-    return read_summary(write_summary(output_dir, records, **info))
+                      [row for r in finished for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
+    write_report(output_dir, finished, f"paresseg-predict: {Path(input_dir).name}")
+    summary = read_summary(write_summary(output_dir, records, **info))
+    if interrupted:
+        raise PareSegError(f"interrupted after {len(finished)} of {len(entries)} cases; their files and a summary.json "
+                           "of them are kept", path=output_dir, fix="run the same command again to segment the others")
+    return summary
+
+
+def _case_or_failure(entry: io.CaseEntry, *args, **options) -> dict:
+    """A case's record; a case whose voxels turn out bad (NaN, a failed registration) is recorded as failed, with
+    the reason, and the others go on (an output that cannot be written stops the run)."""
+    try:
+        return _predict_case(entry, *args, **options)
+    except BadInputError as error:
+        return {"case_id": entry.case_id, "tumor_type": entry.metadata.get("tumor_type"), "failed": error.message}
+
+
+def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_probabilities: bool = False,
+              output_format: str = "nifti", overlays: bool = False) -> None:
+    """Every case's image headers, and every output of the run named, before any work: no output may meet an
+    input or another output (one case's label map and another's probability map, a label map over a PV file
+    when ``output_dir`` holds the inputs)."""
+    entries = io.read_cohort(input_dir)
+    output_dir = Path(output_dir)
+    outputs = [(output_dir / SUMMARY_FILE, "the run's summary"), (output_dir / lesions.CSV_FILE, "the run's lesions"),
+               (output_dir / REPORT_FILE, "the run's report")]
+    for entry in entries:
+        outputs.append((label_map_path(output_dir, entry.case_id, output_format), f"case {entry.case_id!r}'s label map"))
+        if save_probabilities:
+            outputs.append((probability_path(output_dir, entry.case_id), f"case {entry.case_id!r}'s probabilities"))
+        if overlays:
+            outputs.append((output_dir / f"{entry.case_id}{OVERLAY_SUFFIX}", f"case {entry.case_id!r}'s overlay"))
+    inputs = preflight.cohort_inputs(entries, input_dir)
+    preflight.outputs_apart(outputs, inputs)
+    for entry in entries:  # every header before any case is segmented
+        for path in preflight.case_files(entry):
+            preflight.image(path, f"case {entry.case_id!r}'s image")
 
 
 def _with_phases(entry: io.CaseEntry, segmenter: Segmenter, input_dir, resample_masks: bool) -> io.CaseEntry:
@@ -152,14 +198,17 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
     given_liver = None if segmenter.liver is not None else case.liver
     result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
     found = study_lesions(result, case)
-    labels_path = label_map_path(output, case.case_id, output_format)
-    if output_format == "dicom_seg":
-        source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
-        files = {"labels": str(write_dicom_seg(result["labels"], case, source, labels_path))}
-    else:
-        files = {"labels": str(write_image(result["labels"], case, labels_path))}
-    if save_probabilities:
-        files["probabilities"] = str(write_image(result["prob"], case, probability_path(output, case.case_id)))
+    files = {"labels": str(label_map_path(output, case.case_id, output_format))}
+    with contextlib.ExitStack() as outputs:  # a case's label map and probabilities appear together, or neither
+        labels = outputs.enter_context(atomic_path(files["labels"]))
+        if output_format == "dicom_seg":
+            source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+            write_dicom_seg(result["labels"], case, source, labels)
+        else:
+            io.write_image(result["labels"], case, labels)
+        if save_probabilities:
+            files["probabilities"] = str(probability_path(output, case.case_id))
+            io.write_image(result["prob"], case, outputs.enter_context(atomic_path(files["probabilities"])))
     if overlays:
         shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
         files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],
@@ -179,6 +228,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
 
 def case_line(record: Mapping) -> str:
     """One line about a segmented case: volumes, Dice when scored, time."""
+    if "failed" in record:
+        return f"{record['case_id']}  FAILED: {record['failed']}"
     parts = [record["case_id"], f"tumor {record['tumor_ml']:.1f} ml in {record['lesions']['count']} lesion(s)"]
     if "liver_ml" in record:
         parts.append(f"liver {record['liver_ml']:.1f} ml ({record['roi']})")

@@ -300,13 +300,6 @@ def study_lesions(result: Mapping, case: io.Case) -> dict:
                                  prob=result["prob"])
 
 
-def write_image(array: np.ndarray, case: io.Case, path: str | os.PathLike) -> Path:
-    """:func:`io.write_image` whole or not at all."""
-    with atomic_path(path) as tmp:
-        io.write_image(array, case, tmp)
-    return Path(path)
-
-
 def check_dicom_series(pv: str | os.PathLike, purpose: str, metadata: Mapping | None = None) -> Path:
     """The DICOM folder a SEG references: PV's own, or for a case of ``paresseg-import-dicom`` the PV series'
     source folder its manifest recorded (``metadata['series']['pv']['folders']``). Refused before any work

@@ -166,9 +166,14 @@ def _first_line(error: Exception) -> str:
 
 
 def load_model(path: str | os.PathLike):
-    """Returns ``(module, variables, spec)`` from a saved model or a training workdir (checked by `check_model`)."""
+    """Returns ``(module, variables, spec)`` from a saved model or a training workdir (checked by `check_model`),
+    or from a ``paresseg-export`` folder (an `exported.ExportedModel` standing for the module, no model code)."""
     import orbax.checkpoint as ocp
 
+    from paresseg_jax import exported
+
+    if exported.is_exported(path):
+        return exported.load_exported(path)
     from paresseg_jax import models
 
     module, spec, path = check_model(path)

@@ -3,7 +3,7 @@
     paresseg-bench --model=paresseg --batch=2 --size=224 --slices=4 --compare_torch --json=bench.json
     paresseg-bench --parts=train --dtypes=float32 --batch=2 --conv_impls=direct,xla --compare_torch   # CPU convs
     paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
-    PYTHONPATH=tests paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
+    paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
     paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop

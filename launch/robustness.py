@@ -32,9 +32,10 @@ _ROI = flags.DEFINE_enum("roi", None, ["cascade", "oracle_gt_liver"], "ROI sourc
 
 def main(argv):
     del argv
-    dpc = robustness.evaluate_perturbed(_WORKDIR.value, [float(m) for m in _MAGNITUDES.value], _KINDS.value,
-                                        _ABSENT.value, _PHASE.value, _SEED.value, _CACHE.value, _PREFIX.value,
-                                        liver_workdir=_LIVER.value, roi=_ROI.value)
+    dpc = robustness.evaluate_perturbed(
+        _WORKDIR.value, magnitudes_mm=[float(m) for m in _MAGNITUDES.value], kinds=_KINDS.value,
+        absent=_ABSENT.value, phase=_PHASE.value, seed=_SEED.value, cache_dir=_CACHE.value, prefix=_PREFIX.value,
+        liver_workdir=_LIVER.value, roi=_ROI.value)
     for name, value in dpc.items():
         print(f"{name:>20}  DPC {100 * value:6.2f}%")
 

@@ -84,5 +84,5 @@ def _describe_in_help(module) -> None:
 def define_config_flag(help_string: str, name: str = "config") -> flags.FlagHolder:
     """ml_collections' ``--config`` flag (with ``--config.<field>=value`` overrides) that also takes built-in names."""
     holder = config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
-    flags.FLAGS[name].parser = config_files.NamedConfigParser(flags.FLAGS[name].parser)
+    flags.FLAGS[name].parser = config_files.NamedConfigParser(flags.FLAGS[name].parser, name)
     return holder

@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Non-PV phases read displaced against PV: a random shift up to shift_mm per axis plus a smooth deformation
     # up to deformation_mm (paresseg_jax.data.misregistration); 0 = off (reference).
     config.data.misregistration = ml_collections.ConfigDict({"shift_mm": 0.0, "deformation_mm": 0.0})
-    config.data.worker_count = 2  # Grain worker processes (0 = load in the training process)
+    config.data.worker_count = -1  # Grain worker processes: 0 = load in the training process; -1 = none on a CPU,
+    # one per CPU beyond two on an accelerator host, at most 16 (paresseg_jax.data.pipeline.auto_worker_count)
     config.data.worker_buffer_size = 2  # batches each worker prepares ahead
     config.data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
     config.data.target = "tumor"  # 'tumor' (ROI-gated inputs, tumor label) or 'liver' (whole images, liver label: cascade stage 1)

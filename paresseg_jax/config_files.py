@@ -10,7 +10,9 @@ ml_collections' ``--config`` flag, ``spec:arg`` passes ``arg`` to the file's
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -59,21 +61,48 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(*([arg] if colon else []))
 
 
+def unknown_override(config: ml_collections.ConfigDict, argv, name: str = "config") -> str | None:
+    """Why the first ``--<name>.a.b=value`` in `argv` names no field of `config`, or None when all do.
+
+    ml_collections finds out too, but only as a traceback from inside flag parsing.
+    """
+    prefix = f"--{name}."
+    for arg in argv:
+        if not arg.startswith(prefix):
+            continue
+        node, path = config, arg[len(prefix):].split("=", 1)[0]
+        for depth, field in enumerate(path.split(".")):
+            if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                where = ".".join([name, *path.split(".")[:depth]])
+                close = difflib.get_close_matches(field, known, n=1)
+                hint = f"did you mean {where}.{close[0]}?" if close else f"{where} has: {', '.join(known) or 'no fields'}"
+                return f"--{name}.{path}: {where} has no field {field!r}; {hint}"
+            node = node[field]
+    return None
+
+
 class NamedConfigParser(flags.ArgumentParser):
     """Wraps ml_collections' ``--config`` parser so that it also takes built-in names.
 
-    A bad value becomes a ValueError, which absl reports as a flag error.
+    A bad value, or an override of a field the config lacks, becomes a ValueError, which
+    absl reports as a one-line flag error.
     """
 
-    def __init__(self, file_parser: flags.ArgumentParser):
+    def __init__(self, file_parser: flags.ArgumentParser, name: str = "config"):
         self._file_parser = file_parser
+        self._name = name
 
     def parse(self, argument):
         try:
             path = resolve(argument)
         except PareSegError as error:
             raise ValueError(error.message) from None
-        return self._file_parser.parse(path)
+        config = self._file_parser.parse(path)
+        problem = unknown_override(config, sys.argv, self._name)
+        if problem:
+            raise ValueError(problem)
+        return config
 
     def flag_type(self):
         return self._file_parser.flag_type()

@@ -241,3 +241,25 @@ def test_input_errors_name_the_fix():
     shrinking = Shrinking()
     with pytest.raises(ValueError, match="pad_multiple"):
         predict.predict_volume(shrinking, _init(shrinking), {"pv": images["pv"]})
+
+
+TRACES = []
+
+
+class CountedPointwise(Pointwise):
+    """`Pointwise` that records each time it is traced (a Python side effect runs only while tracing)."""
+
+    @nn.compact
+    def __call__(self, *inputs, train=False):
+        TRACES.append(inputs[0].shape)
+        return nn.Dense(2)(jnp.concatenate(inputs, axis=-1))
+
+
+def test_a_volume_traces_the_model_once_per_batch_shape():
+    module = CountedPointwise()
+    variables = _init(module)
+    TRACES.clear()
+    images = _images((7, 40, 24), seed=3)
+    prob = predict.predict_volume(module, variables, images, batch_size=4, pad_multiple=8)
+    assert TRACES == [(4, 40, 24, 3)]  # init traced before the clear; checking the output shape traced nothing more
+    np.testing.assert_allclose(prob, _pointwise_oracle(variables, images), atol=1e-5)

@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 INSTALLED_AS = {"paresseg_jax": "paresseg_jax", "configs": "paresseg_jax_configs", "launch": "paresseg_jax_launch"}
 
+pytestmark = pytest.mark.xdist_group("install")  # one installed copy for the module
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):

@@ -22,6 +22,7 @@ LAUNCHERS = {
     "paresseg_jax_launch.make_phantom": ("out", "num_cases"),
     "paresseg_jax_launch.import_dicom": ("input", "output", "phase_keyword", "segment_label"),
     "paresseg_jax_launch.benchmark": ("parts", "batch", "compare_torch"),
+    "paresseg_jax_launch.robustness": ("workdir", "liver_workdir", "roi", "magnitudes", "kinds", "absent", "seed"),
 }
 
 

@@ -204,15 +204,6 @@ def test_slice_indices_replicate_edges():
     np.testing.assert_array_equal(pipeline.slice_indices(0, 1, 3), [0, 0, 0])
 
 
-def test_split_for_devices():
-    batch = {"pv": np.arange(8 * 2 * 3).reshape(8, 2, 3), "label": np.arange(8)}
-    split = pipeline.split_for_devices(batch, 4)
-    assert split["pv"].shape == (4, 2, 2, 3)
-    np.testing.assert_array_equal(split["label"], [[0, 1], [2, 3], [4, 5], [6, 7]])
-    with pytest.raises(ValueError, match="not divisible by 3 devices"):
-        pipeline.split_for_devices(batch, 3)
-
-
 def test_errors(tmp_path):
     case = _write(tmp_path, "a", (4, 16, 16), (0, 4, 0, 16, 0, 16), tumor_slices=())
     with pytest.raises(ValueError, match="no cases"):
@@ -347,3 +338,15 @@ def test_tumor_target_gates_inputs_by_the_roi_and_liver_target_does_not(tmp_path
                 assert (z >= 0).all()
     with pytest.raises(ValueError, match="config.data.target"):
         pipeline.PairedPatch(("pv",), 3, 16, target="vessels")
+
+
+def test_auto_worker_count_loads_in_process_on_a_cpu_and_uses_spare_cpus_beside_an_accelerator():
+    from paresseg_jax.data import pipeline
+
+    assert pipeline.auto_worker_count("cpu", 16) == 0
+    assert [pipeline.auto_worker_count("gpu", n) for n in (1, 2, 3, 16, 64)] == [0, 0, 1, 14, 16]
+    assert pipeline.resolve_worker_count(-1) == 0  # the tests run on the CPU backend
+    assert pipeline.resolve_worker_count(3) == 3
+    for bad in (-2, 1.5, "2"):
+        with pytest.raises(ValueError, match="config.data.worker_count"):
+            pipeline.resolve_worker_count(bad)

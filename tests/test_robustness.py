@@ -11,7 +11,10 @@ from paresseg_jax.evaluate.summary import read_summary
 from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
+from standin_models import command, standin_runs
 from test_train_support import tiny_config, write_tiny_cache
+
+pytestmark = pytest.mark.xdist_group("robustness")  # the module's runs are built once
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +26,43 @@ def _train(cache_dir, workdir, phase_dropout):
     config = tiny_config(cache_dir, num_steps=2, eval_every=2, checkpoint_every=2, phase_dropout=phase_dropout)
     loop.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+@pytest.fixture(scope="module")
+def contrast_run(cache_dir, tmp_path_factory):
+    return standin_runs(cache_dir, tmp_path_factory.mktemp("contrast"), phase_dropout=0.5)
+
+
+def test_misaligned_or_absent_art_lowers_the_dice_of_a_model_that_reads_art(contrast_run):
+    """With the shift or deformation ignored, or ART kept in for 'without_art', this test fails."""
+    run, liver = contrast_run
+    dpc = robustness.evaluate_perturbed(run, magnitudes_mm=(0, 4), absent=["art"], liver_workdir=liver)
+    assert dpc["none"] > 0.9  # the stand-in finds the tumors where ART is where PV is
+    assert dpc["shift_4mm"] < dpc["none"] - 0.1 and dpc["deformation_4mm"] < dpc["none"] - 0.05
+    assert dpc["shift_4mm"] != dpc["deformation_4mm"]
+    without = read_summary(run / PERTURBED_DIR / "without_art")["cases"]
+    assert dpc["without_art"] == 0.0 and all(r["metrics"]["dice"] == 0.0 for r in without)  # no ART, no contrast
+    assert all(r["liver_dice"] > 0.9 for r in read_summary(run / PERTURBED_DIR / "none")["cases"])  # cascade ROI
+    other_seed = robustness.evaluate_perturbed(run, magnitudes_mm=(4,), kinds=("shift",), seed=1, liver_workdir=liver)
+    assert other_seed["shift_4mm"] != dpc["shift_4mm"]  # the seed draws the directions
+
+
+def test_robustness_command(contrast_run, cache_dir):
+    """paresseg-robustness as README shows it (its --help: test_launch_entry): every flag reaches
+    evaluate_perturbed, the printed DPCs are the summaries'."""
+    run, liver = contrast_run
+    done = command("paresseg-robustness", f"--workdir={run}", f"--liver_workdir={liver}", "--magnitudes=0,3",
+                   "--kinds=shift", "--seed=2", "--absent=art", f"--cache_dir={cache_dir}", "--prefix=cli_")
+    names = ["cli_none", "cli_shift_3mm", "cli_without_art"]
+    assert sorted(p.name for p in (run / PERTURBED_DIR).glob("cli_*")) == sorted(names)
+    for name in names:
+        summary = read_summary(run / PERTURBED_DIR / name)
+        assert summary["info"]["seed"] == 2 and summary["info"]["roi"] == "cascade"
+        dpc = 100 * np.mean([r["metrics"]["dice"] for r in summary["cases"]])
+        assert f"{name:>20}  DPC {dpc:6.2f}%" in done.stdout
+    command("paresseg-robustness", f"--workdir={run}", "--roi=oracle_gt_liver", "--magnitudes=0", "--kinds=shift",
+            "--prefix=oracle_")
+    assert read_summary(run / PERTURBED_DIR / "oracle_none")["info"]["roi"] == "oracle_gt_liver"
 
 
 def test_a_shifted_view_moves_its_phase_rigidly_by_the_magnitude_in_one_direction_per_case(tmp_path):

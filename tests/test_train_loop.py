@@ -1,8 +1,12 @@
 """The training loop: smoke run, crash-safe resume, partial checkpoints, signals, non-finite stop."""
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,29 +20,42 @@ from paresseg_jax import workdir as workdir_layout
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.workdir import read_metrics
 
+pytestmark = pytest.mark.xdist_group("train_loop")  # one worker builds the uninterrupted run for every test
+
 STEPS = 18
 # PA-ResSeg at width 4: its compilation in four processes, not its steps, is what costs (~100 s a process
 # on a loaded 2-core CPU), hence the slow tier. Its SIGTERM at step 6 needs steps left to land in.
 PARESSEG_STEPS = 12
 
-# A child that trains and kills (or signals) itself once checkpoint ``AT`` is committed (never, for AT "-").
+# A child that trains and signals itself (SIGKILL, SIGTERM) as soon as checkpoint ``AT`` is committed (never, for
+# AT "-"): in the save itself, not by polling the folder, so no step runs in between however loaded the machine.
+# A script file with a main guard: Grain's worker processes (worker_count > 0) import the main module.
 CHILD = textwrap.dedent(
     """
-    import os, signal, sys, threading, time, json
+    import os, signal, json
     from pathlib import Path
     from test_train_support import tiny_config
     from paresseg_jax.train import train_and_evaluate
-    cache, workdir, at, sig, model, steps = {arguments}
-    def watch():
-        while not (workdir / "checkpoints" / at).exists():
-            time.sleep(0.01)
-        os.kill(os.getpid(), sig)
-    if at != "-":
-        threading.Thread(target=watch, daemon=True).start()
-    config = tiny_config(Path(cache), num_steps=steps)
-    if model != "tiny":
-        config.model.name = model
-    print("RESULT" + json.dumps(train_and_evaluate(config, str(workdir))))
+    from paresseg_jax.train.checkpoint import Checkpoints
+
+    def signal_after(at, sig):
+        save = Checkpoints.save
+        def save_then_signal(self, step, *args, **kwargs):
+            save(self, step, *args, **kwargs)
+            if step == at:
+                self.wait()
+                os.kill(os.getpid(), sig)
+        Checkpoints.save = save_then_signal
+
+    if __name__ == "__main__":
+        cache, workdir, at, sig, model, steps, workers = {arguments}
+        if at != "-":
+            signal_after(int(at), sig)
+        config = tiny_config(Path(cache), num_steps=steps)
+        config.data.worker_count = workers
+        if model != "tiny":
+            config.model.name = model
+        print("RESULT" + json.dumps(train_and_evaluate(config, str(workdir))))
     """
 )
 
@@ -55,12 +72,25 @@ def uninterrupted(cache_dir, tmp_path_factory):
     return workdir, result
 
 
-def _child(cache_dir, workdir, at, signal_name: str, model: str = "tiny", steps: int = STEPS, xla_cache=None):
+def _child(cache_dir, workdir, at, signal_name: str, model: str = "tiny", steps: int = STEPS, xla_cache=None,
+           workers: int = 0) -> tuple[int, str]:
+    """The child's exit status and output, once it has ended."""
     arguments = (f"{str(cache_dir)!r}, Path({str(workdir)!r}), {str(at)!r}, signal.{signal_name}, {model!r}, "
-                 f"{steps}")
+                 f"{steps}, {workers}")
     env = None if xla_cache is None else {"JAX_COMPILATION_CACHE_DIR": str(xla_cache),
                                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    return run_script(CHILD.format(arguments=arguments), wait=False, env=env)
+    script = Path(workdir).parent / f"child_{Path(workdir).name}_{at}_{signal_name}.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(CHILD.format(arguments=arguments))
+    log = script.with_suffix(".log")
+    process = run_script(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", wait=False, env=env,
+                         log=log)
+    try:
+        process.wait(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # Grain's workers outlive a killed child: end its group
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, log.read_text(encoding="utf-8", errors="replace")
 
 
 def _variables(workdir):
@@ -141,13 +171,11 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir
         reference = uninterrupted[0]
     else:
         reference = tmp_path / "uninterrupted"
-        done = _child(cache_dir, reference, "-", "SIGKILL", model, steps, xla_cache)
-        out, _ = done.communicate(timeout=600)
-        assert done.returncode == 0, out[-3000:]
+        status, out = _child(cache_dir, reference, "-", "SIGKILL", model, steps, xla_cache)
+        assert status == 0, out[-3000:]
     workdir = tmp_path / "work"
-    killed = _child(cache_dir, workdir, kill_at, "SIGKILL", model, steps, xla_cache)
-    out, _ = killed.communicate(timeout=600)
-    assert killed.returncode == -9, out[-3000:]
+    status, out = _child(cache_dir, workdir, kill_at, "SIGKILL", model, steps, xla_cache)
+    assert status == -9, out[-3000:]
     checkpoints = workdir / workdir_layout.CHECKPOINT_DIR
     saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
     assert kill_at in saved and max(saved) < steps
@@ -159,18 +187,16 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir
         if f.is_file():
             f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
 
-    stopped = _child(cache_dir, workdir, stop_at, "SIGTERM", model, steps, xla_cache)
-    out, _ = stopped.communicate(timeout=600)
-    assert stopped.returncode == 0, out[-3000:]
+    status, out = _child(cache_dir, workdir, stop_at, "SIGTERM", model, steps, xla_cache)
+    assert status == 0, out[-3000:]
     result = json.loads(out.split("RESULT")[-1])
     assert result["stopped_by"] == "SIGTERM"
     assert not partial.exists()
     stopped_step = Checkpoints(checkpoints, 3).latest_step()
     assert stop_at <= stopped_step < steps
 
-    resumed = _child(cache_dir, workdir, "-", "SIGKILL", model, steps, xla_cache)
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out[-3000:]
+    status, out = _child(cache_dir, workdir, "-", "SIGKILL", model, steps, xla_cache)
+    assert status == 0, out[-3000:]
     _assert_same_bits(_stored_tree(reference / workdir_layout.CHECKPOINT_DIR / str(steps) / "state"),
                       _stored_tree(checkpoints / str(steps) / "state"))  # the whole TrainState, optimizer included
     _assert_same_bits(_variables(reference), _variables(workdir))  # the exported model
@@ -178,6 +204,24 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_bitwise(cache_dir
     logged = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
     assert logged == [(r["step"], r["loss"]) for r in read_metrics(reference) if r["split"] == "train"]
     assert [step for step, _ in logged] == list(range(1, steps + 1))
+
+
+def test_a_run_with_grain_workers_killed_then_resumed_equals_uninterrupted_bitwise(cache_dir, tmp_path):
+    """With the default two Grain worker processes (their iterator state is saved beside the model) a hard kill
+    and a rerun give the weights and logged losses of a run with two workers that never stopped."""
+    reference = tmp_path / "uninterrupted"  # a child too: Grain's workers need a main module they can import
+    status, out = _child(cache_dir, reference, "-", "SIGKILL", workers=2)
+    assert status == 0, out[-3000:]
+    workdir = tmp_path / "work"
+    status, out = _child(cache_dir, workdir, 6, "SIGKILL", workers=2)
+    assert status == -9, out[-3000:]
+    assert max(int(p.name) for p in (workdir / workdir_layout.CHECKPOINT_DIR).iterdir() if p.name.isdigit()) == 6
+    status, out = _child(cache_dir, workdir, "-", "SIGKILL", workers=2)
+    assert status == 0, out[-3000:]
+    _assert_same_bits(_variables(reference), _variables(workdir))
+    logged = [(r["step"], r["loss"]) for r in read_metrics(workdir) if r["split"] == "train"]
+    assert logged == [(r["step"], r["loss"]) for r in read_metrics(reference) if r["split"] == "train"]
+    assert [step for step, _ in logged] == list(range(1, STEPS + 1))
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(cache_dir, uninterrupted, tmp_path, caplog):
@@ -216,12 +260,14 @@ def test_partial_step_directory_is_not_a_checkpoint(tmp_path):
     assert Checkpoints(tmp_path, 2).latest_step() is None
 
 
-def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 5])  # 5: the streak is found in the batch of metrics read at step 5
+def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_path, log_every):
     cache_dir = write_tiny_cache(tmp_path / "cache", num_cases=5, seed=1)
     for weight in cache_dir.glob("*/weight.npy"):
         np.save(weight, np.full(np.load(weight).shape, np.nan, np.float32))
-    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit")
-    with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps"):
+    config = tiny_config(cache_dir, loss="be", num_steps=20, max_consecutive_nonfinite=4, eval_every=100, parallel="jit",
+                         log_every=log_every)
+    with pytest.raises(loop.NonFiniteTrainingError, match="4 consecutive steps up to step 4 "):
         loop.train_and_evaluate(config, str(tmp_path / "work"))
     checkpoints = Checkpoints(tmp_path / "work" / workdir_layout.CHECKPOINT_DIR, 3)
     assert checkpoints.latest_step() == 3

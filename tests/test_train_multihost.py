@@ -58,20 +58,24 @@ print("RESULT" + json.dumps(train_and_evaluate(config, sys.argv[4])))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def _held_port() -> socket.socket:
+    """A socket bound to a free port with SO_REUSEPORT, held while the children run: the coordinator's gRPC
+    server (which sets SO_REUSEPORT too) binds the port, no other program can take it in between."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("localhost", 0))
+    return held
 
 
 def _two_processes(code: str, *args) -> list[dict]:
-    port = _free_port()
-    children = [run_script(_with_argv(code, pid, port, *args), devices=2, wait=False) for pid in range(2)]
-    results = []
-    for child in children:
-        out, _ = child.communicate(timeout=300)
-        assert child.returncode == 0, out[-4000:]
-        results.append(json.loads(out.split("RESULT")[-1]))
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        children = [run_script(_with_argv(code, pid, port, *args), devices=2, wait=False) for pid in range(2)]
+        results = []
+        for child in children:
+            out, _ = child.communicate(timeout=300)
+            assert child.returncode == 0, out[-4000:]
+            results.append(json.loads(out.split("RESULT")[-1]))
     return results
 
 

@@ -167,8 +167,16 @@ def test_unknown_parallel_mode_and_bad_batch_size_are_clear_errors():
 
     with pytest.raises(ValueError, match="pmap"):
         DataParallel("ddp")
-    parallel = DataParallel("jit")
-    parallel.check_batch_size(len(jax.devices()))
-    if len(jax.devices()) > 1:
-        with pytest.raises(ValueError, match="batch_size"):
-            parallel.check_batch_size(len(jax.devices()) + 1)
+    # In-process there is one CPU device, and every batch size divides by 1: 8 simulated devices.
+    out = run_script(
+        "from paresseg_jax.train.parallel import DataParallel\n"
+        "for mode in ('jit', 'pmap'):\n"
+        "    parallel = DataParallel(mode)\n"
+        "    parallel.check_batch_size(16)\n"
+        "    try:\n"
+        "        parallel.check_batch_size(12)\n"
+        "    except ValueError as e:\n"
+        "        print(mode, e)\n",
+        devices=8,
+    )
+    assert out.count("config.train.batch_size=12 is not divisible by the 8 devices; use a multiple of 8") == 2, out

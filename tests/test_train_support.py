@@ -119,8 +119,11 @@ def tiny_config(cache_dir: Path, **train):
     return config
 
 
-def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None = None, wait: bool = True):
-    """Run python ``code`` in a fresh process with ``devices`` fake CPU devices."""
+def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None = None, wait: bool = True,
+               log: Path | None = None):
+    """Run python ``code`` in a fresh process with ``devices`` fake CPU devices. ``wait=False``: the started
+    process, its output piped, or with ``log`` written to that file from a session of its own (so that the
+    group, which holds the processes it starts, can be ended with it)."""
     full_env = dict(os.environ)
     full_env.update(
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -129,6 +132,9 @@ def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None
     )
     full_env.update(env or {})
     args = [sys.executable, "-c", code]
+    if not wait and log is not None:
+        with open(log, "w") as out:
+            return subprocess.Popen(args, env=full_env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     if not wait:
         return subprocess.Popen(args, env=full_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     result = subprocess.run(args, env=full_env, cwd=REPO, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)

@@ -11,8 +11,9 @@ best by validation global Dice, when there is validation) for inference.
 A checkpoint holds the train state and the data iterator together, so a
 resumed run sees exactly the batches an uninterrupted run would have seen.
 SIGTERM / SIGINT (preemption, Ctrl-C) finish the current step, save, and
-return. Metrics are fetched one step late, so the host never waits for the
-step it just dispatched.
+return. The host reads the steps' metrics together every ``log_every`` steps,
+so it never waits for the step it just dispatched and syncs with the device
+once per log interval, not once per step.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     streak = 0
     last = {}
-    pending = None
+    pending = []  # (step, device metrics) not read yet: the host reads them every log_every steps
     bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     stopped_by = None
@@ -283,9 +284,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for step in range(start + 1, total_steps + 1):
                 batch = parallel.put_batch(next(iterator))
                 state, metrics = train_step(state, batch)
-                if pending is not None:
+                pending.append((step, metrics))
+                if step % train.log_every == 0:
                     last, streak = _account(pending, parallel, streak, train, writer, bar)
-                pending = (step, metrics)
+                    pending = []
                 bar.update(1)
                 val = None
                 if val_cases and (step % train.eval_every == 0 or step == total_steps):
@@ -300,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if stop:
                     stopped_by = signals.received or "a signal on another process"
                     break
-            if pending is not None:
+            if pending:
                 last, streak = _account(pending, parallel, streak, train, writer, bar)
     finally:
         bar.close()
@@ -317,18 +319,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _account(pending, parallel, streak, train, writer, bar) -> tuple[dict, int]:
-    """Fetch one step's metrics, log them and enforce ``max_consecutive_nonfinite``."""
-    step, metrics = pending
-    values = parallel.host_metrics(metrics)
-    streak = streak + 1 if values["nonfinite"] else 0
-    if values["nonfinite"] and jax.process_index() == 0:
-        log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", step, values["loss"], streak)
-    if streak >= train.max_consecutive_nonfinite:
-        raise NonFiniteTrainingError(
-            f"{streak} consecutive steps up to step {step} had a non-finite loss or gradient, so training stopped. "
-            "The last checkpoint is intact; lower config.train.learning_rate or use config.model.dtype='float32', "
-            "then rerun to resume"
-        )
+    """Read the pending steps' metrics in one host synchronisation, enforce ``max_consecutive_nonfinite``
+    (a skipped step leaves the state as it was, so finding a streak up to ``log_every`` steps late loses
+    nothing) and log the last step on a ``log_every`` boundary."""
+    fetched = parallel.host_metrics([metrics for _, metrics in pending])
+    for (step, _), values in zip(pending, fetched):
+        streak = streak + 1 if values["nonfinite"] else 0
+        if values["nonfinite"] and jax.process_index() == 0:
+            log.warning("step %d: non-finite loss or gradient (%s); update skipped (%d in a row)", step, values["loss"], streak)
+        if streak >= train.max_consecutive_nonfinite:
+            raise NonFiniteTrainingError(
+                f"{streak} consecutive steps up to step {step} had a non-finite loss or gradient, so training "
+                "stopped. The last checkpoint is intact; lower config.train.learning_rate or use "
+                "config.model.dtype='float32', then rerun to resume"
+            )
+    step, values = pending[-1][0], fetched[-1]
     if step % train.log_every == 0:
         values["steps_per_second"] = bar.format_dict["rate"] or 0.0
         writer.write(step, "train", values)

@@ -96,10 +96,15 @@ class DataParallel:
             return {k: split(np.asarray(v)) for k, v in batch.items()}
         return {k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v)) for k, v in batch.items()}
 
-    def host_metrics(self, metrics: dict) -> dict:
-        """Device metrics -> Python floats (the only host synchronisation; call off the hot path)."""
-        read = _replica if self.mode == "pmap" else _local_value
-        return {k: float(read(v)) for k, v in metrics.items()}
+    def host_metrics(self, metrics):
+        """Device metrics (a dict, or a list of dicts read in one transfer) -> Python floats (the only host
+        synchronisation; call off the hot path)."""
+        if isinstance(metrics, dict):
+            return self.host_metrics([metrics])[0]
+        shard = lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x  # noqa: E731
+        local = jax.device_get([{k: shard(v) for k, v in m.items()} for m in metrics])
+        entry = (lambda x: np.asarray(x)[0]) if self.mode == "pmap" else np.asarray  # pmap: [1, ...] per device
+        return [{k: float(entry(v)) for k, v in m.items()} for m in local]
 
     def _from_local(self, x: np.ndarray) -> jax.Array:
         """``[local devices, ...]`` on this process -> the global ``[all devices, ...]`` array pmap takes."""

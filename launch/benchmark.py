@@ -3,7 +3,7 @@
     paresseg-bench --model=paresseg --batch=2 --size=224 --slices=4 --compare_torch --json=bench.json
     paresseg-bench --parts=train --dtypes=float32 --batch=2 --conv_impls=direct,xla --compare_torch   # CPU convs
     paresseg-bench --parts=train --dtypes=float32,bfloat16 --batch=256 --peak_tflops=989   # one GPU
-    PYTHONPATH=tests paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
+    paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
     paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop
@@ -11,7 +11,7 @@
 
 Timing: compile time reported apart, warm-up calls excluded, variants run
 interleaved in rounds, medians. With --compare_torch the PyTorch oracle
-(tests/torch_reference) runs the same weights and inputs in the same process
+(paresseg_jax.interop.torch_reference) runs the same weights and inputs in the same process
 and the table gives JAX/PyTorch speed ratios.
 """
 
@@ -59,7 +59,7 @@ def _define_flags():
     flags.DEFINE_integer("pipeline_batches", 20, "timed pipeline batches per worker count")
     flags.DEFINE_list("conv_impls", [], "also time the train step with these ops.conv_impl settings (variants "
                       "jax-direct: no Winograd; jax-xla: XLA's own convolutions and gradients)")
-    flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs torch, and PYTHONPATH=tests in a checkout)")
+    flags.DEFINE_bool("compare_torch", False, "also run the PyTorch oracle (needs the torch extra)")
     flags.DEFINE_integer("profile_calls", 0, "after timing, trace this many steps of each JAX train variant with "
                          "jax.profiler and print where the time goes, by operation (0: off)")
     flags.DEFINE_string("profile_dir", None, "keep the --profile_calls traces here (for TensorBoard/XProf)")
@@ -70,10 +70,9 @@ def _define_flags():
 def _torch_oracle(name: str, width: int, attention: str):
     """(torch model, Flax module spec, Flax variables) with the same random weights."""
     try:
-        from torch_reference import harness
+        from paresseg_jax.interop.torch_reference import harness
     except ImportError as error:
-        raise app.UsageError(f"--compare_torch needs torch and the oracle tests/torch_reference of a checkout on the "
-                             f"import path (PYTHONPATH=tests, from the checkout's root): {error}")
+        raise app.UsageError(f"--compare_torch needs torch: pip install 'paresseg_jax[torch]' ({error})")
     from paresseg_jax.interop import torch as interop
 
     archs = {ours: ref for ref, ours in interop.ARCHITECTURES.items()}

@@ -46,6 +46,7 @@ from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summ
 from paresseg_jax.model_io import SPEC_FILE
 from paresseg_jax.train.loop import prepared_cache, train_and_evaluate
 from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
+from paresseg_jax.worker_processes import usable_workers
 
 ROWS_FILE = "ablation.toml"  # the built-in study, beside the built-in configs
 REPORT_FILE = "ablation.md"
@@ -316,7 +317,7 @@ def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: lis
         left = minutes / steps_done * (steps_total - steps_done)
         print(f"[ablation] done: {training.describe()}; {minutes:.1f} min so far, about {left:.0f} min left", flush=True)
 
-    if jobs == 1:
+    if usable_workers(jobs, "the ablation's trainings", 1) == 1:
         for training in todo:
             started(training)
             _train_and_score(workdir, scale, study, training)

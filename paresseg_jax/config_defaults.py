@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 2
     config.model.attention = "reference"
     config.model.precise_attention = True  # attention matmuls at Precision.HIGHEST (no TF32 on Ampere+ GPUs)
-    config.model.fusion = "pa"
+    # a name, an import path, or (from Python) the FusionBlock subclass itself
+    config.model.fusion = ml_collections.FieldReference("pa", field_type=object)
     config.model.dtype = "float32"
     config.model.phases = ("pv", "art")
 

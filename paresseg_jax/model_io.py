@@ -10,6 +10,7 @@ jax and orbax are imported on use: finding a model's folder
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,8 @@ from paresseg_jax import absent_phases
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.errors import BadInputError, MissingInputError, read_json
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, EXPORTED_MODELS, LAST_MODEL, read_config
+
+log = logging.getLogger(__name__)
 
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -31,7 +34,8 @@ def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapp
     """Write ``spec`` (``{'name': ..., **create_options}``) and ``variables`` to ``path``, whole or not at all.
 
     Names given as import paths (``my_package.blocks:MyBlock``) are kept as such: `load_model`
-    imports them again. A jnp dtype is written as its name.
+    imports them again; a class is recorded as its import path (a warning says how to make one
+    defined in ``__main__`` importable by other commands). A jnp dtype is written as its name.
     """
     import jax
     import numpy as np
@@ -42,6 +46,11 @@ def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapp
     path = Path(path).absolute()
     if "name" not in spec:
         raise ValueError(f"model spec {dict(spec)} has no 'name'")
+    spec = models.registry.recorded_spec(spec)
+    for key in ("name", "fusion"):
+        problem = models.registry.is_import_path(spec.get(key)) and models.registry.portability_problem(spec[key])
+        if problem:
+            log.warning("%s records %s=%s", path / SPEC_FILE, key, problem)
     if "dtype" in spec:
         spec = {**spec, "dtype": models.dtype_name(spec["dtype"])}
     host = jax.tree_util.tree_map(np.asarray, dict(variables))
@@ -157,9 +166,14 @@ def _first_line(error: Exception) -> str:
 
 
 def load_model(path: str | os.PathLike):
-    """Returns ``(module, variables, spec)`` from a saved model or a training workdir (checked by `check_model`)."""
+    """Returns ``(module, variables, spec)`` from a saved model or a training workdir (checked by `check_model`),
+    or from a ``paresseg-export`` folder (an `exported.ExportedModel` standing for the module, no model code)."""
     import orbax.checkpoint as ocp
 
+    from paresseg_jax import exported
+
+    if exported.is_exported(path):
+        return exported.load_exported(path)
     from paresseg_jax import models
 
     module, spec, path = check_model(path)

@@ -23,7 +23,7 @@ def test_bench_rows_ratios_and_table(tmp_path):
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
     table = _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=train,infer", "--dtypes=float32",
-                  "--compare_torch", f"--json={out}"], env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+                  "--compare_torch", f"--json={out}"])
     record = json.loads(out.read_text())
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in record["rows"]}
     assert set(rows) == {("train", "jax", None), ("train", "torch", None),
@@ -90,7 +90,7 @@ def test_bench_study_end_to_end_beside_the_oracle(tmp_path):
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
     _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=infer,study", "--study_slices=6", "--compare_torch",
-          f"--json={out}"], env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+          f"--json={out}"])
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in json.loads(out.read_text())["rows"]}
     assert {("study", "jax", "roi"), ("study", "jax", "whole")} <= set(rows)
     study = rows["study", "jax", "whole"]  # paresseg-predict in its own process: seconds and peak memory

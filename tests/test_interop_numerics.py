@@ -5,7 +5,7 @@ statistics; inputs drawn fresh each run (the seed is in the failure message).
 Forward passes are compared in float32; gradients and one Adam step in
 float64 on both sides (the reference attention is ill-conditioned in float32,
 its near-one-hot softmax turns rounding into visible differences). The checks run in a subprocess
-(`torch_reference.check`): float64 needs JAX_ENABLE_X64, which must not leak
+(`paresseg_jax.interop.torch_reference.check`): float64 needs JAX_ENABLE_X64, which must not leak
 into other tests. The default tier runs them at width 4 with XLA's backend
 optimisation off (half the compile time); the slow tier at width 64.
 """
@@ -34,13 +34,13 @@ def _case(arch, attention, width, height, image_width, dtype="float32"):
 
 
 def run_checks(cases: list[dict], fast_compile: bool) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)
     env.pop("JAX_ENABLE_X64", None)
     if any(case["dtype"] == "float64" for case in cases):
         env["JAX_ENABLE_X64"] = "1"
     if fast_compile:
         env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
-    done = subprocess.run([sys.executable, "-m", "torch_reference.check", json.dumps(cases)], cwd=TESTS, env=env,
+    done = subprocess.run([sys.executable, "-m", "paresseg_jax.interop.torch_reference.check", json.dumps(cases)], cwd=TESTS, env=env,
                           capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

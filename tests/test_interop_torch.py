@@ -13,11 +13,12 @@ import torch
 
 from paresseg_jax import model_io, models
 from paresseg_jax.interop import torch as interop
-from torch_reference import RESNET_2D, RESNET_phase_att
-from torch_reference.harness import reference_model
+from paresseg_jax.interop.torch_reference import RESNET_2D, RESNET_phase_att
+from paresseg_jax.interop.torch_reference import harness
+from paresseg_jax.interop.torch_reference.harness import reference_model
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS_JSON = REPO / "tests" / "torch_reference" / "state_dict_keys.json"  # the reference's own state_dict keys
+KEYS_JSON = Path(harness.__file__).with_name("state_dict_keys.json")  # the reference's own state_dict keys
 # (reference class, attention) of every convertible model.
 VARIANTS = [("RESNET_2D", "reference"), ("RESNET_phase_att", "reference"), ("RESNET_phase_att", "paper")]
 

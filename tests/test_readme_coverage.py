@@ -71,9 +71,27 @@ COVERED = {
     ("paresseg-ablation", "--rows"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-ablation", "--steps"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-ablation", "--folds"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
+    ("paresseg-crosscheck", None): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
+    ("paresseg-crosscheck", "--torch_module"): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
+    ("paresseg-crosscheck", "--torch_kwargs"): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
+    ("paresseg-crosscheck", "--size"): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
+    ("paresseg-crosscheck", "--json"): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
+    ("paresseg-crosscheck", "--arch"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--width"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--steps"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--cache_dir"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--batch"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--loss"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--dtype"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-export", None): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
+    ("paresseg-export", "--model"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
+    ("paresseg-export", "--output"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
 }
 # README pairs that no default-tier test runs yet, each with where it is tested, if anywhere: kept in view, not hidden.
 NOT_COVERED = {
+    ("paresseg-crosscheck", "--grads"): "in-process only: check.crosscheck(grads=True) was run by hand (float64 "
+                                        "gradients 6.6e-11 at width 4), no default-tier test",
+    ("paresseg-crosscheck", "--weights"): "no test loads a .pth into --torch_module (load_torch_model(weights=))",
     ("paresseg-ablation", "--jobs"): "slow tier only: test_ablation.py::test_a_study_trains_per_seed_scores_each_"
                                      "condition_and_reports_statistics (run_ablation(jobs=2), in-process)",
 }

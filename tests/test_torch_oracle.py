@@ -9,10 +9,11 @@ import pytest
 import torch
 from scipy.special import expit, softmax
 
-from torch_reference import RESNET_2D, RESNET_phase_att
-from torch_reference.networks import FANetHead, InterPhaseAttention, IntraPhaseAttention
+from paresseg_jax.interop.torch_reference import RESNET_2D, RESNET_phase_att
+from paresseg_jax.interop.torch_reference import networks
+from paresseg_jax.interop.torch_reference.networks import FANetHead, InterPhaseAttention, IntraPhaseAttention
 
-KEYS_JSON = Path(__file__).resolve().parent / "torch_reference" / "state_dict_keys.json"  # the reference's own state_dict keys
+KEYS_JSON = Path(networks.__file__).with_name("state_dict_keys.json")  # the reference's own state_dict keys
 PARAMETER_COUNTS = {"RESNET_phase_att": 67_732_286, "RESNET_2D": 34_794_098}
 
 

@@ -42,6 +42,7 @@ from scipy import ndimage
 from paresseg_jax import absent_phases
 from paresseg_jax.data import misregistration as misregistration_lib
 from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.worker_processes import usable_workers
 
 MAX_CROP_SIZE = 1024
 ITERATOR_ITEM = "data_iterator"
@@ -360,7 +361,8 @@ def make_train_loader(
                     misregistration=data.get("misregistration")),
         grain.transforms.Batch(batch_size=batch, drop_remainder=True),
     ]
-    workers = resolve_worker_count(data.worker_count if worker_count is None else worker_count)
+    workers = usable_workers(resolve_worker_count(data.worker_count if worker_count is None else worker_count),
+                             "data loading", 0)
     if workers and not flags.FLAGS.is_parsed():
         # Grain's worker processes read absl flags; outside an absl app (tests, notebooks) use the defaults.
         flags.FLAGS.mark_as_parsed()

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.worker_processes import usable_workers
 
 
 # Bumped when a code change alters the cached arrays of an unchanged config; it is part of the resolved
@@ -324,7 +325,7 @@ def preprocess_cohort(
                                 fix="set config.data.preprocess.roi_source to 'liver' or to that folder")
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0: one per CPU), got {workers}")
-    workers = min(workers or min(os.cpu_count() or 1, 8), len(todo))
+    workers = usable_workers(min(workers or min(os.cpu_count() or 1, 8), len(todo)), "preprocessing", 1)
     bar = tqdm(total=len(entries), initial=len(entries) - len(todo), desc="preprocess", unit="case", disable=not progress)
     try:
         if workers <= 1:

@@ -121,6 +121,15 @@ def reference_layout(arch: str, width: int = 64, in_channels: int = 3, num_class
     return layout.entries
 
 
+def reference_layers(layout: Mapping[str, tuple[tuple[int, ...], str]]) -> dict[str, str]:
+    """``torch module name -> kind`` of every layer holding weights in a `reference_layout`, in its order.
+
+    The Flax module at the same path (dots read as ``/``) is that layer's port, so this one table
+    serves conversion and the layer-by-layer cross-check (`interop.check`).
+    """
+    return {key.rsplit(".", 1)[0]: kind for key, (_, kind) in layout.items()}
+
+
 def _check_arch(arch: str) -> None:
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch={arch!r} is not a reference architecture; use one of {sorted(ARCHITECTURES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from typing import Any, Mapping
 
 import flax.linen as nn
 
@@ -51,9 +52,31 @@ def register_fusion_block(name: str):
     return add
 
 
-def is_import_path(name: str) -> bool:
-    """``package.module:Name`` rather than a registered name."""
-    return ":" in name
+def is_import_path(name) -> bool:
+    """``package.module:Name`` rather than a registered name (or a class)."""
+    return isinstance(name, str) and ":" in name
+
+
+def class_path(cls: type) -> str:
+    """The import path ``package.module:QualName`` that names `cls`, as a saved model records a block
+    passed as a class; `portability_problem` says when another process could not import it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def portability_problem(path: str) -> str | None:
+    """Why a fresh process (another command) could not import `path`, with the fix; None when it can try."""
+    module_name, _, attribute = path.partition(":")
+    if module_name in ("__main__", "__mp_main__") or "<locals>" in attribute:
+        name = attribute.rsplit(".", 1)[-1]
+        return (f"{path!r} is defined in a notebook, a script or a function, which other commands cannot import; "
+                f"move the class into a module file (e.g. my_blocks.py), put its folder on PYTHONPATH (or install "
+                f"its package) and name it 'my_blocks:{name}' (in model.json, or pass the class from there)")
+    return None
+
+
+def recorded_spec(spec: Mapping[str, Any]) -> dict:
+    """`spec` as JSON records it: a model or fusion block given as a class becomes its `class_path`."""
+    return {k: class_path(v) if k in ("name", "fusion") and isinstance(v, type) else v for k, v in spec.items()}
 
 
 def import_path(path: str, what: str):
@@ -70,21 +93,24 @@ def import_path(path: str, what: str):
     try:
         return functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
+        problem = portability_problem(path)
+        if problem is not None:
+            raise PareSegError(f"{what}={problem}") from None
         raise PareSegError(f"{what}={path!r}: module {module_name!r} has no {attribute!r}",
-                           path=module.__file__, fix="name a class the module defines") from None
+                           path=getattr(module, "__file__", None), fix="name a class the module defines") from None
 
 
-def fusion_block(name: str) -> type[FusionBlock]:
-    """The block class of a registered name or of an import path."""
-    if is_import_path(name):
-        block = import_path(name, "fusion")
+def fusion_block(name) -> type[FusionBlock]:
+    """The block class of a registered name or of an import path, or the `FusionBlock` subclass itself."""
+    if isinstance(name, type) or is_import_path(name):
+        block = name if isinstance(name, type) else import_path(name, "fusion")
         if not (isinstance(block, type) and issubclass(block, FusionBlock)):
             raise PareSegError(f"fusion={name!r} is not a subclass of paresseg_jax.models.FusionBlock",
                                fix="derive the block from FusionBlock (its call: models.FusionCall)")
         return block
     try:
         return FUSION_BLOCKS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"fusion={name!r} is not a registered fusion block; registered: {sorted(FUSION_BLOCKS)}, "
                          f"or give an import path package.module:ClassName") from None
 

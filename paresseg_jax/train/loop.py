@@ -190,7 +190,9 @@ def num_train_steps(config, train_cases) -> int:
 
 def _write_config(config, workdir: Path) -> None:
     if jax.process_index() == 0:
-        write_text(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=1, default=list))
+        settings = config.to_dict()
+        settings["model"] = models.registry.recorded_spec(settings["model"])
+        write_text(workdir / CONFIG_FILE, json.dumps(settings, indent=1, default=list))
 
 
 def _export(workdir: Path, name: str, config, host_variables) -> None:

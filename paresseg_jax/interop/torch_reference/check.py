@@ -1,8 +1,8 @@
 """Runs oracle-vs-Flax cross-checks in a process of their own; prints one JSON list of error dicts.
 
 Float64 cases need ``JAX_ENABLE_X64=1``, which must not leak into other tests,
-hence a separate process. From ``tests/`` with the repository root on ``PYTHONPATH``:
-``JAX_ENABLE_X64=1 python -m torch_reference.check '[{"arch": "RESNET_phase_att", "width": 8,
+hence a separate process. For example:
+``JAX_ENABLE_X64=1 python -m paresseg_jax.interop.torch_reference.check '[{"arch": "RESNET_phase_att", "width": 8,
 "attention": "reference", "height": 64, "image_width": 64, "seed": 1, "step": true, "dtype": "float64"}]'``
 """
 
@@ -12,7 +12,7 @@ import sys
 import jax
 import torch
 
-from torch_reference import harness
+from paresseg_jax.interop.torch_reference import harness
 
 
 def main(cases: list[dict]) -> list[dict]:

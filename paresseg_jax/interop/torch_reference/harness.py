@@ -1,6 +1,6 @@
 """Runs the same weights and batch through the oracle and the Flax port and measures the differences.
 
-`compare` is what ``torch_reference.check`` runs (in a subprocess, with
+`compare` is what ``paresseg_jax.interop.torch_reference.check`` runs (in a subprocess, with
 ``JAX_ENABLE_X64=1`` for float64); `reference_model` also gives the
 conversion tests their random weights. Errors are relative Frobenius norms,
 ``||jax - torch|| / ||torch||``.
@@ -15,7 +15,7 @@ import torch
 
 from paresseg_jax import losses, models
 from paresseg_jax.interop import torch as interop
-from torch_reference.networks import RESNET_2D, RESNET_phase_att
+from paresseg_jax.interop.torch_reference.networks import RESNET_2D, RESNET_phase_att
 
 ADAM_LR = 5e-4
 BN_STATS = ("running_mean", "running_var")
@@ -25,7 +25,13 @@ def reference_model(arch: str, width: int, attention: str, seed: int, dtype=torc
     """An oracle with torch-default conv weights, non-zero gammas and non-trivial BN affine and statistics."""
     torch.manual_seed(seed)
     model = RESNET_phase_att(nc=width, attention=attention) if arch == "RESNET_phase_att" else RESNET_2D(nc=width)
-    generator = torch.Generator().manual_seed(seed + 1)
+    return randomize(model, seed + 1).to(dtype)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with non-trivial BN affine and statistics and non-zero attention gammas (in place), so that
+    no layer of a cross-check is an identity by initialisation."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -36,7 +42,7 @@ def reference_model(arch: str, width: int, attention: str, seed: int, dtype=torc
                 module.num_batches_tracked.fill_(int(torch.randint(0, 1000, (), generator=generator)))
             if isinstance(getattr(module, "gamma", None), torch.nn.Parameter):
                 module.gamma.normal_(0.0, 0.5, generator=generator)
-    return model.to(dtype)
+    return model
 
 
 def random_batch(arch: str, batch: int, height: int, width: int, seed: int, dtype=torch.float32):

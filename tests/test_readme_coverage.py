@@ -18,6 +18,8 @@ OVERRIDE = "--config.*"  # any --config.section.field=value override
 # (command, flag; None: the command itself) -> the default-tier test that runs it. Through the console script
 # (or `python -m`/`launch/*.py`, the same main) unless marked in-process: the library function the flag calls.
 COVERED = {
+    ("paresseg-postprocess", None): "test_postprocess.py::test_paresseg_postprocess_chooses_on_validation_cases",
+    ("paresseg-postprocess", "--workdir"): "test_postprocess.py::test_paresseg_postprocess_chooses_on_validation_cases",
     ("paresseg-make-phantom", None): "test_documented_commands.py::test_make_phantom_writes_every_phase_asked_on_the_pv_grid",
     ("paresseg-make-phantom", "--out"): "test_documented_commands.py::test_make_phantom_writes_every_phase_asked_on_the_pv_grid",
     ("paresseg-make-phantom", "--num_cases"): "test_documented_commands.py::test_make_phantom_writes_every_phase_asked_on_the_pv_grid",
@@ -89,6 +91,9 @@ COVERED = {
 }
 # README pairs that no default-tier test runs yet, each with where it is tested, if anywhere: kept in view, not hidden.
 NOT_COVERED = {
+    ("paresseg-postprocess", "--liver_workdir"): "its test scores with --roi=oracle_gt_liver; the cascade ROI it would "
+                                                 "take is paresseg-evaluate's (test_documented_commands.py::"
+                                                 "test_evaluate_a_run_with_the_cascade_and_overlays)",
     ("paresseg-crosscheck", "--grads"): "in-process only: check.crosscheck(grads=True) was run by hand (float64 "
                                         "gradients 6.6e-11 at width 4), no default-tier test",
     ("paresseg-crosscheck", "--weights"): "no test loads a .pth into --torch_module (load_torch_model(weights=))",

@@ -400,11 +400,12 @@ def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, m
         return real(entry, *args, **kwargs)
 
     monkeypatch.setattr(folder, "_predict_case", killed_at_case_2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(PareSegError, match="interrupted after 2 of 3 cases"):
         run()
     monkeypatch.setattr(folder, "_predict_case", real)
     assert [json.loads(line)["record"]["case_id"] for line in (out / "finished.jsonl").read_text().splitlines()] == [
         "case_0", "case_1"]
+    assert [c["case_id"] for c in json.loads((out / "summary.json").read_text())["cases"]] == ["case_0", "case_1"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("case_*.nii.gz")}
     summary = run()
     assert summary["info"]["predicted_now"] == ["case_2"] and len(summary["cases"]) == 3

@@ -67,6 +67,8 @@ _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept aroun
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
+_ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --input: also score cases the model's "
+                                       "run trained or validated on (its split.json; else refused)")
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
              "threshold": _THRESHOLD, "batch_size": _BATCH, "batch_pixels": _BATCH_PIXELS, "conv_impl": _CONV,
@@ -121,7 +123,8 @@ def main(argv):
         segmenter = segmenter.with_registration(_REGISTER.value)
     if _INPUT.value is not None:
         summary = folder.predict_folder(_INPUT.value, _OUTPUT.value, segmenter, save_probabilities=_SAVE_PROB.value,
-                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value)
+                                        output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
+                                        allow_training_cases=_ALLOW_TRAINING.value)
         for record in summary["cases"]:
             print(folder.case_line(record))
         if summary["summary"] is not None:

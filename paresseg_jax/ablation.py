@@ -384,8 +384,7 @@ def _train_and_score(workdir: Path, scale: demo.DemoScale, study: Study, trainin
     if training.row is None:
         return
     liver_dir = _run_dir(workdir, _Training(training.fold, training.seed))
-    if not (run_dir / SUMMARY_FILE).is_file():
-        score_run(run_dir, liver_workdir=liver_dir, run=training.row.label)
+    score_run(run_dir, liver_workdir=liver_dir, run=training.row.label, reuse=True)  # scored again unless all matches
     _score_conditions(study, training.row, config, run_dir, liver_dir, training.seed)
 
 

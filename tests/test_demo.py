@@ -67,3 +67,18 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     assert "| folds 0 of 5 | last | cascade | whole slices | full | >= 0.6 |" in flat
     dpc = [100 * p["summary"]["all"]["dpc"] for p in pooled]
     assert f"| single ResSeg (PV) | {np.mean(dpc):.1f} +- {np.std(dpc, ddof=1):.1f} |" in flat
+
+
+def test_a_cohort_of_another_scale_is_refused_not_reused(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from paresseg_jax.errors import PareSegError
+
+    small = dataclasses.replace(TINY, num_cases=5, shape=(4, 16, 16))
+    cohort = demo.make_cohort(tmp_path, small)
+    assert demo.make_cohort(tmp_path, small) == cohort  # the same scale: reused
+    for other in (dataclasses.replace(small, num_cases=6), dataclasses.replace(small, shape=(4, 32, 32))):
+        with pytest.raises(PareSegError, match="not the"):
+            demo.make_cohort(tmp_path, other)

@@ -89,20 +89,13 @@ def make_case(
     return make_case_with_phase_masks(seed, tumor_type, shape, spacing, scanner, phases)[0]
 
 
-def make_case_with_phase_masks(
-    seed: int,
-    tumor_type: str,
-    shape: Sequence[int] = (40, 512, 512),
-    spacing: Sequence[float] | None = None,
-    scanner: str | None = None,
-    phases: Sequence[str] = ("pv", "art"),
-) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
-    """``make_case`` plus, per phase, the liver and tumor masks where that phase shows them.
+def make_case_with_phase_masks(*args, **kwargs) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
+    """``make_case`` (same arguments) plus, per phase, the liver and tumor masks where that phase shows them.
 
     Non-PV phases are moved by breathing, so these differ from the PV ground
     truth: they are what a registration must recover.
     """
-    case, masks, _ = make_case_with_truth(seed, tumor_type, shape, spacing, scanner, phases)
+    case, masks, _ = make_case_with_truth(*args, **kwargs)
     return case, masks
 
 

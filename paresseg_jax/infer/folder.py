@@ -30,6 +30,7 @@ from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, volumes_ml, write_dicom_seg,
                                       write_image)
 from paresseg_jax.metrics import case_metrics
+from paresseg_jax.workdir import check_not_trained_on
 
 PROBABILITY_SUFFIX = "_tumor_prob"
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "dicom_seg": ".dcm"}
@@ -55,6 +56,7 @@ def predict_folder(
     resample_masks: bool = False,
     eval_config: Mapping | None = None,
     preprocess_config: Mapping | None = None,
+    allow_training_cases: bool = False,
 ) -> dict:
     """Segment every case of ``input_dir`` into ``output_dir``; returns the ``summary.json`` content.
 
@@ -62,11 +64,16 @@ def predict_folder(
     :func:`paresseg_jax.infer.study.predict_files`, ensembles included).
     Every case is checked for the model's phases before any is segmented.
     ``resample_masks``: allow the cases' masks on another grid than PV.
+    Cases with a tumor mask are scored, so cases a model's run trained or
+    validated on are refused unless ``allow_training_cases``.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     entries = [_with_phases(entry, segmenter, input_dir, resample_masks) for entry in io.read_cohort(input_dir)]
+    models = list(segmenter.tumor.sources) + ([] if segmenter.liver is None else list(segmenter.liver.sources))
+    check_not_trained_on([e.case_id for e in entries if e.tumor is not None or e.segmentation is not None], models,
+                         input_dir, allow_training_cases)
     if output_format == "dicom_seg":
         for entry in entries:
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})")

@@ -15,8 +15,8 @@ Stages (each reused when its output exists, so a rerun continues):
    overlays.
 5. ``report.md`` beside PNG figures.
 
-Each run's ``split.json`` lists its train, validation (carved from the
-training folds) and test cases; the report scores each run's last model on
+Each run's ``split.json`` lists its train, validation (none by default: every
+training-fold case trains) and test cases; the report scores each run's last model on
 the test cases, which no run trained or chose anything on.
 """
 
@@ -153,8 +153,8 @@ def write_report(workdir: Path, scale: DemoScale, summaries: dict[str, dict], se
         "",
         f"Cohort: {scale.num_cases} cases of {scale.shape[2]}x{scale.shape[1]} px x {scale.shape[0]} slices, "
         f"5 tumor types x 2 scanner profiles; fold 0 of {scale.num_folds} held out as the test set "
-        f"({len(liver_dice)} cases), validation carved from the other folds "
-        f"({len(summaries['paresseg']['info']['split']['validation'])} cases; every run's split.json). "
+        f"({len(liver_dice)} cases), the other folds train "
+        f"({len(summaries['paresseg']['info']['split']['validation'])} validation cases; every run's split.json). "
         f"Networks at width {scale.width}, {scale.crop_size}px patches, "
         f"batch {scale.batch_size}; tumor models {scale.tumor_steps} steps, liver model {scale.liver_steps} steps. "
         "Test cases are segmented with the paper's cascade: the liver model's prediction, "

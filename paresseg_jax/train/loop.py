@@ -204,11 +204,16 @@ def _as_json(config) -> dict:
     return json.loads(json.dumps(config.to_dict(), default=list))
 
 
+# What a resumed run may change: its length (it continues to the new end; scores carry the config they used).
+LENGTH_KEYS = ("train.num_steps", "train.num_epochs")
+
+
 def _write_config(config, workdir: Path) -> None:
-    """``config.json``; a workdir that holds another run's config is refused, never relabelled."""
+    """``config.json``; a workdir that holds another run's config is refused, never relabelled (only the training
+    length may change: the run then continues to the new end)."""
     previous = read_config(workdir)
-    if previous is not None and previous != _as_json(config):
-        changed = _changed_keys(previous, _as_json(config))
+    changed = [] if previous is None else [k for k in _changed_keys(previous, _as_json(config)) if k not in LENGTH_KEYS]
+    if changed:
         raise PareSegError(f"this workdir holds a run of another config (differing: {', '.join(changed[:6])})",
                            path=workdir / CONFIG_FILE, fix="use a new --workdir, or the config it was trained with")
     if jax.process_index() == 0:

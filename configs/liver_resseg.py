@@ -4,9 +4,4 @@ from paresseg_jax import config_defaults
 
 
 def get_config():
-    config = config_defaults.get_config()
-    config.model.name = "resseg"
-    config.model.fusion = None
-    config.model.phases = ("pv",)
-    config.data.target = "liver"
-    return config
+    return config_defaults.liver_stage()

@@ -6,6 +6,7 @@
     paresseg-bench --parts=infer,study --slices=2 --infer_batch=1 --compare_torch   # a study end to end
     paresseg-bench pipeline --workers=0,2    # paired patches/s (paresseg_jax.benchmarks.pipeline)
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
+    paresseg-bench registration              # ART-to-PV error in mm per registration region (phantom)
     paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop
     paresseg-bench precision --width=64 --size=224   # attention matmuls at HIGHEST vs default (TF32 on GPUs)
 
@@ -29,6 +30,7 @@ from paresseg_jax import cli
 from paresseg_jax.atomic import write_text
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data",
+               "registration": "paresseg_jax.benchmarks.registration",
                "extent": "paresseg_jax.benchmarks.extent", "precision": "paresseg_jax.benchmarks.precision"}
 PARTS = ("train", "infer", "pipeline", "study")
 DEFAULT_PARTS = ("train", "infer", "pipeline")

@@ -44,6 +44,8 @@ _ROI = flags.DEFINE_enum("roi", None, ["cascade", "oracle_gt_liver"],  # evaluat
                          "ROI of --run workdirs (default: their config.eval.roi)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow predicted masks on another grid than the "
                                        "case's PV image (resampled onto it; else refused)")
+_ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --predictions: also score cases that "
+                                       "the predicting models' runs trained or validated on (else refused)")
 
 
 def _load_run(path: Path) -> dict:
@@ -114,7 +116,7 @@ def main(argv):
         name = Path(_PREDICTIONS.value).name
         scores = _scores_file(Path(_PREDICTIONS.value))
         runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, scores, _RESAMPLE_MASKS.value,
-                                              tumor_label=_TUMOR_LABEL.value)
+                                              tumor_label=_TUMOR_LABEL.value, allow_training_cases=_ALLOW_TRAINING.value)
         paths[name] = Path(_PREDICTIONS.value)
         print(f"scores of {_PREDICTIONS.value}: {scores}")
     for name, path in named_runs:

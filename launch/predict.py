@@ -86,6 +86,8 @@ _ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series
                                    "slices (with a warning) instead of refusing it")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
+_ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --input: also score cases the model's "
+                                       "run trained or validated on (its split.json; else refused)")
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
              "threshold": _THRESHOLD, "batch_size": _BATCH, "batch_pixels": _BATCH_PIXELS, "conv_impl": _CONV,
@@ -158,7 +160,7 @@ def _predict():
                                         output_format=_FORMAT.value, resample_masks=_RESAMPLE_MASKS.value,
                                         liver_label=_LIVER_LABEL.value, overwrite=_OVERWRITE.value,
                                         num_parts=_NUM_PARTS.value, part_id=_PART_ID.value,
-                                        overlays=_OVERLAYS.value)
+                                        overlays=_OVERLAYS.value, allow_training_cases=_ALLOW_TRAINING.value)
         _print_folder(summary, folder.case_line)
         return
     report = study.predict_files(phase_paths(), segmenter, _OUT.value, **single, resample_masks=_RESAMPLE_MASKS.value,

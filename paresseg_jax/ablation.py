@@ -234,8 +234,8 @@ def run_ablation(
                           for kind in study.kinds} for row in chosen if row.robustness}
     description = (
         f"{scale.num_cases} phantom cases ({scale.shape[2]} x {scale.shape[1]} px x {scale.shape[0]} slices); folds "
-        f"{', '.join(map(str, folds))} of {scale.num_folds} each held out in turn, validation carved from the other "
-        f"folds; seeds {', '.join(map(str, seeds))} (initialisation and data order); width {scale.width}, "
+        f"{', '.join(map(str, folds))} of {scale.num_folds} each held out in turn, the other folds "
+        f"training; seeds {', '.join(map(str, seeds))} (initialisation and data order); width {scale.width}, "
         f"{scale.crop_size} px patches, batch {scale.batch_size}, {scale.tumor_steps} steps per model, liver-ResSeg "
         f"{scale.liver_steps} steps per fold. Each case is scored once per seed, by the model that did not train on "
         "it. Synthetic data: this checks mechanisms, not clinical accuracy."
@@ -385,8 +385,7 @@ def _train_and_score(workdir: Path, scale: demo.DemoScale, study: Study, trainin
     if training.row is None:
         return
     liver_dir = _run_dir(workdir, _Training(training.fold, training.seed))
-    if not (run_dir / SUMMARY_FILE).is_file():
-        score_run(run_dir, liver_workdir=liver_dir, run=training.row.label)
+    score_run(run_dir, liver_workdir=liver_dir, run=training.row.label, reuse=True)  # scored again unless all matches
     _score_conditions(study, training.row, config, run_dir, liver_dir, training.seed)
 
 

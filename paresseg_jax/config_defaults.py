@@ -1,5 +1,7 @@
 """Every config field with its default: PA-ResSeg as the paper trains it. The files of configs/ start from this."""
 
+import copy
+
 import ml_collections
 
 
@@ -42,7 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.cache_dir = ""  # an already preprocessed cache folder (skips preprocessing)
     config.data.num_folds = 5  # cross-validation folds, stratified by tumor type
     config.data.fold = 0  # the fold held out as the test set (never read by training)
-    config.data.val_fraction = 0.2  # of the training folds' cases, stratified by tumor type: validation (0: none)
+    # of the training folds' patients, stratified by tumor type: validation. 0 (the paper): every training-fold case
+    # trains and nothing validates; set it (e.g. 0.2) to watch validation Dice or for eval.checkpoint='best'
+    config.data.val_fraction = 0.0
     config.data.fold_seed = 0  # shuffles cases into folds (separate from config.seed so folds stay fixed)
     config.train = ml_collections.ConfigDict()
     # Training (paresseg_jax.train): the reference's recipe, Adam 5e-4, batch 8, 500 epochs.
@@ -83,3 +87,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.roi_margin = 32  # pixels of context kept around the ROI's bounding box
     config.eval.liver_threshold = 0.5  # cascade: liver where the liver-model probability >= this
     return config
+
+
+def liver_stage(config: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+    """The cascade's stage 1, one definition for every command (``configs/liver_resseg.py``, cross-validation,
+    the demo, the ablation): a single-branch ResSeg on PV, cross-entropy, the liver as target, on ``config``'s
+    cohort, folds, training recipe and evaluation settings (the defaults' without one). Nothing tumor-specific
+    carries over: not the loss (BE weights come from the tumor mask), phase dropout or a tumor init."""
+    liver = get_config() if config is None else copy.deepcopy(config)
+    liver.model.name = "resseg"
+    liver.model.fusion = None
+    liver.model.phases = ("pv",)
+    liver.data.target = "liver"
+    liver.train.loss = "ce"
+    liver.train.phase_dropout = 0.0
+    liver.train.init_from = ""
+    return liver

@@ -15,8 +15,8 @@ Stages (each reused when its output exists, so a rerun continues):
    overlays.
 5. ``report.md`` beside PNG figures.
 
-Each run's ``split.json`` lists its train, validation (carved from the
-training folds) and test cases; the report scores each run's last model on
+Each run's ``split.json`` lists its train, validation (none by default: every
+training-fold case trains) and test cases; the report scores each run's last model on
 the test cases, which no run trained or chose anything on.
 """
 
@@ -30,14 +30,16 @@ from pathlib import Path
 
 import ml_collections
 import numpy as np
+import SimpleITK as sitk
 
 from paresseg_jax import config_files
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import phantom
+from paresseg_jax.data import io, phantom
+from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import figures, tables
 from paresseg_jax.evaluate.scoring import score_run
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary
-from paresseg_jax.train.loop import fold_cases, train_and_evaluate
+from paresseg_jax.train.loop import fold_cases, train_unless_finished
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,20 @@ def run_config(run: str, workdir: Path, scale: DemoScale, seed: int = 0) -> ml_c
 
 
 def make_cohort(workdir: Path, scale: DemoScale, seed: int = 0) -> Path:
+    """The phantom cohort of ``scale``; one already in ``workdir`` is reused only if it is of that scale."""
     cohort = workdir / "cohort"
     if not (cohort / "manifest.json").is_file():
         phantom.make_cohort(cohort, scale.num_cases, seed=seed, shape=scale.shape, num_folds=scale.num_folds)
+        return cohort
+    entries = io.read_cohort(cohort)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(entries[0].phases["pv"]))
+    reader.ReadImageInformation()
+    found = (len(entries), tuple(reversed(reader.GetSize())))
+    if found != (scale.num_cases, tuple(scale.shape)):
+        raise PareSegError(f"this workdir's cohort has {found[0]} cases of {found[1]} voxels, not the "
+                           f"{scale.num_cases} of {tuple(scale.shape)} asked for", path=cohort,
+                           fix="use a new workdir for another scale, or the scale it was made with")
     return cohort
 
 
@@ -111,9 +124,8 @@ def evaluate_cascade(workdir: Path) -> dict[str, dict]:
     """Each tumor run scored on its test cases through the cascade (the liver run's ROI); ``summary.json`` each."""
     out = {run: workdir / "eval" / run for run in TUMOR_RUNS}
     return {
-        run: read_summary(d) if (d / SUMMARY_FILE).is_file() else score_run(
-            workdir / run, liver_workdir=workdir / LIVER_RUN, out_dir=d, overlays=True, title=TUMOR_RUNS[run],
-            run=TUMOR_RUNS[run])
+        run: score_run(workdir / run, liver_workdir=workdir / LIVER_RUN, out_dir=d, overlays=True,
+                       title=TUMOR_RUNS[run], run=TUMOR_RUNS[run], reuse=True)
         for run, d in out.items()
     }
 
@@ -141,8 +153,8 @@ def write_report(workdir: Path, scale: DemoScale, summaries: dict[str, dict], se
         "",
         f"Cohort: {scale.num_cases} cases of {scale.shape[2]}x{scale.shape[1]} px x {scale.shape[0]} slices, "
         f"5 tumor types x 2 scanner profiles; fold 0 of {scale.num_folds} held out as the test set "
-        f"({len(liver_dice)} cases), validation carved from the other folds "
-        f"({len(summaries['paresseg']['info']['split']['validation'])} cases; every run's split.json). "
+        f"({len(liver_dice)} cases), the other folds train "
+        f"({len(summaries['paresseg']['info']['split']['validation'])} validation cases; every run's split.json). "
         f"Networks at width {scale.width}, {scale.crop_size}px patches, "
         f"batch {scale.batch_size}; tumor models {scale.tumor_steps} steps, liver model {scale.liver_steps} steps. "
         "Test cases are segmented with the paper's cascade: the liver model's prediction, "
@@ -208,7 +220,7 @@ def run_demo(workdir: str, full: bool = False, seed: int = 0, scale: DemoScale |
     stage("synthetic cohort", lambda: make_cohort(workdir, scale, seed))
     stage("preprocessing (registration, window, ROI, BE weights)", lambda: fold_cases(configs["paresseg"]))
     for run in _CONFIGS:
-        stage(f"training {run}", lambda run=run: train_and_evaluate(configs[run], str(workdir / run)))
+        stage(f"training {run}", lambda run=run: train_unless_finished(configs[run], workdir / run))
     summaries = stage("cascade inference and scoring", lambda: evaluate_cascade(workdir))
     report = write_report(workdir, scale, summaries, seconds)
     print(f"[demo] report: {report}", flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paresseg_jax.errors import BadInputError
+from paresseg_jax.errors import BadInputError, PareSegError
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_MODEL = "best_model"
@@ -21,6 +21,9 @@ CHECKPOINT_CHOICES = {"last": LAST_MODEL, "best": BEST_MODEL}
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"  # case ids of the run's 'train', 'validation' and 'test' sets (and the fold)
 METRICS_FILE = "metrics.jsonl"
+# {"state": "running" | "stopped" | "finished", "step", "total_steps", "stopped_by"}: written when training starts
+# and when it returns, so a run stopped by a signal (or killed: still "running") is never taken for a finished one.
+STATUS_FILE = "status.json"
 TENSORBOARD_DIR = "tensorboard"
 PERTURBED_DIR = "perturbed"  # scores with ART misaligned or absent (paresseg_jax.evaluate.robustness)
 
@@ -55,3 +58,39 @@ def read_split(workdir: str | Path) -> dict | None:
     """The ``split.json`` a training run wrote into ``workdir``, or None if there is none."""
     path = Path(workdir) / SPLIT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_status(workdir: str | Path) -> dict | None:
+    """The ``status.json`` of a training run, or None (no training ever started there)."""
+    path = Path(workdir) / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_finished(workdir: str | Path) -> None:
+    """Refuse (one line) a run whose training did not reach its last step: only finished runs are scored."""
+    status = read_status(workdir) or {"state": "unknown (no status.json)"}
+    if status["state"] != "finished":
+        where = f" at step {status['step']} of {status['total_steps']}" if "step" in status else ""
+        cause = f" by {status['stopped_by']}" if status.get("stopped_by") else ""
+        raise PareSegError(f"training is {status['state']}{cause}{where}, not finished; its model is not scored",
+                           path=workdir, fix="rerun the same training command (or cross-validation, demo, ablation) "
+                           "to resume it to the end")
+
+
+def check_not_trained_on(case_ids, model_dirs, where, allow: bool = False) -> None:
+    """Refuse (one line) to score models on cases of their own runs' train or validation sets, as their
+    ``split.json`` (beside the saved model, or in its folder) names them, unless ``allow``."""
+    if allow:
+        return
+    seen = {}
+    for model_dir in model_dirs:
+        for folder in (Path(model_dir), Path(model_dir).parent):
+            split = read_split(folder)
+            if split is not None:
+                seen.update({c: folder for c in split.get("train", []) + split.get("validation", [])})
+                break
+    overlap = sorted(set(map(str, case_ids)) & set(seen))
+    if overlap:
+        raise PareSegError(f"cases {overlap[:5]}{' ...' if len(overlap) > 5 else ''} trained or validated the model "
+                           f"of {seen[overlap[0]]}: scores on them are not test results", path=where,
+                           fix="score held-out cases only, or pass --allow_training_cases to score them anyway")

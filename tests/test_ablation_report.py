@@ -51,28 +51,42 @@ def test_paired_tests_match_the_formulas_and_the_q_values_are_benjamini_hochberg
     t = d.mean() / (d.std(ddof=1) / math.sqrt(5))
     assert first["t"] == pytest.approx(t) and first["mean_difference"] == pytest.approx(0.2) and first["n"] == 5
     assert second["t"] == pytest.approx(-t)  # the same differences, the other way round
-    # Wilcoxon: the zero difference is dropped; 4 positive ranks out of 4 -> exact two-sided p = 2 / 2**4
-    assert first["wilcoxon_p"] == pytest.approx(2 / 16)
+    # Wilcoxon, zsplit: |d| ranks 0 -> 1, 0.1 -> 2, 0.2 -> 3, 0.3 -> 4, 0.4 -> 5; the zero's rank split: R+ = 14.5
+    # of n(n+1)/2 = 15, against mean 7.5 and variance n(n+1)(2n+1)/24 = 13.75: two-sided normal p
+    z = (14.5 - 7.5) / math.sqrt(13.75)
+    assert first["wilcoxon_p"] == pytest.approx(math.erfc(z / math.sqrt(2)))
+    assert first["wilcoxon_n"] == 5 and first["zero_differences"] == 1  # the zero counts in n
     # Benjamini-Hochberg with two equal p-values: q = p (rank 2 of 2: p * 2 / 2)
     assert first["q"] == pytest.approx(first["p"]) and second["q"] == pytest.approx(second["p"])
     (identical,) = ablation_report.paired_tests({"a": a, "same": same}, [("a", "same")])
     assert identical["wilcoxon_p"] is None and identical["t"] is None
 
 
-def test_benjamini_hochberg_q_values_by_hand():
-    # three comparisons, p = 0.01, 0.04, 0.03 -> sorted 0.01, 0.03, 0.04: q = min over j >= i of p_j * 3 / j
-    cases = {}
-    for name, shift in (("x", 0.0), ("y", 0.1), ("z", 0.2), ("w", 0.3)):
-        cases[name] = [{"case_id": f"k{i}", "metrics": {"dice": v + shift * (i % 3)}} for i, v in enumerate(np.linspace(0.1, 0.9, 9))]
-    results = ablation_report.paired_tests(cases, [("y", "x"), ("z", "x"), ("w", "y")])
-    p = np.array([r["p"] for r in results])
-    order = np.argsort(p)
-    expected = np.empty(3)
-    running = 1.0
-    for rank in range(3, 0, -1):
-        running = min(running, p[order[rank - 1]] * 3 / rank)
+def _bh_by_hand(p):
+    """Benjamini-Hochberg: sorted p_(1..m), q_(i) = min over j >= i of p_(j) * m / j."""
+    p = np.asarray(p)
+    order, expected, running = np.argsort(p), np.empty(len(p)), 1.0
+    for rank in range(len(p), 0, -1):
+        running = min(running, p[order[rank - 1]] * len(p) / rank)
         expected[order[rank - 1]] = running
-    assert [r["q"] for r in results] == pytest.approx(expected)
+    return expected
+
+
+def test_benjamini_hochberg_q_values_by_hand():
+    """Three comparisons with distinct p-values (strong, moderate, none), so an uncorrected q = p fails."""
+    differences = {"y": [0.30, 0.25, 0.20, 0.35, 0.28, 0.22, 0.31, 0.27],
+                   "z": [0.10, -0.05, 0.12, 0.08, -0.02, 0.09, 0.04, 0.11],
+                   "w": [0.05, -0.10, 0.02, -0.03, 0.08, -0.06, 0.01, 0.04]}
+    cases = {"x": [{"case_id": f"k{i}", "metrics": {"dice": 0.5}} for i in range(8)]}
+    for name, d in differences.items():
+        cases[name] = [{"case_id": f"k{i}", "metrics": {"dice": 0.5 + v}} for i, v in enumerate(d)]
+    results = ablation_report.paired_tests(cases, [("y", "x"), ("z", "x"), ("w", "x")])
+    for key, q_key in (("p", "q"), ("wilcoxon_p", "wilcoxon_q")):
+        p = [r[key] for r in results]
+        assert len(set(p)) == 3
+        q = [r[q_key] for r in results]
+        assert q == pytest.approx(_bh_by_hand(p))
+        assert any(qi > pi * 1.01 for qi, pi in zip(q, p))  # the correction changed something
 
 
 def test_results_table_has_mean_sd_over_seeds_fold_range_and_types():

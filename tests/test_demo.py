@@ -54,7 +54,8 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     demo_summary = json.loads((tmp_path / "eval" / "resseg" / "summary.json").read_text())
     split = json.loads((tmp_path / "resseg" / "split.json").read_text())
     assert [c["case_id"] for c in demo_summary["cases"]] == split["test"]
-    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"])) and split["validation"]
+    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))
+    assert not split["validation"] and len(split["train"]) == 4  # every training-fold case trains (the paper)
     evaluated = scoring.score_run(tmp_path / "resseg", liver_workdir=tmp_path / "liver", out_dir=tmp_path / "evaluate")
     assert evaluated["cases"] == demo_summary["cases"]
     table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1], jobs=2)
@@ -67,3 +68,18 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     assert "| folds 0 of 5 | last | cascade | whole slices | full | >= 0.6 |" in flat
     dpc = [100 * p["summary"]["all"]["dpc"] for p in pooled]
     assert f"| single ResSeg (PV) | {np.mean(dpc):.1f} +- {np.std(dpc, ddof=1):.1f} |" in flat
+
+
+def test_a_cohort_of_another_scale_is_refused_not_reused(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from paresseg_jax.errors import PareSegError
+
+    small = dataclasses.replace(TINY, num_cases=5, shape=(4, 16, 16))
+    cohort = demo.make_cohort(tmp_path, small)
+    assert demo.make_cohort(tmp_path, small) == cohort  # the same scale: reused
+    for other in (dataclasses.replace(small, num_cases=6), dataclasses.replace(small, shape=(4, 32, 32))):
+        with pytest.raises(PareSegError, match="not the"):
+            demo.make_cohort(tmp_path, other)

@@ -1,6 +1,7 @@
 """Cross-validation orchestration, scoring a predictions folder, and paresseg-evaluate's output."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,28 +49,35 @@ def _config(cache_dir):
     return config
 
 
-def _save_model(path, phases):
+def _save_model(path, phases, seed=None):
     """A width-4 ResSeg (DMP for two phases) with fixed random weights, saved as paresseg-train exports it."""
     name = "resseg" if len(phases) == 1 else "dmp_resseg"
     module = models.create(name, width=4, phases=phases)
-    variables = jax.tree.map(np.asarray, models.init_variables(module, jax.random.key(len(phases))))
+    variables = jax.tree.map(np.asarray, models.init_variables(module, jax.random.key(seed or len(phases))))
     model_io.save_model(path, {"name": name, "width": 4, "phases": list(phases)}, variables)
+
+
+def _fake_training(cache_dir, trained, status=lambda: {"state": "finished", "step": 2, "total_steps": 2}):
+    """Stands in for paresseg-train: what scoring reads is config.json, split.json, status.json and last_model/."""
+
+    def train(config, workdir):
+        trained.append((config.data.target, config.data.fold))
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
+        split = loop.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
+        (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
+        _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
+        state = status()
+        (Path(workdir) / "status.json").write_text(json.dumps(state))
+        return {"stopped_by": state.get("stopped_by")}
+
+    return train
 
 
 def test_cross_validate_trains_each_fold_and_its_liver_model_once_and_scores_every_test_case(tmp_path, monkeypatch):
     cache_dir = _tiny_cache(tmp_path)
     trained = []
-
-    def fake_training(config, workdir):
-        """Stands in for paresseg-train: what scoring reads is config.json, split.json and last_model/."""
-        trained.append((config.data.target, config.data.fold))
-        Path(workdir).mkdir(parents=True)
-        (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        split = loop.split_ids(config, cache.open_cohort(cache_dir))
-        (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
-        _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
-
-    monkeypatch.setattr(crossval, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(loop, "train_and_evaluate", _fake_training(cache_dir, trained))
     content = crossval.cross_validate(_config(cache_dir), tmp_path / "cv", overlays=True)
     assert trained == [("liver", 0), ("tumor", 0), ("liver", 1), ("tumor", 1)]
     cases = {c["case_id"]: c for c in content["cases"]}
@@ -185,3 +193,72 @@ def test_score_cases_liver_target_whole_slices_tumor_target_inside_the_cascade_o
         scoring.score_cases(bright, cases, {})
     with pytest.raises(ValueError, match="target"):
         scoring.score_cases(bright, cases, {}, target="spleen")
+
+
+def test_a_stopped_training_is_never_scored_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+    cache_dir = _tiny_cache(tmp_path)
+    calls = []
+
+    def status():  # the first tumor training is stopped by a signal at step 1 of 2
+        stopped = [c[0] for c in calls] == ["liver", "tumor"]
+        return {"state": "stopped" if stopped else "finished", "step": 1 if stopped else 2, "total_steps": 2,
+                "stopped_by": "SIGINT" if stopped else None}
+
+    monkeypatch.setattr(loop, "train_and_evaluate", _fake_training(cache_dir, calls, status))
+    with pytest.raises(PareSegError, match="stopped by SIGINT at step 1 of 2, not finished"):
+        crossval.cross_validate(_config(cache_dir), tmp_path / "cv", folds=[0])
+    assert not (tmp_path / "cv" / "fold_0" / summary.SUMMARY_FILE).exists()
+    content = crossval.cross_validate(_config(cache_dir), tmp_path / "cv", folds=[0])  # resumes, then scores
+    assert [c[0] for c in calls] == ["liver", "tumor", "tumor"]  # the liver run had finished
+    assert content["summary"]["all"]["n_cases"] == 2
+    (tmp_path / "cv" / "fold_0" / "status.json").unlink()  # a run of unknown state (killed, or older code)
+    with pytest.raises(PareSegError, match="not finished"):
+        scoring.score_run(tmp_path / "cv" / "fold_0", liver_workdir=tmp_path / "cv" / "liver" / "fold_0")
+
+
+def test_a_stored_summary_is_reused_only_when_its_provenance_matches(tmp_path, monkeypatch):
+    cache_dir = _tiny_cache(tmp_path)
+    monkeypatch.setattr(loop, "train_and_evaluate", _fake_training(cache_dir, []))
+    crossval.cross_validate(_config(cache_dir), tmp_path / "cv", folds=[0])
+    run, liver = tmp_path / "cv" / "fold_0", tmp_path / "cv" / "liver" / "fold_0"
+    stored = summary.read_summary(run)["info"]["provenance"]
+    assert stored["cases"] == json.loads((run / "split.json").read_text())["test"]
+    assert stored["cache_key"] == cache_dir.name and stored["protocol"]["roi"] == "cascade"
+    assert stored["config"]["train"]["loss"] == "ce" and len(stored["model_sha256"]) == 64
+    scored = []
+    real = scoring.score_cases
+    monkeypatch.setattr(scoring, "score_cases", lambda *a, **k: scored.append(k["roi"]) or real(*a, **k))
+    assert scoring.score_run(run, liver_workdir=liver, reuse=True)["info"]["provenance"] == stored
+    assert scored == []  # all matched: reused
+    oracle = scoring.score_run(run, liver_workdir=liver, roi="oracle_gt_liver", reuse=True)
+    assert scored == ["oracle_gt_liver"] and oracle["info"]["roi"] == "oracle_gt_liver"  # never relabelled
+    _save_model(run / "last_model", ("pv", "art"))  # the same weights exported again: the same model
+    scoring.score_run(run, liver_workdir=liver, roi="oracle_gt_liver", reuse=True)
+    assert scored == ["oracle_gt_liver"]
+    shutil.rmtree(liver / "last_model")
+    _save_model(liver / "last_model", ("pv",), seed=5)  # another liver model: scored again
+    again = scoring.score_run(run, liver_workdir=liver, reuse=True)
+    assert scored == ["oracle_gt_liver", "cascade"]
+    assert again["info"]["provenance"]["liver_model_sha256"] != stored["liver_model_sha256"]
+
+
+def test_cross_validation_trains_the_liver_stage_of_configs_liver_resseg_whatever_the_tumor_loss(tmp_path, monkeypatch):
+    from paresseg_jax import config_files
+
+    seen = []
+
+    def first_training(config, workdir):
+        seen.append(config)
+        raise KeyboardInterrupt  # the liver stage's config is all this test needs
+
+    monkeypatch.setattr(loop, "train_and_evaluate", first_training)
+    tumor = _config(tmp_path / "cache")
+    tumor.train.loss, tumor.train.phase_dropout = "be", 0.3  # paresseg_be with phase dropout
+    with pytest.raises(KeyboardInterrupt):
+        crossval.cross_validate(tumor, tmp_path / "cv", folds=[0])
+    liver, file = seen[0], config_files.load("liver_resseg")
+    for key in ("model.name", "model.fusion", "model.phases", "data.target", "train.loss", "train.phase_dropout"):
+        section, field = key.split(".")
+        assert liver[section][field] == file[section][field], key
+    assert (liver.train.loss, liver.data.target, tuple(liver.model.phases)) == ("ce", "liver", ("pv",))
+    assert liver.data.cache_dir == tumor.data.cache_dir and liver.train.num_steps == tumor.train.num_steps

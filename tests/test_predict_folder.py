@@ -478,3 +478,22 @@ def test_dicom_round_trip_import_predict_seg(tmp_path, two_models):
         seen.add((segment, z))
     assert {z for s, z in seen if s == 1} == set(np.flatnonzero((labels >= 1).any(axis=(1, 2))))
     assert {z for s, z in seen if s == 2} == set(np.flatnonzero((labels == 2).any(axis=(1, 2))))
+
+
+def test_cases_a_model_trained_on_are_not_scored_unless_asked_for(tmp_path):
+    from paresseg_jax.evaluate import crossval
+
+    write_cohort(tmp_path / "cohort")
+    run = tmp_path / "run"
+    model = save_tiny_model(run / "last_model")
+    (run / "split.json").write_text(json.dumps({"train": ["case_1"], "validation": [], "test": ["case_0", "case_2"]}))
+    with pytest.raises(PareSegError, match=r"cases \['case_1'\] trained or validated the model"):
+        folder.predict_folder(tmp_path / "cohort", tmp_path / "out", model, eval_config={"batch_size": 2})
+    assert not (tmp_path / "out").exists()  # refused before any work
+    folder.predict_folder(tmp_path / "cohort", tmp_path / "out", model, eval_config={"batch_size": 2},
+                          preprocess_config={"register": False}, allow_training_cases=True)
+    with pytest.raises(PareSegError, match="--allow_training_cases"):
+        crossval.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored")
+    scored = crossval.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored",
+                                      allow_training_cases=True)
+    assert {r["case_id"] for r in scored["cases"] if "metrics" in r} == {"case_0", "case_1"}

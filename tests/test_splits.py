@@ -1,11 +1,13 @@
 """Stratified folds: a partition, balanced per stratum, deterministic, order-independent."""
 
+import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
 from paresseg_jax.data import splits
+from paresseg_jax.errors import PareSegError
 
 TYPES = ("Cyst", "FNH", "HCC", "HEM", "METs")
 
@@ -93,3 +95,100 @@ def test_validation_holdout_keeps_one_case_of_each_kind_or_refuses():
         splits.validation_holdout(["a"], ["x"], 0.5)
     with pytest.raises(ValueError, match="val_fraction"):
         splits.validation_holdout(["a", "b"], ["x", "y"], 1.0)
+
+
+# ----------------------------------------------------------------------------- patients and manifest splits
+
+
+def _records(n=30, studies=3):
+    """Cases of n // studies patients, each with ``studies`` studies (the DICOM importer's <patient>_<date>)."""
+    return [{"case_id": f"p{i // studies:02d}_{i % studies}", "patient_id": f"p{i // studies:02d}",
+             "tumor_type": TYPES[(i // studies) % len(TYPES)]} for i in range(n)]
+
+
+def test_a_patients_studies_are_never_on_two_sides_of_a_split():
+    records = _records()
+    patient = {r["case_id"]: r["patient_id"] for r in records}
+    tests = []
+    for fold in range(5):
+        split = splits.cohort_split(records, fold, 5, val_fraction=0.2, seed=1)
+        sides = [{patient[c] for c in split[part]} for part in ("train", "validation", "test")]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2]), split
+        assert split["validation"] and sorted(sum(split.values(), [])) == sorted(patient)
+        tests += split["test"]
+    assert sorted(tests) == sorted(patient)  # every case tested once
+    # stratified at patient level: each fold holds 2 patients, of 2 tumor types
+    test_types = [r["tumor_type"] for r in records if r["case_id"] in splits.cohort_split(records, 0, 5)["test"]]
+    assert len(set(test_types)) == 2 and len(test_types) == 6
+
+
+def test_without_patient_ids_a_cohort_splits_as_case_split():
+    ids = [f"case_{i:03d}" for i in range(23)]
+    strata = [TYPES[(i * 7) % len(TYPES)] for i in range(23)]
+    records = [{"case_id": c, "tumor_type": s, "patient_id": None} for c, s in zip(ids, strata)]
+    folds = splits.stratified_folds(ids, strata, 5, seed=2)
+    for fold in range(5):
+        assert splits.cohort_split(records, fold, 5, 0.2, seed=2)["test"] == folds[fold]
+
+
+def test_a_manifests_folds_and_sets_are_honoured():
+    records = [{"case_id": f"c{i}", "tumor_type": "HCC", "split": f"fold-{i % 2}"} for i in range(6)]
+    split = splits.cohort_split(records, 1, num_folds=2)
+    assert split["test"] == ["c1", "c3", "c5"] and split["train"] == ["c0", "c2", "c4"]
+    with pytest.raises(PareSegError, match="num_folds=2"):
+        splits.cohort_split(records, 0, num_folds=5)
+    fixed = [{"case_id": f"c{i}", "tumor_type": "HCC", "split": ("train", "train", "validation", "test")[i % 4]}
+             for i in range(8)]
+    assert splits.cohort_split(fixed, 0, 5) == {"train": ["c0", "c1", "c4", "c5"], "validation": ["c2", "c6"],
+                                                "test": ["c3", "c7"]}
+    with pytest.raises(PareSegError, match="fold=0"):
+        splits.cohort_split(fixed, 1, 5)
+
+
+@pytest.mark.parametrize("records, message", [
+    ([{"case_id": "a", "split": "fold-0"}, {"case_id": "b"}], "not for \\['b'\\]"),
+    ([{"case_id": "a", "split": "fold-0", "patient_id": "p"}, {"case_id": "b", "split": "fold-1", "patient_id": "p"}],
+     "patient 'p'"),
+    ([{"case_id": "a", "split": "holdout"}, {"case_id": "b", "split": "test"}], "'holdout'"),
+])
+def test_inconsistent_manifest_splits_are_refused(records, message):
+    with pytest.raises(PareSegError, match=message):
+        splits.cohort_split(records, 0, 2)
+
+
+def test_training_folds_come_from_the_manifests_cases_not_the_cache_folder(tmp_path):
+    from paresseg_jax import config_defaults
+    from paresseg_jax.data import io, phantom
+    from paresseg_jax.train import loop
+
+    cohort = phantom.make_cohort(tmp_path / "cohort", 6, shape=(4, 16, 16), progress=False)
+    config = config_defaults.get_config()
+    config.data.cohort_dir, config.data.cache_root = str(cohort), str(tmp_path / "cache")
+    config.data.preprocess = {"register": False}
+    config.data.preprocess_workers, config.data.num_folds, config.data.val_fraction = 1, 2, 0.0
+    loop.prepared_cache(config)  # the cache now holds all six cases
+    records = [{k: v for k, v in r.items() if k != "split"} for r in json.loads((cohort / "manifest.json").read_text())["cases"]]
+    records[1]["patient_id"] = records[0]["patient_id"] = "patient-a"  # two studies of one patient
+    io.write_manifest(cohort, records[:5])  # case_0005 left the cohort
+    for fold in (0, 1):
+        cases = loop.fold_cases(_with_fold(config, fold))
+        ids = {part: {c.case_id for c in members} for part, members in cases.items()}
+        assert set().union(*ids.values()) == {f"case_{i:04d}" for i in range(5)}
+        assert any({"case_0000", "case_0001"} <= members for members in ids.values())
+
+
+def _with_fold(config, fold):
+    config = config.copy_and_resolve_references()
+    config.data.fold = fold
+    return config
+
+
+def test_by_default_every_training_fold_case_trains():
+    """The paper trains on all training folds: no validation unless asked for (val_fraction, or 'best')."""
+    from paresseg_jax import config_defaults
+    from paresseg_jax.train import loop
+
+    config = config_defaults.get_config()
+    records = [{"case_id": f"c{i}", "tumor_type": TYPES[i % 5]} for i in range(25)]
+    split = loop.split_ids(config, records)
+    assert split["validation"] == [] and len(split["train"]) == 20 and config.eval.checkpoint == "last"

@@ -156,8 +156,8 @@ def test_without_validation_cases_there_is_no_best_model_and_best_is_refused(cac
     assert not [r for r in read_metrics(tmp_path / "work") if r["split"] == "val"]
     assert (tmp_path / "work" / "last_model").is_dir() and not (tmp_path / "work" / "best_model").exists()
     assert workdir_layout.read_split(tmp_path / "work")["validation"] == []
-    config.data.fold = 1  # a resumed run must not silently change its split
-    with pytest.raises(PareSegError, match="another train/validation/test split"):
+    config.data.fold = 1  # a resumed run must not silently change its split (nor its config.json)
+    with pytest.raises(PareSegError, match=r"another config \(differing: data.fold\)"):
         loop.train_and_evaluate(config, str(tmp_path / "work"))
 
 
@@ -319,3 +319,25 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n{damaged\n" + lines[2] + "\n")
     with pytest.raises(BadInputError, match=r"metrics.jsonl: line 2 is not a JSON record"):
         read_metrics(tmp_path)
+
+
+def test_a_stopped_training_is_recorded_as_stopped_and_a_rerun_finishes_it(cache_dir, tmp_path, monkeypatch):
+    from paresseg_jax.workdir import check_finished, read_status
+
+    config = tiny_config(cache_dir, num_steps=3, eval_every=100)
+    workdir = tmp_path / "work"
+    monkeypatch.setattr(loop._StopSignals, "should_stop", lambda self: True)  # a signal during the first step
+    assert loop.train_and_evaluate(config, str(workdir))["stopped_by"]
+    assert read_status(workdir) == {"state": "stopped", "step": 1, "total_steps": 3,
+                                    "stopped_by": "a signal on another process"}
+    with pytest.raises(PareSegError, match="stopped .* at step 1 of 3, not finished"):
+        check_finished(workdir)
+    monkeypatch.undo()
+    loop.train_and_evaluate(config, str(workdir))
+    assert read_status(workdir)["state"] == "finished" and read_status(workdir)["step"] == 3
+    check_finished(workdir)
+    assert loop.train_unless_finished(config, workdir) is None  # finished: nothing to do
+    config.train.loss = "be"  # another config is refused, never written over the run's
+    with pytest.raises(PareSegError, match=r"another config \(differing: train.loss\)"):
+        loop.train_unless_finished(config, workdir)
+    assert json.loads((workdir / "config.json").read_text())["train"]["loss"] == "ce"

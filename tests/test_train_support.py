@@ -109,6 +109,7 @@ def tiny_config(cache_dir: Path, **train):
     config.data.worker_count = 0
     config.data.num_folds = 5
     config.data.fold = 0
+    config.data.val_fraction = 0.2
     config.train.batch_size = 4
     config.train.num_steps = 12
     config.train.log_every = 1

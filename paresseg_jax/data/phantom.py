@@ -90,19 +90,26 @@ def make_case(
     return make_case_with_phase_masks(seed, tumor_type, shape, spacing, scanner, phases)[0]
 
 
-def make_case_with_phase_masks(
+def make_case_with_phase_masks(*args, **kwargs) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
+    """``make_case`` (same arguments) plus, per phase, the liver and tumor masks where that phase shows them.
+
+    Non-PV phases are moved by breathing, so these differ from the PV ground
+    truth: they are what a registration must recover.
+    """
+    case, masks, _ = make_case_with_truth(*args, **kwargs)
+    return case, masks
+
+
+def make_case_with_truth(
     seed: int,
     tumor_type: str,
     shape: Sequence[int] = (40, 512, 512),
     spacing: Sequence[float] | None = None,
     scanner: str | None = None,
     phases: Sequence[str] = ("pv", "art"),
-) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
-    """``make_case`` plus, per phase, the liver and tumor masks where that phase shows them.
-
-    Non-PV phases are moved by breathing, so these differ from the PV ground
-    truth: they are what a registration must recover.
-    """
+) -> tuple[io.Case, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """``make_case_with_phase_masks`` plus each non-PV phase's true motion: ``[3, z, y, x]`` voxel coordinates
+    (z, y, x) of the PV volume that each of its voxels shows, what a registration error is measured against."""
     if tumor_type not in TUMOR_TYPES:
         raise ValueError(f"tumor_type {tumor_type!r} is not one of {TUMOR_TYPES}")
     if "pv" not in phases or any(p not in PHASE_ORDER for p in phases):
@@ -138,7 +145,7 @@ def make_case_with_phase_masks(
     bone = rng.uniform(*BONE_RANGE)
     values["bone"] = np.full(4, bone)
     spleen_texture = _smooth_field(rng, shape, spacing, 15.0)
-    images, phase_masks = {}, {}
+    images, phase_masks, motion = {}, {}, {}
     for phase in phases:
         column = PHASE_ORDER.index(phase)
         lut = np.array([values[name][column] for name in _LABELS], np.float32)
@@ -152,7 +159,7 @@ def make_case_with_phase_masks(
             coordinates = _breathing(rng, shape, spacing, z, y, x, liver_center)
             hu = ndimage.map_coordinates(hu, coordinates, order=1, mode="nearest")
             masks = {k: ndimage.map_coordinates(m, coordinates, order=0, mode="nearest") for k, m in masks.items()}
-            del coordinates
+            motion[phase] = coordinates
         blur = (rng.uniform(*profile["blur_z"]), *[rng.uniform(*profile["blur_xy"])] * 2)
         hu = ndimage.gaussian_filter(hu, blur)
         hu += rng.uniform(*profile["noise_hu"]) * rng.standard_normal(shape, dtype=np.float32)
@@ -170,7 +177,7 @@ def make_case_with_phase_masks(
         "num_lesions": len(lesions),
     }
     case = io.Case(images, liver, tumor, spacing_xyz, origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), metadata)
-    return case, phase_masks
+    return case, phase_masks, motion
 
 
 def make_cohort(

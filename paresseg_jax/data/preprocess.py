@@ -31,7 +31,8 @@ from paresseg_jax.worker_processes import usable_workers
 # Bumped when a code change alters the cached arrays of an unchanged config; it is part of the resolved
 # config, hence of the cache key, so caches made by older code are made again, not silently reused.
 # 2: registration in one ITK work unit (reproducible; revision 1 registered differently run to run).
-REVISION = 2
+# 3: registration on the whole image, never in the ground-truth liver's box (``prepare_phases``).
+REVISION = 3
 
 
 def default_preprocess_config() -> dict:
@@ -47,7 +48,7 @@ def default_preprocess_config() -> dict:
         "registration": {
             "initial": "rigid",  # "rigid" | "affine" | "none": transform fitted before the B-spline
             "grid_mm": 3.0,  # registration runs on images binned in-plane to about this spacing
-            "margin_mm": 20.0,  # around the liver ROI box, where the metric is computed
+            "margin_mm": 20.0,  # around a region's box, where register_phase computes the metric when given one
             "mesh_mm": 80.0,  # B-spline control point spacing (coarse: finer meshes fit the noise)
             "shrink_factors": [2, 1],
             "smoothing_sigmas": [2.0, 1.0],  # voxels, per level; > 0 at the finest too, or CT noise flattens the metric
@@ -255,10 +256,46 @@ def registration_failure(error: RuntimeError, path) -> Exception:
                              "--noregister (config.data.preprocess.register=False) skips registration")
 
 
-def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None) -> dict:
+def prepare_phases(case: io.Case, preprocess_config: Mapping | None = None,
+                   sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(windowed images, registration report)``: the one preparation of a case's phases, for training and
+    evaluation caches, ``paresseg-predict`` and ``infer.segment`` alike: :func:`registered_phases`, then
+    :func:`windowed`."""
+    phases, report = registered_phases(case, preprocess_config, sources)
+    return windowed(phases, preprocess_config), report
+
+
+def registered_phases(case: io.Case, preprocess_config: Mapping | None = None,
+                      sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """``(phases in HU, registration report)``: other phases registered to PV on the whole image (when the
+    settings register). Nothing reads the case's masks, so a scored case is prepared exactly as a new study
+    (``paresseg-bench registration`` measured the whole image against the liver's box). ``sources`` (phase ->
+    file) name the image in a registration failure. Lesions are measured on these HU volumes."""
+    config = resolve_config(preprocess_config)
+    phases, report = dict(case.phases), {}
+    if config["register"]:
+        for name in [p for p in phases if p != "pv"]:
+            try:
+                transform, report[name] = register_phase(phases["pv"], phases[name], case, config["registration"])
+            except RuntimeError as error:
+                raise registration_failure(error, (sources or {}).get(name, name)) from None
+            phases[name] = apply_transform(phases[name], case, transform)
+    return phases, report
+
+
+def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None = None) -> dict[str, np.ndarray]:
+    """Every phase in HU windowed to [0, 1] by the settings' window."""
+    low, high = resolve_config(preprocess_config)["window"]
+    return {name: hu_window(array, low, high) for name, array in phases.items()}
+
+
+def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
+                    sources: Mapping | None = None) -> dict:
     """Preprocessed arrays of one case, as keyword arguments of ``cache.write_case`` (less dir and id).
 
-    The ROI comes from ``liver_prediction`` when given, else the case's liver mask.
+    Images from :func:`prepare_phases`; the ROI (which a scored case's
+    cascade replaces with its liver model's) comes from ``liver_prediction``
+    when given, else the case's liver mask.
     """
     config = resolve_config(preprocess_config)
     if case.tumor is None:
@@ -271,15 +308,8 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
         raise ValueError(
             f"case {case.case_id!r} has no liver mask for the liver ROI; add liver.nii.gz or set roi_source to a folder of liver predictions"
         )
-    registration = {}
-    phases = dict(case.phases)
-    if config["register"]:
-        for name in [p for p in phases if p != "pv"]:
-            transform, registration[name] = register_phase(phases["pv"], phases[name], case, config["registration"], roi_source)
-            phases[name] = apply_transform(phases[name], case, transform)
+    images, registration = prepare_phases(case, config, sources)
     roi = liver_roi(roi_source, int(config["roi_dilation"]))
-    low, high = config["window"]
-    images = {name: hu_window(array, low, high) for name, array in phases.items()}
     liver = case.liver if case.liver is not None else np.asarray(roi_source, np.uint8)
     meta = {
         **case.metadata,
@@ -349,12 +379,7 @@ def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, p
             raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
                                     path=predictions, fix="predict the liver of every case first")
         prediction = io.read_mask(path, case)
-    try:
-        prepared = preprocess_case(case, config, prediction)
-    except RuntimeError as error:
-        others = [path for name, path in entry.phases.items() if name != "pv"]
-        raise registration_failure(error, others[0] if len(others) == 1 else Path(entry.phases["pv"]).parent) from None
-    cache.write_case(cache_dir, entry.case_id, **prepared)
+    cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
 
 
 def _share_cores(threads: int) -> None:

@@ -10,9 +10,12 @@ default ``<workdir>/liver/fold_k``) predicts each case's liver, whose 5x5
 dilation is the tumor model's ROI. Scoring is
 :func:`paresseg_jax.evaluate.scoring.score_run`'s (the model of
 ``config.eval.checkpoint``, whole slices, ``p >= threshold``); the per-case
-records of all folds go into ``<workdir>/summary.json``. A fold whose
-``summary.json`` exists is not repeated, and training resumes from its
-checkpoints, so an interrupted cross-validation continues where it stopped.
+records of all folds go into ``<workdir>/summary.json``. A finished training
+of the same config is not repeated, a stopped one resumes from its
+checkpoints (``loop.train_unless_finished``), and a fold's ``summary.json``
+is reused only when its provenance (models, config, protocol, cases, cache)
+is what scoring would use now, so an interrupted cross-validation continues
+where it stopped and a changed one is never relabelled.
 """
 
 from __future__ import annotations
@@ -25,25 +28,15 @@ from typing import Sequence
 import ml_collections
 import numpy as np
 
-from paresseg_jax import preflight
+from paresseg_jax import config_defaults, preflight
 from paresseg_jax.data import io
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.evaluate.scoring import CASCADE, protocol, score_run
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
-from paresseg_jax.train.loop import train_and_evaluate
+from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.train.loop import train_unless_finished
+from paresseg_jax.workdir import check_not_trained_on
 
 LIVER_DIR = "liver"
-
-
-def liver_stage_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The cascade's liver-ResSeg for a tumor experiment: single-branch ResSeg on PV with the liver as target,
-    on the same cohort, folds, training recipe and evaluation settings (``configs/liver_resseg.py``'s changes)."""
-    liver = copy.deepcopy(config)
-    liver.model.name = "resseg"
-    liver.model.fusion = None
-    liver.model.phases = ("pv",)
-    liver.data.target = "liver"
-    return liver
 
 
 def cross_validate(
@@ -56,7 +49,7 @@ def cross_validate(
     """Train and score every fold (or the given ones); returns the ``summary.json`` content of ``workdir``.
 
     With ``config.eval.roi`` 'cascade' (the default) each fold's liver-ResSeg
-    is trained too (:func:`liver_stage_config`) in ``liver_workdir/fold_k``
+    is trained too (``config_defaults.liver_stage``: ResSeg, cross-entropy, liver target) in ``liver_workdir/fold_k``
     unless it is there already, so several tumor experiments can share one.
     """
     workdir = Path(workdir)
@@ -70,15 +63,13 @@ def cross_validate(
     records = []
     for fold in folds:
         fold_dir = workdir / f"fold_{fold}"
-        if not (fold_dir / SUMMARY_FILE).is_file():
-            fold_config = copy.deepcopy(config)
-            fold_config.data.fold = fold
-            liver_dir = liver_root / f"fold_{fold}" if cascade else None
-            if cascade:
-                train_and_evaluate(liver_stage_config(fold_config), str(liver_dir))
-            train_and_evaluate(fold_config, str(fold_dir))
-            score_run(fold_dir, liver_workdir=liver_dir, overlays=overlays, title=f"fold {fold}")
-        records += read_summary(fold_dir)["cases"]
+        fold_config = copy.deepcopy(config)
+        fold_config.data.fold = fold
+        liver_dir = liver_root / f"fold_{fold}" if cascade else None
+        if cascade:
+            train_unless_finished(config_defaults.liver_stage(fold_config), liver_dir)
+        train_unless_finished(fold_config, fold_dir)
+        records += score_run(fold_dir, liver_workdir=liver_dir, overlays=overlays, title=f"fold {fold}", reuse=True)["cases"]
     roi = config.eval.get("roi", CASCADE)
     write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict(),
                   **protocol(config.eval.to_dict(), roi, config.data.get("target", "tumor")))
@@ -91,6 +82,7 @@ def evaluate_folder(
     out: str | os.PathLike | None = None,
     resample_masks: bool = False,
     tumor_label: int | None = None,
+    allow_training_cases: bool = False,
 ) -> dict:
     """Score a folder of predictions ``<case_id>.nii.gz`` against a cohort's tumor masks.
 
@@ -101,10 +93,13 @@ def evaluate_folder(
     PV grid (on another grid only with ``resample_masks``: resampled onto it).
     Every prediction file is found before any is read. Cases without a tumor
     mask are listed unscored. Writes ``summary.json`` into ``out`` (default:
-    the predictions folder).
+    the predictions folder). Cases that the predicting models' runs (the
+    ``models`` a ``paresseg-predict`` summary names) trained or validated on
+    are refused unless ``allow_training_cases``.
     """
     predictions = Path(predictions)
     found = preflight.predictions(predictions, cohort)
+    check_not_trained_on(found, _predicting_models(predictions), predictions, allow_training_cases)
     if tumor_label is None:
         tumor_label = predicted_tumor_label(predictions)
     records = []
@@ -130,6 +125,15 @@ def evaluate_folder(
     out = predictions if out is None else Path(out)
     write_summary(out, records, predictions=str(predictions), cohort=str(cohort), labels={"tumor": tumor_label})
     return read_summary(out)
+
+
+def _predicting_models(predictions: Path) -> list[str]:
+    """The tumor and liver model folders a ``paresseg-predict`` folder's ``summary.json`` names ([] without one)."""
+    try:
+        info = read_summary(predictions)["info"]
+    except FileNotFoundError:
+        return []
+    return list(info.get("models") or []) + list(info.get("liver_models") or [])
 
 
 def predicted_tumor_label(predictions: str | os.PathLike) -> int:

@@ -33,7 +33,7 @@ from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate import scoring
 from paresseg_jax.evaluate.summary import write_summary
 from paresseg_jax.train.loop import prepared_cache
-from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR, check_finished
 
 KINDS = ("shift", "deformation")
 
@@ -120,6 +120,7 @@ def evaluate_perturbed(
     config_file = workdir / CONFIG_FILE
     if not config_file.is_file():
         raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
+    check_finished(workdir)
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     eval_config = config.eval.to_dict()
     checkpoint = eval_config.get("checkpoint", "last")

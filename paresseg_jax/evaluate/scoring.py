@@ -5,6 +5,7 @@ the demo and the ablation all call :func:`score_run`, so one run gives the
 same per-case records whichever of them reports it. The protocol is the
 paper's unless a config says otherwise, and every ``summary.json`` states it:
 
+- runs: finished trainings only (``status.json``); a stopped one is refused;
 - cases: the run's ``test`` ids from its ``split.json`` (its held-out fold),
   never the cases it trained or chose a checkpoint on;
 - model: ``config.eval.checkpoint``, 'last' (the paper) or 'best' (chosen on
@@ -32,13 +33,14 @@ from paresseg_jax.data import io, preprocess
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.errors import PareSegError
+from paresseg_jax.evaluate import provenance
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import overlap_metrics
 from paresseg_jax.train.loop import prepared_cache
-from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, read_config, read_split
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, check_finished, read_config, read_split
 
 CASCADE = "cascade"
 ORACLE = "oracle_gt_liver"
@@ -168,6 +170,7 @@ def run_liver_model(workdir: str | os.PathLike, split: Mapping, liver_workdir: s
             "the paper's cascade ROI needs the liver-ResSeg trained on this run's training folds",
             path=workdir, fix=f"give its workdir (--liver_workdir), or choose the oracle explicitly (--roi={ORACLE})",
         )
+    check_finished(liver_workdir)
     liver_split = run_split(liver_workdir)
     if sorted(liver_split["test"]) != sorted(split["test"]):
         raise PareSegError(
@@ -186,36 +189,63 @@ def score_run(
     out_dir: str | os.PathLike | None = None,
     overlays: bool = False,
     title: str = "",
+    reuse: bool = False,
     **info,
 ) -> dict:
-    """Score a ``paresseg-train`` workdir on its test cases; writes and returns ``summary.json`` (in ``out_dir``,
-    default the workdir). ``info`` (e.g. a run's name) goes into the summary's info, not the case records, so
-    one run's records are the same whoever scores it.
+    """Score a finished ``paresseg-train`` workdir on its test cases; writes and returns ``summary.json`` (in
+    ``out_dir``, default the workdir). ``info`` (e.g. a run's name) goes into the summary's info, not the case
+    records, so one run's records are the same whoever scores it.
 
     ``roi`` overrides the run's ``config.eval.roi``. The cascade takes its
     liver model from ``liver_workdir``, a liver-ResSeg run whose test cases
-    must be this run's (so it never trained on them either).
+    must be this run's (so it never trained on them either). The summary
+    records its provenance (``evaluate.provenance``); with ``reuse`` a stored
+    summary is returned as it is when all of it matches, else scored again.
     """
-    workdir = Path(workdir)
+    plan = _plan(Path(workdir), liver_workdir, roi)
+    out = Path(out_dir or workdir)
+    if reuse:
+        previous = provenance.stored(out)
+        if previous is not None and not provenance.differences(previous["info"].get(provenance.KEY), plan["provenance"]):
+            return previous
+    split, config = plan["split"], plan["config"]
+    cases = cache_lib.open_cohort(plan["cache_dir"], split["test"])  # the cache training used
+    roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    records = score_cases(
+        plan["tumor_model"], cases, config.eval.to_dict(), roi=plan["roi"], liver_model=plan["liver_model"],
+        roi_dilation=roi_dilation, target=plan["target"], out_dir=out, overlays=overlays, title=title,
+        fold=split["fold"],
+    )
+    split_info = {k: split[k] for k in ("fold", "num_folds", "train", "validation", "test")}
+    write_summary(out, records, workdir=str(Path(workdir).absolute()), split=split_info,
+                  liver_workdir=None if plan["liver_model"] is None else str(Path(liver_workdir).absolute()),
+                  **plan["provenance"]["protocol"], **{provenance.KEY: plan["provenance"]}, **info)
+    return read_summary(out)
+
+
+def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:
+    """What scoring a run would use now: its config, split, models, cache and their provenance record."""
     config = read_config(workdir)
     if config is None:
         raise PareSegError("no config.json", path=workdir, fix="give a workdir written by paresseg-train")
+    check_finished(workdir)
     config = ml_collections.ConfigDict(config)
     split = run_split(workdir)
     eval_config = config.eval.to_dict()
     target = config.data.get("target", "tumor")
     roi = roi or eval_config.get("roi", CASCADE)
-    liver_model = run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == CASCADE else None
-    tumor_model = load_run_model(workdir, eval_config.get("checkpoint", "last"))
-    cases = cache_lib.open_cohort(prepared_cache(config), split["test"])  # the cache training used
-    roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
-    records = score_cases(
-        tumor_model, cases, eval_config, roi=roi, liver_model=liver_model, roi_dilation=roi_dilation, target=target,
-        out_dir=out_dir or workdir, overlays=overlays, title=title, fold=split["fold"],
+    checkpoint = eval_config.get("checkpoint", "last")
+    liver_model, liver_sha256 = None, None
+    if target == "tumor" and roi == CASCADE:
+        liver_model = run_liver_model(workdir, split, liver_workdir)
+        liver_checkpoint = read_config(liver_workdir)["eval"].get("checkpoint", "last")
+        liver_sha256 = provenance.model_checksum(Path(liver_workdir) / CHECKPOINT_CHOICES[liver_checkpoint], liver_model[1])
+    tumor_model = load_run_model(workdir, checkpoint)
+    cache_dir = prepared_cache(config)
+    record = provenance.record(
+        model_sha256=provenance.model_checksum(workdir / CHECKPOINT_CHOICES[checkpoint], tumor_model[1]),
+        liver_model_sha256=liver_sha256, config=config.to_dict(), protocol=protocol(eval_config, roi, target),
+        case_ids=split["test"], cache_dir=cache_dir,
     )
-    split_info = {k: split[k] for k in ("fold", "num_folds", "train", "validation", "test")}
-    out = Path(out_dir or workdir)
-    write_summary(out, records, workdir=str(workdir.absolute()), split=split_info,
-                  liver_workdir=None if liver_model is None else str(Path(liver_workdir).absolute()),
-                  **protocol(eval_config, roi, target), **info)
-    return read_summary(out)
+    return {"config": config, "split": split, "target": target, "roi": roi, "tumor_model": tumor_model,
+            "liver_model": liver_model, "cache_dir": cache_dir, "provenance": record}

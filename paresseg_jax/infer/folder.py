@@ -37,6 +37,7 @@ from paresseg_jax.infer.lesion_overlay import lesion_overlay
 from paresseg_jax.infer.run_report import REPORT_FILE, write_report
 from paresseg_jax.infer.study import ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml, write_dicom_seg
 from paresseg_jax.metrics import case_metrics
+from paresseg_jax.workdir import check_not_trained_on
 
 PROBABILITY_SUFFIX = "_tumor_prob"
 OVERLAY_SUFFIX = "_lesions.png"
@@ -68,6 +69,7 @@ def predict_folder(
     num_parts: int = 1,
     part_id: int = 0,
     overlays: bool = False,
+    allow_training_cases: bool = False,
 ) -> dict:
     """Segment every case of ``input_dir`` into ``output_dir``; returns the ``summary.json`` content.
 
@@ -81,7 +83,9 @@ def predict_folder(
     ``num_parts``-th case (``paresseg_jax.infer.resume``). The summary holds
     every finished case of the folder, whichever part finished it.
     ``overlays``: also ``<case_id>_lesions.png`` (``infer.lesion_overlay``);
-    ``report.md`` sums the run up (``infer.run_report``).
+    ``report.md`` sums the run up (``infer.run_report``). Cases with a tumor
+    mask are scored, so cases a model's run trained or validated on are
+    refused unless ``allow_training_cases``.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format={output_format!r}: choose one of {sorted(OUTPUT_FORMATS)}")
@@ -90,6 +94,9 @@ def predict_folder(
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
                for entry in io.read_cohort(input_dir)]
+    models = list(segmenter.tumor.sources) + ([] if segmenter.liver is None else list(segmenter.liver.sources))
+    check_not_trained_on([e.case_id for e in entries if e.tumor is not None or e.segmentation is not None], models,
+                         input_dir, allow_training_cases)
     if output_format == "dicom_seg":
         for entry in entries:
             check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)

@@ -109,8 +109,8 @@ class Segmenter:
         ``liver``: a liver mask to take the ROI from; without one the liver
         model (if any) predicts it. ``sources`` name the phases' files in errors.
         """
-        registered, registration = registered_phases(case, self.preprocess_config, sources)
-        images = absent_phases.fill_absent(windowed(registered, self.preprocess_config), self.phases)
+        registered, registration = preprocess.registered_phases(case, self.preprocess_config, sources)
+        images = absent_phases.fill_absent(preprocess.windowed(registered, self.preprocess_config), self.phases)
         result = segment_study(
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
@@ -128,36 +128,6 @@ def _ensemble(model: ModelSource) -> Ensemble:
     if isinstance(model, Ensemble) or (isinstance(model, tuple) and model and hasattr(model[0], "phases")):
         return as_ensemble(model)
     return load_ensemble(model)
-
-
-def prepare_images(case: io.Case, preprocess_config: Mapping | None,
-                   sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """``(windowed images, registration report)``: other phases registered to PV, all windowed to [0, 1].
-    ``sources`` (phase -> file) name the image in a registration failure."""
-    phases, report = registered_phases(case, preprocess_config, sources)
-    return windowed(phases, preprocess_config), report
-
-
-def registered_phases(case: io.Case, preprocess_config: Mapping | None,
-                      sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """``(phases in HU, registration report)``: the other phases registered to PV when the settings say so."""
-    config = preprocess.resolve_config(preprocess_config)
-    phases, report = dict(case.phases), {}
-    if config["register"]:
-        for name in [p for p in phases if p != "pv"]:
-            try:
-                transform, report[name] = preprocess.register_phase(phases["pv"], phases[name], case,
-                                                                    config["registration"])
-            except RuntimeError as error:
-                raise preprocess.registration_failure(error, (sources or {}).get(name, name)) from None
-            phases[name] = preprocess.apply_transform(phases[name], case, transform)
-    return phases, report
-
-
-def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None) -> dict[str, np.ndarray]:
-    """Every phase in HU windowed to [0, 1] as training windowed it."""
-    low, high = preprocess.resolve_config(preprocess_config)["window"]
-    return {name: preprocess.hu_window(array, low, high) for name, array in phases.items()}
 
 
 def read_files(
@@ -197,7 +167,7 @@ def read_study(
 ) -> tuple[io.Case, dict[str, np.ndarray], dict]:
     """``(case in HU, windowed images, registration report)`` of one study (see :func:`read_files`)."""
     case = read_files(phase_paths, liver=liver, tumor=tumor, case_id=case_id, resample_masks=resample_masks)
-    images, report = prepare_images(case, preprocess_config, phase_paths)
+    images, report = preprocess.prepare_phases(case, preprocess_config, phase_paths)
     return case, images, report
 
 

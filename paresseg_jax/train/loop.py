@@ -45,7 +45,7 @@ from paresseg_jax.train.state import create_train_state, learning_rate_schedule,
 from paresseg_jax.train.validate import validate
 from paresseg_jax.train.writers import MetricsWriter
 from paresseg_jax.workdir import (BEST_MODEL, CHECKPOINT_CHOICES, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL, SPLIT_FILE,
-                                  read_split)
+                                  STATUS_FILE, read_config, read_split, read_status)
 
 log = logging.getLogger(__name__)
 
@@ -124,21 +124,28 @@ def prepared_cache(config) -> Path:
     )
 
 
-def split_ids(config, cases) -> dict[str, list[str]]:
-    """``{'train', 'validation', 'test'}`` case ids: fold ``config.data.fold`` of the tumor-type-stratified
-    folds is the test set; ``config.data.val_fraction`` of the other folds, stratified, is validation."""
+def split_ids(config, records) -> dict[str, list[str]]:
+    """``{'train', 'validation', 'test'}`` case ids of case ``records`` (manifest entries or cached cases'
+    meta): fold ``config.data.fold`` of the patient-level, tumor-type-stratified folds (or the manifest's) is
+    the test set; ``config.data.val_fraction`` of the other folds' patients is validation."""
     data = config.data
-    return splits.case_split(
-        [c.case_id for c in cases], [c.tumor_type or "none" for c in cases], data.fold, data.num_folds,
-        val_fraction=float(data.get("val_fraction", 0.0)), seed=data.fold_seed,
-    )
+    return splits.cohort_split(records, data.fold, data.num_folds, float(data.get("val_fraction", 0.0)), data.fold_seed)
 
 
 def fold_cases(config) -> dict[str, list]:
-    """The cached cases of :func:`split_ids`'s three sets, by set name."""
-    cases = cache_lib.open_cohort(prepared_cache(config))
+    """The cached cases of :func:`split_ids`'s three sets, by set name: the cohort's manifest cases (with
+    ``config.data.cohort_dir``; never other cases a shared cache folder holds), else the cache's."""
+    cache_dir = prepared_cache(config)
+    if config.data.cohort_dir:
+        from paresseg_jax.data import io
+
+        records = [{**e.metadata, "case_id": e.case_id} for e in io.read_cohort(config.data.cohort_dir)]
+        cases = cache_lib.open_cohort(cache_dir, [r["case_id"] for r in records])
+    else:
+        cases = cache_lib.open_cohort(cache_dir)
+        records = [c.meta for c in cases]
     by_id = {c.case_id: c for c in cases}
-    return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, cases).items()}
+    return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, records).items()}
 
 
 def check_checkpoint_choice(config, has_validation: bool) -> str:
@@ -188,11 +195,48 @@ def num_train_steps(config, train_cases) -> int:
     return int(train.num_epochs) * max(1, math.ceil(records / train.batch_size))
 
 
+def _write_status(workdir: Path, state: str, step: int, total_steps: int, stopped_by: str | None = None) -> None:
+    if jax.process_index() == 0:
+        status = {"state": state, "step": int(step), "total_steps": int(total_steps), "stopped_by": stopped_by}
+        write_text(workdir / STATUS_FILE, json.dumps(status, indent=1))
+
+
+def _as_json(config) -> dict:
+    return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+# What a resumed run may change: its length (it continues to the new end; scores carry the config they used).
+LENGTH_KEYS = ("train.num_steps", "train.num_epochs")
+
+
 def _write_config(config, workdir: Path) -> None:
+    """``config.json``; a workdir that holds another run's config is refused, never relabelled (only the training
+    length may change: the run then continues to the new end)."""
+    previous = read_config(workdir)
+    changed = [] if previous is None else [k for k in _changed_keys(previous, _as_json(config)) if k not in LENGTH_KEYS]
+    if changed:
+        raise PareSegError(f"this workdir holds a run of another config (differing: {', '.join(changed[:6])})",
+                           path=workdir / CONFIG_FILE, fix="use a new --workdir, or the config it was trained with")
     if jax.process_index() == 0:
         settings = config.to_dict()
         settings["model"] = models.registry.recorded_spec(settings["model"])
         write_text(workdir / CONFIG_FILE, json.dumps(settings, indent=1, default=list))
+
+
+def _changed_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix.rstrip(".") or "(whole config)"] if a != b else []
+    return [k for key in sorted(set(a) | set(b)) for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+
+
+def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
+    """What cross-validation, the demo and the ablation call: :func:`train_and_evaluate` (a new run, or one
+    stopped, resumed) unless ``workdir`` holds a finished run of exactly ``config`` (None then)."""
+    status = read_status(workdir)
+    if status is not None and status["state"] == "finished" and read_config(workdir) == _as_json(config):
+        return None
+    return train_and_evaluate(config, str(workdir))
 
 
 def _export(workdir: Path, name: str, config, host_variables) -> None:
@@ -273,12 +317,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics = {BEST_METRIC: val[BEST_METRIC]} if val is not None else None
         checkpoints.save(step, parallel.global_state(state), iterator, meta, metrics)
 
+    _write_status(workdir, "running", start, total_steps)
     streak = 0
     last = {}
     pending = []  # (step, device metrics) not read yet: the host reads them every log_every steps
     bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
-    stopped_by = None
+    stopped_by, reached = None, start
     try:
         with _StopSignals() as signals:
             for step in range(start + 1, total_steps + 1):
@@ -299,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 stop = signals.should_stop()
                 if val is not None or stop or step % train.checkpoint_every == 0 or step == total_steps:
                     save(step, state, val)
+                reached = step
                 if stop:
                     stopped_by = signals.received or "a signal on another process"
                     break
@@ -310,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.close()
         writer.close()
     _export(workdir, LAST_MODEL, config, parallel.host_state(state).variables)
+    _write_status(workdir, "finished" if reached >= total_steps else "stopped", reached, total_steps, stopped_by)
     elapsed = time.perf_counter() - started
     if is_main:
         if stopped_by:

@@ -105,7 +105,7 @@ def test_a_block_in_a_package_of_ones_own_survives_every_command(tmp_path):
                  "--config.data.crop_size=32", "--config.data.worker_count=0", "--config.train.batch_size=4",
                  "--config.train.num_steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2",
                  "--config.eval.batch_size=4", cwd=tmp_path, env=env))
-    spec = json.loads((tmp_path / "work" / "best_model" / "model.json").read_text())
+    spec = json.loads((tmp_path / "work" / "last_model" / "model.json").read_text())
     assert spec["name"] == MODEL and spec["fusion"] == BLOCK
 
     predict = ["--pv=pv.nii.gz", "--art=art.nii.gz", "--model=work", "--out=mask.nii.gz"]

@@ -179,7 +179,7 @@ def test_evaluate_refuses_predictions_on_another_grid_unless_resample_masks(coho
     refused = command("paresseg-evaluate", f"--predictions={coarse}", f"--cohort={cohort / 'phantom'}", status=2)
     assert "--resample_masks" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     done = command("paresseg-evaluate", f"--predictions={coarse}", f"--cohort={cohort / 'phantom'}", "--resample_masks")
-    scored = json.loads((coarse / "summary.json").read_text())["cases"]
+    scored = json.loads((coarse / "scores.json").read_text())["cases"]  # beside the summary.json it did not write
     assert len(scored) == 2 and all(r["metrics"]["dice"] > 0 for r in scored) and "| coarse " in done.stdout
 
 

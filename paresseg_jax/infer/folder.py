@@ -92,14 +92,7 @@ def predict_folder(
     resume.check_part(num_parts, part_id)
     check_run(input_dir, output_dir, save_probabilities, output_format, overlays)
     segmenter = model if isinstance(model, Segmenter) else Segmenter.load(model, liver_model, eval_config, preprocess_config)
-    entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
-               for entry in io.read_cohort(input_dir)]
-    models = list(segmenter.tumor.sources) + ([] if segmenter.liver is None else list(segmenter.liver.sources))
-    check_not_trained_on([e.case_id for e in entries if e.tumor is not None or e.segmentation is not None], models,
-                         input_dir, allow_training_cases)
-    if output_format == "dicom_seg":
-        for entry in entries:
-            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+    entries = _checked_entries(input_dir, segmenter, resample_masks, liver_label, allow_training_cases, output_format)
     run = resume.run_key(models=resume.models_checksum([segmenter.tumor, segmenter.liver]),
                          options=segmenter.options, preprocess=segmenter.preprocess_config, format=output_format,
                          probabilities=save_probabilities, liver_label=liver_label,
@@ -107,20 +100,9 @@ def predict_folder(
     keys = {entry.case_id: resume.case_key(run, entry) for entry in entries}
     done = {} if overwrite else resume.finished(output_dir, keys)
     todo = [entry for entry in resume.part_of(entries, num_parts, part_id) if entry.case_id not in done]
-    failed, interrupted = {}, False
-    with tqdm(todo, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
-        try:
-            for entry in studies:
-                studies.set_postfix_str(entry.case_id)
-                bar = _slice_bar(slices, entry.case_id)
-                record = _case_or_failure(entry, segmenter, Path(output_dir), save_probabilities, output_format, bar,
-                                          overlays=overlays)
-                if "failed" in record:  # not recorded as finished: a rerun tries it again
-                    failed[entry.case_id] = record
-                else:
-                    resume.append(resume.record_path(output_dir, num_parts, part_id), keys[entry.case_id], record)
-        except KeyboardInterrupt:  # the finished cases are kept, with a summary that lists them
-            interrupted = True
+    record_file = resume.record_path(output_dir, num_parts, part_id)
+    failed, interrupted = _segment_cases(todo, keys, record_file, segmenter, Path(output_dir), save_probabilities,
+                                         output_format, overlays)
     found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
     found.update(failed)
     records = [found[entry.case_id] for entry in entries if entry.case_id in found]
@@ -130,14 +112,54 @@ def predict_folder(
             "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
             "cases_in_input": len(entries),
             "predicted_now": [entry.case_id for entry in todo], "interrupted": interrupted}
-    lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
-                      [row for r in finished for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
-    write_report(output_dir, finished, f"paresseg-predict: {Path(input_dir).name}")
-    summary = read_summary(write_summary(output_dir, records, **info))
+    summary = _write_run_files(output_dir, records, finished, info)
     if interrupted:
         raise PareSegError(f"interrupted after {len(finished)} of {len(entries)} cases; their files and a summary.json "
                            "of them are kept", path=output_dir, fix="run the same command again to segment the others")
     return summary
+
+
+def _write_run_files(output_dir, records: list, finished: list, info: dict) -> dict:
+    """The run's lesions.csv and report.md (finished cases) and summary.json (every record); returns the summary."""
+    lesions.write_csv(Path(output_dir) / lesions.CSV_FILE,
+                      [row for r in finished for row in lesions.csv_rows(r["case_id"], r["lesions"]["lesions"])])
+    write_report(output_dir, finished, f"paresseg-predict: {Path(info['input']).name}")
+    return read_summary(write_summary(output_dir, records, **info))
+
+
+def _checked_entries(input_dir, segmenter: Segmenter, resample_masks: bool, liver_label: int | None,
+                     allow_training_cases: bool, output_format: str) -> list[io.CaseEntry]:
+    """The cohort's entries, each reading the model's phases, after the checks that need the models: no scored
+    case the models' runs trained on, a DICOM series behind every PV for DICOM-SEG."""
+    entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
+               for entry in io.read_cohort(input_dir)]
+    models = list(segmenter.tumor.sources) + ([] if segmenter.liver is None else list(segmenter.liver.sources))
+    check_not_trained_on([e.case_id for e in entries if e.tumor is not None or e.segmentation is not None], models,
+                         input_dir, allow_training_cases)
+    if output_format == "dicom_seg":
+        for entry in entries:
+            check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
+    return entries
+
+
+def _segment_cases(todo, keys: Mapping, record_file: Path, segmenter: Segmenter, output: Path,
+                   save_probabilities: bool, output_format: str, overlays: bool) -> tuple[dict, bool]:
+    """Segment `todo`, appending each finished case to `record_file` as soon as its outputs are written;
+    returns ``(failed case records, whether Ctrl-C stopped the run)``."""
+    failed = {}
+    with tqdm(todo, desc="studies", unit="study") as studies, tqdm(desc="slices", unit="slice", leave=False) as slices:
+        try:
+            for entry in studies:
+                studies.set_postfix_str(entry.case_id)
+                record = _case_or_failure(entry, segmenter, output, save_probabilities, output_format,
+                                          _slice_bar(slices, entry.case_id), overlays=overlays)
+                if "failed" in record:  # not recorded as finished: a rerun tries it again
+                    failed[entry.case_id] = record
+                else:
+                    resume.append(record_file, keys[entry.case_id], record)
+        except KeyboardInterrupt:  # the finished cases are kept, with a summary that lists them
+            return failed, True
+    return failed, False
 
 
 def _case_or_failure(entry: io.CaseEntry, *args, **options) -> dict:

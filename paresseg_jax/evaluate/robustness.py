@@ -10,7 +10,7 @@ views of the cached cases that differ from them in one phase only:
   case, not on ``m``, so a curve over ``m`` grows one perturbation;
 - absent: the phase replaced by the absent-phase input, allowed only for
   models trained with phase dropout (``paresseg_jax.absent_phases``).
-Every condition is scored by ``crossval.evaluate_cases`` into its own
+Every condition is scored by ``evaluate.scoring.score_cases`` into its own
 ``summary.json`` under ``<workdir>/perturbed/<condition>/``, so
 ``paresseg-evaluate --run`` compares conditions with its paired tests.
 """

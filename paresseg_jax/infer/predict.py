@@ -17,7 +17,7 @@ pixels, so volumes share a few compiled shapes): faster, but not the same
 function. Outside the ROI the inputs are zero, yet after conv + BN + ReLU the
 features there are not, and the phase attention's channel energies sum over
 every pixel of the slice; once its ``gamma`` has left 0 the crop changes the
-energies, the softmax and the output (README gives the measured difference).
+energies, the softmax and the output (RESULTS.md gives the measured difference).
 
 A voxel is foreground where its probability is ``>= threshold``
 (:func:`binarize`), as in the reference.
@@ -53,7 +53,7 @@ ROI_GRID = 64
 _FLIPS = ((), (1,), (2,), (1, 2))
 # Default cap on the pixels of one forward pass on a CPU: one whole 512 x 512 slice. PA-ResSeg width 64's
 # forward pass then peaks at 1.5 GB RSS with direct convolutions, 2.5 GB with Winograd ('fast': transformed
-# tiles 4x the activations) for ~14% less time (measured on a shared 2-core CPU), hence direct by default.
+# tiles 4x the activations) for ~12% less time (direct takes ~14% more; shared 2-core CPU), hence direct by default.
 CPU_BATCH_PIXELS = 512 * 512
 
 

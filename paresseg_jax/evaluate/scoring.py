@@ -38,7 +38,7 @@ from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_sum
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
-from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.metrics import dice
 from paresseg_jax.train.loop import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, check_finished, read_config, read_split
 
@@ -115,7 +115,7 @@ def score_cases(
                 images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold_for(eval_config, target),
                 liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
             )
-            mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
+            mask, extra["liver_dice"] = result["mask"], dice(result["liver"], case.liver)
             if liver_masks is not None:
                 liver_masks[case.case_id] = result["liver"]
         spacing_zyx = tuple(reversed(case.meta["spacing"]))
@@ -130,14 +130,6 @@ def score_cases(
                     title=f"{title + ': ' if title else ''}{case.case_id} ({case.tumor_type}), prediction red, truth green",
                 )
     return records
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-    return overlap_metrics(
-        tp=int(np.count_nonzero(p & t)), fp=int(np.count_nonzero(p & ~t)),
-        fn=int(np.count_nonzero(~p & t)), tn=int(np.count_nonzero(~p & ~t)),
-    )["dice"]
 
 
 def run_split(workdir: str | os.PathLike) -> dict:

@@ -25,7 +25,7 @@ from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io, preprocess
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import label_map, options_from_config, segment_study
+from paresseg_jax.infer.cascade import label_map, segment_options, segment_study
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -82,7 +82,7 @@ class Segmenter:
             preprocess_config = trained.get("data", {}).get("preprocess")
         liver = None if liver_model is None else _ensemble(liver_model)
         chosen = postprocess.read(model_io.resolve_model_dir(tumor.sources[0])) if tumor.sources else None
-        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config), chosen)
+        return cls(tumor, liver, segment_options(settings), preprocess.resolve_config(preprocess_config), chosen)
 
     @property
     def phases(self) -> tuple[str, ...]:

@@ -76,8 +76,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path).absolute()
     if (path / SPEC_FILE).exists():
         return path
-    config = read_config(path) or {}
-    chosen = CHECKPOINT_CHOICES.get(config.get("eval", {}).get("checkpoint", "last"), LAST_MODEL)
+    config = read_config(path)
+    chosen = LAST_MODEL if config is None else CHECKPOINT_CHOICES.get(config["eval"]["checkpoint"], LAST_MODEL)
     for name in dict.fromkeys((chosen, *EXPORTED_MODELS)):
         if (path / name / SPEC_FILE).exists():
             return path / name

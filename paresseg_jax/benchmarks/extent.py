@@ -54,10 +54,10 @@ def measure(run: str | Path, liver_workdir: str | Path | None = None) -> dict:
     """Per-case whole-slice vs ROI-crop Dice, changed voxels and seconds on ``run``'s test cases."""
     config = ml_collections.ConfigDict(read_config(run))
     eval_config = config.eval.to_dict()
-    checkpoint = eval_config.get("checkpoint", "last")
+    checkpoint = eval_config["checkpoint"]
     tumor = load_run_model(run, checkpoint)
-    liver = None if liver_workdir is None else load_run_model(liver_workdir, read_config(liver_workdir)["eval"].get("checkpoint", "last"))
-    dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    liver = None if liver_workdir is None else load_run_model(liver_workdir, read_config(liver_workdir)["eval"]["checkpoint"])
+    dilation = int(preprocess.resolve_config(config.data.preprocess)["roi_dilation"])
     threshold = threshold_for(eval_config, "tumor")
     options = {k: v for k, v in predict_options(eval_config).items() if k != "crop_to_roi"}
     rows = []

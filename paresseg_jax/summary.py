@@ -1,5 +1,8 @@
 """Per-case evaluation records and the cohort's ``summary.json``.
 
+Inference (``paresseg-predict`` with ground truth) and evaluation both write
+these records, so they live below both and neither imports the other.
+
 Like nnU-Net's summary.json, every case's metrics are saved before anything
 is averaged, so any table can be rebuilt (and runs compared case by case)
 without predicting again. Layout::

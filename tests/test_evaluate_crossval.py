@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from paresseg_jax import config_defaults, model_io, models
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate import crossval, scoring, summary
+from paresseg_jax import summary
+from paresseg_jax.evaluate import crossval, scoring
 from paresseg_jax.infer.cascade import segment_study
 from paresseg_jax.infer.predict import predict_volume
 from paresseg_jax.train import loop

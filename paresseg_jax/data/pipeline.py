@@ -348,7 +348,7 @@ def make_train_loader(
             f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
             "preprocess them with those phases or train on fewer phases"
         )
-    target = data.get("target", "tumor")
+    target = data.target
     source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed, target=target)
     if len(source) < shard.shard_count:
         raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")

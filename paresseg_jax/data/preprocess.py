@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.worker_processes import usable_workers
@@ -36,35 +37,9 @@ REVISION = 3
 
 
 def default_preprocess_config() -> dict:
-    """The paper's preprocessing settings as a plain dict (its JSON hash keys the cache).
-
-    ``roi_source``: ``"liver"`` uses the case's liver mask; a folder path uses
-    liver predictions ``<folder>/<case_id>.nii.gz`` (PV geometry, 0/1), as the
-    paper does with its liver-ResSeg.
-    """
-    return {
-        "window": [-70.0, 180.0],
-        "register": True,
-        "registration": {
-            "initial": "rigid",  # "rigid" | "affine" | "none": transform fitted before the B-spline
-            "grid_mm": 3.0,  # registration runs on images binned in-plane to about this spacing
-            "margin_mm": 20.0,  # around a region's box, where register_phase computes the metric when given one
-            "mesh_mm": 80.0,  # B-spline control point spacing (coarse: finer meshes fit the noise)
-            "shrink_factors": [2, 1],
-            "smoothing_sigmas": [2.0, 1.0],  # voxels, per level; > 0 at the finest too, or CT noise flattens the metric
-            "intensity_range": [-100.0, 300.0],  # HU kept for the metric: bone and air would waste histogram bins
-            "histogram_bins": 32,
-            "metric_samples": 10000,  # random samples per level (sampling percentage = samples / voxels)
-            "initial_step_mm": 2.0,  # first step of the rigid/affine stage
-            "initial_iterations": 100,
-            "bspline_step_mm": 1.0,
-            "bspline_iterations": 30,
-            "seed": 0,
-        },
-        "roi_source": "liver",
-        "roi_dilation": 5,
-        "be_weights": {"w1": 0.8, "w2": 0.2, "alpha": 1.0, "beta": 0.5},
-    }
+    """The paper's preprocessing settings as a plain dict (its JSON hash keys the cache): ``config.data.preprocess``
+    of ``paresseg_jax.config_defaults``, where each setting is declared and explained."""
+    return config_defaults.get_config().data.preprocess.to_dict()
 
 
 def resolve_config(preprocess_config: Mapping | None, base: Mapping | None = None) -> dict:

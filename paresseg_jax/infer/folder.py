@@ -30,7 +30,7 @@ from paresseg_jax import lesions, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import io
 from paresseg_jax.errors import BadInputError, PareSegError
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
+from paresseg_jax.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer import resume
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.lesion_overlay import lesion_overlay

@@ -1,7 +1,9 @@
 """A trained model that travels without this package's model code: its forward pass serialised by `jax.export`.
 
-``<name>.jaxexport/`` holds the forward pass in float32 and in bfloat16 (StableHLO with the weights
-as constants; symbolic batch, height and width, the last two multiples of 32), ``model.json`` (the
+``<name>.jaxexport/`` holds the forward pass in float32 and in bfloat16 (StableHLO; symbolic batch, height
+and width, the last two multiples of 32), the weights it takes as arguments (``weights.msgpack``: baked in as
+constants, XLA folds them into other arithmetic and the logits differ from the saved model's by ~1e-8;
+passed in, the computation is the saved model's, bit for bit), ``model.json`` (the
 phases, channels and classes a caller must know), the run's ``config.json`` where it has one (the
 inference settings) and ``MODEL_CARD.md``. `ExportedModel` runs it with `jax.export.deserialize`
 alone; it has the ``apply`` / ``phases`` / ``in_channels`` of a Linen module, so inference treats it
@@ -18,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 
@@ -27,6 +30,7 @@ from paresseg_jax.errors import BadInputError, OutputError
 SUFFIX = ".jaxexport"
 FORMAT = "jax.export"
 FORWARDS = {"float32": "forward_float32.bin", "bfloat16": "forward_bfloat16.bin"}
+WEIGHTS = "weights.msgpack"
 SPEC_KEYS = ("name", "phases", "in_channels", "num_classes", "attention", "fusion", "phase_dropout")
 MULTIPLE = 32  # the models' own padding multiple (models.base.MULTIPLE)
 
@@ -41,15 +45,16 @@ def is_exported(path: str | os.PathLike) -> bool:
 
 
 def _forward(module, variables, dtype: str):
-    """The serialised forward pass of ``module`` in ``dtype`` with ``variables`` built in."""
-    from paresseg_jax import models
+    """The serialised forward pass of ``module`` in ``dtype``, taking variables shaped like ``variables``."""
+    from paresseg_jax import models, ops
 
     spec = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in ("parent", "name")}
     module = type(module)(**{**spec, "dtype": models.DTYPES[dtype]})
     batch, height, width = jax.export.symbolic_shape(f"b, {MULTIPLE}*h, {MULTIPLE}*w")
     inputs = [jax.ShapeDtypeStruct((batch, height, width, module.in_channels), jnp.float32) for _ in module.phases]
-    variables = jax.tree_util.tree_map(jnp.asarray, variables)  # constants of the exported function
-    exported = jax.export.export(jax.jit(lambda *x: module.apply(variables, *x, train=False)))(*inputs)
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+    with ops.conv_impl("direct"):  # inference's convolutions (`infer.predict.tumor_probability`), not Winograd
+        exported = jax.export.export(jax.jit(lambda v, *x: module.apply(v, *x, train=False)))(shapes, *inputs)
     return exported.serialize()
 
 
@@ -68,6 +73,7 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, card: str
     with atomic_path(output, directory=True) as tmp:
         for dtype, name in FORWARDS.items():
             (tmp / name).write_bytes(_forward(module, variables, dtype))
+        (tmp / WEIGHTS).write_bytes(flax.serialization.msgpack_serialize(jax.device_get(variables)))
         (tmp / "model.json").write_text(json.dumps(spec, indent=1))
         (tmp / "MODEL_CARD.md").write_text(card)
         for folder in (Path(source), model_dir.parent):
@@ -100,7 +106,7 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike) -> Path:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ExportedModel:
     """A deserialised forward pass with a Linen module's calling convention: ``apply(variables, *inputs,
-    train=False)`` (``variables`` ignored: the weights are inside), inputs NHWC of any height and width
+    train=False)`` (``variables``: the weights `load_exported` read), inputs NHWC of any height and width
     (zero-padded to multiples of 32, logits cropped back, as the models do)."""
 
     path: Path
@@ -111,29 +117,30 @@ class ExportedModel:
     forward: Any = dataclasses.field(repr=False)
 
     def apply(self, variables, *inputs, train: bool = False):
-        del variables
         if train:
             raise ValueError("an exported model runs inference only (train=False)")
         height, width = inputs[0].shape[1:3]
         pad = ((0, 0), (0, -height % MULTIPLE), (0, -width % MULTIPLE), (0, 0))
-        logits = self.forward.call(*[jnp.pad(jnp.asarray(x, jnp.float32), pad) for x in inputs])
+        logits = self.forward.call(variables, *[jnp.pad(jnp.asarray(x, jnp.float32), pad) for x in inputs])
         return logits[:, :height, :width]
 
 
 def load_exported(path: str | os.PathLike, dtype: str = "float32") -> tuple[ExportedModel, dict, dict]:
-    """``(model, {}, spec)`` like `model_io.load_model`, from an `export_model` folder; no model code imported."""
+    """``(model, variables, spec)`` like `model_io.load_model`, from an `export_model` folder; no model code
+    imported."""
     path = Path(path).absolute()
     spec = json.loads((path / "model.json").read_text())
     if dtype not in spec.get("forwards", {}):
         raise BadInputError(f"has no {dtype} forward pass", path=path, fix=f"use one of {sorted(spec['forwards'])}")
     try:
         forward = jax.export.deserialize(bytearray((path / spec["forwards"][dtype]).read_bytes()))
+        variables = flax.serialization.msgpack_restore((path / WEIGHTS).read_bytes())
     except (OSError, ValueError, RuntimeError) as error:
         raise BadInputError(f"the exported forward pass cannot be read ({error})", path=path,
                             fix="export the model again with paresseg-export") from None
     model = ExportedModel(path, tuple(spec["phases"]), int(spec["in_channels"]), int(spec["num_classes"]), dtype,
                           forward)
-    return model, {}, {k: v for k, v in spec.items() if k in SPEC_KEYS}
+    return model, variables, {k: v for k, v in spec.items() if k in SPEC_KEYS}
 
 
 def model_card(spec: Mapping, config: Mapping | None, split: Mapping | None, summary: Mapping | None) -> str:

@@ -4,6 +4,7 @@ Width 4, 32 x 32 inputs, float32, XLA unoptimised (the check compiles once and r
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,23 @@ def test_the_command_names_the_first_changed_layer(tmp_path):
     assert table["first_divergent"] == "ART_encoder.third_1.bn.1"
     rows = {row["layer"]: row for row in table["outputs"]}
     assert rows["ART_encoder.third_1.bn.0"]["max_rel"] < 1e-5 < rows["ART_encoder.third_1.bn.1"]["max_rel"]
+
+
+def test_float64_gradients_of_official_style_weights(tmp_path):
+    """--weights loads a state_dict (.pth) into the oracle and --grads compares every parameter's gradient."""
+    torch.save(harness.reference_model("RESNET_phase_att", 4, "reference", seed=5).state_dict(), tmp_path / "w.pth")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    env = {"JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PARESSEG_HUGE_PAGES": "0"}
+    command = [sys.executable, "-m", "paresseg_jax_launch.crosscheck", "--width=4", "--size=32", "--dtype=float64",
+               "--grads", "--json=table.json"]
+    done = subprocess.run([*command, "--weights=w.pth"], cwd=tmp_path, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=600, env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["first_divergent"] is None and table["first_divergent_grad"] is None
+    grads = {row["layer"] for row in table["grads"]}
+    assert {"PV_encoder.first.0.weight", "final.0.weight"} <= grads and len(grads) > 100
+    assert all(row["max_rel"] <= check.TOLERANCES["float64"] for row in table["grads"])
+    refused = subprocess.run([*command, "--weights=other.pth"], cwd=tmp_path, capture_output=True, encoding="utf-8",
+                             errors="replace", timeout=600, env={**os.environ, **env})
+    assert refused.returncode == 2 and "the weights do not fit the PyTorch module" in refused.stderr, refused.stderr

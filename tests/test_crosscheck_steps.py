@@ -48,3 +48,19 @@ def _biases_before_batchnorm() -> int:
         count += sum(getattr(a, "bias", None) is not None and isinstance(b, torch.nn.BatchNorm2d)
                      and not isinstance(a, torch.nn.BatchNorm2d) for a, b in zip(layers, layers[1:]))
     return count
+
+
+@pytest.mark.slow  # 64 CPU-s: three float64 steps of both frameworks' two-branch model
+def test_pa_resseg_with_cross_entropy_stays_together(tmp_path):
+    """The two-branch model (phase attention in train mode, both encoders' BatchNorms) and the CE loss."""
+    cache_dir = write_tiny_cache(tmp_path / "cache", shape=(6, 64, 64))
+    env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PARESSEG_HUGE_PAGES": "0"}
+    done = subprocess.run([sys.executable, "-m", "paresseg_jax_launch.crosscheck", "--width=4", "--steps=3",
+                           f"--cache_dir={cache_dir}", "--size=64", "--batch=4", "--loss=ce", "--dtype=float64",
+                           "--json=steps.json"], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "steps.json").read_text())["steps"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert max(max(r["loss_rel"], r["params_rel"], r["running_var_rel"]) for r in rows) < 1e-9
+    assert rows[0]["zero_grad_params"] > 0

@@ -87,6 +87,8 @@ COVERED = {
     ("paresseg-crosscheck", "--batch"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
     ("paresseg-crosscheck", "--loss"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
     ("paresseg-crosscheck", "--dtype"): "test_crosscheck_steps.py::test_twenty_float64_steps_stay_together",
+    ("paresseg-crosscheck", "--grads"): "test_crosscheck.py::test_float64_gradients_of_official_style_weights",
+    ("paresseg-crosscheck", "--weights"): "test_crosscheck.py::test_float64_gradients_of_official_style_weights",
     ("paresseg-export", None): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
     ("paresseg-export", "--model"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
     ("paresseg-export", "--output"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
@@ -96,9 +98,6 @@ NOT_COVERED = {
     ("paresseg-postprocess", "--liver_workdir"): "its test scores with --roi=oracle_gt_liver; the cascade ROI it would "
                                                  "take is paresseg-evaluate's (test_documented_commands.py::"
                                                  "test_evaluate_a_run_with_the_cascade_and_overlays)",
-    ("paresseg-crosscheck", "--grads"): "in-process only: check.crosscheck(grads=True) was run by hand (float64 "
-                                        "gradients 6.6e-11 at width 4), no default-tier test",
-    ("paresseg-crosscheck", "--weights"): "no test loads a .pth into --torch_module (load_torch_model(weights=))",
     ("paresseg-ablation", "--jobs"): "slow tier only: test_ablation.py::test_a_study_trains_per_seed_scores_each_"
                                      "condition_and_reports_statistics (run_ablation(jobs=2), in-process)",
 }

@@ -44,7 +44,8 @@ from paresseg_jax.evaluate import ablation_report, robustness
 from paresseg_jax.evaluate.scoring import score_run
 from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
 from paresseg_jax.model_io import SPEC_FILE
-from paresseg_jax.train.loop import prepared_cache, train_and_evaluate
+from paresseg_jax.runs import prepared_cache
+from paresseg_jax.train import train_and_evaluate
 from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
 from paresseg_jax.worker_processes import usable_workers
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from paresseg_jax import config_defaults, model_io, models
+from paresseg_jax import config_defaults, model_io, models, runs
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import crossval, scoring, summary
@@ -64,7 +64,7 @@ def _fake_training(cache_dir, trained, status=lambda: {"state": "finished", "ste
         trained.append((config.data.target, config.data.fold))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        split = loop.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
+        split = runs.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
         (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
         _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
         state = status()

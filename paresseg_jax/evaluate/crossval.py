@@ -12,7 +12,7 @@ dilation is the tumor model's ROI. Scoring is
 ``config.eval.checkpoint``, whole slices, ``p >= threshold``); the per-case
 records of all folds go into ``<workdir>/summary.json``. A finished training
 of the same config is not repeated, a stopped one resumes from its
-checkpoints (``loop.train_unless_finished``), and a fold's ``summary.json``
+checkpoints (``train.train_unless_finished``), and a fold's ``summary.json``
 is reused only when its provenance (models, config, protocol, cases, cache)
 is what scoring would use now, so an interrupted cross-validation continues
 where it stopped and a changed one is never relabelled.
@@ -33,7 +33,7 @@ from paresseg_jax.data import io
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.evaluate.scoring import CASCADE, protocol, score_run
 from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
-from paresseg_jax.train.loop import train_unless_finished
+from paresseg_jax.train import train_unless_finished
 from paresseg_jax.workdir import check_not_trained_on
 
 LIVER_DIR = "liver"

@@ -32,7 +32,7 @@ from paresseg_jax.data.cache import CachedCase, open_cohort
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate import scoring
 from paresseg_jax.evaluate.summary import write_summary
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR, check_finished
 
 KINDS = ("shift", "deformation")

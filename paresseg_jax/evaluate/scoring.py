@@ -39,7 +39,7 @@ from paresseg_jax.infer.cascade import predict_options, segment_study, threshold
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import overlap_metrics
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, check_finished, read_config, read_split
 
 CASCADE = "cascade"

@@ -94,30 +94,11 @@ def score_cases(
         raise PareSegError(f"config.eval.roi={roi!r} is unknown", fix=f"use one of {ROI_SOURCES}")
     if target == "tumor" and roi == CASCADE and liver_model is None:
         raise PareSegError("the cascade ROI needs a liver model", fix=f"give one, or use roi={ORACLE!r} (an oracle)")
-    module, variables = tumor_model
-    options = predict_options(eval_config)
     records = []
     for case in tqdm(cases, desc="score", unit="case", leave=False):
-        images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *module.phases))}
-        extra = {}
-        if target == "liver":
-            truth = case.liver
-            mask = binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options),
-                            threshold_for(eval_config, target))
-        elif roi == ORACLE:
-            truth = case.tumor
-            mask = binarize(predict_volume(module, variables, images, case.roi, **options),
-                            threshold_for(eval_config, target))
-        else:
-            truth = case.tumor
-            known = None if liver_masks is None else liver_masks.get(case.case_id)
-            result = segment_study(
-                images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold_for(eval_config, target),
-                liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
-            )
-            mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
-            if liver_masks is not None:
-                liver_masks[case.case_id] = result["liver"]
+        images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *tumor_model[0].phases))}
+        mask, truth, extra = _segment_case(case, images, tumor_model, eval_config, roi=roi, liver_model=liver_model,
+                                           liver_masks=liver_masks, roi_dilation=roi_dilation, target=target)
         spacing_zyx = tuple(reversed(case.meta["spacing"]))
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
                                      scanner=case.meta.get("scanner"), **extra, **info))
@@ -130,6 +111,27 @@ def score_cases(
                     title=f"{title + ': ' if title else ''}{case.case_id} ({case.tumor_type}), prediction red, truth green",
                 )
     return records
+
+
+def _segment_case(case: CachedCase, images: Mapping[str, np.ndarray], tumor_model: tuple, eval_config: Mapping, *,
+                  roi: str, liver_model: tuple | None, liver_masks: MutableMapping[str, np.ndarray] | None,
+                  roi_dilation: int, target: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(mask, truth, extra record fields)`` of one case, as :func:`score_cases` describes."""
+    module, variables = tumor_model
+    options = predict_options(eval_config)
+    threshold = threshold_for(eval_config, target)
+    if target == "liver":
+        return binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options), threshold), case.liver, {}
+    if roi == ORACLE:
+        return binarize(predict_volume(module, variables, images, case.roi, **options), threshold), case.tumor, {}
+    known = None if liver_masks is None else liver_masks.get(case.case_id)
+    result = segment_study(
+        images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold,
+        liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
+    )
+    if liver_masks is not None:
+        liver_masks[case.case_id] = result["liver"]
+    return result["mask"], case.tumor, {"liver_dice": _dice(result["liver"], case.liver)}
 
 
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:

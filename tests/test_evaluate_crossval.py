@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from paresseg_jax import config_defaults, model_io, models, runs
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate import crossval, scoring, summary
+from paresseg_jax.evaluate import predictions, scoring, summary
+from paresseg_jax.experiments import crossval
 from paresseg_jax.infer.cascade import segment_study
 from paresseg_jax.infer.predict import predict_volume
 from paresseg_jax.train import loop
@@ -146,7 +147,7 @@ def _write_cohort(root):
 
 def test_evaluate_folder_and_launcher_tables(tmp_path):
     _write_cohort(tmp_path)
-    content = crossval.evaluate_folder(tmp_path / "preds", tmp_path / "cohort")
+    content = predictions.evaluate_folder(tmp_path / "preds", tmp_path / "cohort")
     dice = {c["case_id"]: c["metrics"]["dice"] for c in content["cases"]}
     # 2 x 6 x 6 tumor moved by i columns: overlap 2 x 6 x (6 - i).
     assert dice == pytest.approx({"c0": 1.0, "c1": 5 / 6, "c2": 4 / 6})
@@ -230,6 +231,9 @@ def test_a_stored_summary_is_reused_only_when_its_provenance_matches(tmp_path, m
     monkeypatch.setattr(scoring, "score_cases", lambda *a, **k: scored.append(k["roi"]) or real(*a, **k))
     assert scoring.score_run(run, liver_workdir=liver, reuse=True)["info"]["provenance"] == stored
     assert scored == []  # all matched: reused
+    # The check alone (the ablation's "is this row done"): what reuse would return, scoring nothing.
+    assert scoring.current_summary(run, liver_workdir=liver)["info"]["provenance"] == stored
+    assert scoring.current_summary(run, liver_workdir=liver, roi="oracle_gt_liver") is None and scored == []
     oracle = scoring.score_run(run, liver_workdir=liver, roi="oracle_gt_liver", reuse=True)
     assert scored == ["oracle_gt_liver"] and oracle["info"]["roi"] == "oracle_gt_liver"  # never relabelled
     _save_model(run / "last_model", ("pv", "art"))  # the same weights exported again: the same model

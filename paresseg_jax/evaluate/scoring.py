@@ -1,6 +1,6 @@
 """Scoring a trained run: the one path behind every reported number.
 
-``paresseg-evaluate``, :func:`~paresseg_jax.evaluate.crossval.cross_validate`,
+``paresseg-evaluate``, :func:`~paresseg_jax.experiments.crossval.cross_validate`,
 the demo and the ablation all call :func:`score_run`, so one run gives the
 same per-case records whichever of them reports it. The protocol is the
 paper's unless a config says otherwise, and every ``summary.json`` states it:
@@ -206,10 +206,9 @@ def score_run(
     """
     plan = _plan(Path(workdir), liver_workdir, roi)
     out = Path(out_dir or workdir)
-    if reuse:
-        previous = provenance.stored(out)
-        if previous is not None and not provenance.differences(previous["info"].get(provenance.KEY), plan["provenance"]):
-            return previous
+    previous = _current(plan, out) if reuse else None
+    if previous is not None:
+        return previous
     split, config = plan["split"], plan["config"]
     cases = cache_lib.open_cohort(plan["cache_dir"], split["test"])  # the cache training used
     roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
@@ -223,6 +222,26 @@ def score_run(
                   liver_workdir=None if plan["liver_model"] is None else str(Path(liver_workdir).absolute()),
                   **plan["provenance"]["protocol"], **{provenance.KEY: plan["provenance"]}, **info)
     return read_summary(out)
+
+
+def current_summary(
+    workdir: str | os.PathLike,
+    *,
+    liver_workdir: str | os.PathLike | None = None,
+    roi: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict | None:
+    """The stored ``summary.json`` that :func:`score_run` with ``reuse`` would return as it is (its provenance is
+    what scoring the run would use now), else None: a scheduler's check that a run needs no scoring."""
+    return _current(_plan(Path(workdir), liver_workdir, roi), Path(out_dir or workdir))
+
+
+def _current(plan: dict, out: Path) -> dict | None:
+    """The summary in ``out`` if its provenance matches ``plan``'s, else None."""
+    previous = provenance.stored(out)
+    if previous is None or provenance.differences(previous["info"].get(provenance.KEY), plan["provenance"]):
+        return None
+    return previous
 
 
 def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:

@@ -26,7 +26,8 @@ import dataclasses
 from absl import flags
 
 from paresseg_jax import cli
-from paresseg_jax import ablation, demo
+from paresseg_jax.data import phantom_scale
+from paresseg_jax.experiments import ablation, ablation_plan
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
 _ROWS = flags.DEFINE_string("rows", None, "the study: a built-in one by name (ablation, beyond_the_paper) or a TOML "
@@ -49,13 +50,13 @@ _JOBS = flags.DEFINE_integer("jobs", 1, "trainings at a time, each in its own pr
 
 def main(argv):
     del argv
-    scale = demo.FULL if _FULL.value else demo.SMALL
+    scale = phantom_scale.FULL if _FULL.value else phantom_scale.SMALL
     changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
     if _SIZE.value or _SLICES.value:
         slices, size, _ = scale.shape
         changes["shape"] = (_SLICES.value or slices, _SIZE.value or size, _SIZE.value or size)
     scale = dataclasses.replace(scale, **{k: v for k, v in changes.items() if v is not None})
-    study = ablation.read_study(_ROWS.value)
+    study = ablation_plan.read_plan(_ROWS.value)
     folds = None if _FOLDS.value is None else [int(k) for k in _FOLDS.value]
     print(ablation.run_ablation(_WORKDIR.value, scale, study, runs=_RUNS.value, seeds=[int(s) for s in _SEEDS.value],
                                 folds=folds, cohort_seed=_COHORT_SEED.value, jobs=_JOBS.value))

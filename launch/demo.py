@@ -13,7 +13,7 @@ Rerunning with the same --workdir reuses every finished stage.
 from absl import flags
 
 from paresseg_jax import cli
-from paresseg_jax import demo
+from paresseg_jax.experiments import demo
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, cache, runs and report.md (reused on rerun)", required=True)
 _FULL = flags.DEFINE_bool("full", False, "paper scale: width 64, 224 px patches, 512x512 cases, long schedule (for a GPU)")

@@ -106,7 +106,8 @@ def main(argv):
     if not (_CONFIG.value is not None or _PREDICTIONS.value or named_runs):
         raise app.UsageError("nothing to evaluate: give --config and --workdir, --predictions and --cohort, or --run NAME=PATH")
     _check_inputs(named_runs)
-    from paresseg_jax.evaluate import crossval, figures, tables
+    from paresseg_jax.evaluate import figures, predictions, tables
+    from paresseg_jax.experiments import crossval
 
     runs, paths = {}, {}
     if _CONFIG.value is not None:
@@ -116,7 +117,7 @@ def main(argv):
     if _PREDICTIONS.value:
         name = Path(_PREDICTIONS.value).name
         scores = _scores_file(Path(_PREDICTIONS.value))
-        runs[name] = crossval.evaluate_folder(_PREDICTIONS.value, _COHORT.value, scores, _RESAMPLE_MASKS.value,
+        runs[name] = predictions.evaluate_folder(_PREDICTIONS.value, _COHORT.value, scores, _RESAMPLE_MASKS.value,
                                               tumor_label=_TUMOR_LABEL.value, allow_training_cases=_ALLOW_TRAINING.value)
         paths[name] = Path(_PREDICTIONS.value)
         print(f"scores of {_PREDICTIONS.value}: {scores}")

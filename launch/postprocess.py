@@ -13,7 +13,7 @@ paresseg-predict applies it and records it in every report and summary.json.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from paresseg_jax import cli, preflight
 

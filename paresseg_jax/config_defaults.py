@@ -50,7 +50,7 @@ def _data() -> ml_collections.ConfigDict:
     data.worker_buffer_size = 2  # batches each worker prepares ahead
     data.read_threads = 1  # threads reading source records (ours are tiny; raise for a slow source)
     data.target = "tumor"  # 'tumor' (ROI-gated inputs, tumor label) or 'liver' (whole images, liver label: cascade stage 1)
-    # Where training data comes from and which fold (read by paresseg_jax.train.loop; added by the training helper).
+    # Where training data comes from and which fold (read by paresseg_jax.runs).
     data.cohort_dir = ""  # cohort to preprocess (idempotent, cached); or set cache_dir instead
     data.cache_root = ""  # where preprocessed caches go; "" = <cohort_dir>_cache next to the cohort
     data.preprocess_workers = 0  # processes preprocessing the cohort (0: one per CPU, at most 8)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "model.json"
 VARIABLES_DIR = "variables"
-FOLD_PATTERN = re.compile(r"fold_(\d+)$")  # cross-validation workdirs: paresseg_jax.evaluate.crossval
+FOLD_PATTERN = re.compile(r"fold_(\d+)$")  # cross-validation workdirs: paresseg_jax.experiments.crossval
 # Keys of a spec that record how the model was trained, not how to build it.
 TRAINING_KEYS = (absent_phases.SPEC_KEY,)
 

@@ -1,4 +1,4 @@
-"""paresseg_jax.ablation: a study is data (a TOML file of rows, pairs to compare, robustness conditions), and the
+"""paresseg_jax.experiments.ablation_plan / .ablation: a study is data (a TOML file of rows, pairs to compare, robustness conditions), and the
 runner trains every row per seed and fold, scores each case once per seed and reports statistics over seeds."""
 
 import dataclasses
@@ -10,21 +10,22 @@ import pytest
 
 from test_demo import TINY
 
-from paresseg_jax import ablation, config_defaults, config_files
+from paresseg_jax import config_defaults, config_files
+from paresseg_jax.experiments import ablation, ablation_plan
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
 
 
 def test_built_in_rows_are_the_papers_and_name_existing_configs():
-    study = ablation.read_study()
+    study = ablation_plan.read_plan()
     rows = study.rows
     assert len(rows) == 8 and len({row.run for row in rows}) == 8
-    assert {row.label for row in rows} <= set(ablation.paper_rows())  # each prints beside the paper's numbers
+    assert {row.label for row in rows} <= set(ablation_plan.paper_rows())  # each prints beside the paper's numbers
     for row in rows:
         config_files.resolve(row.config)
     assert study.compare and all(set(pair) <= {row.run for row in rows} for pair in study.compare)
-    beyond = ablation.read_study("beyond_the_paper")  # a built-in study by name
-    names = ablation.entry_names(beyond)
+    beyond = ablation_plan.read_plan("beyond_the_paper")  # a built-in study by name
+    names = ablation_plan.entry_names(beyond)
     assert "paresseg_phase_dropout:without_art" in names and "paresseg:shift_10mm" in names
     assert names["spatial:unregistered_none"] == "MSF + spatial inter-phase attention, registration: unregistered"
 
@@ -33,9 +34,9 @@ def test_a_row_file_of_ones_own(tmp_path):
     path = tmp_path / "rows.toml"
     path.write_text('[[row]]\nlabel = "mine"\nrun = "mine"\nconfig = "msf_resseg"\n'
                     'overrides = { "model.fusion" = "blocks:Gate", "model.phases" = ["pv", "art", "nc"] }\n')
-    (row,) = ablation.read_study(path).rows
+    (row,) = ablation_plan.read_plan(path).rows
     config = config_files.load(row.config)
-    ablation.apply_overrides(config, row.overrides, row.label)
+    ablation_plan.apply_overrides(config, row.overrides, row.label)
     assert config.model.fusion == "blocks:Gate" and config.model.phases == ("pv", "art", "nc")
 
 
@@ -56,14 +57,14 @@ def test_bad_row_files_are_named(tmp_path, text, problem):
     path = tmp_path / "rows.toml"
     path.write_text(text)
     with pytest.raises(PareSegError, match=problem) as caught:
-        ablation.read_study(path)
+        ablation_plan.read_plan(path)
     assert caught.value.path == str(path)
 
 
 @pytest.mark.parametrize("overrides", [{"model.fusoin": "pa"}, {"modle.fusion": "pa"}, {"model.width": "wide"}])
 def test_an_override_that_does_not_fit_is_refused_not_ignored(overrides):
     with pytest.raises(PareSegError, match="row 'r'"):
-        ablation.apply_overrides(config_defaults.get_config(), overrides, "r")
+        ablation_plan.apply_overrides(config_defaults.get_config(), overrides, "r")
 
 
 STUDY = """
@@ -86,7 +87,7 @@ robustness = true
 @pytest.mark.slow  # ~3 min: 3 trainings and 8 scorings of tiny models (the runner's loop is in test_demo)
 def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tmp_path, capsys):
     (tmp_path / "study.toml").write_text(STUDY)
-    study = ablation.read_study(tmp_path / "study.toml")
+    study = ablation_plan.read_plan(tmp_path / "study.toml")
     work = tmp_path / "work"
     scale = dataclasses.replace(TINY, num_cases=10)  # 2 test cases in fold 0: enough for the paired tests
     report = ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0], jobs=2)  # 2 processes
@@ -118,3 +119,13 @@ def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tm
     assert ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0]) == report
     assert "[ablation] done" not in capsys.readouterr().out
     assert (work / "pd" / "seed_1" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns == before
+    # Scores of another protocol are not reused: the row is scored again, its conditions too (not retrained).
+    fold_dir = work / "pd" / "seed_1" / "fold_0"
+    stored = json.loads((fold_dir / "summary.json").read_text())
+    stored["info"]["provenance"]["protocol"]["threshold"] = ">= 0.5"
+    (fold_dir / "summary.json").write_text(json.dumps(stored))
+    untouched = (work / "pd" / "seed_0" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns
+    assert ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0]) == report
+    assert "[ablation] 3/3 PD, seed 1, fold 0" in capsys.readouterr().out
+    assert (fold_dir / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns != before
+    assert (work / "pd" / "seed_0" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns == untouched

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import ablation, demo
+from paresseg_jax.data import phantom_scale
+from paresseg_jax.experiments import ablation, demo
 from paresseg_jax.data import io
 from paresseg_jax.evaluate import scoring
 
-TINY = demo.DemoScale(
+TINY = phantom_scale.DemoScale(
     num_cases=5, shape=(10, 64, 64), width=4, crop_size=32, batch_size=2,
     tumor_steps=2, liver_steps=2, num_folds=5, worker_count=0,
 )
@@ -78,8 +79,8 @@ def test_a_cohort_of_another_scale_is_refused_not_reused(tmp_path):
     from paresseg_jax.errors import PareSegError
 
     small = dataclasses.replace(TINY, num_cases=5, shape=(4, 16, 16))
-    cohort = demo.make_cohort(tmp_path, small)
-    assert demo.make_cohort(tmp_path, small) == cohort  # the same scale: reused
+    cohort = phantom_scale.make_cohort(tmp_path, small)
+    assert phantom_scale.make_cohort(tmp_path, small) == cohort  # the same scale: reused
     for other in (dataclasses.replace(small, num_cases=6), dataclasses.replace(small, shape=(4, 32, 32))):
         with pytest.raises(PareSegError, match="not the"):
-            demo.make_cohort(tmp_path, other)
+            phantom_scale.make_cohort(tmp_path, other)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from paresseg_jax import config_defaults, model_io, models
+from paresseg_jax import config_defaults, model_io, models, runs
 from paresseg_jax.data import cache, io
 from paresseg_jax.errors import PareSegError
 from paresseg_jax import summary
-from paresseg_jax.evaluate import crossval, scoring
+from paresseg_jax.evaluate import predictions, scoring
+from paresseg_jax.experiments import crossval
 from paresseg_jax.infer.cascade import segment_study
 from paresseg_jax.infer.predict import predict_volume
 from paresseg_jax.train import loop
@@ -65,7 +66,7 @@ def _fake_training(cache_dir, trained, status=lambda: {"state": "finished", "ste
         trained.append((config.data.target, config.data.fold))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        split = loop.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
+        split = runs.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
         (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
         _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
         state = status()
@@ -147,7 +148,7 @@ def _write_cohort(root):
 
 def test_evaluate_folder_and_launcher_tables(tmp_path):
     _write_cohort(tmp_path)
-    content = crossval.evaluate_folder(tmp_path / "preds", tmp_path / "cohort")
+    content = predictions.evaluate_folder(tmp_path / "preds", tmp_path / "cohort")
     dice = {c["case_id"]: c["metrics"]["dice"] for c in content["cases"]}
     # 2 x 6 x 6 tumor moved by i columns: overlap 2 x 6 x (6 - i).
     assert dice == pytest.approx({"c0": 1.0, "c1": 5 / 6, "c2": 4 / 6})
@@ -231,6 +232,9 @@ def test_a_stored_summary_is_reused_only_when_its_provenance_matches(tmp_path, m
     monkeypatch.setattr(scoring, "score_cases", lambda *a, **k: scored.append(k["roi"]) or real(*a, **k))
     assert scoring.score_run(run, liver_workdir=liver, reuse=True)["info"]["provenance"] == stored
     assert scored == []  # all matched: reused
+    # The check alone (the ablation's "is this row done"): what reuse would return, scoring nothing.
+    assert scoring.current_summary(run, liver_workdir=liver)["info"]["provenance"] == stored
+    assert scoring.current_summary(run, liver_workdir=liver, roi="oracle_gt_liver") is None and scored == []
     oracle = scoring.score_run(run, liver_workdir=liver, roi="oracle_gt_liver", reuse=True)
     assert scored == ["oracle_gt_liver"] and oracle["info"]["roi"] == "oracle_gt_liver"  # never relabelled
     _save_model(run / "last_model", ("pv", "art"))  # the same weights exported again: the same model

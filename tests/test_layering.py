@@ -25,26 +25,14 @@ LAYERS = {
     "inference": ["infer"],  # studies, folders, DICOM SEG, overlays, resumable runs
     "evaluation": ["evaluate"],
     "tools": ["benchmarks", "interop"],
-    # what runs whole experiments (fold orchestration, the demo, the ablation) and the launchers' helpers
-    "orchestration": ["experiments", "demo", "ablation", "cli"],
+    # what runs whole experiments (fold orchestration, cross-validation, the demo, the ablation) and the
+    # launchers' helpers
+    "orchestration": ["experiments", "cli"],
 }
 # configs/ and launch/, under their source and installed names: the library never imports them.
 OUTSIDE_LIBRARY = ("configs", "launch", "paresseg_jax_configs", "paresseg_jax_launch")
 RANK = {f"{LIBRARY}.{name}": rank for rank, names in enumerate(LAYERS.values()) for name in names}
 RANK[LIBRARY] = len(LAYERS) - 1  # the package's __init__
-
-# Imports that break a rule today and are being removed (issue 33: run setup moves out of train.loop into
-# runs, fold orchestration out of evaluate and demo). The coordinator empties this after merging.
-KNOWN_VIOLATIONS = {
-    ("paresseg_jax.evaluate.scoring", "paresseg_jax.train.loop"),
-    ("paresseg_jax.evaluate.robustness", "paresseg_jax.train.loop"),
-    ("paresseg_jax.evaluate.postprocess_choice", "paresseg_jax.train.loop"),
-    ("paresseg_jax.evaluate.crossval", "paresseg_jax.train.loop"),
-    ("paresseg_jax.benchmarks.extent", "paresseg_jax.train.loop"),
-    ("paresseg_jax.demo", "paresseg_jax.train.loop"),
-    ("paresseg_jax.ablation", "paresseg_jax.train.loop"),
-}
-
 
 def module_name(path: Path, root: Path = ROOT) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
@@ -85,7 +73,7 @@ def violations(module: str, imported: set[str]) -> list[str]:
         if top in OUTSIDE_LIBRARY:
             found.append(f"{module} imports {target}: the library never imports configs or launch")
             continue
-        if top != LIBRARY or target == LIBRARY or _known(module, target):
+        if top != LIBRARY or target == LIBRARY:
             continue
         if target.startswith(f"{LIBRARY}.train.loop") and not module.startswith(f"{LIBRARY}.train"):
             found.append(f"{module} imports {target}: nothing outside train imports the training loop")
@@ -100,10 +88,6 @@ def violations(module: str, imported: set[str]) -> list[str]:
     return found
 
 
-def _known(module: str, target: str, allowed=KNOWN_VIOLATIONS) -> bool:
-    return any(module == known and (target == listed or target.startswith(listed + ".")) for known, listed in allowed)
-
-
 def _library_modules():
     return sorted((ROOT / LIBRARY).rglob("*.py"))
 
@@ -113,12 +97,6 @@ def test_no_module_imports_a_later_layer(path):
     module = module_name(path)
     assert rank(module) is not None, f"{module} is in no layer: add it to LAYERS"
     assert violations(module, imports(path.read_text(), module)) == []
-
-
-def test_every_allowed_violation_still_exists():
-    """An entry the code no longer needs is removed from KNOWN_VIOLATIONS, so the list only shrinks."""
-    found = {(module_name(p), t) for p in _library_modules() for t in imports(p.read_text(), module_name(p))}
-    assert sorted(entry for entry in KNOWN_VIOLATIONS if not any(_known(*seen, allowed={entry}) for seen in found)) == []
 
 
 @pytest.mark.parametrize("module, source, broken", [

@@ -26,7 +26,7 @@ import jax
 from paresseg_jax import config_files, models
 from paresseg_jax.data import phantom
 from paresseg_jax.evaluate.scoring import score_run
-from paresseg_jax.train.loop import train_and_evaluate
+from paresseg_jax.train import train_and_evaluate
 
 jax.config.update("jax_compilation_cache_dir", os.environ["TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

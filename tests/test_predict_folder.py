@@ -481,7 +481,7 @@ def test_dicom_round_trip_import_predict_seg(tmp_path, two_models):
 
 
 def test_cases_a_model_trained_on_are_not_scored_unless_asked_for(tmp_path):
-    from paresseg_jax.evaluate import crossval
+    from paresseg_jax.evaluate import predictions
 
     write_cohort(tmp_path / "cohort")
     run = tmp_path / "run"
@@ -493,7 +493,7 @@ def test_cases_a_model_trained_on_are_not_scored_unless_asked_for(tmp_path):
     folder.predict_folder(tmp_path / "cohort", tmp_path / "out", model, eval_config={"batch_size": 2},
                           preprocess_config={"register": False}, allow_training_cases=True)
     with pytest.raises(PareSegError, match="--allow_training_cases"):
-        crossval.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored")
-    scored = crossval.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored",
-                                      allow_training_cases=True)
+        predictions.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored")
+    scored = predictions.evaluate_folder(tmp_path / "out", tmp_path / "cohort", out=tmp_path / "scored",
+                                         allow_training_cases=True)
     assert {r["case_id"] for r in scored["cases"] if "metrics" in r} == {"case_0", "case_1"}

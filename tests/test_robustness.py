@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from paresseg_jax import ablation, config_files, models
+from paresseg_jax import config_files, models
 from paresseg_jax.data import cache
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import robustness, scoring
 from paresseg_jax.summary import read_summary
+from paresseg_jax.experiments import ablation_plan
 from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split
@@ -138,12 +139,12 @@ def test_conditions_that_keep_pv_reuse_the_liver_stage_with_the_same_records(cac
 
 
 def test_the_study_rows_build_their_configs():
-    study = ablation.read_study("beyond_the_paper")
+    study = ablation_plan.read_plan("beyond_the_paper")
     rows = study.rows
     configs = {}
     for row in rows:
         configs[row.run] = config_files.load(row.config)
-        ablation.apply_overrides(configs[row.run], row.overrides, row.label)
+        ablation_plan.apply_overrides(configs[row.run], row.overrides, row.label)
     assert configs["spatial"].model.fusion == "spatial"
     assert configs["paresseg_phase_dropout"].train.phase_dropout == 0.3
     assert dict(configs["paresseg_misregistration"].data.misregistration) == {"shift_mm": 5.0, "deformation_mm": 3.0}

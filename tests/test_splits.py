@@ -157,21 +157,20 @@ def test_inconsistent_manifest_splits_are_refused(records, message):
 
 
 def test_training_folds_come_from_the_manifests_cases_not_the_cache_folder(tmp_path):
-    from paresseg_jax import config_defaults
+    from paresseg_jax import config_defaults, runs
     from paresseg_jax.data import io, phantom
-    from paresseg_jax.train import loop
 
     cohort = phantom.make_cohort(tmp_path / "cohort", 6, shape=(4, 16, 16), progress=False)
     config = config_defaults.get_config()
     config.data.cohort_dir, config.data.cache_root = str(cohort), str(tmp_path / "cache")
     config.data.preprocess = {"register": False}
     config.data.preprocess_workers, config.data.num_folds, config.data.val_fraction = 1, 2, 0.0
-    loop.prepared_cache(config)  # the cache now holds all six cases
+    runs.prepared_cache(config)  # the cache now holds all six cases
     records = [{k: v for k, v in r.items() if k != "split"} for r in json.loads((cohort / "manifest.json").read_text())["cases"]]
     records[1]["patient_id"] = records[0]["patient_id"] = "patient-a"  # two studies of one patient
     io.write_manifest(cohort, records[:5])  # case_0005 left the cohort
     for fold in (0, 1):
-        cases = loop.fold_cases(_with_fold(config, fold))
+        cases = runs.fold_cases(_with_fold(config, fold))
         ids = {part: {c.case_id for c in members} for part, members in cases.items()}
         assert set().union(*ids.values()) == {f"case_{i:04d}" for i in range(5)}
         assert any({"case_0000", "case_0001"} <= members for members in ids.values())
@@ -185,10 +184,9 @@ def _with_fold(config, fold):
 
 def test_by_default_every_training_fold_case_trains():
     """The paper trains on all training folds: no validation unless asked for (val_fraction, or 'best')."""
-    from paresseg_jax import config_defaults
-    from paresseg_jax.train import loop
+    from paresseg_jax import config_defaults, runs
 
     config = config_defaults.get_config()
     records = [{"case_id": f"c{i}", "tumor_type": TYPES[i % 5]} for i in range(25)]
-    split = loop.split_ids(config, records)
+    split = runs.split_ids(config, records)
     assert split["validation"] == [] and len(split["train"]) == 20 and config.eval.checkpoint == "last"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_train_support import run_script, tiny_config, write_tiny_cache
-from paresseg_jax import model_io
+from paresseg_jax import model_io, runs
 from paresseg_jax.train import loop
 from paresseg_jax.train.checkpoint import Checkpoints
 from paresseg_jax import workdir as workdir_layout
@@ -277,16 +277,16 @@ def test_consecutive_non_finite_steps_stop_training_with_checkpoint_intact(tmp_p
 def test_init_from_a_saved_model_starts_from_its_weights_and_refuses_another_model(uninterrupted, cache_dir):
     workdir, _ = uninterrupted
     config = tiny_config(cache_dir, init_from=str(workdir / workdir_layout.LAST_MODEL))
-    module = loop.build_model(config)
-    started = jax.tree.map(np.asarray, loop.initial_variables(config, module))
+    module = runs.build_model(config)
+    started = jax.tree.map(np.asarray, runs.initial_variables(config, module))
     saved = _variables(workdir)
     jax.tree.map(np.testing.assert_array_equal, started, saved)
-    fresh = jax.tree.map(np.asarray, loop.initial_variables(tiny_config(cache_dir), module))
+    fresh = jax.tree.map(np.asarray, runs.initial_variables(tiny_config(cache_dir), module))
     assert not np.array_equal(jax.tree.leaves(fresh["params"])[0], jax.tree.leaves(saved["params"])[0])
     wider = tiny_config(cache_dir, init_from=str(workdir / workdir_layout.LAST_MODEL))
     wider.model.width = 8
     with pytest.raises(ValueError, match="do not fit"):
-        loop.initial_variables(wider, loop.build_model(wider))
+        runs.initial_variables(wider, runs.build_model(wider))
 
 
 def test_metrics_writer_drops_records_past_the_resumed_checkpoint(tmp_path):

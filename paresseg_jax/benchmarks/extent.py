@@ -32,7 +32,7 @@ from paresseg_jax.evaluate.scoring import load_run_model, run_split
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import read_config
 
 _RUN = flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target) to measure", required=True)

@@ -45,7 +45,7 @@ def slice_positions(files: Sequence[str], folder: str | os.PathLike) -> np.ndarr
     """Each slice's position along the series' normal (mm); refused unless all share orientation and size."""
     headers = [_header(str(f)) for f in files]
     where = f"{len(files)} slices"
-    orientation, size = headers[0][1], headers[0][2]
+    orientation = headers[0][1]
     if orientation.shape != (6,) or any(h[0].shape != (3,) for h in headers):
         raise BadInputError(f"{where}: a slice has no ImagePositionPatient/ImageOrientationPatient", path=folder,
                             fix="export the series again with its geometry")

@@ -21,7 +21,7 @@ from paresseg_jax.data import preprocess
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.scoring import CASCADE, ROI_SOURCES, load_run_model, run_liver_model, run_split
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, read_config
 
 

@@ -31,7 +31,7 @@ from paresseg_jax.data.cache import CachedCase, open_cohort
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate import scoring
 from paresseg_jax.summary import write_summary
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR, check_finished, read_config
 
 KINDS = ("shift", "deformation")
@@ -91,6 +91,21 @@ def absent_name(phases: Sequence[str]) -> str:
     return "without_" + "_".join(phases)
 
 
+def _conditions(cases: Sequence[CachedCase], magnitudes_mm: Sequence[float], kinds: Sequence[str],
+                absent: Sequence[str], phase: str, seed: int) -> dict[str, tuple[list, dict]]:
+    """Each condition's ``(case views, summary info)`` by folder name: ``phase`` misaligned by each magnitude in
+    each kind (``none`` at 0 mm), then the ``absent`` phases left out."""
+    conditions = {}
+    for magnitude in sorted({float(m) for m in magnitudes_mm}):
+        for kind in kinds if magnitude > 0 else ("none",):
+            views = cases if magnitude == 0 else [misaligned(c, kind, magnitude, phase, seed) for c in cases]
+            conditions[condition_name(kind, magnitude)] = (views, {"misalignment": kind, "misalignment_mm": magnitude,
+                                                                   "phase": phase})
+    if absent:
+        conditions[absent_name(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
+    return conditions
+
+
 def evaluate_perturbed(
     workdir: str | os.PathLike,
     magnitudes_mm: Sequence[float] = (0, 2, 4, 6, 8, 10),
@@ -134,15 +149,9 @@ def evaluate_perturbed(
     target = config.data.target
     roi = roi or eval_config["roi"]
     liver_model = scoring.run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == scoring.CASCADE else None
-    conditions = {}
-    for magnitude in sorted({float(m) for m in magnitudes_mm}):
-        for kind in kinds if magnitude > 0 else ("none",):
-            name = condition_name(kind, magnitude)
-            views = cases if magnitude == 0 else [misaligned(c, kind, magnitude, phase, seed) for c in cases]
-            conditions[name] = (views, {"misalignment": kind, "misalignment_mm": magnitude, "phase": phase})
     if absent:
         absent_phases.missing_phases(set(module.phases) - set(absent), module.phases, spec, workdir)
-        conditions[absent_name(absent)] = ([without(c, absent) for c in cases], {"absent": list(absent)})
+    conditions = _conditions(cases, magnitudes_mm, kinds, absent, phase, seed)
     dpc = {}
     source = {"cache_dir": str(cache)}
     liver_masks = {}  # every condition keeps PV: the liver stage runs once per case

@@ -1,6 +1,6 @@
 """Scoring a trained run: the one path behind every reported number.
 
-``paresseg-evaluate``, :func:`~paresseg_jax.evaluate.crossval.cross_validate`,
+``paresseg-evaluate``, :func:`~paresseg_jax.experiments.crossval.cross_validate`,
 the demo and the ablation all call :func:`score_run`, so one run gives the
 same per-case records whichever of them reports it. The protocol is the
 paper's unless a config says otherwise, and every ``summary.json`` states it:
@@ -39,7 +39,7 @@ from paresseg_jax.infer.cascade import predict_options, segment_study, threshold
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
-from paresseg_jax.train.loop import prepared_cache
+from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, check_finished, read_config, read_split
 
 CASCADE = "cascade"
@@ -94,30 +94,11 @@ def score_cases(
         raise PareSegError(f"config.eval.roi={roi!r} is unknown", fix=f"use one of {ROI_SOURCES}")
     if target == "tumor" and roi == CASCADE and liver_model is None:
         raise PareSegError("the cascade ROI needs a liver model", fix=f"give one, or use roi={ORACLE!r} (an oracle)")
-    module, variables = tumor_model
-    options = predict_options(eval_config)
     records = []
     for case in tqdm(cases, desc="score", unit="case", leave=False):
-        images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *module.phases))}
-        extra = {}
-        if target == "liver":
-            truth = case.liver
-            mask = binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options),
-                            threshold_for(eval_config, target))
-        elif roi == ORACLE:
-            truth = case.tumor
-            mask = binarize(predict_volume(module, variables, images, case.roi, **options),
-                            threshold_for(eval_config, target))
-        else:
-            truth = case.tumor
-            known = None if liver_masks is None else liver_masks.get(case.case_id)
-            result = segment_study(
-                images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold_for(eval_config, target),
-                liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
-            )
-            mask, extra["liver_dice"] = result["mask"], dice(result["liver"], case.liver)
-            if liver_masks is not None:
-                liver_masks[case.case_id] = result["liver"]
+        images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *tumor_model[0].phases))}
+        mask, truth, extra = _segment_case(case, images, tumor_model, eval_config, roi=roi, liver_model=liver_model,
+                                           liver_masks=liver_masks, roi_dilation=roi_dilation, target=target)
         spacing_zyx = tuple(reversed(case.meta["spacing"]))
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
                                      scanner=case.meta.get("scanner"), **extra, **info))
@@ -130,6 +111,27 @@ def score_cases(
                     title=f"{title + ': ' if title else ''}{case.case_id} ({case.tumor_type}), prediction red, truth green",
                 )
     return records
+
+
+def _segment_case(case: CachedCase, images: Mapping[str, np.ndarray], tumor_model: tuple, eval_config: Mapping, *,
+                  roi: str, liver_model: tuple | None, liver_masks: MutableMapping[str, np.ndarray] | None,
+                  roi_dilation: int, target: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(mask, truth, extra record fields)`` of one case, as :func:`score_cases` describes."""
+    module, variables = tumor_model
+    options = predict_options(eval_config)
+    threshold = threshold_for(eval_config, target)
+    if target == "liver":
+        return binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options), threshold), case.liver, {}
+    if roi == ORACLE:
+        return binarize(predict_volume(module, variables, images, case.roi, **options), threshold), case.tumor, {}
+    known = None if liver_masks is None else liver_masks.get(case.case_id)
+    result = segment_study(
+        images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold,
+        liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
+    )
+    if liver_masks is not None:
+        liver_masks[case.case_id] = result["liver"]
+    return result["mask"], case.tumor, {"liver_dice": dice(result["liver"], case.liver)}
 
 
 def run_split(workdir: str | os.PathLike) -> dict:
@@ -195,10 +197,9 @@ def score_run(
     """
     plan = _plan(Path(workdir), liver_workdir, roi)
     out = Path(out_dir or workdir)
-    if reuse:
-        previous = provenance.stored(out)
-        if previous is not None and not provenance.differences(previous["info"].get(provenance.KEY), plan["provenance"]):
-            return previous
+    previous = _current(plan, out) if reuse else None
+    if previous is not None:
+        return previous
     split, config = plan["split"], plan["config"]
     cases = cache_lib.open_cohort(plan["cache_dir"], split["test"])  # the cache training used
     roi_dilation = int(preprocess.resolve_config(config.data.preprocess)["roi_dilation"])
@@ -212,6 +213,26 @@ def score_run(
                   liver_workdir=None if plan["liver_model"] is None else str(Path(liver_workdir).absolute()),
                   **plan["provenance"]["protocol"], **{provenance.KEY: plan["provenance"]}, **info)
     return read_summary(out)
+
+
+def current_summary(
+    workdir: str | os.PathLike,
+    *,
+    liver_workdir: str | os.PathLike | None = None,
+    roi: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict | None:
+    """The stored ``summary.json`` that :func:`score_run` with ``reuse`` would return as it is (its provenance is
+    what scoring the run would use now), else None: a scheduler's check that a run needs no scoring."""
+    return _current(_plan(Path(workdir), liver_workdir, roi), Path(out_dir or workdir))
+
+
+def _current(plan: dict, out: Path) -> dict | None:
+    """The summary in ``out`` if its provenance matches ``plan``'s, else None."""
+    previous = provenance.stored(out)
+    if previous is None or provenance.differences(previous["info"].get(provenance.KEY), plan["provenance"]):
+        return None
+    return previous
 
 
 def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:

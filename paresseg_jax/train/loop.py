@@ -18,13 +18,14 @@ once per log interval, not once per step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
@@ -32,11 +33,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from paresseg_jax import absent_phases, losses, model_io, models
+from paresseg_jax import absent_phases, losses, model_io, models, runs
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import cache as cache_lib
-from paresseg_jax.data import splits
-from paresseg_jax.data.pipeline import LiverSliceSource, make_train_loader
+from paresseg_jax.data.pipeline import make_train_loader
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.train import step as step_lib
 from paresseg_jax.train.checkpoint import BEST_METRIC, Checkpoints, abstract_like
@@ -44,8 +43,7 @@ from paresseg_jax.train.parallel import DataParallel
 from paresseg_jax.train.state import create_train_state, learning_rate_schedule, make_optimizer
 from paresseg_jax.train.validate import validate
 from paresseg_jax.train.writers import MetricsWriter
-from paresseg_jax.workdir import (BEST_MODEL, CHECKPOINT_CHOICES, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL, SPLIT_FILE,
-                                  STATUS_FILE, read_config, read_split, read_status)
+from paresseg_jax.workdir import BEST_MODEL, CHECKPOINT_DIR, CONFIG_FILE, LAST_MODEL, STATUS_FILE, read_config, read_status
 
 log = logging.getLogger(__name__)
 
@@ -80,118 +78,6 @@ class _StopSignals:
         if jax.process_count() == 1:
             return local
         return bool(np.asarray(multihost_utils.process_allgather(np.int32(local))).any())
-
-
-def _model_spec(config) -> dict:
-    return config.model.to_dict()
-
-
-def build_model(config, bn_axis_name: str | None = None):
-    """The configured model; ``bn_axis_name`` only for pmap training (not part of the saved spec)."""
-    spec = _model_spec(config)
-    options = {k: v for k, v in spec.items() if k != "name"}
-    if bn_axis_name is not None:
-        options["bn_axis_name"] = bn_axis_name
-    return models.create(spec["name"], **options)
-
-
-def prepared_cache(config) -> Path:
-    """The preprocessed cache: ``config.data.cache_dir`` as is, or ``config.data.cohort_dir``
-    preprocessed (idempotently) into ``config.data.cache_root`` (default: ``<cohort_dir>_cache``)."""
-    data = config.data
-    if data.cohort_dir:
-        from paresseg_jax.data.preprocess import preprocess_cohort
-
-        cohort = Path(data.cohort_dir)
-        root = data.cache_root or cohort.with_name(cohort.name + "_cache")
-        options = data.preprocess.to_dict()
-
-        def prepare():
-            return preprocess_cohort(
-                cohort, root, options, progress=jax.process_index() == 0, workers=data.preprocess_workers
-            )
-
-        # Process 0 does the work; the others then find every case cached (shared disk) or make their own.
-        cache_dir = prepare() if jax.process_index() == 0 else None
-        multihost_utils.sync_global_devices("paresseg preprocessing done")
-        return cache_dir if cache_dir is not None else prepare()
-    if data.cache_dir:
-        return Path(data.cache_dir)
-    raise ValueError(
-        "config.data.cohort_dir (a cohort to preprocess) or config.data.cache_dir (a preprocessed cache) must be "
-        "set, e.g. --config.data.cohort_dir=/path/to/cohort (make one with paresseg-make-phantom)"
-    )
-
-
-def split_ids(config, records) -> dict[str, list[str]]:
-    """``{'train', 'validation', 'test'}`` case ids of case ``records`` (manifest entries or cached cases'
-    meta): fold ``config.data.fold`` of the patient-level, tumor-type-stratified folds (or the manifest's) is
-    the test set; ``config.data.val_fraction`` of the other folds' patients is validation."""
-    data = config.data
-    return splits.cohort_split(records, data.fold, data.num_folds, float(data.val_fraction), data.fold_seed)
-
-
-def fold_cases(config) -> dict[str, list]:
-    """The cached cases of :func:`split_ids`'s three sets, by set name: the cohort's manifest cases (with
-    ``config.data.cohort_dir``; never other cases a shared cache folder holds), else the cache's."""
-    cache_dir = prepared_cache(config)
-    if config.data.cohort_dir:
-        from paresseg_jax.data import io
-
-        records = [{**e.metadata, "case_id": e.case_id} for e in io.read_cohort(config.data.cohort_dir)]
-        cases = cache_lib.open_cohort(cache_dir, [r["case_id"] for r in records])
-    else:
-        cases = cache_lib.open_cohort(cache_dir)
-        records = [c.meta for c in cases]
-    by_id = {c.case_id: c for c in cases}
-    return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, records).items()}
-
-
-def check_checkpoint_choice(config, has_validation: bool) -> str:
-    """``config.eval.checkpoint``: 'last' (the paper: the model at the end of training) or 'best' (by
-    validation global Dice, so it needs validation cases)."""
-    choice = config.eval.checkpoint
-    if choice not in CHECKPOINT_CHOICES:
-        raise PareSegError(f"config.eval.checkpoint={choice!r} is unknown", fix=f"use one of {sorted(CHECKPOINT_CHOICES)}")
-    if choice == "best" and not has_validation:
-        raise PareSegError(
-            "config.eval.checkpoint='best' chooses the model on validation cases, but "
-            f"config.data.val_fraction={config.data.val_fraction} leaves none",
-            fix="set config.data.val_fraction > 0 (e.g. 0.2) or config.eval.checkpoint='last'",
-        )
-    return choice
-
-
-def _write_split(workdir: Path, config, cases: dict[str, list]) -> None:
-    """``split.json``: the run's case ids by set; a resumed run must find the same split."""
-    split = {part: [c.case_id for c in members] for part, members in cases.items()}
-    data = config.data
-    split["fold"], split["num_folds"], split["fold_seed"] = int(data.fold), int(data.num_folds), int(data.fold_seed)
-    split["val_fraction"] = float(data.val_fraction)
-    previous = read_split(workdir)
-    if previous is not None and previous != split:
-        raise PareSegError(
-            "this workdir was trained on another train/validation/test split than the config now gives",
-            path=workdir / SPLIT_FILE, fix="use a new --workdir, or the config (data.fold, num_folds, fold_seed, "
-            "val_fraction, the cohort) it was trained with",
-        )
-    if jax.process_index() == 0:
-        write_text(workdir / SPLIT_FILE, json.dumps(split, indent=1))
-
-
-def num_train_steps(config, train_cases) -> int:
-    """``config.train.num_steps`` if positive, else ``num_epochs`` passes over the training slices."""
-    train = config.train
-    if train.num_steps > 0:
-        return int(train.num_steps)
-    source = LiverSliceSource(
-        train_cases,
-        tumor_free_fraction=config.data.tumor_free_fraction,
-        seed=config.seed,
-        target=config.data.target,
-    )
-    records = len(source)
-    return int(train.num_epochs) * max(1, math.ceil(records / train.batch_size))
 
 
 def _write_status(workdir: Path, state: str, step: int, total_steps: int, stopped_by: str | None = None) -> None:
@@ -229,11 +115,16 @@ def _changed_keys(a, b, prefix: str = "") -> list[str]:
     return [k for key in sorted(set(a) | set(b)) for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
 
 
+def is_finished(config: ml_collections.ConfigDict, workdir: str | Path) -> bool:
+    """Whether ``workdir`` holds a finished run of exactly ``config`` (nothing left to train)."""
+    status = read_status(workdir)
+    return status is not None and status["state"] == "finished" and read_config(workdir) == _as_json(config)
+
+
 def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
     """What cross-validation, the demo and the ablation call: :func:`train_and_evaluate` (a new run, or one
     stopped, resumed) unless ``workdir`` holds a finished run of exactly ``config`` (None then)."""
-    status = read_status(workdir)
-    if status is not None and status["state"] == "finished" and read_config(workdir) == _as_json(config):
+    if is_finished(config, workdir):
         return None
     return train_and_evaluate(config, str(workdir))
 
@@ -241,27 +132,8 @@ def train_unless_finished(config: ml_collections.ConfigDict, workdir: str | Path
 def _export(workdir: Path, name: str, config, host_variables) -> None:
     """Saved-model folder for inference (every process calls it; orbax writes once). The spec also records the
     phase dropout the model was trained with, which decides whether inference may leave a phase out."""
-    spec = {**_model_spec(config), absent_phases.SPEC_KEY: float(config.train.get("phase_dropout", 0.0))}
+    spec = {**runs.model_spec(config), absent_phases.SPEC_KEY: float(config.train.get("phase_dropout", 0.0))}
     model_io.save_model(workdir / name, spec, host_variables)
-
-
-def initial_variables(config, module) -> dict:
-    """Fresh weights from the seed, or ``config.train.init_from``: a saved model (e.g. a PyTorch
-    checkpoint converted by ``paresseg-convert``) or a training workdir, whose model spec must match."""
-    source = config.train.get("init_from", "")
-    if not source:
-        return models.init_variables(module, jax.random.PRNGKey(config.seed))
-    _, variables, spec = model_io.load_model(source)
-    variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-    wanted = models.variable_shapes(module)
-    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
-    if shapes(variables) != shapes(wanted):
-        raise ValueError(
-            f"config.train.init_from={source} holds model {spec}, whose weights do not fit the configured "
-            f"model {_model_spec(config)}; make config.model match it (name, width, in_channels, num_classes, "
-            "attention, fusion, phases)"
-        )
-    return variables
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -269,99 +141,121 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(config, workdir)
-    train = config.train
-    is_main = jax.process_index() == 0
-
-    cases = fold_cases(config)
-    train_cases, val_cases = cases["train"], cases["validation"]
-    check_checkpoint_choice(config, bool(val_cases))
-    _write_split(workdir, config, cases)
-    total_steps = num_train_steps(config, train_cases)
-    parallel = DataParallel(train.parallel)
-    parallel.check_batch_size(train.batch_size)
-    module = build_model(config, parallel.bn_axis_name)
-    schedule = learning_rate_schedule(train, total_steps)
-    tx = make_optimizer(train, total_steps)
-
-    loader = make_train_loader(config, train_cases, seed=config.seed, local_device_count=len(parallel.local_devices))
-    iterator = iter(loader)
-    checkpoints = Checkpoints(workdir / CHECKPOINT_DIR, train.keep_checkpoints)
-    meta = {"best_global_dice": None, "best_step": None}
-    # A checkpoint holds every value: its layout is all we need, so nothing is initialised or compiled
-    # (PA-ResSeg's init compiles for 4-9 s on a 2-core CPU).
-    shapes = jax.eval_shape(lambda v: create_train_state(v, tx, config.seed), models.variable_shapes(module))
-    resumed = checkpoints.restore_newest_readable(abstract_like(shapes, parallel.replicated), iterator)
-    if resumed is None:
-        state = parallel.put_state(create_train_state(initial_variables(config, module), tx, config.seed))
-        start = 0
-    else:
-        start, restored, meta = resumed
-        state = parallel.put_state(restored)
-        if is_main:
-            log.info("resumed from %s step %d", checkpoints.directory, start)
-
-    train_step = parallel.wrap_train_step(
-        step_lib.make_train_step(module, tx, losses.get_loss(train.loss), schedule, parallel.bn_axis_name)
-    )
-    eval_module = build_model(config)
+    run = _prepare(config, workdir)
+    start, state, meta = _restore(run)
     writer = MetricsWriter(workdir, resume_step=start)
-
-    def run_validation(step: int, state) -> dict:
-        variables = jax.device_put(parallel.host_state(state).variables, parallel.local_devices[0])
-        result = validate(eval_module, variables, val_cases, config.eval.to_dict(), config.data.target)
-        writer.write(step, "val", result)
-        return result
-
-    def save(step: int, state, val: dict | None = None) -> None:
-        metrics = {BEST_METRIC: val[BEST_METRIC]} if val is not None else None
-        checkpoints.save(step, parallel.global_state(state), iterator, meta, metrics)
-
-    _write_status(workdir, "running", start, total_steps)
-    streak = 0
-    last = {}
-    pending = []  # (step, device metrics) not read yet: the host reads them every log_every steps
-    bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
+    _write_status(workdir, "running", start, run.total_steps)
+    is_main = jax.process_index() == 0
+    bar = tqdm(total=run.total_steps, initial=start, disable=not is_main, desc="train", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
-    stopped_by, reached = None, start
     try:
         with _StopSignals() as signals:
-            for step in range(start + 1, total_steps + 1):
-                batch = parallel.put_batch(next(iterator))
-                state, metrics = train_step(state, batch)
-                pending.append((step, metrics))
-                if step % train.log_every == 0:
-                    last, streak = _account(pending, parallel, streak, train, writer, bar)
-                    pending = []
-                bar.update(1)
-                val = None
-                if val_cases and (step % train.eval_every == 0 or step == total_steps):
-                    val = run_validation(step, state)
-                    if meta["best_global_dice"] is None or val[BEST_METRIC] > meta["best_global_dice"]:
-                        meta = {"best_global_dice": val[BEST_METRIC], "best_step": step}
-                        _export(workdir, BEST_MODEL, config, parallel.host_state(state).variables)
-                    bar.set_postfix(loss=last.get("loss"), val_dice=val[BEST_METRIC])
-                stop = signals.should_stop()
-                if val is not None or stop or step % train.checkpoint_every == 0 or step == total_steps:
-                    save(step, state, val)
-                reached = step
-                if stop:
-                    stopped_by = signals.received or "a signal on another process"
-                    break
-            if pending:
-                last, streak = _account(pending, parallel, streak, train, writer, bar)
+            state, meta, last, reached, stopped_by = _train_steps(run, state, start, meta, writer, signals, bar)
     finally:
         bar.close()
-        checkpoints.wait()
-        checkpoints.close()
+        run.checkpoints.wait()
+        run.checkpoints.close()
         writer.close()
-    _export(workdir, LAST_MODEL, config, parallel.host_state(state).variables)
-    _write_status(workdir, "finished" if reached >= total_steps else "stopped", reached, total_steps, stopped_by)
+    _export(workdir, LAST_MODEL, config, run.parallel.host_state(state).variables)
+    _write_status(workdir, "finished" if reached >= run.total_steps else "stopped", reached, run.total_steps, stopped_by)
     elapsed = time.perf_counter() - started
     if is_main:
         if stopped_by:
             log.warning("stopped by %s; checkpoint saved in %s, rerun the same command to resume", stopped_by, workdir)
         log.info("done: %s (%.1f s)", last, elapsed)
     return {**last, "stopped_by": stopped_by, "best_global_dice": meta["best_global_dice"], "seconds": elapsed}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the steps of one training work with (:func:`_prepare` builds it once)."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    val_cases: list
+    total_steps: int
+    parallel: DataParallel
+    module: Any
+    tx: Any
+    iterator: Any
+    checkpoints: Checkpoints
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: Path) -> _Run:
+    """The run's cases (``split.json`` written), length, devices, model, optimizer, data iterator, checkpoints."""
+    cases = runs.fold_cases(config)
+    runs.check_checkpoint_choice(config, bool(cases["validation"]))
+    runs.write_split(workdir, config, cases)
+    train = config.train
+    total_steps = runs.num_train_steps(config, cases["train"])
+    parallel = DataParallel(train.parallel)
+    parallel.check_batch_size(train.batch_size)
+    loader = make_train_loader(config, cases["train"], seed=config.seed, local_device_count=len(parallel.local_devices))
+    return _Run(config, workdir, cases["validation"], total_steps, parallel, runs.build_model(config, parallel.bn_axis_name),
+                make_optimizer(train, total_steps), iter(loader), Checkpoints(workdir / CHECKPOINT_DIR, train.keep_checkpoints))
+
+
+def _restore(run: _Run) -> tuple[int, Any, dict]:
+    """``(step, device state, best-model meta)`` of the newest readable checkpoint (the data iterator restored
+    with it), else of a fresh start."""
+    # A checkpoint holds every value: its layout is all we need, so nothing is initialised or compiled
+    # (PA-ResSeg's init compiles for 4-9 s on a 2-core CPU).
+    shapes = jax.eval_shape(lambda v: create_train_state(v, run.tx, run.config.seed), models.variable_shapes(run.module))
+    resumed = run.checkpoints.restore_newest_readable(abstract_like(shapes, run.parallel.replicated), run.iterator)
+    if resumed is None:
+        fresh = create_train_state(runs.initial_variables(run.config, run.module), run.tx, run.config.seed)
+        return 0, run.parallel.put_state(fresh), {"best_global_dice": None, "best_step": None}
+    start, restored, meta = resumed
+    if jax.process_index() == 0:
+        log.info("resumed from %s step %d", run.checkpoints.directory, start)
+    return start, run.parallel.put_state(restored), meta
+
+
+def _train_steps(run: _Run, state, start: int, meta: dict, writer, signals, bar) -> tuple:
+    """Steps ``start + 1`` to the last, validating and checkpointing on schedule, until done or a stop signal;
+    returns ``(state, meta, last metrics, step reached, stopped_by)``."""
+    train = run.config.train
+    schedule = learning_rate_schedule(train, run.total_steps)
+    train_step = run.parallel.wrap_train_step(
+        step_lib.make_train_step(run.module, run.tx, losses.get_loss(train.loss), schedule, run.parallel.bn_axis_name)
+    )
+    eval_module = runs.build_model(run.config)
+    streak, last, pending = 0, {}, []  # pending: (step, device metrics) not read yet, read every log_every steps
+    stopped_by, reached = None, start
+    for step in range(start + 1, run.total_steps + 1):
+        state, metrics = train_step(state, run.parallel.put_batch(next(run.iterator)))
+        pending.append((step, metrics))
+        if step % train.log_every == 0:
+            last, streak = _account(pending, run.parallel, streak, train, writer, bar)
+            pending = []
+        bar.update(1)
+        val = None
+        if run.val_cases and (step % train.eval_every == 0 or step == run.total_steps):
+            val, meta = _validate(run, eval_module, state, step, meta, writer)
+            bar.set_postfix(loss=last.get("loss"), val_dice=val[BEST_METRIC])
+        stop = signals.should_stop()
+        if val is not None or stop or step % train.checkpoint_every == 0 or step == run.total_steps:
+            scored = {BEST_METRIC: val[BEST_METRIC]} if val is not None else None
+            run.checkpoints.save(step, run.parallel.global_state(state), run.iterator, meta, scored)
+        reached = step
+        if stop:
+            stopped_by = signals.received or "a signal on another process"
+            break
+    if pending:
+        last, streak = _account(pending, run.parallel, streak, train, writer, bar)
+    return state, meta, last, reached, stopped_by
+
+
+def _validate(run: _Run, eval_module, state, step: int, meta: dict, writer) -> tuple[dict, dict]:
+    """Validation metrics at ``step`` and the best-model meta; a new best is exported as ``best_model``."""
+    variables = run.parallel.host_state(state).variables
+    result = validate(eval_module, jax.device_put(variables, run.parallel.local_devices[0]), run.val_cases,
+                      run.config.eval.to_dict(), run.config.data.target)
+    writer.write(step, "val", result)
+    if meta["best_global_dice"] is None or result[BEST_METRIC] > meta["best_global_dice"]:
+        meta = {"best_global_dice": result[BEST_METRIC], "best_step": step}
+        _export(run.workdir, BEST_MODEL, run.config, variables)
+    return result, meta
 
 
 def _account(pending, parallel, streak, train, writer, bar) -> tuple[dict, int]:

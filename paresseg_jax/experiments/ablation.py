@@ -1,22 +1,19 @@
 """Ablation studies on a synthetic cohort: the paper's Table 4 and fusion baselines (DMP, MPF of Table 6) by
 default, any rows of one's own (``configs/beyond_the_paper.toml``: new blocks, phase dropout, misregistration).
 
-A study is data (``configs/ablation.toml`` or a TOML file of one's own):
-``[[row]]`` tables (a label, a run folder, a config, optional field
-overrides, phases to also score without, whether to measure robustness to
-misregistration), optional ``compare`` pairs and an optional
-``[robustness]`` table, so adding a row touches no Python.
-
-Every row is trained on every fold (or the ``folds`` given) for every seed
+The study is a plan (:mod:`paresseg_jax.experiments.ablation_plan`); this
+module schedules its trainings, scores them and pools the folds. Every row
+is trained on every fold (or the ``folds`` given) for every seed
 (initialisation and data order; the cohort and its folds stay fixed), at a
 ``DemoScale``, into ``<workdir>/<run>/seed_<s>/fold_<k>`` (a
-cross-validation workdir per seed), and scored as ``paresseg-evaluate``
-scores a run (:func:`paresseg_jax.evaluate.scoring.score_run`): the fold's
-held-out cases, ``config.eval.checkpoint``'s model, through the paper's
-cascade with the liver-ResSeg trained on the same folds
-(``<workdir>/liver/fold_<k>``, shared by the rows, so they differ only by
-the tumor model). Each case is thus a test case exactly once per seed, and
-the report (:mod:`paresseg_jax.evaluate.ablation_report`) pairs rows case by case.
+cross-validation workdir per seed), and trained and scored as every fold is
+(:mod:`paresseg_jax.experiments.folds`): the fold's held-out cases,
+``config.eval.checkpoint``'s model, through the paper's cascade with the
+liver-ResSeg trained on the same folds (``<workdir>/liver/fold_<k>``,
+shared by the rows, so they differ only by the tumor model). A row counts as
+done only when its stored scores' provenance is what scoring would use now.
+Each case is thus a test case exactly once per seed, and the report
+(:mod:`paresseg_jax.evaluate.ablation_report`) pairs rows case by case.
 """
 
 from __future__ import annotations
@@ -28,148 +25,27 @@ import multiprocessing
 import os
 import sys
 import time
-import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
 import jax
 import ml_collections
 
-from paresseg_jax import compilation_cache, config_files, demo
+from paresseg_jax import compilation_cache, train
 from paresseg_jax.atomic import write_text
+from paresseg_jax.data.phantom_scale import DemoScale, make_cohort
 from paresseg_jax.data.preprocess import resolve_config
 from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate import ablation_report, robustness
-from paresseg_jax.evaluate.scoring import score_run
+from paresseg_jax.evaluate import ablation_report, provenance, robustness, scoring
 from paresseg_jax.summary import SUMMARY_FILE, read_summary, write_summary
-from paresseg_jax.model_io import SPEC_FILE
-from paresseg_jax.train.loop import prepared_cache, train_and_evaluate
-from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
+from paresseg_jax.experiments.ablation_plan import (Row, Study, apply_overrides, conditions, entry_names, paper_rows,
+                                                    read_plan, registration_condition, registration_prefix)
+from paresseg_jax.experiments.folds import LIVER_RUN, Stage, scaled_config, score_stage, train_stage
+from paresseg_jax.runs import prepared_cache
+from paresseg_jax.workdir import PERTURBED_DIR
 from paresseg_jax.worker_processes import usable_workers
 
-ROWS_FILE = "ablation.toml"  # the built-in study, beside the built-in configs
-REPORT_FILE = "ablation.md"
 LOG_DIR = "logs"  # with jobs > 1: each training's output, <run>_seed_<s>_fold_<k>.log
-_ROW_FIELDS = {"label", "run", "config", "overrides", "without", "robustness"}
-_STUDY_FIELDS = {"row", "compare", "robustness"}
-_ROBUSTNESS_FIELDS = {"magnitudes_mm", "kinds", "registration"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One trained model of a study: its report label, run folder, config and config changes."""
-
-    label: str
-    run: str
-    config: str  # built-in config name or config file path
-    overrides: dict = dataclasses.field(default_factory=dict)  # dotted field -> value
-    without: tuple[str, ...] = ()  # also scored with these phases absent (models trained with phase dropout)
-    robustness: bool = False  # also scored with ART misaligned and from other registrations
-
-
-@dataclasses.dataclass(frozen=True)
-class Study:
-    """A study's rows, the entry pairs to test against each other and the robustness conditions."""
-
-    rows: list[Row]
-    compare: list[tuple[str, str]]  # entry names: a row's run, or run:condition (e.g. resseg, pd:without_art)
-    magnitudes_mm: tuple[float, ...] = (2, 4, 6, 8, 10)  # misalignments applied at test time (0 is the plain score)
-    kinds: tuple[str, ...] = robustness.KINDS
-    registration: dict = dataclasses.field(default_factory=dict)  # name -> preprocessing changes of the test cases
-
-
-def read_study(path: str | Path | None = None) -> Study:
-    """The study of a TOML file, or a built-in one by name (default: ``ablation``), checked whole."""
-    path = Path(path or Path(ROWS_FILE).stem)
-    if not path.suffix and len(path.parts) == 1 and not path.exists():
-        path = config_files.builtin_dir() / f"{path}.toml"
-    try:
-        content = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise PareSegError(f"cannot read the study: {error}", path=path,
-                           fix="give a TOML file of [[row]] tables (label, run, config, overrides)") from None
-
-    def refuse(problem, fix=f"a row has {sorted(_ROW_FIELDS)} (only label, run and config are required)"):
-        raise PareSegError(problem, path=path, fix=fix)
-
-    if set(content) - _STUDY_FIELDS:
-        refuse(f"unknown top-level entries {sorted(set(content) - _STUDY_FIELDS)}",
-               fix=f"a study has {sorted(_STUDY_FIELDS)}")
-    rows = []
-    for number, table in enumerate(content.get("row", []), 1):
-        unknown, missing = set(table) - _ROW_FIELDS, {"label", "run", "config"} - set(table)
-        if unknown or missing:
-            refuse(f"row {number}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
-        rows.append(Row(**{**table, "without": tuple(table.get("without", ()))}))
-    runs = [row.run for row in rows]
-    if not rows or len(set(runs)) < len(runs):
-        refuse(f"need rows with distinct run folders, got {runs}")
-    if demo.LIVER_RUN in runs:
-        refuse(f"run folder {demo.LIVER_RUN!r} holds the cascade's liver-ResSeg", fix="name the row's run otherwise")
-    settings = content.get("robustness", {})
-    if set(settings) - _ROBUSTNESS_FIELDS:
-        refuse(f"[robustness]: unknown fields {sorted(set(settings) - _ROBUSTNESS_FIELDS)}",
-               fix=f"[robustness] has {sorted(_ROBUSTNESS_FIELDS)}")
-    unknown_kinds = set(settings.get("kinds", ())) - set(robustness.KINDS)
-    if unknown_kinds:
-        refuse(f"[robustness]: unknown kinds {sorted(unknown_kinds)}", fix=f"choose from {robustness.KINDS}")
-    for name, changes in settings.get("registration", {}).items():
-        try:
-            resolve_config(changes)
-        except (KeyError, ValueError, TypeError, AttributeError) as error:
-            refuse(f"[robustness.registration] {name}: {error}", fix="give preprocessing settings, e.g. "
-                   "{ register = false } or { registration = { bspline_iterations = 0 } }")
-    study = Study(rows, [], **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
-    compare = [tuple(pair) for pair in content.get("compare", [[row.run, rows[0].run] for row in rows[1:]])]
-    names = set(entry_names(study))
-    bad = [pair for pair in compare if len(pair) != 2 or not set(pair) <= names]
-    if bad:
-        refuse(f"compare: pairs {bad} do not name two of the study's entries",
-               fix=f"compare = [[a, b], ...] with a, b among {sorted(names)}")
-    return dataclasses.replace(study, compare=compare)
-
-
-def entry_names(study: Study) -> dict[str, str]:
-    """Every scored entry of a study, ``name -> label``: each row followed by its extra conditions."""
-    names = {}
-    for row in study.rows:
-        names[row.run] = row.label
-        for condition, label in conditions(study, row).items():
-            names[f"{row.run}:{condition}"] = f"{row.label}, {label}"
-    return names
-
-
-def conditions(study: Study, row: Row) -> dict[str, str]:
-    """The row's extra scorings, ``condition folder -> label`` (folders as ``paresseg-robustness`` writes them)."""
-    found = {robustness.absent_name(row.without): f"without {', '.join(p.upper() for p in row.without)}"} if row.without else {}
-    if row.robustness:
-        found |= {robustness.condition_name(kind, m): f"ART {kind} {m:g} mm"
-                  for m in study.magnitudes_mm if m > 0 for kind in study.kinds}
-        found |= {_registration_condition(name): f"registration: {name}" for name in study.registration}
-    return found
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, row: str) -> None:
-    """Sets each dotted field of ``overrides`` in ``config``; a field the config lacks is an error, not ignored."""
-    for key, value in overrides.items():
-        *parents, field = key.split(".")
-        node = config
-        try:
-            for part in parents:
-                node = node[part]
-            if field not in node:
-                raise KeyError(field)
-            node[field] = tuple(value) if isinstance(node[field], tuple) and isinstance(value, list) else value
-        except (KeyError, TypeError, AttributeError) as error:
-            raise PareSegError(f"ablation row {row!r}: cannot set {key} = {value!r} ({error})",
-                               fix="override an existing config field with a value of its type") from None
-
-
-def paper_rows() -> dict[str, dict]:
-    """The paper's Table 4 and Table 6 rows by model name."""
-    published = json.loads(resources.files("paresseg_jax.evaluate").joinpath("paper_tables.json").read_text())
-    return {row["model"]: row for row in published["table4_ablation_resseg"] + published["table6_fusion"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +62,7 @@ class _Training:
 
 def run_ablation(
     workdir: str,
-    scale: demo.DemoScale,
+    scale: DemoScale,
     study: Study | None = None,
     runs: Sequence[str] | None = None,
     seeds: Sequence[int] = (0,),
@@ -198,7 +74,7 @@ def run_ablation(
     seed on each fold (default: all) in ``workdir``, ``jobs`` trainings at a time (finished trainings and scorings
     are reused); writes ``<workdir>/ablation.md`` with its figures and returns the report text."""
     workdir = Path(workdir).absolute()
-    study = read_study() if study is None else study
+    study = read_plan() if study is None else study
     unknown = sorted(set(runs or ()) - {row.run for row in study.rows})
     if unknown:
         raise PareSegError(f"unknown ablation runs {unknown}", fix=f"choose from {[row.run for row in study.rows]}")
@@ -211,18 +87,25 @@ def run_ablation(
     chosen = [row for row in study.rows if not runs or row.run in runs]
     workdir.mkdir(parents=True, exist_ok=True)
     write_text(workdir / "ablation_scale.json", json.dumps(dataclasses.asdict(scale), indent=1))
-    demo.make_cohort(workdir, scale, cohort_seed)
+    make_cohort(workdir, scale, cohort_seed)
     trainings = [_Training(fold, seeds[0]) for fold in folds]
     trainings += [_Training(fold, seed, row) for fold in folds for seed in seeds for row in chosen]
     print(f"[ablation] {len(chosen)} rows x {len(seeds)} seeds x {len(folds)} folds = "
           f"{len(chosen) * len(seeds) * len(folds)} tumor trainings + {len(folds)} liver-ResSeg "
           f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps, {jobs} at a time"
           + (f" (each one's output in {workdir / LOG_DIR})" if jobs > 1 else ""), flush=True)
-    todo = [t for t in trainings if not _done(workdir, scale, study, t, trainings)]
+    todo = _todo(workdir, scale, study, trainings)
     for config in {json.dumps(resolve_config(c.data.preprocess), sort_keys=True): c
                    for c in _caches(workdir, scale, study, todo)}.values():
         prepared_cache(config)  # here, before the trainings share it
     _run_trainings(workdir, scale, study, todo, len(trainings) - len(todo), len(trainings), jobs)
+    return _write_report(workdir, scale, study, chosen, seeds, folds)
+
+
+def _write_report(workdir: Path, scale: DemoScale, study: Study, chosen: list[Row], seeds: Sequence[int],
+                  folds: list[int]) -> str:
+    """Pools each chosen row's folds per seed and writes ``ablation.md`` (the rows side by side, per-case tests,
+    robustness curves, the paper's numbers); returns its text."""
     per_seed = {}
     for seed in seeds:
         for row in chosen:
@@ -245,44 +128,59 @@ def run_ablation(
                               curves, paper_rows())
 
 
-def _config(workdir: Path, scale: demo.DemoScale, training: _Training) -> ml_collections.ConfigDict:
+def _stage(workdir: Path, scale: DemoScale, training: _Training) -> Stage:
+    """The training's config (its row's config at ``scale``, overridden) and workdir, as a fold's stage."""
     if training.row is None:
-        config = demo.scaled_config("liver_resseg", workdir, scale, scale.liver_steps, training.seed)
+        config = scaled_config("liver_resseg", workdir, scale, scale.liver_steps, training.seed)
     else:
-        config = demo.scaled_config(training.row.config, workdir, scale, scale.tumor_steps, training.seed)
+        config = scaled_config(training.row.config, workdir, scale, scale.tumor_steps, training.seed)
         apply_overrides(config, training.row.overrides, training.row.label)
     config.data.fold = training.fold
     config.train.eval_every = config.train.num_steps  # validated once: the study scores the last model
-    return config
+    name = LIVER_RUN if training.row is None else training.row.run
+    return Stage(name, config, workdir / _run_folder(training), {} if training.row is None else {"run": training.row.label})
 
 
-def _run_dir(workdir: Path, training: _Training) -> Path:
+def _run_folder(training: _Training) -> str:
+    """The training's workdir in the study's: ``liver/fold_<k>`` or ``<run>/seed_<s>/fold_<k>``."""
     if training.row is None:
-        return workdir / demo.LIVER_RUN / f"fold_{training.fold}"
-    return workdir / training.row.run / f"seed_{training.seed}" / f"fold_{training.fold}"
+        return f"{LIVER_RUN}/fold_{training.fold}"
+    return f"{training.row.run}/seed_{training.seed}/fold_{training.fold}"
 
 
-def _done(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training, trainings: list[_Training]) -> bool:
-    """A row's model is done once scored under each of its conditions; a liver-ResSeg once trained, or once
-    its fold's rows are done (it is not needed again)."""
-    if training.row is not None:
-        run_dir = _run_dir(workdir, training)
-        return all((_scored(run_dir, c) / SUMMARY_FILE).is_file() for c in [None, *conditions(study, training.row)])
-    fold_rows = [t for t in trainings if t.row is not None and t.fold == training.fold]
-    return _finished(_run_dir(workdir, training), scale.liver_steps) or all(
-        _done(workdir, scale, study, t, trainings) for t in fold_rows)
+def _liver(workdir: Path, scale: DemoScale, training: _Training) -> Stage:
+    """The liver-ResSeg stage of ``training``'s fold."""
+    return _stage(workdir, scale, _Training(training.fold, training.seed))
 
 
-def _finished(workdir: Path, steps: int) -> bool:
-    """Whether a training workdir holds its last model and a checkpoint of its final step (nothing left to do)."""
-    checkpoints = workdir / CHECKPOINT_DIR
-    saved = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.is_dir() else []
-    return (workdir / LAST_MODEL / SPEC_FILE).is_file() and max(saved, default=-1) >= steps
+def _todo(workdir: Path, scale: DemoScale, study: Study, trainings: list[_Training]) -> list[_Training]:
+    """The trainings left, in order: a row's model unless :func:`_row_done`; a fold's liver-ResSeg unless it is
+    trained, or its fold's rows are all done (it is not needed again)."""
+    rows_left = [t for t in trainings if t.row is not None and not _row_done(workdir, scale, study, t)]
+
+    def liver_left(training: _Training) -> bool:
+        stage = _stage(workdir, scale, training)
+        return any(t.fold == training.fold for t in rows_left) and not train.is_finished(stage.config, stage.workdir)
+
+    return [t for t in trainings if (t in rows_left if t.row is not None else liver_left(t))]
 
 
-def _caches(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Training]) -> list:
+def _row_done(workdir: Path, scale: DemoScale, study: Study, training: _Training) -> bool:
+    """Whether a row's model is trained and scored under each of its conditions, its plain score's provenance
+    what scoring would use now (the conditions are scored again with it)."""
+    stage = _stage(workdir, scale, training)
+    scored = [_scored(stage.workdir, c) / SUMMARY_FILE for c in [None, *conditions(study, training.row)]]
+    if not (train.is_finished(stage.config, stage.workdir) and all(path.is_file() for path in scored)):
+        return False
+    try:
+        return scoring.current_summary(stage.workdir, liver_workdir=_liver(workdir, scale, training).workdir) is not None
+    except PareSegError:  # e.g. its liver run is gone: not done
+        return False
+
+
+def _caches(workdir: Path, scale: DemoScale, study: Study, todo: list[_Training]) -> list:
     """The configs whose preprocessed caches ``todo`` reads: the trainings' and the registration variants'."""
-    configs = [_config(workdir, scale, t) for t in todo]
+    configs = [_stage(workdir, scale, t).config for t in todo]
     variants = [_registration_variant(c, changes) for c, t in zip(configs, todo)
                 if t.row is not None and t.row.robustness for changes in study.registration.values()]
     return configs + variants
@@ -295,7 +193,7 @@ def _registration_variant(config: ml_collections.ConfigDict, changes: dict) -> m
     return variant
 
 
-def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Training], done: int, total: int,
+def _run_trainings(workdir: Path, scale: DemoScale, study: Study, todo: list[_Training], done: int, total: int,
                    jobs: int) -> None:
     """Runs ``todo`` here (``jobs`` 1) or ``jobs`` at a time in spawned processes (one per training, so memory is
     returned; output in ``<workdir>/logs``), a row's model only once its fold's liver-ResSeg is trained; prints
@@ -352,7 +250,7 @@ def _run_trainings(workdir: Path, scale: demo.DemoScale, study: Study, todo: lis
             raise
 
 
-def _in_worker(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training) -> None:
+def _in_worker(workdir: Path, scale: DemoScale, study: Study, training: _Training) -> None:
     """``_train_and_score`` in a spawned process, its output (progress bars, warnings) in its own log file:
     two trainings' bars on one terminal read as noise, and the study prints each start and end."""
     log = _log_file(workdir, training)
@@ -364,7 +262,7 @@ def _in_worker(workdir: Path, scale: demo.DemoScale, study: Study, training: _Tr
 
 
 def _log_file(workdir: Path, training: _Training) -> Path:
-    return workdir / LOG_DIR / f"{_run_dir(workdir, training).relative_to(workdir).as_posix().replace('/', '_')}.log"
+    return workdir / LOG_DIR / f"{_run_folder(training).replace('/', '_')}.log"
 
 
 def _start_worker(jax_settings: dict) -> None:
@@ -373,26 +271,26 @@ def _start_worker(jax_settings: dict) -> None:
         jax.config.update(name, value)
 
 
-def _train_and_score(workdir: Path, scale: demo.DemoScale, study: Study, training: _Training) -> None:
+def _train_and_score(workdir: Path, scale: DemoScale, study: Study, training: _Training) -> None:
     """Trains (unless finished) and, for a row, scores the model under each of its conditions; a training stopped
-    by a signal stops the study."""
-    config, run_dir = _config(workdir, scale, training), _run_dir(workdir, training)
-    if not _finished(run_dir, int(config.train.num_steps)):
-        result = train_and_evaluate(config, str(run_dir))
-        if result.get("stopped_by"):
-            raise SystemExit(f"[ablation] stopped by {result['stopped_by']} while training {run_dir}; "
-                             "rerun the same command to continue")
+    by a signal stops the study. A row's conditions are scored again whenever its plain score is."""
+    stage = _stage(workdir, scale, training)
+    train_stage(stage)
     if training.row is None:
         return
-    liver_dir = _run_dir(workdir, _Training(training.fold, training.seed))
-    score_run(run_dir, liver_workdir=liver_dir, run=training.row.label, reuse=True)  # scored again unless all matches
-    _score_conditions(study, training.row, config, run_dir, liver_dir, training.seed)
+    liver = _liver(workdir, scale, training)
+    before = provenance.stored(stage.workdir)
+    summary = score_stage(stage, liver)
+    rescored = before is None or before["info"].get(provenance.KEY) != summary["info"].get(provenance.KEY)
+    _score_conditions(study, training.row, stage, liver.workdir, training.seed, rescored)
 
 
-def _score_conditions(study: Study, row: Row, config, run_dir: Path, liver_dir: Path, seed: int) -> None:
-    """The row's extra scorings of one fold's model (each skipped when its summary exists)."""
+def _score_conditions(study: Study, row: Row, stage: Stage, liver_dir: Path, seed: int, rescore: bool) -> None:
+    """The row's extra scorings of one fold's model (each skipped when its summary exists, unless ``rescore``)."""
+    run_dir = stage.workdir
+
     def done(condition: str) -> bool:
-        return (_scored(run_dir, condition) / SUMMARY_FILE).is_file()
+        return not rescore and (_scored(run_dir, condition) / SUMMARY_FILE).is_file()
 
     if row.without and not done(robustness.absent_name(row.without)):
         robustness.evaluate_perturbed(run_dir, magnitudes_mm=(), absent=row.without, liver_workdir=liver_dir)
@@ -403,20 +301,10 @@ def _score_conditions(study: Study, row: Row, config, run_dir: Path, liver_dir: 
         robustness.evaluate_perturbed(run_dir, magnitudes_mm=magnitudes, kinds=study.kinds, seed=seed,
                                       liver_workdir=liver_dir)
     for name, changes in study.registration.items():
-        if not done(_registration_condition(name)):
-            cache_dir = prepared_cache(_registration_variant(config, changes))
+        if not done(registration_condition(name)):
+            cache_dir = prepared_cache(_registration_variant(stage.config, changes))
             robustness.evaluate_perturbed(run_dir, magnitudes_mm=(0,), kinds=(), cache_dir=cache_dir,
-                                          prefix=_registration_prefix(name), liver_workdir=liver_dir)
-
-
-def _registration_prefix(name: str) -> str:
-    """``evaluate_perturbed``'s prefix for the held-out cases registered otherwise (``rigid_``)."""
-    return f"{name}_"
-
-
-def _registration_condition(name: str) -> str:
-    """The folder of the held-out cases registered otherwise, scored at 0 mm (``rigid_none``)."""
-    return _registration_prefix(name) + robustness.condition_name("", 0)
+                                          prefix=registration_prefix(name), liver_workdir=liver_dir)
 
 
 def _pool_folds(study: Study, row: Row, seed_dir: Path, folds: list[int], num_folds: int, seed: int) -> dict:

@@ -1,79 +1,17 @@
-"""The paper's k-fold cross-validation, and scoring a folder of predicted masks.
-
-Protocol (paper, Sec. 4): folds stratified by tumor type
-(``paresseg_jax.data.splits``, ``config.data.num_folds``, 5 by default); fold
-k trains on the other folds (``paresseg-train`` with ``config.data.fold = k``,
-in ``<workdir>/fold_k``; validation, if any, carved from those folds) and
-segments the fold's held-out cases through the paper's cascade: a
-liver-ResSeg trained on the same folds (``<liver_workdir>/fold_k``, by
-default ``<workdir>/liver/fold_k``) predicts each case's liver, whose 5x5
-dilation is the tumor model's ROI. Scoring is
-:func:`paresseg_jax.evaluate.scoring.score_run`'s (the model of
-``config.eval.checkpoint``, whole slices, ``p >= threshold``); the per-case
-records of all folds go into ``<workdir>/summary.json``. A finished training
-of the same config is not repeated, a stopped one resumes from its
-checkpoints (``loop.train_unless_finished``), and a fold's ``summary.json``
-is reused only when its provenance (models, config, protocol, cases, cache)
-is what scoring would use now, so an interrupted cross-validation continues
-where it stopped and a changed one is never relabelled.
-"""
+"""Scoring a folder of predicted masks against a cohort (``paresseg-evaluate --predictions``)."""
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
-from typing import Sequence
 
-import ml_collections
 import numpy as np
 
-from paresseg_jax import config_defaults, preflight
+from paresseg_jax import preflight
 from paresseg_jax.data import io
 from paresseg_jax.errors import BadInputError
-from paresseg_jax.evaluate.scoring import CASCADE, protocol, score_run
 from paresseg_jax.summary import evaluate_case, read_summary, write_summary
-from paresseg_jax.train.loop import train_unless_finished
 from paresseg_jax.workdir import check_not_trained_on
-
-LIVER_DIR = "liver"
-
-
-def cross_validate(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    folds: Sequence[int] | None = None,
-    overlays: bool = False,
-    liver_workdir: str | os.PathLike | None = None,
-) -> dict:
-    """Train and score every fold (or the given ones); returns the ``summary.json`` content of ``workdir``.
-
-    With ``config.eval.roi`` 'cascade' (the default) each fold's liver-ResSeg
-    is trained too (``config_defaults.liver_stage``: ResSeg, cross-entropy, liver target) in ``liver_workdir/fold_k``
-    unless it is there already, so several tumor experiments can share one.
-    """
-    workdir = Path(workdir)
-    num_folds = int(config.data.num_folds)
-    folds = list(range(num_folds)) if folds is None else [int(k) for k in folds]
-    bad = [k for k in folds if not 0 <= k < num_folds]
-    if bad:
-        raise ValueError(f"folds {bad} are outside 0..{num_folds - 1} (config.data.num_folds={num_folds})")
-    cascade = config.data.target == "tumor" and config.eval.roi == CASCADE
-    liver_root = Path(liver_workdir) if liver_workdir is not None else workdir / LIVER_DIR
-    records = []
-    for fold in folds:
-        fold_dir = workdir / f"fold_{fold}"
-        fold_config = copy.deepcopy(config)
-        fold_config.data.fold = fold
-        liver_dir = liver_root / f"fold_{fold}" if cascade else None
-        if cascade:
-            train_unless_finished(config_defaults.liver_stage(fold_config), liver_dir)
-        train_unless_finished(fold_config, fold_dir)
-        records += score_run(fold_dir, liver_workdir=liver_dir, overlays=overlays, title=f"fold {fold}", reuse=True)["cases"]
-    roi = config.eval.get("roi", CASCADE)
-    write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict(),
-                  **protocol(config.eval.to_dict(), roi, config.data.target))
-    return read_summary(workdir)
 
 
 def evaluate_folder(

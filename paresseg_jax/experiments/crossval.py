@@ -24,7 +24,7 @@ import ml_collections
 
 from paresseg_jax import config_defaults
 from paresseg_jax.evaluate.scoring import CASCADE, protocol
-from paresseg_jax.evaluate.summary import read_summary, write_summary
+from paresseg_jax.summary import read_summary, write_summary
 from paresseg_jax.experiments.folds import LIVER_RUN, Stage, run_fold
 
 

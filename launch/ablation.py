@@ -25,8 +25,8 @@ import dataclasses
 
 from absl import flags
 
-from paresseg_jax import cli
-from paresseg_jax.data import phantom_scale
+from paresseg_jax import cli, flag_checks
+from paresseg_jax.data import phantom, phantom_scale
 from paresseg_jax.experiments import ablation, ablation_plan
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the cohort, runs and ablation.md (reused on rerun)", required=True)
@@ -51,14 +51,21 @@ _JOBS = flags.DEFINE_integer("jobs", 1, "trainings at a time, each in its own pr
 def main(argv):
     del argv
     scale = phantom_scale.FULL if _FULL.value else phantom_scale.SMALL
+    flag_checks.all_in_range(
+        {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "size": _SIZE.value, "slices": _SLICES.value,
+         "steps": _STEPS.value, "jobs": _JOBS.value},
+        {"num_cases": dict(low=scale.num_folds, meaning="a test case in each of the folds"), "width": dict(low=1),
+         "size": dict(low=phantom.MIN_SHAPE[1]), "slices": dict(low=phantom.MIN_SHAPE[0]), "steps": dict(low=1),
+         "jobs": dict(low=1)})
+    seeds = flag_checks.numbers("seeds", _SEEDS.value, low=0)
+    folds = flag_checks.numbers("folds", _FOLDS.value, low=0, high=scale.num_folds - 1)
     changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
     if _SIZE.value or _SLICES.value:
         slices, size, _ = scale.shape
         changes["shape"] = (_SLICES.value or slices, _SIZE.value or size, _SIZE.value or size)
     scale = dataclasses.replace(scale, **{k: v for k, v in changes.items() if v is not None})
     study = ablation_plan.read_plan(_ROWS.value)
-    folds = None if _FOLDS.value is None else [int(k) for k in _FOLDS.value]
-    print(ablation.run_ablation(_WORKDIR.value, scale, study, runs=_RUNS.value, seeds=[int(s) for s in _SEEDS.value],
+    print(ablation.run_ablation(_WORKDIR.value, scale, study, runs=_RUNS.value, seeds=seeds,
                                 folds=folds, cohort_seed=_COHORT_SEED.value, jobs=_JOBS.value))
 
 

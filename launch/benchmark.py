@@ -26,7 +26,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from paresseg_jax import cli
+from paresseg_jax import cli, flag_checks
 from paresseg_jax.atomic import write_text
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data",
@@ -168,6 +168,13 @@ def _print_table(rows: list[dict], peak_tflops) -> None:
         print("  ".join(v.rjust(w) for v, w in zip(r, widths)))
 
 
+# The numeric flags' ranges, checked before anything is built (flag_checks).
+RANGES = {"width": dict(low=1), "batch": dict(low=1), "size": dict(low=32), "repeats": dict(low=1),
+          "warmup": dict(low=0), "slices": dict(low=1), "slice_size": dict(low=32), "study_slices": dict(low=1),
+          "infer_batch": dict(low=1), "tile": dict(low=16), "stride": dict(low=1), "pipeline_batches": dict(low=1),
+          "profile_calls": dict(low=0), "peak_tflops": dict(low=0.0, low_open=True)}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; subcommands are {sorted(SUBCOMMANDS)}, first")
@@ -179,6 +186,8 @@ def main(argv):
         raise app.UsageError(f"--conv_impls: unknown {unknown}; choose among {BASELINE_CONV_IMPLS}")
     if FLAGS.fusion and FLAGS.compare_torch:
         raise app.UsageError("--compare_torch runs the reference's own models; leave --fusion unset")
+    flag_checks.all_in_range({name: getattr(FLAGS, name) for name in RANGES}, RANGES)
+    flag_checks.numbers("pipeline_workers", FLAGS.pipeline_workers, low=0)
     if "infer" in FLAGS.parts and FLAGS.slices % FLAGS.infer_batch:
         raise app.UsageError(f"--slices={FLAGS.slices} must be a multiple of --infer_batch={FLAGS.infer_batch}: "
                              "a padded last batch would count in the per-volume time")

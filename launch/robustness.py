@@ -13,7 +13,7 @@ mean Dice of each.
 
 from absl import flags
 
-from paresseg_jax import cli
+from paresseg_jax import cli, flag_checks
 from paresseg_jax.evaluate import robustness
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a paresseg-train workdir (its model and held-out cases)", required=True)
@@ -32,8 +32,9 @@ _ROI = flags.DEFINE_enum("roi", None, ["cascade", "oracle_gt_liver"], "ROI sourc
 
 def main(argv):
     del argv
+    magnitudes = flag_checks.numbers("magnitudes", _MAGNITUDES.value, float, low=0.0)
     dpc = robustness.evaluate_perturbed(
-        _WORKDIR.value, magnitudes_mm=[float(m) for m in _MAGNITUDES.value], kinds=_KINDS.value,
+        _WORKDIR.value, magnitudes_mm=magnitudes, kinds=_KINDS.value,
         absent=_ABSENT.value, phase=_PHASE.value, seed=_SEED.value, cache_dir=_CACHE.value, prefix=_PREFIX.value,
         liver_workdir=_LIVER.value, roi=_ROI.value)
     for name, value in dpc.items():

@@ -41,3 +41,18 @@ def all_in_range(values, ranges: dict, prefix: str = "--") -> None:
     """:func:`in_range` for each flag named in ``ranges`` (``flag -> keyword arguments``), value from ``values``."""
     for flag, limits in ranges.items():
         in_range(flag, values.get(flag), **limits, prefix=prefix)
+
+
+def numbers(flag: str, values, kind=int, **limits) -> list | None:
+    """A list flag (``--seeds=0,1,2``) parsed as ``kind`` and each value checked by :func:`in_range`; None passes."""
+    if values is None:
+        return None
+    try:
+        parsed = [kind(value) for value in values]
+    except ValueError:
+        what = "whole numbers" if kind is int else "numbers"
+        raise BadInputError(f"--{flag}={','.join(values)} is not a list of {what}",
+                            fix=f"give --{flag} {what} separated by commas") from None
+    for value in parsed:
+        in_range(flag, value, **limits)
+    return parsed

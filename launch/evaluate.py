@@ -81,6 +81,8 @@ def _check_inputs(runs: list[tuple[str, str]]) -> None:
         preflight.training(_CONFIG.value, _WORKDIR.value)
     if _FIGURES.value:
         preflight.output_folder(_FIGURES.value, "the figures folder (--figures)")
+        inputs = [p for p in (_PREDICTIONS.value, _COHORT.value, *(path for _, path in runs)) if p]
+        preflight.outputs_apart([(_FIGURES.value, "the figures folder (--figures)")], inputs)
 
 
 def _training_workdirs(name: str, path: Path) -> dict:

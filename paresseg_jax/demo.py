@@ -34,7 +34,8 @@ import SimpleITK as sitk
 
 from paresseg_jax import config_files
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import io, phantom
+from paresseg_jax.data import phantom
+from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import figures, tables
 from paresseg_jax.evaluate.scoring import score_run
@@ -108,7 +109,7 @@ def make_cohort(workdir: Path, scale: DemoScale, seed: int = 0) -> Path:
     if not (cohort / "manifest.json").is_file():
         phantom.make_cohort(cohort, scale.num_cases, seed=seed, shape=scale.shape, num_folds=scale.num_folds)
         return cohort
-    entries = io.read_cohort(cohort)
+    entries = read_cohort(cohort)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(entries[0].phases["pv"]))
     reader.ReadImageInformation()

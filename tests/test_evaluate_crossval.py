@@ -12,7 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from paresseg_jax import config_defaults, model_io, models
-from paresseg_jax.data import cache, io
+from paresseg_jax.data import cache
+from paresseg_jax.data.case import Case, write_case
+from paresseg_jax.data.images import write_image
+from paresseg_jax.data.layouts import write_manifest
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import crossval, scoring, summary
 from paresseg_jax.infer.cascade import segment_study
@@ -135,13 +138,13 @@ def _write_cohort(root):
         tumor = np.zeros(SHAPE, np.uint8)
         tumor[1:3, 8:14, 8 + i : 14 + i] = 1
         pv = np.random.default_rng(i).normal(100, 20, SHAPE).astype(np.float32)
-        case = io.Case({"pv": pv}, None, tumor, SPACING_XYZ, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        case = Case({"pv": pv}, None, tumor, SPACING_XYZ, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
                        {"case_id": f"c{i}", "tumor_type": tumor_type})
-        io.write_case(case, root / "cohort" / f"c{i}")
+        write_case(case, root / "cohort" / f"c{i}")
         records.append({"case_id": f"c{i}", "tumor_type": tumor_type})
         shifted = np.roll(tumor, i, axis=2)  # prediction: the tumor moved by i voxels along x
-        io.write_image(shifted, case, root / "preds" / f"c{i}.nii.gz")
-    io.write_manifest(root / "cohort", records)
+        write_image(shifted, case, root / "preds" / f"c{i}.nii.gz")
+    write_manifest(root / "cohort", records)
 
 
 def test_evaluate_folder_and_launcher_tables(tmp_path):

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from paresseg_jax.data import cache, io, phantom, preprocess
+from paresseg_jax.data import cache, phantom, preprocess
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.images import Geometry, write_image
+from paresseg_jax.data.layouts import read_cohort
 
 
 def test_hu_window_maps_the_paper_window_to_unit_range():
@@ -142,7 +145,7 @@ def test_apply_transform_moves_masks_with_nearest_neighbour():
 
     mask = np.zeros((4, 6, 6), np.uint8)
     mask[1:3, 2:4, 2:4] = 1
-    geometry = io.Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     moved = preprocess.apply_transform(mask, geometry, sitk.TranslationTransform(3, (1.0, 0.0, 2.0)), nearest=True)
     np.testing.assert_array_equal(moved[0:2, 2:4, 1:3], 1)  # content moves by -1 x voxel and -1 slice
     assert moved.sum() == mask.sum() and moved.dtype == np.uint8
@@ -222,7 +225,7 @@ def test_preprocess_cohort_fills_cache_and_is_idempotent(tmp_path, monkeypatch):
     assert [c.case_id for c in cases] == ["case_0000", "case_0001"]
     manifest = json.loads((cohort / "manifest.json").read_text())["cases"]
     assert cases[1].tumor_type == manifest[1]["tumor_type"] and cases[1].meta["scanner"] == manifest[1]["scanner"]
-    np.testing.assert_array_equal(cases[0].tumor, io.read_case(cohort / "case_0000").tumor)
+    np.testing.assert_array_equal(cases[0].tumor, read_case(cohort / "case_0000").tumor)
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached case was preprocessed again")
@@ -273,8 +276,8 @@ def test_worker_processes_give_the_same_cache(tmp_path):
             other = b.image(name) if name in b.phases else getattr(b, name)
             np.testing.assert_array_equal(array, other, err_msg=f"{a.case_id} {name}")
     predictions = tmp_path / "liver_pred"
-    case = io.read_case(io.read_cohort(cohort)[0])
-    io.write_image(case.liver, case, predictions / "case_0000.nii.gz")  # case_0001 and case_0002 have none
+    case = read_case(read_cohort(cohort)[0])
+    write_image(case.liver, case, predictions / "case_0000.nii.gz")  # case_0001 and case_0002 have none
     with pytest.raises(FileNotFoundError, match="no liver prediction"):
         preprocess.preprocess_cohort(cohort, tmp_path / "pred", {"register": False, "roi_source": str(predictions)},
                                      progress=False, workers=2)
@@ -285,11 +288,11 @@ def test_worker_processes_give_the_same_cache(tmp_path):
 def test_roi_from_liver_prediction_folder(tmp_path):
     cohort = _cohort(tmp_path)
     predictions = tmp_path / "liver_pred"
-    for entry in io.read_cohort(cohort):
-        case = io.read_case(entry)
+    for entry in read_cohort(cohort):
+        case = read_case(entry)
         prediction = np.zeros_like(case.liver)
         prediction[4, 16, 16] = 1
-        io.write_image(prediction, case, predictions / f"{entry.case_id}.nii.gz")
+        write_image(prediction, case, predictions / f"{entry.case_id}.nii.gz")
     config = {"register": False, "roi_source": str(predictions)}
     cache_dir = preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False)
     assert all(c.roi.sum() == 25 for c in cache.open_cohort(cache_dir))

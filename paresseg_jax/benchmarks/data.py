@@ -16,7 +16,8 @@ import numpy as np
 from absl import app, flags
 
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import cache, io, phantom, preprocess
+from paresseg_jax.data import cache, phantom, preprocess
+from paresseg_jax.data.case import read_case, write_case
 
 _CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
 _SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
@@ -39,10 +40,10 @@ def _time_case(index: int, workdir: Path) -> dict:
     generate, generate_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     start = time.perf_counter()
-    io.write_case(case, workdir / "cohort" / case.case_id)
+    write_case(case, workdir / "cohort" / case.case_id)
     write = time.perf_counter() - start
     start = time.perf_counter()
-    case = io.read_case(workdir / "cohort" / case.case_id)
+    case = read_case(workdir / "cohort" / case.case_id)
     read = time.perf_counter() - start
 
     config = preprocess.default_preprocess_config()

@@ -22,12 +22,13 @@ from absl import app, flags
 from scipy import ndimage
 
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import io, phantom, preprocess
+from paresseg_jax.data import phantom, preprocess
+from paresseg_jax.data.case import Case
 
 REGIONS = ("whole image", "predicted liver box", "ground-truth liver box")
 
 
-def target_registration_error(case: io.Case, motion: np.ndarray, transform: sitk.Transform | None) -> np.ndarray:
+def target_registration_error(case: Case, motion: np.ndarray, transform: sitk.Transform | None) -> np.ndarray:
     """Millimetres, one per PV liver voxel, between the voxel and the PV point that the registered phase shows
     there. ``motion``: ``[3, z, y, x]`` PV voxel coordinates each voxel of the unregistered phase shows;
     ``transform``: ``register_phase``'s (None: unregistered)."""
@@ -42,12 +43,12 @@ def target_registration_error(case: io.Case, motion: np.ndarray, transform: sitk
     return np.linalg.norm((shown - inside) * spacing_zyx, axis=1)
 
 
-def _grid(case: io.Case) -> tuple:
+def _grid(case: Case) -> tuple:
     size = tuple(int(n) for n in reversed(np.shape(case.liver)))
     return size, tuple(case.origin), tuple(case.spacing), tuple(case.direction)
 
 
-def regions(case: io.Case, predicted_error_mm: float) -> dict[str, np.ndarray | None]:
+def regions(case: Case, predicted_error_mm: float) -> dict[str, np.ndarray | None]:
     """The masks whose box (grown by ``margin_mm``) each choice registers in (None: the whole image)."""
     spacing_zyx = case.spacing_zyx
     radius = [max(0, int(round(predicted_error_mm / s))) for s in spacing_zyx]

@@ -18,7 +18,9 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from paresseg_jax.data import io, splits
+from paresseg_jax.data import splits
+from paresseg_jax.data.case import Case, write_case
+from paresseg_jax.data.layouts import write_manifest
 
 TUMOR_TYPES = ("Cyst", "FNH", "HCC", "HEM", "METs")
 PHASE_ORDER = ("nc", "art", "pv", "dl")  # column order of HU
@@ -80,7 +82,7 @@ def make_case(
     spacing: Sequence[float] | None = None,
     scanner: str | None = None,
     phases: Sequence[str] = ("pv", "art"),
-) -> io.Case:
+) -> Case:
     """One synthetic case. ``shape`` and ``spacing`` are in array order (z, y, x), mm.
 
     Without ``spacing`` the in-plane spacing makes a realistic field of view
@@ -90,7 +92,7 @@ def make_case(
     return make_case_with_phase_masks(seed, tumor_type, shape, spacing, scanner, phases)[0]
 
 
-def make_case_with_phase_masks(*args, **kwargs) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
+def make_case_with_phase_masks(*args, **kwargs) -> tuple[Case, dict[str, dict[str, np.ndarray]]]:
     """``make_case`` (same arguments) plus, per phase, the liver and tumor masks where that phase shows them.
 
     Non-PV phases are moved by breathing, so these differ from the PV ground
@@ -107,7 +109,7 @@ def make_case_with_truth(
     spacing: Sequence[float] | None = None,
     scanner: str | None = None,
     phases: Sequence[str] = ("pv", "art"),
-) -> tuple[io.Case, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+) -> tuple[Case, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """``make_case_with_phase_masks`` plus each non-PV phase's true motion: ``[3, z, y, x]`` voxel coordinates
     (z, y, x) of the PV volume that each of its voxels shows, what a registration error is measured against."""
     if tumor_type not in TUMOR_TYPES:
@@ -176,7 +178,7 @@ def make_case_with_truth(
         "seed": int(seed),
         "num_lesions": len(lesions),
     }
-    case = io.Case(images, liver, tumor, spacing_xyz, origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), metadata)
+    case = Case(images, liver, tumor, spacing_xyz, origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), metadata)
     return case, phase_masks, motion
 
 
@@ -215,10 +217,10 @@ def make_cohort(
         iterator = tqdm(plan, desc="phantom cases", unit="case")
     for case_id, case_seed, tumor_type, scanner in iterator:
         case = make_case(case_seed, tumor_type, shape=shape, scanner=scanner, phases=phases)
-        io.write_case(case, out_dir / case_id)
+        write_case(case, out_dir / case_id)
         split = f"fold-{fold_of[case_id]}"
         records.append({"case_id": case_id, "tumor_type": tumor_type, "scanner": scanner, "split": split, "seed": case_seed})
-    io.write_manifest(out_dir, records)
+    write_manifest(out_dir, records)
     return out_dir
 
 

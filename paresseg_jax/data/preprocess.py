@@ -23,7 +23,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from paresseg_jax.data import cache, io
+from paresseg_jax.data import cache
+from paresseg_jax.data.case import Case, read_case, read_mask
+from paresseg_jax.data.images import Geometry, find_image
+from paresseg_jax.data.layouts import CaseEntry, read_cohort
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.worker_processes import usable_workers
 
@@ -128,7 +131,7 @@ def boundary_enhanced_weights(tumor: np.ndarray, w1: float = 0.8, w2: float = 0.
 # ----------------------------------------------------------------------------- registration
 
 
-def _as_image(array: np.ndarray, geometry: io.Geometry) -> sitk.Image:
+def _as_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(sitk.GetImageFromArray(np.asarray(array, np.float32)))
 
 
@@ -188,7 +191,7 @@ def register_phase(
     """
     settings = {**default_preprocess_config()["registration"], **dict(settings or {})}
     start = time.perf_counter()
-    geometry = io.Geometry.of(geometry)
+    geometry = Geometry.of(geometry)
     factor = [max(1, int(round(settings["grid_mm"] / s))) for s in geometry.spacing[:2]] + [1]
     margin = float(settings["margin_mm"])
     low, high = settings["intensity_range"]
@@ -229,7 +232,7 @@ def register_phase(
 
 def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, nearest: bool = False) -> np.ndarray:
     """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks)."""
-    geometry = io.Geometry.of(geometry)
+    geometry = Geometry.of(geometry)
     array = np.asarray(array)
     if nearest:
         image = geometry.apply_to(sitk.GetImageFromArray(array))
@@ -256,7 +259,7 @@ def registration_failure(error: RuntimeError, path) -> Exception:
                              "--noregister (config.data.preprocess.register=False) skips registration")
 
 
-def prepare_phases(case: io.Case, preprocess_config: Mapping | None = None,
+def prepare_phases(case: Case, preprocess_config: Mapping | None = None,
                    sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(windowed images, registration report)``: the one preparation of a case's phases, for training and
     evaluation caches, ``paresseg-predict`` and ``infer.segment`` alike: :func:`registered_phases`, then
@@ -265,7 +268,7 @@ def prepare_phases(case: io.Case, preprocess_config: Mapping | None = None,
     return windowed(phases, preprocess_config), report
 
 
-def registered_phases(case: io.Case, preprocess_config: Mapping | None = None,
+def registered_phases(case: Case, preprocess_config: Mapping | None = None,
                       sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(phases in HU, registration report)``: other phases registered to PV on the whole image (when the
     settings register). Nothing reads the case's masks, so a scored case is prepared exactly as a new study
@@ -289,7 +292,7 @@ def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None
     return {name: hu_window(array, low, high) for name, array in phases.items()}
 
 
-def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
+def preprocess_case(case: Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
                     sources: Mapping | None = None) -> dict:
     """Preprocessed arrays of one case, as keyword arguments of ``cache.write_case`` (less dir and id).
 
@@ -347,7 +350,7 @@ def preprocess_cohort(
 
     config = resolve_config(preprocess_config)
     cache_dir = cache.cache_dir_for(cache_root, config)
-    entries = io.read_cohort(cohort_dir)
+    entries = read_cohort(cohort_dir)
     todo = [e for e in entries if not cache.is_cached(cache_dir, e.case_id)]
     predictions = None if config["roi_source"] == "liver" else Path(config["roi_source"])
     if predictions is not None and not predictions.is_dir():
@@ -369,16 +372,16 @@ def preprocess_cohort(
     return cache_dir
 
 
-def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, predictions: Path | None) -> None:
+def _preprocess_into_cache(cache_dir: Path, entry: CaseEntry, config: dict, predictions: Path | None) -> None:
     """Read, preprocess and atomically cache one case (the unit of work of ``preprocess_cohort``)."""
-    case = io.read_case(entry)
+    case = read_case(entry)
     prediction = None
     if predictions is not None:
-        path = io.find_image(predictions, entry.case_id)
+        path = find_image(predictions, entry.case_id)
         if path is None:
             raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
                                     path=predictions, fix="predict the liver of every case first")
-        prediction = io.read_mask(path, case)
+        prediction = read_mask(path, case)
     cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
 
 

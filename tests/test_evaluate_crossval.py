@@ -38,7 +38,7 @@ def _tiny_cache(root):
         images = {p: (rng.random(SHAPE) * liver).astype(np.float32) for p in ("pv", "art")}
         meta = {"tumor_type": tumor_type, "scanner": "s", "spacing": SPACING_XYZ, "origin": (1.0, 2.0, 3.0),
                 "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
-        cache.write_case(cache_dir, f"case_{i}", images, liver, tumor, liver, np.ones(SHAPE, np.float32), meta)
+        cache.store_case(cache_dir, f"case_{i}", images, liver, tumor, liver, np.ones(SHAPE, np.float32), meta)
     return cache_dir
 
 
@@ -67,7 +67,7 @@ def _fake_training(cache_dir, trained, status=lambda: {"state": "finished", "ste
         trained.append((config.data.target, config.data.fold))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        split = loop.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
+        split = loop.split_ids(config, [c.metadata for c in cache.open_cohort(cache_dir)])
         (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
         _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
         state = status()

@@ -70,7 +70,7 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
     phases = ("pv", "art", "nc", "dl")
     ramps = [a.astype(np.float32) + 100 for a in np.indices(SHAPE)]
     liver = np.ones(SHAPE, np.uint8)
-    case = cache.write_case(tmp_path, "m", dict(zip(phases, [_code(), *ramps])), liver, liver * 0, liver, _code(),
+    case = cache.store_case(tmp_path, "m", dict(zip(phases, [_code(), *ramps])), liver, liver * 0, liver, _code(),
                             {"spacing": list(reversed(SPACING))})
     plain = pipeline.PairedPatch(phases, 3, crop_size=16)
     moving = pipeline.PairedPatch(phases, 3, crop_size=16,
@@ -99,7 +99,7 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
 def test_the_training_loader_takes_the_amplitudes_from_the_config(tmp_path):
     code = _code()
     liver = np.ones(SHAPE, np.uint8)
-    case = cache.write_case(tmp_path, "c", {"pv": code, "art": 2 * code}, liver, liver * 0, liver, code,
+    case = cache.store_case(tmp_path, "c", {"pv": code, "art": 2 * code}, liver, liver * 0, liver, code,
                             {"spacing": list(reversed(SPACING))})
     config = config_defaults.get_config()
     config.data.crop_size, config.train.batch_size = 16, 4

@@ -30,7 +30,7 @@ def test_evaluation_cache_holds_exactly_what_predict_feeds_the_model(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         study.predict_files(phases, model, None, liver=cohort / "case_0000" / "liver.nii.gz",
                             preprocess_config=FAST_REGISTRATION)
-    assert cached.meta["registration"]["art"]["metric_after"] < cached.meta["registration"]["art"]["metric_before"]
+    assert cached.metadata["registration"]["art"]["metric_after"] < cached.metadata["registration"]["art"]["metric_before"]
     for phase in ("pv", "art"):
         assert fed[phase].dtype == cached.image(phase).dtype
         np.testing.assert_array_equal(fed[phase], cached.image(phase))

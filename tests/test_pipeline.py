@@ -36,7 +36,7 @@ def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
         tumor[[z for z in range(depth) if z not in tumor_slices]] = 0
     images = {"pv": code, "art": 2 * code}
     roi = np.ones(shape, np.uint8) if roi is None else roi
-    return cache.write_case(cache_dir, case_id, images, liver, tumor, roi, 3 * code, {"tumor_type": "HCC"})
+    return cache.store_case(cache_dir, case_id, images, liver, tumor, roi, 3 * code, {"tumor_type": "HCC"})
 
 
 def _config(crop=16, batch=4, in_channels=3):
@@ -302,7 +302,7 @@ def test_intensity_jitter_is_one_scale_and_shift_per_phase(tmp_path):
     code = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
     images = {"pv": 0.2 + 0.5 * code / code.max(), "art": 0.3 + 0.4 * code[::-1] / code.max()}
     liver = np.ones(shape, np.uint8)
-    case = cache.write_case(tmp_path, "j", images, liver, liver * 0, liver, code, {})
+    case = cache.store_case(tmp_path, "j", images, liver, liver * 0, liver, code, {})
     record = {"case": case, "z": 1}
     plain = pipeline.PairedPatch(("pv", "art"), 3, crop_size=16).random_map(record, np.random.default_rng(2))
     jittered = pipeline.PairedPatch(("pv", "art"), 3, crop_size=16, intensity_jitter=0.1).random_map(

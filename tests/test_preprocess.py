@@ -168,8 +168,8 @@ def test_preprocess_case_windows_keeps_roi_and_weights():
         np.testing.assert_allclose(image, windowed, atol=1e-6)
         np.testing.assert_allclose(preprocess.roi_gate(image, roi), np.where(roi > 0, windowed, 0.0), atol=1e-6)
     np.testing.assert_allclose(out["weight"], _be_oracle(case.tumor), rtol=1e-6)
-    assert out["meta"]["tumor_type"] == "FNH" and out["meta"]["spacing"] == list(case.spacing)
-    assert set(out["meta"]) >= {"scanner", "origin", "direction", "registration"}
+    assert out["metadata"]["tumor_type"] == "FNH" and out["metadata"]["spacing"] == list(case.spacing)
+    assert set(out["metadata"]) >= {"scanner", "origin", "direction", "registration"}
 
 
 def test_preprocess_case_uses_a_liver_prediction_for_the_roi():
@@ -224,7 +224,7 @@ def test_preprocess_cohort_fills_cache_and_is_idempotent(tmp_path, monkeypatch):
     cases = cache.open_cohort(cache_dir)
     assert [c.case_id for c in cases] == ["case_0000", "case_0001"]
     manifest = json.loads((cohort / "manifest.json").read_text())["cases"]
-    assert cases[1].tumor_type == manifest[1]["tumor_type"] and cases[1].meta["scanner"] == manifest[1]["scanner"]
+    assert cases[1].tumor_type == manifest[1]["tumor_type"] and cases[1].metadata["scanner"] == manifest[1]["scanner"]
     np.testing.assert_array_equal(cases[0].tumor, read_case(cohort / "case_0000").tumor)
 
     def fail(*args, **kwargs):

@@ -56,7 +56,7 @@ def _time_case(index: int, workdir: Path) -> dict:
     arrays = preprocess.preprocess_case(case, config)
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    cache.write_case(cache.cache_dir_for(workdir / "cache", config), case.case_id, **arrays)
+    cache.store_case(cache.cache_dir_for(workdir / "cache", config), case.case_id, **arrays)
     cache_write = time.perf_counter() - start
     return {
         "case": case.case_id,

@@ -229,7 +229,7 @@ class PairedPatch(grain.transforms.RandomMap):
         zs = slice_indices(z, depth, self.in_channels)
         windows = {p: read_window(case.image(p), zs, top, left, size) for p in self.phases}
         if any(self.misregistration.values()):
-            spacing_zyx = tuple(reversed(case.meta["spacing"]))
+            spacing_zyx = case.spacing_zyx
             for p in [p for p in self.phases if p != "pv"]:
                 moved = misregistration_lib.random_displacement((len(zs), size, size), spacing_zyx,
                                                                 self.misregistration, rng)

@@ -294,7 +294,7 @@ def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None
 
 def preprocess_case(case: Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
                     sources: Mapping | None = None) -> dict:
-    """Preprocessed arrays of one case, as keyword arguments of ``cache.write_case`` (less dir and id).
+    """Preprocessed arrays of one case, as keyword arguments of ``cache.store_case`` (less dir and id).
 
     Images from :func:`prepare_phases`; the ROI (which a scored case's
     cascade replaces with its liver model's) comes from ``liver_prediction``
@@ -314,7 +314,7 @@ def preprocess_case(case: Case, preprocess_config: Mapping | None = None, liver_
     images, registration = prepare_phases(case, config, sources)
     roi = liver_roi(roi_source, int(config["roi_dilation"]))
     liver = case.liver if case.liver is not None else np.asarray(roi_source, np.uint8)
-    meta = {
+    metadata = {
         **case.metadata,
         "spacing": list(case.spacing),
         "origin": list(case.origin),
@@ -327,7 +327,7 @@ def preprocess_case(case: Case, preprocess_config: Mapping | None = None, liver_
         "tumor": case.tumor,
         "roi": roi,
         "weight": boundary_enhanced_weights(case.tumor, **config["be_weights"]),
-        "meta": meta,
+        "metadata": metadata,
     }
 
 
@@ -341,7 +341,7 @@ def preprocess_cohort(
     """Preprocess every case of a cohort into ``cache_root/<config hash>/`` and return that folder.
 
     Cases already in the cache are skipped, so a killed run resumes where it
-    stopped; each case is written atomically by ``cache.write_case``. Cases
+    stopped; each case is written atomically by ``cache.store_case``. Cases
     run in ``workers`` processes (0: one per CPU, at most 8; 1: in this
     process): registration is single-threaded for reproducibility, so
     processes are what uses the cores. Results do not depend on ``workers``.
@@ -382,7 +382,7 @@ def _preprocess_into_cache(cache_dir: Path, entry: CaseEntry, config: dict, pred
             raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
                                     path=predictions, fix="predict the liver of every case first")
         prediction = read_mask(path, case)
-    cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
+    cache.store_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
 
 
 def _share_cores(threads: int) -> None:

@@ -119,11 +119,11 @@ def score_cases(
             mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
             if liver_masks is not None:
                 liver_masks[case.case_id] = result["liver"]
-        spacing_zyx = tuple(reversed(case.meta["spacing"]))
+        spacing_zyx = case.spacing_zyx
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
-                                     scanner=case.meta.get("scanner"), **extra, **info))
+                                     scanner=case.metadata.get("scanner"), **extra, **info))
         if out_dir is not None:
-            write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
+            write_image(mask, case, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
             if overlays:
                 overlay_montage(
                     images["pv"], mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=truth,

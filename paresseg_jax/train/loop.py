@@ -143,7 +143,7 @@ def fold_cases(config) -> dict[str, list]:
         cases = cache_lib.open_cohort(cache_dir, [r["case_id"] for r in records])
     else:
         cases = cache_lib.open_cohort(cache_dir)
-        records = [c.meta for c in cases]
+        records = [c.metadata for c in cases]
     by_id = {c.case_id: c for c in cases}
     return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, records).items()}
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import config_defaults
-from paresseg_jax.data import cache, pipeline
+from paresseg_jax.data import cache, pipeline, windows
 
 
 def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
@@ -198,10 +198,10 @@ def test_tumor_free_fraction_keeps_a_seeded_share(tmp_path):
 
 
 def test_slice_indices_replicate_edges():
-    np.testing.assert_array_equal(pipeline.slice_indices(0, 5, 3), [0, 0, 1])
-    np.testing.assert_array_equal(pipeline.slice_indices(4, 5, 3), [3, 4, 4])
-    np.testing.assert_array_equal(pipeline.slice_indices(1, 5, 5), [0, 0, 1, 2, 3])
-    np.testing.assert_array_equal(pipeline.slice_indices(0, 1, 3), [0, 0, 0])
+    np.testing.assert_array_equal(windows.slice_indices(0, 5, 3), [0, 0, 1])
+    np.testing.assert_array_equal(windows.slice_indices(4, 5, 3), [3, 4, 4])
+    np.testing.assert_array_equal(windows.slice_indices(1, 5, 5), [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(windows.slice_indices(0, 1, 3), [0, 0, 0])
 
 
 def test_errors(tmp_path):

@@ -12,6 +12,7 @@ from paresseg_jax.data import cache, phantom, preprocess
 from paresseg_jax.data.case import read_case
 from paresseg_jax.data.images import Geometry, write_image
 from paresseg_jax.data.layouts import read_cohort
+from paresseg_jax.data.registration import apply_transform, register_phase
 
 
 def test_hu_window_maps_the_paper_window_to_unit_range():
@@ -88,10 +89,10 @@ def _register(seed, shape, scanner="scanner_5mm"):
     tumor_type = phantom.TUMOR_TYPES[seed % 5]
     case, masks = phantom.make_case_with_phase_masks(seed, tumor_type, shape, scanner=scanner)
     start = time.perf_counter()
-    transform, report = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, region=preprocess.liver_roi(case.liver))
+    transform, report = register_phase(case.phases["pv"], case.phases["art"], case, region=preprocess.liver_roi(case.liver))
     seconds = time.perf_counter() - start
     art_liver = masks["art"]["liver"].astype(np.float32)
-    moved = preprocess.apply_transform(art_liver, case, transform) > 0.5  # linear then 0.5: no double nearest-neighbour staircase
+    moved = apply_transform(art_liver, case, transform) > 0.5  # linear then 0.5: no double nearest-neighbour staircase
     before, after = _dice(art_liver, case.liver), _dice(moved, case.liver)
     print(f"registration seed {seed} {tumor_type} {scanner} {shape}: Dice {before:.3f} -> {after:.3f}, {seconds:.1f} s")
     assert report["metric_after"] < report["metric_before"]  # Mattes MI is negated: lower is better
@@ -111,7 +112,7 @@ def test_registration_is_reproducible(four_itk_threads):
     """The same case and settings give the same transform every call: fixed seed (ITK's 0 means the wall
     clock) and one work unit (ITK merges multithreaded Mattes derivatives in finishing order)."""
     case = phantom.make_case(0, "HCC", shape=(20, 128, 128))
-    moved = [preprocess.apply_transform(case.phases["art"], case, preprocess.register_phase(
+    moved = [apply_transform(case.phases["art"], case, register_phase(
         case.phases["pv"], case.phases["art"], case, None, preprocess.liver_roi(case.liver))[0]) for _ in range(2)]
     np.testing.assert_array_equal(moved[0], moved[1])
 
@@ -135,9 +136,9 @@ def test_registration_realigns_more_cases(seed, scanner):
 def test_registration_start_options_improve_the_metric(initial):
     case = phantom.make_case(1, "HCC", (12, 48, 48))
     settings = {"initial": initial, "initial_iterations": 20, "bspline_iterations": 5}
-    transform, report = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, settings, case.liver)
+    transform, report = register_phase(case.phases["pv"], case.phases["art"], case, settings, case.liver)
     assert report["metric_after"] < report["metric_before"]
-    assert preprocess.apply_transform(case.phases["art"], case, transform).shape == case.shape
+    assert apply_transform(case.phases["art"], case, transform).shape == case.shape
 
 
 def test_apply_transform_moves_masks_with_nearest_neighbour():
@@ -146,7 +147,7 @@ def test_apply_transform_moves_masks_with_nearest_neighbour():
     mask = np.zeros((4, 6, 6), np.uint8)
     mask[1:3, 2:4, 2:4] = 1
     geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    moved = preprocess.apply_transform(mask, geometry, sitk.TranslationTransform(3, (1.0, 0.0, 2.0)), nearest=True)
+    moved = apply_transform(mask, geometry, sitk.TranslationTransform(3, (1.0, 0.0, 2.0)), nearest=True)
     np.testing.assert_array_equal(moved[0:2, 2:4, 1:3], 1)  # content moves by -1 x voxel and -1 slice
     assert moved.sum() == mask.sum() and moved.dtype == np.uint8
 

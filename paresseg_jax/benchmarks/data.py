@@ -18,6 +18,7 @@ from absl import app, flags
 from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache, phantom, preprocess
 from paresseg_jax.data.case import read_case, write_case
+from paresseg_jax.data.registration import apply_transform, register_phase
 
 _CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
 _SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
@@ -49,9 +50,9 @@ def _time_case(index: int, workdir: Path) -> dict:
     config = preprocess.default_preprocess_config()
     start = time.perf_counter()
     region = preprocess.liver_roi(case.liver)
-    transform, _ = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, config["registration"], region)
+    transform, _ = register_phase(case.phases["pv"], case.phases["art"], case, config["registration"], region)
     register = time.perf_counter() - start
-    moved_liver = preprocess.apply_transform(masks["art"]["liver"].astype(np.float32), case, transform) > 0.5
+    moved_liver = apply_transform(masks["art"]["liver"].astype(np.float32), case, transform) > 0.5
     start, cpu = time.perf_counter(), time.process_time()
     arrays = preprocess.preprocess_case(case, config)
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu

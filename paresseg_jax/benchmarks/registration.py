@@ -24,6 +24,7 @@ from scipy import ndimage
 from paresseg_jax.atomic import write_text
 from paresseg_jax.data import phantom, preprocess
 from paresseg_jax.data.case import Case
+from paresseg_jax.data.registration import register_phase
 
 REGIONS = ("whole image", "predicted liver box", "ground-truth liver box")
 
@@ -67,7 +68,7 @@ def measure_case(seed: int, tumor_type: str, shape, predicted_error_mm: float = 
              "p95_mm": float(np.percentile(error, 95)), "seconds": 0.0}]
     for name, region in regions(case, predicted_error_mm).items():
         start = time.perf_counter()
-        transform, _ = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, settings, region)
+        transform, _ = register_phase(case.phases["pv"], case.phases["art"], case, settings, region)
         seconds = time.perf_counter() - start
         error = target_registration_error(case, motion["art"], transform)
         rows.append({"case": case.case_id, "region": name, "mean_mm": float(error.mean()),

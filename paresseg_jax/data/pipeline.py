@@ -269,36 +269,11 @@ def make_train_loader(
     ``config.data.worker_count`` (0 = no worker processes, -1 = `auto_worker_count`).
     """
     data = config.data
-    global_batch = int(config.train.batch_size)
-    if (process_index is None) != (process_count is None):
-        raise ValueError("give both process_index and process_count, or neither (then the JAX process is used)")
-    if process_count is None:
-        process_index, process_count = jax.process_index(), jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-    # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
-    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
-    if global_batch <= 0 or global_batch % shard.shard_count:
-        raise ValueError(
-            f"config.train.batch_size={global_batch} must be a positive multiple of the process count "
-            f"{shard.shard_count}; change the batch size or the number of processes"
-        )
-    batch = global_batch // shard.shard_count
-    devices = jax.local_device_count() if local_device_count is None else local_device_count
-    if batch % devices:
-        raise ValueError(
-            f"the per-process batch {batch} (config.train.batch_size={global_batch} / {shard.shard_count} processes) "
-            f"is not divisible by the {devices} local devices; make config.train.batch_size a multiple of "
-            f"{shard.shard_count * devices}"
-        )
+    shard = _process_shard(process_index, process_count)
+    batch = _process_batch(int(config.train.batch_size), shard.shard_count, local_device_count)
     check_crop_size(data.crop_size)
     phases = tuple(config.model.phases)
-    lacking = [f"{c.case_id} ({', '.join(c.phases)})" for c in cases if not set(phases) <= set(c.phases)]
-    if lacking:
-        raise ValueError(
-            f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
-            "preprocess them with those phases or train on fewer phases"
-        )
+    _check_phases(cases, phases)
     target = data.get("target", "tumor")
     source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed, target=target)
     if len(source) < shard.shard_count:
@@ -329,6 +304,45 @@ def make_train_loader(
         read_options=grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=max(4 * batch, 16)),
     )
 
+
+
+def _process_shard(process_index: int | None, process_count: int | None) -> grain.sharding.ShardOptions:
+    """This process's shard of the records (the JAX process unless both numbers are given)."""
+    if (process_index is None) != (process_count is None):
+        raise ValueError("give both process_index and process_count, or neither (then the JAX process is used)")
+    if process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
+    return grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
+
+
+def _process_batch(global_batch: int, processes: int, local_device_count: int | None) -> int:
+    """Patches per process and batch; refuses a global batch that processes or local devices cannot share."""
+    if global_batch <= 0 or global_batch % processes:
+        raise ValueError(
+            f"config.train.batch_size={global_batch} must be a positive multiple of the process count "
+            f"{processes}; change the batch size or the number of processes"
+        )
+    batch = global_batch // processes
+    devices = jax.local_device_count() if local_device_count is None else local_device_count
+    if batch % devices:
+        raise ValueError(
+            f"the per-process batch {batch} (config.train.batch_size={global_batch} / {processes} processes) "
+            f"is not divisible by the {devices} local devices; make config.train.batch_size a multiple of "
+            f"{processes * devices}"
+        )
+    return batch
+
+
+def _check_phases(cases: Sequence[CachedCase], phases: tuple[str, ...]) -> None:
+    lacking = [f"{c.case_id} ({', '.join(c.phases)})" for c in cases if not set(phases) <= set(c.phases)]
+    if lacking:
+        raise ValueError(
+            f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
+            "preprocess them with those phases or train on fewer phases"
+        )
 
 def iterator_save_args(iterator: grain.DataLoaderIterator):
     """Orbax args that save a loader iterator: ``ocp.args.Composite(**{ITERATOR_ITEM: this, ...})``."""

@@ -49,7 +49,8 @@ _ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --pr
 
 
 def _load_run(path: Path) -> dict:
-    from paresseg_jax.evaluate import scoring, summary
+    from paresseg_jax import summary
+    from paresseg_jax.evaluate import scoring
 
     if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
         content = summary.read_summary(path)
@@ -62,7 +63,7 @@ def _load_run(path: Path) -> dict:
 def _scores_file(predictions: Path) -> Path:
     """Where --predictions' scores go: its summary.json, or scores.json beside a summary.json that another command
     (paresseg-predict, with its files, ROI, volumes and times) wrote there and that is not ours to replace."""
-    from paresseg_jax.evaluate import summary
+    from paresseg_jax import summary
 
     ours = predictions / summary.SUMMARY_FILE
     if ours.is_file() and "predictions" not in summary.read_summary(ours)["info"]:

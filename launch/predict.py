@@ -78,7 +78,7 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "slices or tiles per forward p
 _BATCH_PIXELS = flags.DEFINE_integer("batch_pixels", None, "at most this many pixels per forward pass (0: 512 x 512 "
                                      "on a CPU, which bounds host memory; no cap on GPUs)")
 _CONV = flags.DEFINE_enum("conv_impl", None, ["direct", "fast"], "CPU convolutions: direct (default) or fast "
-                          "(Winograd: ~14% less time, ~0.9 GB more memory per 512 x 512 slice at width 64)")
+                          "(Winograd: ~12% less time, ~0.9 GB more memory per 512 x 512 slice at width 64)")
 _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px): faster, "
                                  "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")

@@ -42,7 +42,7 @@ from paresseg_jax.data.preprocess import resolve_config
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import ablation_report, robustness
 from paresseg_jax.evaluate.scoring import score_run
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary, write_summary
+from paresseg_jax.summary import SUMMARY_FILE, read_summary, write_summary
 from paresseg_jax.model_io import SPEC_FILE
 from paresseg_jax.train.loop import prepared_cache, train_and_evaluate
 from paresseg_jax.workdir import CHECKPOINT_DIR, LAST_MODEL, PERTURBED_DIR
@@ -219,7 +219,7 @@ def run_ablation(
           f"trainings of {scale.tumor_steps} and {scale.liver_steps} steps, {jobs} at a time"
           + (f" (each one's output in {workdir / LOG_DIR})" if jobs > 1 else ""), flush=True)
     todo = [t for t in trainings if not _done(workdir, scale, study, t, trainings)]
-    for config in {json.dumps(resolve_config(c.data.get("preprocess")), sort_keys=True): c
+    for config in {json.dumps(resolve_config(c.data.preprocess), sort_keys=True): c
                    for c in _caches(workdir, scale, study, todo)}.values():
         prepared_cache(config)  # here, before the trainings share it
     _run_trainings(workdir, scale, study, todo, len(trainings) - len(todo), len(trainings), jobs)
@@ -291,7 +291,7 @@ def _caches(workdir: Path, scale: demo.DemoScale, study: Study, todo: list[_Trai
 def _registration_variant(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
     """``config`` with its cohort preprocessed with ``changes`` (a registration variant of the test cases)."""
     variant = ml_collections.ConfigDict(config.to_dict())
-    variant.data.preprocess = resolve_config(changes, base=resolve_config(config.data.get("preprocess")))
+    variant.data.preprocess = resolve_config(changes, base=resolve_config(config.data.preprocess))
     return variant
 
 

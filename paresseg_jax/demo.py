@@ -39,7 +39,6 @@ from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import figures, tables
 from paresseg_jax.evaluate.scoring import score_run
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary
 from paresseg_jax.train.loop import fold_cases, train_unless_finished
 
 log = logging.getLogger(__name__)

@@ -38,6 +38,18 @@ class OutputError(PareSegError):
     """An output location that cannot be written, or that holds something the run would destroy."""
 
 
+def error_line(error: BaseException) -> str:
+    """The line of an exception's message that says what went wrong, for one-line messages (at most 200 characters).
+
+    Most libraries (orbax, msgpack, pydicom) put it first and details after it; SimpleITK puts its source
+    location first ('Exception thrown in SimpleITK ...: file.cxx:99:') and the reason last.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return (lines[-1] if lines[0].startswith("Exception thrown in SimpleITK") else lines[0])[:200]
+
+
 def read_json(path: str | os.PathLike, fix: str, what: str = ""):
     """The JSON content of a file the user gave; invalid JSON (or not UTF-8) is a ``BadInputError`` naming the
     file, the parser's complaint and ``fix``. ``what`` names the file's role in the message (e.g. 'manifest')."""

@@ -81,7 +81,7 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike) -> Path:
     """`export_model` with the card of the run ``source`` comes from: its config, split and, where it was
     scored (``summary.json`` beside the model), its test metrics."""
     from paresseg_jax import model_io
-    from paresseg_jax.evaluate.summary import SUMMARY_FILE
+    from paresseg_jax.summary import SUMMARY_FILE
     from paresseg_jax.workdir import read_config, read_split
 
     model_dir = model_io.resolve_model_dir(source)

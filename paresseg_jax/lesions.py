@@ -2,7 +2,7 @@
 
 A lesion is a 3D connected component of the tumor voxels with 26-connectivity
 (face, edge and corner neighbours; ``CONNECTIVITY``), as MONAI's
-``KeepLargestConnectedComponent`` and ``evaluate.summary.slice_groups`` count
+``KeepLargestConnectedComponent`` and ``summary.slice_groups`` count
 them: a lesion cut into voxels that meet only diagonally on thick slices stays
 one lesion. Two lesions that touch are one; nothing splits them.
 

@@ -52,14 +52,30 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | No
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
     spacing = _spacing(spacing, gt.ndim)
+    result = dict(zip(COUNTS, confusion_counts(pred, gt)))
+    result.update(overlap_metrics(**result))
+    result.update(surface_metrics(pred, gt, spacing))
+    return result
+
+
+def confusion_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
+    """Voxel counts ``(tp, fp, fn, tn)`` of ``pred`` against ``gt``; any value > 0 is foreground.
+
+    The one place the counts are taken, so scoring, validation and the
+    benchmarks pool and compare the same numbers.
+    """
+    pred, gt = np.asarray(pred) > 0, np.asarray(gt) > 0
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
     tp = int(np.count_nonzero(pred & gt))
     fp = int(np.count_nonzero(pred & ~gt))
     fn = int(np.count_nonzero(~pred & gt))
-    tn = int(gt.size - tp - fp - fn)
-    result = dict(tp=tp, fp=fp, fn=fn, tn=tn)
-    result.update(overlap_metrics(tp, fp, fn, tn))
-    result.update(surface_metrics(pred, gt, spacing))
-    return result
+    return tp, fp, fn, int(gt.size - tp - fp - fn)
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of ``pred`` against ``gt`` (any value > 0 is foreground; both empty: 1, as in the module doc)."""
+    return overlap_metrics(*confusion_counts(pred, gt))["dice"]
 
 
 def overlap_metrics(tp: int, fp: int, fn: int, tn: int) -> dict:

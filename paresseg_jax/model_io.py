@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from paresseg_jax import absent_phases
 from paresseg_jax.atomic import atomic_path, write_text
-from paresseg_jax.errors import BadInputError, MissingInputError, read_json
+from paresseg_jax.errors import BadInputError, MissingInputError, error_line, read_json
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, EXPORTED_MODELS, LAST_MODEL, read_config
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path).absolute()
     if (path / SPEC_FILE).exists():
         return path
-    config = read_config(path) or {}
-    chosen = CHECKPOINT_CHOICES.get(config.get("eval", {}).get("checkpoint", "last"), LAST_MODEL)
+    config = read_config(path)
+    chosen = LAST_MODEL if config is None else CHECKPOINT_CHOICES.get(config["eval"]["checkpoint"], LAST_MODEL)
     for name in dict.fromkeys((chosen, *EXPORTED_MODELS)):
         if (path / name / SPEC_FILE).exists():
             return path / name
@@ -151,18 +151,13 @@ def _stored_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
         with ocp.StandardCheckpointer() as ckptr:
             metadata = ckptr.metadata(directory)
     except Exception as error:  # orbax raises many types for a damaged folder; all mean the same to a user
-        raise BadInputError(f"cannot read the saved weights ({type(error).__name__}: {_first_line(error)})",
+        raise BadInputError(f"cannot read the saved weights ({type(error).__name__}: {error_line(error)})",
                             path=directory, fix="export or convert the model again") from None
     shapes = _shapes(getattr(metadata, "item_metadata", metadata))
     if not shapes:
         raise BadInputError("the saved weights list no arrays (damaged files?)", path=directory,
                             fix="export or convert the model again")
     return shapes
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def load_model(path: str | os.PathLike):
@@ -181,6 +176,6 @@ def load_model(path: str | os.PathLike):
         with ocp.StandardCheckpointer() as ckptr:
             variables = ckptr.restore(path / VARIABLES_DIR, models.variable_shapes(module))
     except Exception as error:  # a damaged array file: the metadata read, the values did not
-        raise BadInputError(f"cannot read the saved weights ({type(error).__name__}: {_first_line(error)})",
+        raise BadInputError(f"cannot read the saved weights ({type(error).__name__}: {error_line(error)})",
                             path=path / VARIABLES_DIR, fix="export or convert the model again") from None
     return module, variables, spec

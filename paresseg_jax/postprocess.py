@@ -30,7 +30,7 @@ from scipy import ndimage
 from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import BadInputError, read_json
 from paresseg_jax.lesions import CONNECTIVITY, components
-from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.metrics import dice
 
 FILE = "postprocessing.json"
 NONE = {"liver_largest_component": False, "liver_fill_holes": False, "tumor_inside_liver": False,
@@ -66,9 +66,7 @@ def _mean_dice(cases: Sequence[Mapping], settings: Mapping, organ: str) -> float
     for case in cases:
         liver, tumor = apply(case["liver"], case["tumor"], case["spacing_zyx"], settings)
         pred, truth = (liver, case["liver_gt"]) if organ == "liver" else (tumor, case["tumor_gt"])
-        p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-        tp, fp, fn = (int(np.count_nonzero(a & b)) for a, b in ((p, t), (p, ~t), (~p, t)))
-        dices.append(overlap_metrics(tp=tp, fp=fp, fn=fn, tn=p.size - tp - fp - fn)["dice"])
+        dices.append(dice(pred, truth))
     return float(np.mean(dices))
 
 

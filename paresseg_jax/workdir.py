@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from paresseg_jax.config_defaults import get_config
 from paresseg_jax.errors import BadInputError, PareSegError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -49,9 +50,22 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 
 
 def read_config(workdir: str | Path) -> dict | None:
-    """The config a training run wrote into ``workdir`` (a plain dict), or None if there is none."""
+    """The config a training run wrote into ``workdir`` merged onto today's defaults (a plain dict), or None if
+    there is none. A run saved before a field was added reads as trained with that field's default, so every
+    reader finds every declared field and none repeats a default with ``.get``."""
     path = Path(workdir) / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return merged_onto_defaults(json.loads(path.read_text())) if path.is_file() else None
+
+
+def merged_onto_defaults(saved: dict) -> dict:
+    """``config_defaults.get_config()`` as a plain dict, updated section by section with ``saved``."""
+    return _merged(json.loads(json.dumps(get_config().to_dict(), default=list)), saved)
+
+
+def _merged(defaults, saved):
+    if not (isinstance(defaults, dict) and isinstance(saved, dict)):
+        return saved
+    return {**defaults, **{key: _merged(defaults.get(key), value) for key, value in saved.items()}}
 
 
 def read_split(workdir: str | Path) -> dict | None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax.evaluate import ablation_report
-from paresseg_jax.evaluate.summary import summarize_records
+from paresseg_jax.summary import summarize_records
 from paresseg_jax.metrics import overlap_metrics
 
 

@@ -1,8 +1,10 @@
 """paresseg-crosscheck --steps: 20 Adam steps of the PyTorch oracle and its port on identical Grain batches.
 
 Float64 (JAX_ENABLE_X64 in the command's own process), RESNET_2D at width 4, the boundary-enhanced loss,
-BatchNorm in train mode, 64 x 64 crops of a tiny cache, batch 4. Measured: losses agree to ~5e-13 over the
-20 steps; the largest per-tensor parameter difference grows to ~2e-8 and the BN running statistics to ~2e-8.
+BatchNorm in train mode, 64 x 64 crops of a tiny cache, batch 4. Measured over the 20 steps: losses agree to
+~5e-13, parameters with a gradient and BN running variances to ~2e-12. The conv biases before a BatchNorm
+(gradient zero in exact arithmetic: Adam scales each side's rounding noise up by 1/eps) drift to ~2e-8, and
+the running means that add them up with them; the command reports both and checks neither.
 """
 
 import json
@@ -22,12 +24,27 @@ def test_twenty_float64_steps_stay_together(tmp_path):
     env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PARESSEG_HUGE_PAGES": "0"}
     done = subprocess.run([sys.executable, "-m", "paresseg_jax_launch.crosscheck", "--arch=RESNET_2D", "--width=4",
                            "--steps=20", f"--cache_dir={cache_dir}", "--size=64", "--batch=4", "--loss=be",
-                           "--dtype=float64", "--tolerance=1e-7", "--json=steps.json"], cwd=tmp_path, env=env,
+                           "--dtype=float64", "--json=steps.json"], cwd=tmp_path, env=env,
                           capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "all steps within 1e-07" in done.stdout
+    assert "all steps within 1e-09" in done.stdout  # float64's default tolerance
     rows = json.loads((tmp_path / "steps.json").read_text())["steps"]
     assert [r["step"] for r in rows] == list(range(1, 21))
-    assert max(r["loss_rel"] for r in rows) < 1e-9
-    assert max(max(r["params_rel"], r["running_stats_rel"]) for r in rows) < 1e-7
+    assert max(max(r["loss_rel"], r["params_rel"], r["running_var_rel"]) for r in rows) < 1e-9
+    assert {r["zero_grad_params"] for r in rows} == {_biases_before_batchnorm()}
+    assert max(max(r["zero_grad_params_rel"], r["running_mean_rel"]) for r in rows) < 1e-6
     assert rows[-1]["loss_torch"] < rows[0]["loss_torch"]  # it trained: the loss went down in both
+
+
+def _biases_before_batchnorm() -> int:
+    """The oracle's conv biases that a BatchNorm follows: the parameters whose exact gradient is zero."""
+    import torch
+
+    from paresseg_jax.interop import check
+
+    model, count = check.load_torch_model(arch="RESNET_2D", width=4), 0
+    for sequential in (m for m in model.modules() if isinstance(m, torch.nn.Sequential)):
+        layers = list(sequential)
+        count += sum(getattr(a, "bias", None) is not None and isinstance(b, torch.nn.BatchNorm2d)
+                     and not isinstance(a, torch.nn.BatchNorm2d) for a, b in zip(layers, layers[1:]))
+    return count

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from paresseg_jax.evaluate import summary, tables
+from paresseg_jax import summary
+from paresseg_jax.evaluate import tables
 
 
 def _two_tumors():

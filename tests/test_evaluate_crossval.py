@@ -17,7 +17,8 @@ from paresseg_jax.data.case import Case, write_case
 from paresseg_jax.data.images import write_image
 from paresseg_jax.data.layouts import write_manifest
 from paresseg_jax.errors import PareSegError
-from paresseg_jax.evaluate import crossval, scoring, summary
+from paresseg_jax import summary
+from paresseg_jax.evaluate import crossval, scoring
 from paresseg_jax.infer.cascade import segment_study
 from paresseg_jax.infer.predict import predict_volume
 from paresseg_jax.train import loop

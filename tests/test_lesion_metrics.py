@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import lesion_metrics
-from paresseg_jax.evaluate.summary import evaluate_case, summarize_records
+from paresseg_jax.summary import evaluate_case, summarize_records
 
 
 def _masks():

@@ -25,6 +25,20 @@ def test_overlap_metrics_hand_computed():
     assert m["acc"] == pytest.approx((3 / 4 + 13 / 16) / 2)
 
 
+def test_confusion_counts_and_dice_treat_any_positive_value_as_foreground():
+    # Label maps (0/2) and probabilities-turned-masks count alike: what validation, scoring and the
+    # benchmarks feed the one counting function.
+    gt = np.zeros(20, np.uint8)
+    gt[2:6] = 2
+    pred = np.zeros(20, np.float32)
+    pred[3:9] = 1.0
+    assert metrics.confusion_counts(pred, gt) == (3, 3, 1, 13)
+    assert metrics.dice(pred, gt) == pytest.approx(2 * 3 / (4 + 6))
+    assert metrics.dice(np.zeros(4), np.zeros(4)) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.confusion_counts(np.zeros(3), np.zeros(4))
+
+
 def test_surface_distances_anisotropic_shifted_cube():
     # A 3x3x3 cube and the same cube one slice further along z, 5 mm slices.
     # Per direction: 9 surface voxels are a slice (5 mm) away, one face centre

@@ -1,11 +1,11 @@
-"""Every ``paresseg-*`` command and flag that README shows has a test that runs it.
+"""Every ``paresseg-*`` command and flag that README or RESULTS shows has a test that runs it.
 
-README's side is read from its text: the commands in its shell code blocks and
-in inline code. The tests' side is ``COVERED``, the one table to update when
-README or a test changes: (command, flag) -> ``file.py::test``. A pair that
-README shows and the table lacks fails, and so does a named test that does not
-exist, is marked slow, or whose file never names the flag; ``NOT_COVERED``
-lists the known gaps openly.
+The documents' side is read from their text: the commands in their shell code
+blocks and in inline code. The tests' side is ``COVERED``, the one table to
+update when a document or a test changes: (command, flag) -> ``file.py::test``.
+A pair that a document shows and the table lacks fails, and so does a named
+test that does not exist, is marked slow, or whose file never names the flag;
+``NOT_COVERED`` lists the known gaps openly.
 """
 
 import ast
@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = ("README.md", "RESULTS.md")  # the user guide and the results, each command there reproducible
 OVERRIDE = "--config.*"  # any --config.section.field=value override
 
 # (command, flag; None: the command itself) -> the default-tier test that runs it. Through the console script
@@ -36,6 +37,7 @@ COVERED = {
     ("paresseg-predict", "--overlay"): "test_documented_commands.py::test_predict_one_study_as_readme_shows",
     ("paresseg-predict", "--input"): "test_documented_commands.py::test_predict_cascade_takes_label_1_from_the_liver_model",
     ("paresseg-predict", "--output"): "test_documented_commands.py::test_predict_cascade_takes_label_1_from_the_liver_model",
+    ("paresseg-predict", "--crop_to_roi"): "test_documented_commands.py::test_predict_settings_reach_the_segmentation",
     ("paresseg-evaluate", None): "test_documented_commands.py::test_evaluate_predictions_with_a_tumor_label_and_a_metric",
     ("paresseg-evaluate", "--predictions"): "test_documented_commands.py::test_evaluate_predictions_with_a_tumor_label_and_a_metric",
     ("paresseg-evaluate", "--cohort"): "test_documented_commands.py::test_evaluate_predictions_with_a_tumor_label_and_a_metric",
@@ -89,7 +91,7 @@ COVERED = {
     ("paresseg-export", "--model"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
     ("paresseg-export", "--output"): "test_export.py::test_the_exported_model_segments_like_the_saved_one_without_model_code",
 }
-# README pairs that no default-tier test runs yet, each with where it is tested, if anywhere: kept in view, not hidden.
+# Documented pairs that no default-tier test runs yet, each with where it is tested, if anywhere: kept in view, not hidden.
 NOT_COVERED = {
     ("paresseg-postprocess", "--liver_workdir"): "its test scores with --roi=oracle_gt_liver; the cascade ROI it would "
                                                  "take is paresseg-evaluate's (test_documented_commands.py::"
@@ -103,7 +105,7 @@ NOT_COVERED = {
 
 
 def _commands(text: str):
-    """Command lines: README's shell code blocks (continuation lines joined, comments cut) and inline code."""
+    """Command lines: a document's shell code blocks (continuation lines joined, comments cut) and inline code."""
     shell, language = [], None
     for line in text.splitlines():
         if line.startswith("```"):
@@ -115,7 +117,7 @@ def _commands(text: str):
     return [part for line in lines + inline for part in re.split(r"&&|;", line)]
 
 
-def readme_pairs(text: str) -> set:
+def documented_pairs(text: str) -> set:
     pairs = set()
     for line in _commands(text):
         found = re.search(r"(?<![\w-])(paresseg-[a-z-]+)(.*)", line)
@@ -127,18 +129,18 @@ def readme_pairs(text: str) -> set:
     return pairs
 
 
-def test_the_readme_reader_finds_commands_flags_and_overrides():
+def test_the_document_reader_finds_commands_flags_and_overrides():
     text = "```bash\nparesseg-train --config=x \\\n    --config.train.loss=be  # --not_a_flag\n```\n`paresseg-bench extent --run=R`"
-    assert readme_pairs(text) == {("paresseg-train", None), ("paresseg-train", "--config"), ("paresseg-train", OVERRIDE),
+    assert documented_pairs(text) == {("paresseg-train", None), ("paresseg-train", "--config"), ("paresseg-train", OVERRIDE),
                                   ("paresseg-bench", None), ("paresseg-bench", "--run")}
 
 
-def test_every_readme_command_and_flag_has_a_default_tier_test():
-    shown = readme_pairs((REPO / "README.md").read_text(encoding="utf-8"))
+def test_every_documented_command_and_flag_has_a_default_tier_test():
+    shown = set().union(*(documented_pairs((REPO / name).read_text(encoding="utf-8")) for name in DOCUMENTS))
     missing = sorted(shown - set(COVERED) - set(NOT_COVERED), key=str)
-    assert not missing, f"README shows these without a test in COVERED: {missing}"
+    assert not missing, f"{' or '.join(DOCUMENTS)} shows these without a test in COVERED: {missing}"
     stale = sorted((set(COVERED) | set(NOT_COVERED)) - shown, key=str)
-    assert not stale, f"README no longer shows these: remove them from COVERED / NOT_COVERED: {stale}"
+    assert not stale, f"no document shows these any more: remove them from COVERED / NOT_COVERED: {stale}"
     assert not set(COVERED) & set(NOT_COVERED)
     for (command, flag), where in COVERED.items():
         file, name = where.split("::")

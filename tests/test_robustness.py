@@ -7,7 +7,7 @@ from paresseg_jax import ablation, config_files, models
 from paresseg_jax.data import cache
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import robustness, scoring
-from paresseg_jax.evaluate.summary import read_summary
+from paresseg_jax.summary import read_summary
 from paresseg_jax.infer.ensemble import as_ensemble
 from paresseg_jax.train import loop
 from paresseg_jax.workdir import PERTURBED_DIR, read_split

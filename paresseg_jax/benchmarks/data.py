@@ -19,17 +19,13 @@ from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache, phantom, preprocess
 from paresseg_jax.data.case import read_case, write_case
 from paresseg_jax.data.registration import apply_transform, register_phase
+from paresseg_jax.metrics import dice
 
 _CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
 _SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
 _SLICES = flags.DEFINE_integer("slices", 40, "slices per case")
 _SEED = flags.DEFINE_integer("seed", 0, "first case seed")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
 
 
 def _time_case(index: int, workdir: Path) -> dict:
@@ -71,8 +67,8 @@ def _time_case(index: int, workdir: Path) -> dict:
         "preprocess_s": total,
         "preprocess_cpu_s": total_cpu,
         "cache_write_s": cache_write,
-        "dice_before": _dice(masks["art"]["liver"], case.liver),
-        "dice_after": _dice(moved_liver, case.liver),
+        "dice_before": dice(masks["art"]["liver"], case.liver),
+        "dice_after": dice(moved_liver, case.liver),
     }
 
 

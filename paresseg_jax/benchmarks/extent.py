@@ -31,19 +31,13 @@ from paresseg_jax.data import preprocess
 from paresseg_jax.evaluate.scoring import load_run_model, run_split
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
 from paresseg_jax.infer.predict import binarize, predict_volume
-from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.metrics import dice
 from paresseg_jax.train.loop import prepared_cache
 from paresseg_jax.workdir import read_config
 
 _RUN = flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target) to measure", required=True)
 _LIVER = flags.DEFINE_string("liver_workdir", None, "liver-ResSeg run for the cascade ROI (default: ground-truth ROI)")
 _JSON = flags.DEFINE_string("json", None, "also write the results here")
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = pred > 0, truth > 0
-    return overlap_metrics(int(np.count_nonzero(p & t)), int(np.count_nonzero(p & ~t)),
-                           int(np.count_nonzero(~p & t)), int(np.count_nonzero(~p & ~t)))["dice"]
 
 
 def attention_gammas(variables) -> dict[str, float]:
@@ -60,10 +54,10 @@ def measure(run: str | Path, liver_workdir: str | Path | None = None) -> dict:
     """Per-case whole-slice vs ROI-crop Dice, changed voxels and seconds on ``run``'s test cases."""
     config = ml_collections.ConfigDict(read_config(run))
     eval_config = config.eval.to_dict()
-    checkpoint = eval_config.get("checkpoint", "last")
+    checkpoint = eval_config["checkpoint"]
     tumor = load_run_model(run, checkpoint)
-    liver = None if liver_workdir is None else load_run_model(liver_workdir, read_config(liver_workdir)["eval"].get("checkpoint", "last"))
-    dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    liver = None if liver_workdir is None else load_run_model(liver_workdir, read_config(liver_workdir)["eval"]["checkpoint"])
+    dilation = int(preprocess.resolve_config(config.data.preprocess)["roi_dilation"])
     threshold = threshold_for(eval_config, "tumor")
     options = {k: v for k, v in predict_options(eval_config).items() if k != "crop_to_roi"}
     rows = []
@@ -80,7 +74,7 @@ def measure(run: str | Path, liver_workdir: str | Path | None = None) -> dict:
         whole, cropped = binarize(prob[False], threshold), binarize(prob[True], threshold)
         rows.append({
             "case": case.case_id, "tumor_type": case.tumor_type,
-            "dice_whole": _dice(whole, case.tumor), "dice_crop": _dice(cropped, case.tumor),
+            "dice_whole": dice(whole, case.tumor), "dice_crop": dice(cropped, case.tumor),
             "changed_voxels": int(np.count_nonzero(whole != cropped)), "tumor_voxels_whole": int(whole.sum()),
             "max_prob_change": float(np.abs(prob[False] - prob[True]).max()),
             "seconds_whole": seconds[False], "seconds_crop": seconds[True],

@@ -37,6 +37,7 @@ import numpy as np
 from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.data.images import Geometry
 from paresseg_jax.errors import MissingInputError
+from paresseg_jax.json_values import numpy_value
 
 MASKS = ("liver", "tumor", "roi")
 _META = "meta.json"
@@ -167,7 +168,7 @@ def store_case(
     with atomic_path(final, directory=True) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
-        (tmp / _META).write_text(json.dumps(full_meta, indent=1, default=_json_default))
+        (tmp / _META).write_text(json.dumps(full_meta, indent=1, default=numpy_value))
     return open_case(final)
 
 
@@ -202,11 +203,3 @@ def open_cohort(cache_dir: str | os.PathLike, case_ids=None) -> list[CachedCase]
     if not found:
         raise ValueError(f"no preprocessed cases in {cache_dir}; run preprocessing first")
     return [open_case(cache_dir / c) for c in found]
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

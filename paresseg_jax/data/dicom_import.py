@@ -42,7 +42,7 @@ from paresseg_jax.atomic import atomic_path, write_text
 from paresseg_jax.data import dicom, layouts
 from paresseg_jax.data.images import Geometry, resample_onto, write_image
 from paresseg_jax.data.write_check import check_image_file
-from paresseg_jax.errors import MissingInputError, PareSegError
+from paresseg_jax.errors import MissingInputError, PareSegError, error_line
 
 REPORT = "import_report.json"
 PROTOCOL_ORDER = ("nc", "art", "pv", "dl")  # the order a multiphase liver CT acquires its phases in
@@ -233,7 +233,7 @@ def _segment_masks(seg_files: Sequence[Path], pv: sitk.Image, segment_keywords: 
         try:
             found, left_out = _read_seg(path, pv, segment_keywords)
         except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as error:  # written by another tool
-            notes.append(f"SEG {path} not used ({type(error).__name__}: {str(error).strip().splitlines()[-1]})")
+            notes.append(f"SEG {path} not used ({type(error).__name__}: {error_line(error)})")
             continue
         notes += [f"SEG segment {label!r} left out (neither liver nor tumor)" for label in left_out]
         for kind, mask in found.items():

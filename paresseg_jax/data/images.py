@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import declared_size, series_check
 from paresseg_jax.data.write_check import check_image_file
-from paresseg_jax.errors import BadInputError, MissingInputError, OutputError
+from paresseg_jax.errors import BadInputError, MissingInputError, OutputError, error_line
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -76,7 +76,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise BadInputError(f"cannot read image ({_first_line(error)})", path=path,
+        raise BadInputError(f"cannot read image ({error_line(error)})", path=path,
                             fix="is it a whole NIfTI/MHA/NRRD file or a DICOM series folder?") from None
     return _checked_volume(image, path)
 
@@ -102,7 +102,7 @@ def read_image_header(path: str | os.PathLike, allow_gaps: bool = False) -> None
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
-        raise BadInputError(f"cannot read image header ({_first_line(error)})", path=path,
+        raise BadInputError(f"cannot read image header ({error_line(error)})", path=path,
                             fix="is it a NIfTI/MHA/NRRD file or a DICOM series folder?") from None
     _check_volume_shape(reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), path)
     declared_size.check(path, reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
@@ -142,7 +142,7 @@ def _read_nifti(path: Path) -> sitk.Image:
     try:
         voxels = np.asanyarray(nibabel.load(path).dataobj)
     except (OSError, EOFError, ValueError, zlib.error) as error:
-        raise BadInputError(f"image is damaged or truncated ({type(error).__name__}: {_first_line(error)})",
+        raise BadInputError(f"image is damaged or truncated ({type(error).__name__}: {error_line(error)})",
                             path=path, fix="copy or export it again; the file holds fewer voxels than its header "
                             "promises") from None
     size = tuple(reader.GetSize()[:3])
@@ -174,11 +174,6 @@ def _read_dicom_series(folder: Path, allow_gaps: bool = False) -> sitk.Image:
     reader.SetFileNames(files)
     image = reader.Execute()
     return image if even_spacing is None else series_check.even_slices(image, positions, even_spacing)
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def image_array(image: sitk.Image, path: str | os.PathLike, dtype=np.float32) -> np.ndarray:
@@ -255,7 +250,7 @@ def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Pa
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as error:  # ITK's writers report a failed write as a RuntimeError
-            raise OutputError(f"cannot be written ({_first_line(error)})", path=path,
+            raise OutputError(f"cannot be written ({error_line(error)})", path=path,
                               fix="check the disk (space, quota, permissions), or write elsewhere") from None
         check_image_file(tmp, path, array.nbytes)
     return path

@@ -274,7 +274,7 @@ def make_train_loader(
     check_crop_size(data.crop_size)
     phases = tuple(config.model.phases)
     _check_phases(cases, phases)
-    target = data.get("target", "tumor")
+    target = data.target
     source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed, target=target)
     if len(source) < shard.shard_count:
         raise ValueError(f"{len(source)} training slices cannot be shared by {shard.shard_count} processes; add cases")

@@ -22,11 +22,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from paresseg_jax import config_defaults
 from paresseg_jax.data import cache
 from paresseg_jax.data.case import Case, read_case, read_mask
 from paresseg_jax.data.images import find_image
 from paresseg_jax.data.layouts import CaseEntry, read_cohort
-from paresseg_jax.data.registration import apply_transform, default_registration_settings, register_phase, registration_failure
+from paresseg_jax.data.registration import apply_transform, register_phase, registration_failure
 from paresseg_jax.errors import MissingInputError
 from paresseg_jax.worker_processes import usable_workers
 
@@ -39,20 +40,9 @@ REVISION = 3
 
 
 def default_preprocess_config() -> dict:
-    """The paper's preprocessing settings as a plain dict (its JSON hash keys the cache).
-
-    ``roi_source``: ``"liver"`` uses the case's liver mask; a folder path uses
-    liver predictions ``<folder>/<case_id>.nii.gz`` (PV geometry, 0/1), as the
-    paper does with its liver-ResSeg.
-    """
-    return {
-        "window": [-70.0, 180.0],
-        "register": True,
-        "registration": default_registration_settings(),
-        "roi_source": "liver",
-        "roi_dilation": 5,
-        "be_weights": {"w1": 0.8, "w2": 0.2, "alpha": 1.0, "beta": 0.5},
-    }
+    """The paper's preprocessing settings as a plain dict (its JSON hash keys the cache): ``config.data.preprocess``
+    of ``paresseg_jax.config_defaults``, where each setting is declared and explained."""
+    return config_defaults.get_config().data.preprocess.to_dict()
 
 
 def resolve_config(preprocess_config: Mapping | None, base: Mapping | None = None) -> dict:

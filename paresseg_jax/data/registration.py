@@ -3,8 +3,8 @@
 ``register_phase`` fits the transform on in-plane binned copies (seconds per
 case), ``apply_transform`` resamples a phase through it on the PV grid, and
 ``registration_failure`` turns a SimpleITK failure into the user's error.
-The settings are ``config.data.preprocess.registration``
-(``default_registration_settings``).
+The settings are ``config.data.preprocess.registration`` (declared and
+explained in ``config_defaults``).
 """
 
 from __future__ import annotations
@@ -15,29 +15,10 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from paresseg_jax import config_defaults
 from paresseg_jax.data.cache import bounding_box
 from paresseg_jax.data.images import Geometry
 from paresseg_jax.errors import BadInputError
-
-
-def default_registration_settings() -> dict:
-    """The paper's registration settings as a plain dict (part of the preprocessing config that keys the cache)."""
-    return {
-        "initial": "rigid",  # "rigid" | "affine" | "none": transform fitted before the B-spline
-        "grid_mm": 3.0,  # registration runs on images binned in-plane to about this spacing
-        "margin_mm": 20.0,  # around a region's box, where register_phase computes the metric when given one
-        "mesh_mm": 80.0,  # B-spline control point spacing (coarse: finer meshes fit the noise)
-        "shrink_factors": [2, 1],
-        "smoothing_sigmas": [2.0, 1.0],  # voxels, per level; > 0 at the finest too, or CT noise flattens the metric
-        "intensity_range": [-100.0, 300.0],  # HU kept for the metric: bone and air would waste histogram bins
-        "histogram_bins": 32,
-        "metric_samples": 10000,  # random samples per level (sampling percentage = samples / voxels)
-        "initial_step_mm": 2.0,  # first step of the rigid/affine stage
-        "initial_iterations": 100,
-        "bspline_step_mm": 1.0,
-        "bspline_iterations": 30,
-        "seed": 0,
-    }
 
 
 def _as_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -98,7 +79,7 @@ def register_phase(
     liver is what must align, and this keeps a 512 x 512 case at seconds.
     Returns the transform and a report (metric before/after, seconds).
     """
-    settings = {**default_registration_settings(), **dict(settings or {})}
+    settings = {**config_defaults.get_config().data.preprocess.registration.to_dict(), **dict(settings or {})}
     start = time.perf_counter()
     geometry = Geometry.of(geometry)
     factor = [max(1, int(round(settings["grid_mm"] / s))) for s in geometry.spacing[:2]] + [1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from paresseg_jax.atomic import synced
-from paresseg_jax.errors import OutputError
+from paresseg_jax.errors import OutputError, error_line
 
 _NIFTI_HEADER_BYTES = 348
 
@@ -44,7 +44,7 @@ def check_image_file(written: str | os.PathLike, target: str | os.PathLike, voxe
     try:
         stored = _stored_bytes(written)
     except (OSError, EOFError, zlib.error, RuntimeError) as error:
-        stored, why = -1, f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        stored, why = -1, f"{type(error).__name__}: {error_line(error)}"
     else:
         why = f"{stored} of {voxel_bytes + _NIFTI_HEADER_BYTES} bytes"
     if stored < voxel_bytes + _NIFTI_HEADER_BYTES:

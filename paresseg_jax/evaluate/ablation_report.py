@@ -28,7 +28,7 @@ from scipy import stats
 
 from paresseg_jax.atomic import write_text
 from paresseg_jax.evaluate import figures, tables
-from paresseg_jax.evaluate.summary import summarize_records
+from paresseg_jax.summary import summarize_records
 
 SPREAD_FIGURE = "dpc_per_entry.png"
 PER_TYPE_FIGURE = "dpc_per_type.png"

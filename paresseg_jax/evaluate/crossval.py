@@ -33,7 +33,7 @@ from paresseg_jax.data.case import mask_from_labels, read_case, read_labels, rea
 from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.evaluate.scoring import CASCADE, protocol, score_run
-from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.train.loop import train_unless_finished
 from paresseg_jax.workdir import check_not_trained_on
 
@@ -59,7 +59,7 @@ def cross_validate(
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
         raise ValueError(f"folds {bad} are outside 0..{num_folds - 1} (config.data.num_folds={num_folds})")
-    cascade = config.data.get("target", "tumor") == "tumor" and config.eval.get("roi", CASCADE) == CASCADE
+    cascade = config.data.target == "tumor" and config.eval.roi == CASCADE
     liver_root = Path(liver_workdir) if liver_workdir is not None else workdir / LIVER_DIR
     records = []
     for fold in folds:
@@ -73,7 +73,7 @@ def cross_validate(
         records += score_run(fold_dir, liver_workdir=liver_dir, overlays=overlays, title=f"fold {fold}", reuse=True)["cases"]
     roi = config.eval.get("roi", CASCADE)
     write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict(),
-                  **protocol(config.eval.to_dict(), roi, config.data.get("target", "tumor")))
+                  **protocol(config.eval.to_dict(), roi, config.data.target))
     return read_summary(workdir)
 
 

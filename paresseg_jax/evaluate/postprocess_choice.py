@@ -31,7 +31,7 @@ def choose_for_run(workdir: str | os.PathLike, *, liver_workdir: str | os.PathLi
     (``config.eval.checkpoint``); returns the choice. ``roi`` and ``liver_workdir`` as for ``score_run``."""
     workdir = Path(workdir)
     config = read_config(workdir)
-    if config is None or config.get("data", {}).get("target", "tumor") != "tumor":
+    if config is None or config["data"]["target"] != "tumor":
         raise PareSegError("is not a tumor run of paresseg-train (no config.json, or a liver run)", path=workdir,
                            fix="give the workdir of a tumor model's training")
     config = ml_collections.ConfigDict(config)
@@ -40,13 +40,13 @@ def choose_for_run(workdir: str | os.PathLike, *, liver_workdir: str | os.PathLi
         raise PareSegError("the run has no validation cases to choose postprocessing on", path=workdir,
                            fix="train with validation cases (config.data.val_fraction > 0)")
     eval_config = config.eval.to_dict()
-    roi = roi or eval_config.get("roi", CASCADE)
+    roi = roi or eval_config["roi"]
     if roi not in ROI_SOURCES:
         raise PareSegError(f"roi={roi!r} is unknown", fix=f"use one of {ROI_SOURCES}")
     liver_model = run_liver_model(workdir, split, liver_workdir) if roi == CASCADE else None
-    checkpoint = eval_config.get("checkpoint", "last")
+    checkpoint = eval_config["checkpoint"]
     tumor_model = load_run_model(workdir, checkpoint)
-    roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    roi_dilation = int(preprocess.resolve_config(config.data.preprocess)["roi_dilation"])
     cases = cache_lib.open_cohort(prepared_cache(config), split["validation"])
     predictions = [_prediction(case, tumor_model, liver_model, eval_config, roi_dilation)
                    for case in tqdm(cases, desc="validation", unit="case", leave=False)]

@@ -18,7 +18,7 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, read_summary
+from paresseg_jax.summary import SUMMARY_FILE, read_summary
 from paresseg_jax.model_io import SPEC_FILE
 
 KEY = "provenance"

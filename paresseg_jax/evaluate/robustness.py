@@ -17,7 +17,6 @@ Every condition is scored by ``evaluate.scoring.score_cases`` into its own
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from pathlib import Path
@@ -31,9 +30,9 @@ from paresseg_jax.data import misregistration
 from paresseg_jax.data.cache import CachedCase, open_cohort
 from paresseg_jax.errors import BadInputError, MissingInputError
 from paresseg_jax.evaluate import scoring
-from paresseg_jax.evaluate.summary import write_summary
+from paresseg_jax.summary import write_summary
 from paresseg_jax.train.loop import prepared_cache
-from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR, check_finished
+from paresseg_jax.workdir import CHECKPOINT_CHOICES, CONFIG_FILE, PERTURBED_DIR, check_finished, read_config
 
 KINDS = ("shift", "deformation")
 
@@ -117,13 +116,13 @@ def evaluate_perturbed(
     if unknown:
         raise BadInputError(f"misalignment kinds {unknown} are unknown", fix=f"choose from {KINDS} (--kinds)")
     workdir = Path(workdir)
-    config_file = workdir / CONFIG_FILE
-    if not config_file.is_file():
+    saved = read_config(workdir)
+    if saved is None:
         raise MissingInputError(f"has no {CONFIG_FILE}", path=workdir, fix="give a workdir written by paresseg-train")
     check_finished(workdir)
-    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    config = ml_collections.ConfigDict(saved)
     eval_config = config.eval.to_dict()
-    checkpoint = eval_config.get("checkpoint", "last")
+    checkpoint = eval_config["checkpoint"]
     scoring.load_run_model(workdir, checkpoint)  # checks the choice
     module, variables, spec = model_io.load_model(workdir / CHECKPOINT_CHOICES[checkpoint])
     if phase not in module.phases or phase == "pv":
@@ -132,8 +131,8 @@ def evaluate_perturbed(
     split = scoring.run_split(workdir)
     cache = Path(cache_dir) if cache_dir is not None else prepared_cache(config)
     cases = open_cohort(cache, split["test"])
-    target = config.data.get("target", "tumor")
-    roi = roi or eval_config.get("roi", scoring.CASCADE)
+    target = config.data.target
+    roi = roi or eval_config["roi"]
     liver_model = scoring.run_liver_model(workdir, split, liver_workdir) if target == "tumor" and roi == scoring.CASCADE else None
     conditions = {}
     for magnitude in sorted({float(m) for m in magnitudes_mm}):

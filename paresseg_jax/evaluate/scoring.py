@@ -35,11 +35,11 @@ from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import provenance
-from paresseg_jax.evaluate.summary import evaluate_case, read_summary, write_summary
+from paresseg_jax.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
-from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.metrics import dice
 from paresseg_jax.train.loop import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, SPLIT_FILE, check_finished, read_config, read_split
 
@@ -52,12 +52,12 @@ OVERLAYS_DIR = "overlays"
 
 def protocol(eval_config: Mapping, roi: str, target: str = "tumor") -> dict:
     """How a run's numbers were made, in the words a summary and a table print."""
-    crop = bool(eval_config.get("crop_to_roi", False))
+    crop = bool(eval_config["crop_to_roi"])
     return {
-        "checkpoint": eval_config.get("checkpoint", "last"),
+        "checkpoint": eval_config["checkpoint"],
         "roi": roi if target == "tumor" else "none (liver target: whole slices)",
-        "extent": f"ROI box + {eval_config.get('roi_margin', 32)} px" if crop and target == "tumor" else "whole slices",
-        "mode": eval_config.get("mode", "full"),
+        "extent": f"ROI box + {eval_config['roi_margin']} px" if crop and target == "tumor" else "whole slices",
+        "mode": eval_config["mode"],
         "threshold": f">= {threshold_for(eval_config, target)}",
     }
 
@@ -116,7 +116,7 @@ def score_cases(
                 images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold_for(eval_config, target),
                 liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
             )
-            mask, extra["liver_dice"] = result["mask"], _dice(result["liver"], case.liver)
+            mask, extra["liver_dice"] = result["mask"], dice(result["liver"], case.liver)
             if liver_masks is not None:
                 liver_masks[case.case_id] = result["liver"]
         spacing_zyx = case.spacing_zyx
@@ -131,14 +131,6 @@ def score_cases(
                     title=f"{title + ': ' if title else ''}{case.case_id} ({case.tumor_type}), prediction red, truth green",
                 )
     return records
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    p, t = np.asarray(pred) > 0, np.asarray(truth) > 0
-    return overlap_metrics(
-        tp=int(np.count_nonzero(p & t)), fp=int(np.count_nonzero(p & ~t)),
-        fn=int(np.count_nonzero(~p & t)), tn=int(np.count_nonzero(~p & ~t)),
-    )["dice"]
 
 
 def run_split(workdir: str | os.PathLike) -> dict:
@@ -178,8 +170,7 @@ def run_liver_model(workdir: str | os.PathLike, split: Mapping, liver_workdir: s
             f"the liver run's test cases {liver_split['test']} are not this run's {split['test']}",
             path=liver_workdir, fix="train the liver model on the same folds (data.fold, num_folds, fold_seed)",
         )
-    liver_config = read_config(liver_workdir)
-    return load_run_model(liver_workdir, liver_config["eval"].get("checkpoint", "last"))
+    return load_run_model(liver_workdir, read_config(liver_workdir)["eval"]["checkpoint"])
 
 
 def score_run(
@@ -211,7 +202,7 @@ def score_run(
             return previous
     split, config = plan["split"], plan["config"]
     cases = cache_lib.open_cohort(plan["cache_dir"], split["test"])  # the cache training used
-    roi_dilation = int(preprocess.resolve_config(config.data.get("preprocess"))["roi_dilation"])
+    roi_dilation = int(preprocess.resolve_config(config.data.preprocess)["roi_dilation"])
     records = score_cases(
         plan["tumor_model"], cases, config.eval.to_dict(), roi=plan["roi"], liver_model=plan["liver_model"],
         roi_dilation=roi_dilation, target=plan["target"], out_dir=out, overlays=overlays, title=title,
@@ -233,13 +224,13 @@ def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:
     config = ml_collections.ConfigDict(config)
     split = run_split(workdir)
     eval_config = config.eval.to_dict()
-    target = config.data.get("target", "tumor")
-    roi = roi or eval_config.get("roi", CASCADE)
-    checkpoint = eval_config.get("checkpoint", "last")
+    target = config.data.target
+    roi = roi or eval_config["roi"]
+    checkpoint = eval_config["checkpoint"]
     liver_model, liver_sha256 = None, None
     if target == "tumor" and roi == CASCADE:
         liver_model = run_liver_model(workdir, split, liver_workdir)
-        liver_checkpoint = read_config(liver_workdir)["eval"].get("checkpoint", "last")
+        liver_checkpoint = read_config(liver_workdir)["eval"]["checkpoint"]
         liver_sha256 = provenance.model_checksum(Path(liver_workdir) / CHECKPOINT_CHOICES[liver_checkpoint], liver_model[1])
     tumor_model = load_run_model(workdir, checkpoint)
     cache_dir = prepared_cache(config)

@@ -70,7 +70,7 @@ def slice_table(runs: Mapping[str, Mapping]) -> str:
     """Table 12 layout: metrics (%) on marginal, middle and all tumor slices, per run.
 
     Each case is scored on the whole slices of a group (see
-    :func:`paresseg_jax.evaluate.summary.slice_groups`) and the cases averaged.
+    :func:`paresseg_jax.summary.slice_groups`) and the cases averaged.
     """
     header = ["slices", "run", "cases"] + [c.upper() for c in SLICE_COLUMNS]
     rows = []

@@ -6,14 +6,22 @@
 - :func:`predict_files`: files (NIfTI / DICOM folders) in, mask/probability/overlay out in PV geometry.
 - :func:`predict_folder`: a cohort or folder of studies -> label maps and ``summary.json``.
 - :class:`Segmenter`, :func:`load_ensemble`: models loaded once; several averaged.
+
+Each name is imported on first use, so training's validation, which imports only the forward pass
+(:mod:`predict`, :mod:`cascade`), does not load the folder and study machinery above it.
 """
 
-from paresseg_jax.infer.cascade import segment_study
-from paresseg_jax.infer.ensemble import Ensemble, load_ensemble
-from paresseg_jax.infer.folder import predict_folder
-from paresseg_jax.infer.overlay import overlay_montage
-from paresseg_jax.infer.predict import predict_volume
-from paresseg_jax.infer.study import Segmenter, predict_files, read_study, segment
+import importlib
 
-__all__ = ["predict_volume", "segment_study", "segment", "predict_files", "predict_folder", "read_study",
-           "overlay_montage", "Segmenter", "Ensemble", "load_ensemble"]
+_MODULE_OF = {
+    "predict_volume": "predict", "segment_study": "cascade", "segment": "study", "predict_files": "study",
+    "predict_folder": "folder", "read_study": "study", "overlay_montage": "overlay", "Segmenter": "study",
+    "Ensemble": "ensemble", "load_ensemble": "ensemble",
+}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)

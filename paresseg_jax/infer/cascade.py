@@ -32,10 +32,11 @@ def threshold_for(eval_config: Mapping, target: str) -> float:
     return float(eval_config.get("liver_threshold", 0.5) if target == "liver" else eval_config.get("threshold", 0.6))
 
 
-def options_from_config(eval_config: Mapping) -> dict:
-    """Keyword arguments of :func:`segment_study` from a config's ``eval`` section."""
-    keys = PREDICT_OPTIONS + ("threshold", "liver_threshold")
-    return {k: eval_config[k] for k in keys if k in eval_config}
+def segment_options(eval_config: Mapping) -> dict:
+    """Keyword arguments of :func:`segment_study` from a config's ``eval`` section: both stages' thresholds
+    (:func:`threshold_for`) and the :func:`predict_options`."""
+    thresholds = {"threshold": threshold_for(eval_config, "tumor"), "liver_threshold": threshold_for(eval_config, "liver")}
+    return {**predict_options(eval_config), **thresholds}
 
 
 def label_map(liver: np.ndarray | None, tumor: np.ndarray) -> np.ndarray:

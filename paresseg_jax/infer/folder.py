@@ -32,7 +32,7 @@ from paresseg_jax.data.case import read_case
 from paresseg_jax.data.images import write_image
 from paresseg_jax.data.layouts import CaseEntry, read_cohort
 from paresseg_jax.errors import BadInputError, PareSegError
-from paresseg_jax.evaluate.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
+from paresseg_jax.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer import resume
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.lesion_overlay import lesion_overlay

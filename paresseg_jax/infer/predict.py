@@ -17,7 +17,7 @@ pixels, so volumes share a few compiled shapes): faster, but not the same
 function. Outside the ROI the inputs are zero, yet after conv + BN + ReLU the
 features there are not, and the phase attention's channel energies sum over
 every pixel of the slice; once its ``gamma`` has left 0 the crop changes the
-energies, the softmax and the output (README gives the measured difference).
+energies, the softmax and the output (RESULTS.md gives the measured difference).
 
 A voxel is foreground where its probability is ``>= threshold``
 (:func:`binarize`), as in the reference.
@@ -53,7 +53,7 @@ ROI_GRID = 64
 _FLIPS = ((), (1,), (2,), (1, 2))
 # Default cap on the pixels of one forward pass on a CPU: one whole 512 x 512 slice. PA-ResSeg width 64's
 # forward pass then peaks at 1.5 GB RSS with direct convolutions, 2.5 GB with Winograd ('fast': transformed
-# tiles 4x the activations) for ~14% less time (measured on a shared 2-core CPU), hence direct by default.
+# tiles 4x the activations) for ~12% less time (direct takes ~14% more; shared 2-core CPU), hence direct by default.
 CPU_BATCH_PIXELS = 512 * 512
 
 
@@ -119,14 +119,7 @@ def predict_volume(
     is called with the slices computed so far after each batch.
     """
     phases, shape = _check_inputs(module, images, roi)
-    if mode not in MODES:
-        raise ValueError(f"unknown inference mode {mode!r} (config.eval.mode); choose one of {MODES}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (config.eval.batch_size)")
-    if batch_pixels < 0:
-        raise ValueError(f"batch_pixels={batch_pixels} must be >= 0 (config.eval.batch_pixels; 0: automatic)")
-    if batch_pixels == 0:
-        batch_pixels = CPU_BATCH_PIXELS if jax.default_backend() == "cpu" else 0
+    batch_pixels = _batch_pixels(mode, batch_size, batch_pixels)
     inside = None if roi is None else np.asarray(roi) > 0
     slices = np.arange(shape[0]) if roi is None else np.flatnonzero(inside.any(axis=(1, 2)))
     prob = np.zeros(shape, np.float32)
@@ -149,6 +142,19 @@ def predict_volume(
     if roi is not None:
         prob[~inside] = 0.0
     return prob
+
+
+def _batch_pixels(mode: str, batch_size: int, batch_pixels: int) -> int:
+    """The pixel cap of a batch once ``mode`` and the batch settings are checked (0 asked: automatic)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r} (config.eval.mode); choose one of {MODES}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (config.eval.batch_size)")
+    if batch_pixels < 0:
+        raise ValueError(f"batch_pixels={batch_pixels} must be >= 0 (config.eval.batch_pixels; 0: automatic)")
+    if batch_pixels == 0:
+        return CPU_BATCH_PIXELS if jax.default_backend() == "cpu" else 0
+    return batch_pixels
 
 
 def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:

@@ -28,7 +28,7 @@ from paresseg_jax.data.images import write_image
 from paresseg_jax.data.layouts import CaseEntry
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import label_map, options_from_config, segment_study
+from paresseg_jax.infer.cascade import label_map, segment_options, segment_study
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -79,13 +79,13 @@ class Segmenter:
         """Models from paths (saved models, training or cross-validation workdirs; a list is an ensemble) or
         loaded ones; settings from the first tumor model's training run, overridden by the arguments."""
         tumor = _ensemble(model)
-        trained = (training_config(tumor.sources[0]) if tumor.sources else None) or {}
-        settings = {**dict(trained.get("eval", {})), **dict(eval_config or {})}
-        if preprocess_config is None:
-            preprocess_config = trained.get("data", {}).get("preprocess")
+        trained = training_config(tumor.sources[0]) if tumor.sources else None
+        settings = {**(trained["eval"] if trained else {}), **dict(eval_config or {})}
+        if preprocess_config is None and trained:
+            preprocess_config = trained["data"]["preprocess"]
         liver = None if liver_model is None else _ensemble(liver_model)
         chosen = postprocess.read(model_io.resolve_model_dir(tumor.sources[0])) if tumor.sources else None
-        return cls(tumor, liver, options_from_config(settings), preprocess.resolve_config(preprocess_config), chosen)
+        return cls(tumor, liver, segment_options(settings), preprocess.resolve_config(preprocess_config), chosen)
 
     @property
     def phases(self) -> tuple[str, ...]:

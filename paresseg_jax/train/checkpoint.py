@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from paresseg_jax.data.pipeline import ITERATOR_ITEM, iterator_restore_args, iterator_save_args
-from paresseg_jax.errors import BadInputError
+from paresseg_jax.errors import BadInputError, error_line
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class Checkpoints:
                 with contextlib.suppress(FileNotFoundError):  # another process (shared disk) was first
                     os.replace(self.directory / str(bad), aside)
                 log.warning("checkpoint step %d in %s cannot be restored (%s: %s); set aside as %s, resuming from "
-                            "step %d", bad, self.directory, type(error).__name__, _first_line(error), aside, step)
+                            "step %d", bad, self.directory, type(error).__name__, error_line(error), aside, step)
             if failures:
                 self.manager.reload()
             return step, state, meta
@@ -115,7 +115,7 @@ class Checkpoints:
             step, error = failures[0]
             raise BadInputError(
                 f"none of the checkpoints {steps} can be restored (step {step}: {type(error).__name__}: "
-                f"{_first_line(error)})", path=self.directory,
+                f"{error_line(error)})", path=self.directory,
                 fix="if the model or data config changed since they were written, train in a new --workdir")
         return None
 
@@ -125,11 +125,6 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else ""
 
 
 def abstract_like(state, sharding):

@@ -104,12 +104,11 @@ def prepared_cache(config) -> Path:
 
         cohort = Path(data.cohort_dir)
         root = data.cache_root or cohort.with_name(cohort.name + "_cache")
-        options = data.get("preprocess")  # optional: the preprocessing module's defaults otherwise
-        options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else options
+        options = data.preprocess.to_dict()
 
         def prepare():
             return preprocess_cohort(
-                cohort, root, options, progress=jax.process_index() == 0, workers=data.get("preprocess_workers", 0)
+                cohort, root, options, progress=jax.process_index() == 0, workers=data.preprocess_workers
             )
 
         # Process 0 does the work; the others then find every case cached (shared disk) or make their own.
@@ -129,7 +128,7 @@ def split_ids(config, records) -> dict[str, list[str]]:
     meta): fold ``config.data.fold`` of the patient-level, tumor-type-stratified folds (or the manifest's) is
     the test set; ``config.data.val_fraction`` of the other folds' patients is validation."""
     data = config.data
-    return splits.cohort_split(records, data.fold, data.num_folds, float(data.get("val_fraction", 0.0)), data.fold_seed)
+    return splits.cohort_split(records, data.fold, data.num_folds, float(data.val_fraction), data.fold_seed)
 
 
 def fold_cases(config) -> dict[str, list]:
@@ -151,13 +150,13 @@ def fold_cases(config) -> dict[str, list]:
 def check_checkpoint_choice(config, has_validation: bool) -> str:
     """``config.eval.checkpoint``: 'last' (the paper: the model at the end of training) or 'best' (by
     validation global Dice, so it needs validation cases)."""
-    choice = config.eval.get("checkpoint", "last")
+    choice = config.eval.checkpoint
     if choice not in CHECKPOINT_CHOICES:
         raise PareSegError(f"config.eval.checkpoint={choice!r} is unknown", fix=f"use one of {sorted(CHECKPOINT_CHOICES)}")
     if choice == "best" and not has_validation:
         raise PareSegError(
             "config.eval.checkpoint='best' chooses the model on validation cases, but "
-            f"config.data.val_fraction={config.data.get('val_fraction', 0.0)} leaves none",
+            f"config.data.val_fraction={config.data.val_fraction} leaves none",
             fix="set config.data.val_fraction > 0 (e.g. 0.2) or config.eval.checkpoint='last'",
         )
     return choice
@@ -168,7 +167,7 @@ def _write_split(workdir: Path, config, cases: dict[str, list]) -> None:
     split = {part: [c.case_id for c in members] for part, members in cases.items()}
     data = config.data
     split["fold"], split["num_folds"], split["fold_seed"] = int(data.fold), int(data.num_folds), int(data.fold_seed)
-    split["val_fraction"] = float(data.get("val_fraction", 0.0))
+    split["val_fraction"] = float(data.val_fraction)
     previous = read_split(workdir)
     if previous is not None and previous != split:
         raise PareSegError(
@@ -189,7 +188,7 @@ def num_train_steps(config, train_cases) -> int:
         train_cases,
         tumor_free_fraction=config.data.tumor_free_fraction,
         seed=config.seed,
-        target=config.data.get("target", "tumor"),
+        target=config.data.target,
     )
     records = len(source)
     return int(train.num_epochs) * max(1, math.ceil(records / train.batch_size))
@@ -309,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def run_validation(step: int, state) -> dict:
         variables = jax.device_put(parallel.host_state(state).variables, parallel.local_devices[0])
-        result = validate(eval_module, variables, val_cases, config.eval.to_dict(), config.data.get("target", "tumor"))
+        result = validate(eval_module, variables, val_cases, config.eval.to_dict(), config.data.target)
         writer.write(step, "val", result)
         return result
 

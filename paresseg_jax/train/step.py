@@ -46,9 +46,7 @@ def make_train_step(
     huge_pages.warn_if_missing_on_cpu()
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        rng = jax.random.fold_in(state.rng, state.step)
-        if axis_name is not None:
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+        rng = _step_rng(state, axis_name)
 
         def compute_loss(params):
             logits, updates = module.apply(
@@ -81,13 +79,15 @@ def make_train_step(
             finite, apply_update, lambda *old: old, state.params, state.opt_state, state.batch_stats
         )
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "learning_rate": schedule(state.step),
-            "nonfinite": (~finite).astype(jnp.int32),
-        }
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "nonfinite": (~finite).astype(jnp.int32)}
         return new_state, metrics
 
     return train_step
+
+
+def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
+    """Dropout key of this step: the state's key folded with the step, and with the device under pmap."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.infer.cascade import predict_options, threshold_for
 from paresseg_jax.infer.predict import binarize, predict_volume
-from paresseg_jax.metrics import overlap_metrics
+from paresseg_jax.metrics import confusion_counts, overlap_metrics
 
 
 def case_counts(module, variables, case: CachedCase, eval_config: Mapping, target: str = "tumor") -> np.ndarray:
@@ -30,13 +30,7 @@ def case_counts(module, variables, case: CachedCase, eval_config: Mapping, targe
     images = {p: case.image(p) for p in module.phases}
     roi, truth = (case.roi, case.tumor) if target == "tumor" else (None, case.liver)
     prob = predict_volume(module, variables, images, roi, **predict_options(eval_config))
-    pred, truth = binarize(prob, threshold_for(eval_config, target)) > 0, np.asarray(truth) > 0
-    return np.array([
-        np.count_nonzero(pred & truth),
-        np.count_nonzero(pred & ~truth),
-        np.count_nonzero(~pred & truth),
-        np.count_nonzero(~pred & ~truth),
-    ], np.int64)
+    return np.array(confusion_counts(binarize(prob, threshold_for(eval_config, target)), truth), np.int64)
 
 
 def validate(module, variables, cases: Sequence[CachedCase], eval_config: Mapping, target: str = "tumor") -> dict:

@@ -1,5 +1,8 @@
 """Per-case evaluation records and the cohort's ``summary.json``.
 
+Inference (``paresseg-predict`` with ground truth) and evaluation both write
+these records, so they live below both and neither imports the other.
+
 Like nnU-Net's summary.json, every case's metrics are saved before anything
 is averaged, so any table can be rebuilt (and runs compared case by case)
 without predicting again. Layout::
@@ -29,7 +32,8 @@ from paresseg_jax import lesions
 from paresseg_jax.lesion_metrics import detection_scores, lesion_detection
 from paresseg_jax.atomic import write_text
 from paresseg_jax.errors import BadInputError, MissingInputError, read_json
-from paresseg_jax.metrics import case_metrics, overlap_metrics, summarize
+from paresseg_jax.json_values import numpy_value
+from paresseg_jax.metrics import COUNTS, case_metrics, confusion_counts, overlap_metrics, summarize
 
 SUMMARY_FILE = "summary.json"
 SLICE_GROUPS = ("marginal", "middle", "tumor")
@@ -78,13 +82,7 @@ def evaluate_case(
     record["slices"] = {}
     for group, selected in slice_groups(gt).items():
         if selected.any():
-            p, g = pred[selected], gt[selected]
-            counts = dict(
-                tp=int(np.count_nonzero(p & g)),
-                fp=int(np.count_nonzero(p & ~g)),
-                fn=int(np.count_nonzero(~p & g)),
-                tn=int(np.count_nonzero(~p & ~g)),
-            )
+            counts = dict(zip(COUNTS, confusion_counts(pred[selected], gt[selected])))
             record["slices"][group] = {**counts, **overlap_metrics(**counts), "num_slices": int(selected.sum())}
     return record
 
@@ -120,7 +118,7 @@ def write_summary(path: str | os.PathLike, records: Sequence[Mapping], **info) -
         path = path / SUMMARY_FILE
     scored = [r for r in records if "metrics" in r]
     content = {"info": info, "cases": list(records), "summary": summarize_records(scored) if scored else None}
-    return write_text(path, json.dumps(content, indent=1, default=_json_default))
+    return write_text(path, json.dumps(content, indent=1, default=numpy_value))
 
 
 def read_summary(path: str | os.PathLike) -> dict:
@@ -135,9 +133,3 @@ def read_summary(path: str | os.PathLike) -> dict:
         raise BadInputError("is not a paresseg summary (no list of 'cases')", path=file,
                             fix="give a summary.json written by paresseg-evaluate")
     return content
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

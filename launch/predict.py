@@ -32,13 +32,14 @@ import json
 from absl import app, flags
 
 from paresseg_jax import cli, flag_checks, preflight
-from paresseg_jax.data import io, series_check
+from paresseg_jax.data import series_check
+from paresseg_jax.data.layouts import PHASES, read_cohort
 from paresseg_jax.errors import PareSegError
 
 _PV = flags.DEFINE_string("pv", None, "portal-venous image: file or DICOM series folder")
 _ART = flags.DEFINE_string("art", None, "arterial image (file or DICOM folder); needed by two-phase models unless "
                            "they were trained with phase dropout (then ART is given as absent, and the report says so)")
-_PHASE = flags.DEFINE_multi_string("phase", [], f"NAME=PATH image of any phase the model uses ({', '.join(io.PHASES)})")
+_PHASE = flags.DEFINE_multi_string("phase", [], f"NAME=PATH image of any phase the model uses ({', '.join(PHASES)})")
 _MODEL = flags.DEFINE_multi_string("model", None, "tumor model: paresseg-train workdir, saved-model folder or "
                                    "cross-validation workdir; repeat for an ensemble", required=True)
 _LIVER_MODEL = flags.DEFINE_multi_string("liver_model", [], "liver model (single-phase PV ResSeg) whose dilated mask "
@@ -105,8 +106,8 @@ def phase_paths() -> dict:
         name = name.strip().lower()
         if not sep or not path:
             raise app.UsageError(f"--phase {spec!r}: write NAME=PATH, e.g. --phase nc=study/nc.nii.gz")
-        if name not in io.PHASES:
-            raise app.UsageError(f"--phase {spec!r}: unknown phase {name!r}; phases are {', '.join(io.PHASES)}")
+        if name not in PHASES:
+            raise app.UsageError(f"--phase {spec!r}: unknown phase {name!r}; phases are {', '.join(PHASES)}")
         if paths.get(name) is not None:
             raise app.UsageError(f"phase {name!r} is given twice")
         paths[name] = path
@@ -143,7 +144,7 @@ def _predict():
         if _NUM_PARTS.value < 1 or not 0 <= _PART_ID.value < _NUM_PARTS.value:
             raise app.UsageError(f"--part_id {_PART_ID.value} of --num_parts {_NUM_PARTS.value}: give "
                                  "0 <= part_id < num_parts")
-        io.read_cohort(preflight.existing(_INPUT.value, "the studies (--input)"))
+        read_cohort(preflight.existing(_INPUT.value, "the studies (--input)"))
         preflight.output_folder(_OUTPUT.value, "the output folder (--output)")
         preflight.models(_MODEL.value)
         preflight.models(_LIVER_MODEL.value, "the liver model folder")

@@ -100,7 +100,7 @@ def patient_point(index_zyx: Sequence[float], geometry: Any) -> list[float]:
 def lesion_table(tumor: np.ndarray, geometry: Any, *, phases_hu: Mapping[str, np.ndarray] | None = None,
                  prob: np.ndarray | None = None) -> list[dict]:
     """One record per lesion of a tumor mask. ``geometry``: spacing, origin, direction in SimpleITK order
-    (an ``io.Case`` or ``io.Geometry``); ``phases_hu``: phase -> HU volume on the same grid; ``prob``: the
+    (a ``data.case.Case`` or ``data.images.Geometry``); ``phases_hu``: phase -> HU volume on the same grid; ``prob``: the
     tumor probability."""
     spacing_zyx = tuple(float(s) for s in reversed(geometry.spacing))
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0

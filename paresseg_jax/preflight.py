@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 
 from paresseg_jax import flag_checks, names
 from paresseg_jax.atomic import temporary_name
-from paresseg_jax.data import io
+from paresseg_jax.data.images import find_image, read_image_header
+from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import MissingInputError, OutputError
 
 # Single-file formats: written under a temporary name and renamed whole (MHD/NHDR would leave a data
@@ -34,7 +35,7 @@ def existing(path: str | os.PathLike, what: str) -> Path:
 def image(path: str | os.PathLike, what: str) -> Path:
     """An image file or DICOM folder whose header reads as a 3D scalar volume."""
     existing(path, what)
-    io.read_image_header(path)
+    read_image_header(path)
     return Path(path)
 
 
@@ -166,7 +167,7 @@ def cohort_inputs(entries, source: str | os.PathLike) -> list[Path]:
 
 
 def case_files(entry) -> list[Path]:
-    """The images and masks one cohort entry (``io.CaseEntry``) reads."""
+    """The images and masks one cohort entry (``CaseEntry``) reads."""
     return [p for p in (*entry.phases.values(), entry.liver, entry.tumor, entry.segmentation) if p is not None]
 
 
@@ -180,7 +181,7 @@ def training(config, workdir: str | os.PathLike) -> None:
     data = config.data
     if data.get("cohort_dir"):
         outputs_apart([(workdir, "the workdir (--workdir)")], [data.cohort_dir])
-        io.read_cohort(existing(data.cohort_dir, "the cohort (config.data.cohort_dir)"))
+        read_cohort(existing(data.cohort_dir, "the cohort (config.data.cohort_dir)"))
     elif data.get("cache_dir"):
         existing(data.cache_dir, "the preprocessed cache (config.data.cache_dir)")
     if config.train.get("init_from"):
@@ -190,8 +191,8 @@ def training(config, workdir: str | os.PathLike) -> None:
 def predictions(folder: str | os.PathLike, cohort: str | os.PathLike) -> dict[str, Path]:
     """``case_id -> predicted mask file`` for every case of ``cohort``; a missing one is an error before any is read."""
     folder = existing(folder, "the predictions folder (--predictions)")
-    entries = io.read_cohort(existing(cohort, "the cohort (--cohort)"))
-    found = {entry.case_id: io.find_image(folder, entry.case_id) for entry in entries}
+    entries = read_cohort(existing(cohort, "the cohort (--cohort)"))
+    found = {entry.case_id: find_image(folder, entry.case_id) for entry in entries}
     for case_id, path in found.items():
         if path is None:
             raise MissingInputError(f"no prediction for case {case_id!r} (expected {case_id}.nii.gz)", path=folder,

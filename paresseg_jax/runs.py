@@ -79,13 +79,13 @@ def fold_cases(config) -> dict[str, list]:
     ``config.data.cohort_dir``; never other cases a shared cache folder holds), else the cache's."""
     cache_dir = prepared_cache(config)
     if config.data.cohort_dir:
-        from paresseg_jax.data import io
+        from paresseg_jax.data.layouts import read_cohort
 
-        records = [{**e.metadata, "case_id": e.case_id} for e in io.read_cohort(config.data.cohort_dir)]
+        records = [{**e.metadata, "case_id": e.case_id} for e in read_cohort(config.data.cohort_dir)]
         cases = cache_lib.open_cohort(cache_dir, [r["case_id"] for r in records])
     else:
         cases = cache_lib.open_cohort(cache_dir)
-        records = [c.meta for c in cases]
+        records = [c.metadata for c in cases]
     by_id = {c.case_id: c for c in cases}
     return {part: [by_id[i] for i in ids] for part, ids in split_ids(config, records).items()}
 

@@ -20,7 +20,7 @@ def _case(tmp_path):
     rng = np.random.default_rng(0)
     images = {p: (0.1 + 0.8 * rng.random(shape)).astype(np.float32) for p in PHASES}
     liver = np.ones(shape, np.uint8)
-    return cache.write_case(tmp_path, "d", images, liver, liver * 0, liver, np.ones(shape, np.float32), {})
+    return cache.store_case(tmp_path, "d", images, liver, liver * 0, liver, np.ones(shape, np.float32), {})
 
 
 def test_each_non_pv_phase_is_dropped_independently_with_the_given_probability(tmp_path):

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paresseg_jax.data import io
+from paresseg_jax.data.images import Geometry, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 32, 32)
-GEOMETRY = io.Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-SHIFTED = io.Geometry((1.0, 1.0, 2.0), (30.4, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))  # covers 5% of PV in x
-OFFSET = io.Geometry((1.0, 1.0, 2.0), (1.5, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+GEOMETRY = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+SHIFTED = Geometry((1.0, 1.0, 2.0), (30.4, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))  # covers 5% of PV in x
+OFFSET = Geometry((1.0, 1.0, 2.0), (1.5, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 
 
 def _save_model(folder: Path, spec: dict) -> Path:
@@ -47,7 +47,7 @@ def data(tmp_path_factory):
     tumor[3:5, 10:20, 10:20] = 1
     liver = np.zeros(SHAPE, np.uint8)
     liver[1:7, 4:28, 4:28] = 1
-    good = {name: io.write_image(array, GEOMETRY, root / f"{name}.nii.gz")
+    good = {name: write_image(array, GEOMETRY, root / f"{name}.nii.gz")
             for name, array in (("pv", pv), ("art", pv), ("liver", liver), ("tumor", tumor))}
     files = dict(good)
     data = (root / "pv.nii.gz").read_bytes()
@@ -56,7 +56,7 @@ def data(tmp_path_factory):
     files["cut_pv"] = root / "cut" / "pv.nii.gz"
     with_nan = pv.copy()
     with_nan[4, 5, 6] = np.nan
-    files["nan_pv"] = io.write_image(with_nan, GEOMETRY, root / "nan" / "pv.nii.gz")
+    files["nan_pv"] = write_image(with_nan, GEOMETRY, root / "nan" / "pv.nii.gz")
     files["text_pv"] = root / "text" / "pv.nii.gz"
     files["text_pv"].parent.mkdir()
     files["text_pv"].write_text("not an image")
@@ -67,9 +67,9 @@ def data(tmp_path_factory):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.float32)), str(files["flat_pv"]))
     files["empty_dir"] = root / "empty_dicom"
     files["empty_dir"].mkdir()
-    files["partial_art"] = io.write_image(pv, SHIFTED, root / "partial" / "art.nii.gz")
-    files["zero_art"] = io.write_image(np.zeros(SHAPE, np.float32), GEOMETRY, root / "zero" / "art.nii.gz")
-    files["offset_tumor"] = io.write_image(tumor, OFFSET, root / "offset" / "tumor.nii.gz")
+    files["partial_art"] = write_image(pv, SHIFTED, root / "partial" / "art.nii.gz")
+    files["zero_art"] = write_image(np.zeros(SHAPE, np.float32), GEOMETRY, root / "zero" / "art.nii.gz")
+    files["offset_tumor"] = write_image(tumor, OFFSET, root / "offset" / "tumor.nii.gz")
     files["a_file"] = root / "a_file"
     files["a_file"].write_text("x")
 
@@ -92,8 +92,8 @@ def data(tmp_path_factory):
                                                  "model_no_variables", "model_damaged", "no_model")})
 
     cohort = root / "cohort"
-    io.write_image(pv, GEOMETRY, cohort / "c0" / "pv.nii.gz")
-    io.write_image(tumor, GEOMETRY, cohort / "c0" / "tumor.nii.gz")
+    write_image(pv, GEOMETRY, cohort / "c0" / "pv.nii.gz")
+    write_image(tumor, GEOMETRY, cohort / "c0" / "tumor.nii.gz")
     files["cohort"] = cohort
     for name, content in (("null_cases", json.dumps({"cases": None})), ("bad_json", "{"),
                           ("missing_file", json.dumps({"cases": [{"case_id": "c0", "phases": {"pv": "nope.nii.gz"}}]}))):
@@ -102,13 +102,13 @@ def data(tmp_path_factory):
         files[f"manifest_{name}"] = root / name / "manifest.json"
     preds = root / "preds"
     preds.mkdir()
-    io.write_image(tumor, GEOMETRY, preds / "c0.nii.gz")
+    write_image(tumor, GEOMETRY, preds / "c0.nii.gz")
     files["preds"] = preds
     blob = (preds / "c0.nii.gz").read_bytes()
     (root / "preds_cut").mkdir()
     (root / "preds_cut" / "c0.nii.gz").write_bytes(blob[: len(blob) * 3 // 4])
     files["preds_cut"] = root / "preds_cut"
-    io.write_image(tumor, OFFSET, root / "preds_offset" / "c0.nii.gz")
+    write_image(tumor, OFFSET, root / "preds_offset" / "c0.nii.gz")
     files["preds_offset"] = root / "preds_offset"
     (root / "preds_none").mkdir()
     files["preds_none"] = root / "preds_none"

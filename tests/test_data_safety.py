@@ -27,12 +27,12 @@ from dicom_studies import Grid, Study, write_ct_series
 from test_bad_inputs import _save_model
 from test_infer_study import save_tiny_model
 
-from paresseg_jax.data import io
+from paresseg_jax.data.images import Geometry, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPE = (8, 32, 32)
-GEOMETRY = io.Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+GEOMETRY = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
 GRID = Grid(shape=(6, 32, 32))
 
 
@@ -73,7 +73,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("safety")
     rng = np.random.default_rng(0)
     pv = rng.uniform(-100, 200, SHAPE).astype(np.float32)
-    files = {name: io.write_image(pv, GEOMETRY, root / f"{name}.nii.gz") for name in ("pv", "art")}
+    files = {name: write_image(pv, GEOMETRY, root / f"{name}.nii.gz") for name in ("pv", "art")}
     files["model"] = save_tiny_model(root / "model")
     files["model_pv"] = save_tiny_model(root / "model_pv", phases=("pv",))  # for DICOM PVs, which ART would not fit
     files["model_resseg"] = _save_model(root / "model_resseg", {"name": "resseg", "width": 4})  # one convert takes
@@ -92,7 +92,7 @@ def _predict(f, folder, **changes):
 
 def _volume(path: Path) -> Path:
     """A CT-like volume (noise in soft-tissue HU; every file the same, so registration finds identity)."""
-    return io.write_image(np.random.default_rng(0).uniform(-100, 200, SHAPE).astype(np.float32), GEOMETRY, path)
+    return write_image(np.random.default_rng(0).uniform(-100, 200, SHAPE).astype(np.float32), GEOMETRY, path)
 
 
 def _dicom_predict(f, folder, series, **changes):
@@ -103,7 +103,7 @@ def _tumor(path: Path) -> Path:
     """``path/c0.nii.gz``: a 0/1 tumor mask (a prediction, or a case's ground truth)."""
     tumor = np.zeros(SHAPE, np.uint8)
     tumor[3:5, 10:20, 10:20] = 1
-    io.write_image(tumor, GEOMETRY, path / "c0.nii.gz")
+    write_image(tumor, GEOMETRY, path / "c0.nii.gz")
     return path
 
 

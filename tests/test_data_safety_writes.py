@@ -19,13 +19,14 @@ from test_data_safety import GEOMETRY, SHAPE, run_script
 from test_infer_study import save_tiny_model
 
 from paresseg_jax import atomic, cli
-from paresseg_jax.data import declared_size, io
+from paresseg_jax.data import declared_size
+from paresseg_jax.data.images import read_image, read_image_header, write_image
 from paresseg_jax.errors import BadInputError, OutputError, PareSegError
 from paresseg_jax.infer import folder, study
 
 
 def _image(path: Path, fill: float = 0.0) -> Path:
-    return io.write_image(np.full(SHAPE, fill, np.float32), GEOMETRY, path)
+    return write_image(np.full(SHAPE, fill, np.float32), GEOMETRY, path)
 
 
 RUN_FILES = ["finished.jsonl", "lesions.csv", "report.md", "summary.json"]  # a folder run's own files
@@ -92,7 +93,7 @@ def test_short_text_write_is_an_error(monkeypatch, tmp_path):
 def test_mask_and_probability_appear_together_or_not_at_all(monkeypatch, tmp_path, model):
     pv, out = _image(tmp_path / "in" / "pv.nii.gz"), tmp_path / "out"
     monkeypatch.setattr(study.Segmenter, "segment_case", lambda self, case, **kw: _canned(case, **kw))
-    real, calls = io.write_image, []
+    real, calls = write_image, []
 
     def full_after_first(array, geometry, path):
         calls.append(path)
@@ -100,7 +101,7 @@ def test_mask_and_probability_appear_together_or_not_at_all(monkeypatch, tmp_pat
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(array, geometry, path)
 
-    monkeypatch.setattr(io, "write_image", full_after_first)
+    monkeypatch.setattr(study, "write_image", full_after_first)
     with pytest.raises(OutputError, match=r"out/prob\.nii\.gz: cannot be written \(No space left on device\)"):
         study.predict_files({"pv": pv}, model, out / "mask.nii.gz", prob_out=out / "prob.nii.gz")
     assert len(calls) == 2 and not list(out.iterdir())  # the mask was written, then taken back
@@ -188,7 +189,7 @@ def test_predict_with_allow_gaps_resamples_with_a_warning(tmp_path, model):
 def test_folder_case_label_map_and_probabilities_appear_together(monkeypatch, tmp_path, model):
     cohort = _two_cases(tmp_path / "in", 0.0)
     monkeypatch.setattr(study.Segmenter, "segment_case", lambda self, case, **kw: _canned(case, **kw))
-    real, calls = io.write_image, []
+    real, calls = write_image, []
 
     def full_at_probabilities(array, geometry, path):
         calls.append(path)
@@ -196,7 +197,7 @@ def test_folder_case_label_map_and_probabilities_appear_together(monkeypatch, tm
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real(array, geometry, path)
 
-    monkeypatch.setattr(io, "write_image", full_at_probabilities)
+    monkeypatch.setattr(folder, "write_image", full_at_probabilities)
     with pytest.raises(OutputError, match=r"c0_tumor_prob\.nii\.gz: cannot be written"):
         folder.predict_folder(cohort, tmp_path / "out", model, save_probabilities=True)
     assert len(calls) == 2 and not list((tmp_path / "out").iterdir())  # c0's label map taken back with it
@@ -216,9 +217,9 @@ def test_header_larger_than_the_memory_is_refused_before_reading(monkeypatch, tm
     path = _image(tmp_path / "pv.nii.gz")
     monkeypatch.setattr(declared_size, "available_memory", lambda: 1000)  # bytes: less than 8 x 32 x 32 floats
     with pytest.raises(BadInputError, match=r"pv\.nii\.gz: image of \(32, 32, 8\) voxels needs .* more than"):
-        io.read_image_header(path)
+        read_image_header(path)
     with pytest.raises(BadInputError, match="more than"):
-        io.read_image(path)
+        read_image(path)
 
 
 def test_writer_error_is_one_error_naming_the_file(monkeypatch, tmp_path):

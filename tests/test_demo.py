@@ -7,8 +7,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from paresseg_jax.data import phantom_scale
+from paresseg_jax.data.images import read_image
 from paresseg_jax.experiments import ablation, demo
-from paresseg_jax.data import io
 from paresseg_jax.evaluate import scoring
 
 TINY = phantom_scale.DemoScale(
@@ -38,7 +38,7 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
         for case in summary["cases"]:
             assert 0.0 <= case["metrics"]["dice"] <= 1.0 and 0.0 <= case["liver_dice"] <= 1.0
             mask = sitk.ReadImage(str(tmp_path / "eval" / run / "predictions" / f"{case['case_id']}.nii.gz"))
-            pv = io.read_image(tmp_path / "cohort" / case["case_id"] / "pv.nii.gz")
+            pv = read_image(tmp_path / "cohort" / case["case_id"] / "pv.nii.gz")
             assert mask.GetSize() == pv.GetSize()
             np.testing.assert_allclose(mask.GetSpacing(), pv.GetSpacing(), rtol=1e-6)
             np.testing.assert_allclose(mask.GetOrigin(), pv.GetOrigin(), atol=1e-4)

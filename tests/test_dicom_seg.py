@@ -8,7 +8,9 @@ import pytest
 import SimpleITK as sitk
 from dicom_studies import Grid, Study, write_ct_series
 
-from paresseg_jax.data import io
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.images import read_image
+from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer.dicom_seg import write_dicom_seg
 
@@ -37,7 +39,7 @@ def pv_series(tmp_path):
 
 def _label_image(labels, series):
     image = sitk.GetImageFromArray(labels)
-    image.CopyInformation(io.read_image(series))
+    image.CopyInformation(read_image(series))
     return image
 
 
@@ -87,7 +89,7 @@ def test_seg_reads_back_with_highdicom_onto_the_pv_grid(tmp_path, pv_series):
     labels = _labels()
     out = write_dicom_seg(_label_image(labels, pv_series), pv_series, tmp_path / "seg.dcm")
     volume = hd.seg.segread(out).get_volume(combine_segments=False)
-    pv = io.read_image(pv_series)
+    pv = read_image(pv_series)
     for channel, expected in ((0, labels >= 1), (1, labels == 2)):
         corners = volume.affine @ np.array([[k, 0, 0, 1] for k in range(volume.array.shape[0])]).T  # slices' first pixels
         indices = [pv.TransformPhysicalPointToIndex(tuple(p[:3])) for p in corners.T]
@@ -132,7 +134,7 @@ def test_seg_round_trips_through_the_importer(tmp_path, pv_series):
     write_dicom_seg(_label_image(labels, pv_series), pv_series, study_folder / "900-PA-ResSeg" / "seg.dcm")
     report = dicom_import.import_dicom(tmp_path / "dicom", tmp_path / "cohort", progress=False)
     assert report["imported"] == 1, report
-    case = io.read_case(io.read_cohort(tmp_path / "cohort")[0])
+    case = read_case(read_cohort(tmp_path / "cohort")[0])
     np.testing.assert_array_equal(case.liver, labels >= 1)
     np.testing.assert_array_equal(case.tumor, labels == 2)
 
@@ -199,7 +201,7 @@ def test_headers_without_a_source_are_refused_before_any_work(tmp_path, pv_serie
 
     model = save_tiny_model(tmp_path / "model")
     art = tmp_path / "art.nii.gz"
-    sitk.WriteImage(io.read_image(pv_series), str(art))
+    sitk.WriteImage(read_image(pv_series), str(art))
     monkeypatch.setattr(study.Segmenter, "load", lambda *a, **k: pytest.fail("models loaded before the check"))
     _edit_headers(pv_series, lambda d: setattr(d, "FrameOfReferenceUID", ""))
     with pytest.raises(PareSegError, match=r"FrameOfReferenceUID is empty or missing in 1-0\d.dcm; a DICOM-SEG"):

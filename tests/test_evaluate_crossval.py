@@ -12,7 +12,10 @@ import pytest
 import SimpleITK as sitk
 
 from paresseg_jax import config_defaults, model_io, models, runs
-from paresseg_jax.data import cache, io
+from paresseg_jax.data import cache
+from paresseg_jax.data.case import Case, write_case
+from paresseg_jax.data.images import write_image
+from paresseg_jax.data.layouts import write_manifest
 from paresseg_jax.errors import PareSegError
 from paresseg_jax import summary
 from paresseg_jax.evaluate import predictions, scoring
@@ -37,7 +40,7 @@ def _tiny_cache(root):
         images = {p: (rng.random(SHAPE) * liver).astype(np.float32) for p in ("pv", "art")}
         meta = {"tumor_type": tumor_type, "scanner": "s", "spacing": SPACING_XYZ, "origin": (1.0, 2.0, 3.0),
                 "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1)}
-        cache.write_case(cache_dir, f"case_{i}", images, liver, tumor, liver, np.ones(SHAPE, np.float32), meta)
+        cache.store_case(cache_dir, f"case_{i}", images, liver, tumor, liver, np.ones(SHAPE, np.float32), meta)
     return cache_dir
 
 
@@ -66,7 +69,7 @@ def _fake_training(cache_dir, trained, status=lambda: {"state": "finished", "ste
         trained.append((config.data.target, config.data.fold))
         Path(workdir).mkdir(parents=True, exist_ok=True)
         (Path(workdir) / "config.json").write_text(json.dumps(config.to_dict(), default=list))
-        split = runs.split_ids(config, [c.meta for c in cache.open_cohort(cache_dir)])
+        split = runs.split_ids(config, [c.metadata for c in cache.open_cohort(cache_dir)])
         (Path(workdir) / "split.json").write_text(json.dumps({**split, "fold": config.data.fold, "num_folds": 2}))
         _save_model(Path(workdir) / "last_model", tuple(config.model.phases))
         state = status()
@@ -137,13 +140,13 @@ def _write_cohort(root):
         tumor = np.zeros(SHAPE, np.uint8)
         tumor[1:3, 8:14, 8 + i : 14 + i] = 1
         pv = np.random.default_rng(i).normal(100, 20, SHAPE).astype(np.float32)
-        case = io.Case({"pv": pv}, None, tumor, SPACING_XYZ, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        case = Case({"pv": pv}, None, tumor, SPACING_XYZ, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
                        {"case_id": f"c{i}", "tumor_type": tumor_type})
-        io.write_case(case, root / "cohort" / f"c{i}")
+        write_case(case, root / "cohort" / f"c{i}")
         records.append({"case_id": f"c{i}", "tumor_type": tumor_type})
         shifted = np.roll(tumor, i, axis=2)  # prediction: the tumor moved by i voxels along x
-        io.write_image(shifted, case, root / "preds" / f"c{i}.nii.gz")
-    io.write_manifest(root / "cohort", records)
+        write_image(shifted, case, root / "preds" / f"c{i}.nii.gz")
+    write_manifest(root / "cohort", records)
 
 
 def test_evaluate_folder_and_launcher_tables(tmp_path):

@@ -11,7 +11,9 @@ import pytest
 import SimpleITK as sitk
 from dicom_studies import Grid, Study, write_ct_series, write_seg
 
-from paresseg_jax.data import dicom_import, io
+from paresseg_jax.data import dicom_import
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.layouts import read_cohort
 
 PV_GRID = Grid(shape=(8, 32, 32), spacing=(0.8, 0.8, 2.5), origin=(-12.0, -20.0, 40.0))
 # the arterial series is shifted by 3 columns and 2 slices: PV voxel (z, y, x) is ART voxel (z + 2, y, x - 3)
@@ -110,10 +112,10 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "imported 3 of 4 studies" in result.stdout
 
-    entries = io.read_cohort(tmp_path / "cohort")
+    entries = read_cohort(tmp_path / "cohort")
     assert [e.case_id for e in entries] == ["HCC_001", "HCC_002", "HCC_004"]
 
-    first = io.read_case(entries[0])
+    first = read_case(entries[0])
     assert sorted(first.phases) == ["art", "dl", "nc", "pv"]
     np.testing.assert_array_equal(first.phases["pv"], _hu("pv", PV_GRID, seed=1))  # recon #5: the one the SEG is on
     assert sitk.ReadImage(str(tmp_path / "cohort" / "HCC_001" / "pv.nii.gz")).GetPixelID() == sitk.sitkInt16  # as stored
@@ -124,13 +126,13 @@ def test_import_tcia_layout_assigns_phases_and_reads_seg_masks_onto_pv(tmp_path)
     # ART was written in its own geometry; on the PV grid it is its shifted copy
     np.testing.assert_allclose(first.phases["art"][:6, :, 3:], _hu("art", ART_GRID)[2:, :, :-3], atol=1e-3)
 
-    second = io.read_case(entries[1])
+    second = read_case(entries[1])
     np.testing.assert_array_equal(second.phases["pv"], _hu("pv", PV_GRID, seed=2))
     np.testing.assert_array_equal(second.phases["nc"], _hu("nc", PV_GRID, seed=2))
     np.testing.assert_array_equal(second.tumor, _art_to_pv(drawn["art_tumor"]))  # SEG drawn on ART, moved onto PV
     np.testing.assert_array_equal(second.liver, _art_to_pv(drawn["art_liver"]))
 
-    fourth = io.read_case(entries[2])
+    fourth = read_case(entries[2])
     for phase in ("nc", "art", "pv", "dl"):
         np.testing.assert_array_equal(fourth.phases[phase], _hu(phase, PV_GRID, seed=4), err_msg=phase)
     np.testing.assert_array_equal(fourth.tumor, MASS)  # mass and necrosis
@@ -164,7 +166,7 @@ def test_keyword_and_segment_label_overrides(tmp_path):
     result = _import("--input", str(tmp_path / "in"), "--output", str(tmp_path / "cohort"), "--phase_keyword=pv=phase b",
                      "--phase_keyword=art=Phase A", "--segment_label=tumor=gtv")
     assert result.returncode == 0, result.stderr
-    case = io.read_case(io.read_cohort(tmp_path / "cohort")[0])
+    case = read_case(read_cohort(tmp_path / "cohort")[0])
     np.testing.assert_array_equal(case.phases["art"], _hu("art", PV_GRID))
     np.testing.assert_array_equal(case.tumor, MASS)
 
@@ -205,7 +207,7 @@ def test_a_study_that_cannot_be_read_is_reported_and_the_others_imported(tmp_pat
     write_ct_series(tmp_path / "in", bad, np.zeros(small.shape, np.int16), small, number=1, description="PORTAL VENOUS",
                     series_uid=_series_uid(folder), first_instance=9)
     report = dicom_import.import_dicom(tmp_path / "in", tmp_path / "cohort", progress=False)
-    assert report["imported"] == 1 and [e.case_id for e in io.read_cohort(tmp_path / "cohort")] == ["P1"]
+    assert report["imported"] == 1 and [e.case_id for e in read_cohort(tmp_path / "cohort")] == ["P1"]
     (failed,) = [c for c in report["cases"] if c["patient_id"] == "P2"]
     assert failed["imported"] is None and "different sizes [(16, 16), (32, 32)]" in failed["notes"][-1], failed
     assert not (tmp_path / "cohort" / "P2").exists()

@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from paresseg_jax import absent_phases, model_io, models
+from paresseg_jax.data.images import read_image
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import cascade, study
 
@@ -210,7 +211,7 @@ def test_predict_files_keeps_pv_geometry(tmp_path, tiny_model, pv_as_dicom, geom
         eval_config={"threshold": 0.5, "batch_size": 2},
         preprocess_config={"register": False},
     )
-    pv_image = study.io.read_image(pv_path)
+    pv_image = read_image(pv_path)
     for name in ("mask", "prob"):
         written = sitk.ReadImage(report[name])
         assert written.GetSize() == pv_image.GetSize() == SHAPE[::-1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import lesions
-from paresseg_jax.data.io import Geometry
+from paresseg_jax.data.images import Geometry
 
 
 def _grid(shape, spacing_zyx):

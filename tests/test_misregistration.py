@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import config_defaults
-from paresseg_jax.data import cache, misregistration, pipeline
+from paresseg_jax.data import cache, misregistration, pipeline, windows
 
 SHAPE = (6, 40, 44)
 SPACING = (5.0, 0.8, 0.7)  # z, y, x
@@ -54,13 +54,13 @@ def test_misalign_deformation_stays_within_its_amplitude_and_comes_near_it():
 
 def test_displaced_window_is_read_window_moved_by_whole_voxels():
     code = _code()
-    zs = pipeline.slice_indices(0, SHAPE[0], 3)  # [0, 0, 1]: the edge slice repeated
-    still = pipeline.displaced_window(code, zs, -4, 30, 16, np.zeros((3, 3, 16, 16), np.float32))
-    np.testing.assert_array_equal(still, pipeline.read_window(code, zs, -4, 30, 16))  # zeros outside the image
+    zs = windows.slice_indices(0, SHAPE[0], 3)  # [0, 0, 1]: the edge slice repeated
+    still = windows.displaced_window(code, zs, -4, 30, 16, np.zeros((3, 3, 16, 16), np.float32))
+    np.testing.assert_array_equal(still, windows.read_window(code, zs, -4, 30, 16))  # zeros outside the image
     step = np.zeros((3, 3, 16, 16), np.float32)
     step[1], step[2] = 2, -1
-    np.testing.assert_array_equal(pipeline.displaced_window(code, zs, 5, 6, 16, step),
-                                  pipeline.read_window(code, zs, 7, 5, 16))
+    np.testing.assert_array_equal(windows.displaced_window(code, zs, 5, 6, 16, step),
+                                  windows.read_window(code, zs, 7, 5, 16))
 
 
 @pytest.mark.parametrize("shift_mm, deformation_mm", [(4.0, 0.0), (0.0, 3.0), (2.0, 2.0)])
@@ -70,7 +70,7 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
     phases = ("pv", "art", "nc", "dl")
     ramps = [a.astype(np.float32) + 100 for a in np.indices(SHAPE)]
     liver = np.ones(SHAPE, np.uint8)
-    case = cache.write_case(tmp_path, "m", dict(zip(phases, [_code(), *ramps])), liver, liver * 0, liver, _code(),
+    case = cache.store_case(tmp_path, "m", dict(zip(phases, [_code(), *ramps])), liver, liver * 0, liver, _code(),
                             {"spacing": list(reversed(SPACING))})
     plain = pipeline.PairedPatch(phases, 3, crop_size=16)
     moving = pipeline.PairedPatch(phases, 3, crop_size=16,
@@ -99,7 +99,7 @@ def test_training_patches_move_only_the_other_phases_within_the_amplitudes(tmp_p
 def test_the_training_loader_takes_the_amplitudes_from_the_config(tmp_path):
     code = _code()
     liver = np.ones(SHAPE, np.uint8)
-    case = cache.write_case(tmp_path, "c", {"pv": code, "art": 2 * code}, liver, liver * 0, liver, code,
+    case = cache.store_case(tmp_path, "c", {"pv": code, "art": 2 * code}, liver, liver * 0, liver, code,
                             {"spacing": list(reversed(SPACING))})
     config = config_defaults.get_config()
     config.data.crop_size, config.train.batch_size = 16, 4

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from paresseg_jax.benchmarks import registration
-from paresseg_jax.data import cache, io, phantom, preprocess
+from paresseg_jax.data import cache, phantom, preprocess
+from paresseg_jax.data.case import Case
 from paresseg_jax.infer import study
 
 from test_infer_study import save_tiny_model
@@ -29,7 +30,7 @@ def test_evaluation_cache_holds_exactly_what_predict_feeds_the_model(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         study.predict_files(phases, model, None, liver=cohort / "case_0000" / "liver.nii.gz",
                             preprocess_config=FAST_REGISTRATION)
-    assert cached.meta["registration"]["art"]["metric_after"] < cached.meta["registration"]["art"]["metric_before"]
+    assert cached.metadata["registration"]["art"]["metric_after"] < cached.metadata["registration"]["art"]["metric_before"]
     for phase in ("pv", "art"):
         assert fed[phase].dtype == cached.image(phase).dtype
         np.testing.assert_array_equal(fed[phase], cached.image(phase))
@@ -37,7 +38,7 @@ def test_evaluation_cache_holds_exactly_what_predict_feeds_the_model(tmp_path, m
 
 def test_prepare_phases_never_reads_the_masks():
     case = phantom.make_case(4, "HCC", (8, 48, 48))
-    without = io.Case(case.phases, None, None, case.spacing, case.origin, case.direction, case.metadata)
+    without = Case(case.phases, None, None, case.spacing, case.origin, case.direction, case.metadata)
     images, _ = preprocess.prepare_phases(case, FAST_REGISTRATION)
     blind, _ = preprocess.prepare_phases(without, FAST_REGISTRATION)
     for phase in images:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from paresseg_jax.data import io, phantom
+from paresseg_jax.data import phantom
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.layouts import read_cohort
 
 SHAPE = (16, 64, 64)
 SEEDS = (0, 1, 2)
@@ -124,9 +126,9 @@ def test_make_cohort_is_balanced_and_readable(tmp_path):
     for tumor_type in phantom.TUMOR_TYPES:
         assert sorted(r["scanner"] for r in records if r["tumor_type"] == tumor_type) == sorted(phantom.SCANNERS)
     assert {r["split"] for r in records} == {f"fold-{k}" for k in range(5)}
-    entries = io.read_cohort(tmp_path)
+    entries = read_cohort(tmp_path)
     assert [e.case_id for e in entries] == [f"case_{i:04d}" for i in range(10)]
-    case = io.read_case(entries[3])
+    case = read_case(entries[3])
     assert case.metadata["tumor_type"] == records[3]["tumor_type"] and case.shape == (8, 32, 32)
     regenerated = phantom.make_case(records[3]["seed"], records[3]["tumor_type"], (8, 32, 32), scanner=records[3]["scanner"])
     np.testing.assert_allclose(case.phases["pv"], regenerated.phases["pv"])

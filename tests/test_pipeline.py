@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from paresseg_jax import config_defaults
-from paresseg_jax.data import cache, pipeline
+from paresseg_jax.data import cache, pipeline, windows
 
 
 def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
@@ -36,7 +36,7 @@ def _write(cache_dir, case_id, shape, liver_box, tumor_slices=None, roi=None):
         tumor[[z for z in range(depth) if z not in tumor_slices]] = 0
     images = {"pv": code, "art": 2 * code}
     roi = np.ones(shape, np.uint8) if roi is None else roi
-    return cache.write_case(cache_dir, case_id, images, liver, tumor, roi, 3 * code, {"tumor_type": "HCC"})
+    return cache.store_case(cache_dir, case_id, images, liver, tumor, roi, 3 * code, {"tumor_type": "HCC"})
 
 
 def _config(crop=16, batch=4, in_channels=3):
@@ -198,10 +198,10 @@ def test_tumor_free_fraction_keeps_a_seeded_share(tmp_path):
 
 
 def test_slice_indices_replicate_edges():
-    np.testing.assert_array_equal(pipeline.slice_indices(0, 5, 3), [0, 0, 1])
-    np.testing.assert_array_equal(pipeline.slice_indices(4, 5, 3), [3, 4, 4])
-    np.testing.assert_array_equal(pipeline.slice_indices(1, 5, 5), [0, 0, 1, 2, 3])
-    np.testing.assert_array_equal(pipeline.slice_indices(0, 1, 3), [0, 0, 0])
+    np.testing.assert_array_equal(windows.slice_indices(0, 5, 3), [0, 0, 1])
+    np.testing.assert_array_equal(windows.slice_indices(4, 5, 3), [3, 4, 4])
+    np.testing.assert_array_equal(windows.slice_indices(1, 5, 5), [0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(windows.slice_indices(0, 1, 3), [0, 0, 0])
 
 
 def test_errors(tmp_path):
@@ -302,7 +302,7 @@ def test_intensity_jitter_is_one_scale_and_shift_per_phase(tmp_path):
     code = np.arange(1, np.prod(shape) + 1, dtype=np.float32).reshape(shape)
     images = {"pv": 0.2 + 0.5 * code / code.max(), "art": 0.3 + 0.4 * code[::-1] / code.max()}
     liver = np.ones(shape, np.uint8)
-    case = cache.write_case(tmp_path, "j", images, liver, liver * 0, liver, code, {})
+    case = cache.store_case(tmp_path, "j", images, liver, liver * 0, liver, code, {})
     record = {"case": case, "z": 1}
     plain = pipeline.PairedPatch(("pv", "art"), 3, crop_size=16).random_map(record, np.random.default_rng(2))
     jittered = pipeline.PairedPatch(("pv", "art"), 3, crop_size=16, intensity_jitter=0.1).random_map(

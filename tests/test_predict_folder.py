@@ -23,14 +23,16 @@ from dicom_studies import Grid, Study, write_ct_series
 from test_infer_study import save_tiny_model
 
 from paresseg_jax import absent_phases, model_io
-from paresseg_jax.data import io, preprocess
+from paresseg_jax.data import preprocess
+from paresseg_jax.data.case import Case, write_case
+from paresseg_jax.data.images import Geometry, read_image, write_image
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import ensemble, folder, predict, study
 from paresseg_jax.metrics import case_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-GEOMETRY = io.Geometry((0.7, 0.8, 5.0), (120.5, -80.25, 30.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+GEOMETRY = Geometry((0.7, 0.8, 5.0), (120.5, -80.25, 30.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
 # case id -> (z, y, x) shape, has a tumor mask; the sizes differ but pad to one shape (32 x 64): one compilation.
 CASES = {"case_0": ((5, 30, 34), True), "case_1": ((4, 28, 40), True), "case_2": ((5, 30, 34), False)}
 
@@ -43,7 +45,7 @@ def _case(case_id, shape, with_tumor, seed, phases=("pv", "art")):
     tumor = np.zeros(shape, np.uint8)
     tumor[2, 10:15, 10:16] = 1
     meta = {"case_id": case_id, "tumor_type": "HCC", "scanner": None}
-    return io.Case(images, liver, tumor if with_tumor else None, GEOMETRY.spacing, GEOMETRY.origin,
+    return Case(images, liver, tumor if with_tumor else None, GEOMETRY.spacing, GEOMETRY.origin,
                    GEOMETRY.direction, meta)
 
 
@@ -52,7 +54,7 @@ def write_cohort(root, layout=CASES):
     cases = {}
     for k, (case_id, (shape, with_tumor)) in enumerate(layout.items()):
         cases[case_id] = _case(case_id, shape, with_tumor, k)
-        io.write_case(cases[case_id], root / case_id)
+        write_case(cases[case_id], root / case_id)
     return cases
 
 
@@ -224,7 +226,7 @@ def test_ensemble_members_share_one_compilation_per_padded_shape(tmp_path, two_m
 def test_four_phase_model_takes_every_phase_by_name(tmp_path):
     model = save_tiny_model(tmp_path / "model4", phases=("pv", "art", "nc", "dl"))
     case = _case("study", (4, 32, 32), True, 3, phases=("pv", "art", "nc", "dl"))
-    io.write_case(case, tmp_path / "study")
+    write_case(case, tmp_path / "study")
     paths = {p: tmp_path / "study" / f"{p}.nii.gz" for p in case.phases}
     with pytest.raises(PareSegError, match=r"--phase dl=PATH"):
         study.predict_files({p: paths[p] for p in ("pv", "art", "nc")}, model, tmp_path / "m.nii.gz")
@@ -252,7 +254,7 @@ def test_segment_api_takes_images_in_hu_and_returns_the_label_map(tmp_path, two_
     decided = np.abs(prob - 0.5) > 1e-4
     np.testing.assert_array_equal(sitk.GetArrayFromImage(labels)[decided], expected[decided])
     # Files work as well as images, and a loaded Segmenter serves many calls.
-    io.write_case(case, tmp_path / "study")
+    write_case(case, tmp_path / "study")
     segmenter = study.Segmenter.load(two_models, eval_config={"threshold": 0.5, "batch_size": 2},
                                      preprocess_config={"register": False})
     again = study.segment({"pv": tmp_path / "study" / "pv.nii.gz", "art": art}, segmenter,
@@ -308,7 +310,7 @@ def test_dicom_seg_of_a_dicom_study_references_its_pv_series(tmp_path, two_model
     liver = np.zeros(grid.shape, np.uint8)
     liver[1:4, 6:26, 5:27] = 1
     liver_image = sitk.GetImageFromArray(liver)
-    liver_image.CopyInformation(io.read_image(pv_dir))
+    liver_image.CopyInformation(read_image(pv_dir))
     sitk.WriteImage(liver_image, str(tmp_path / "liver.nii.gz"))
     out = tmp_path / "out"
     done = run_script("paresseg-predict", f"--pv={pv_dir}", f"--art={art_dir}", f"--model={two_models[0]}",
@@ -355,7 +357,7 @@ def test_liver_from_a_multi_label_map(tmp_path, two_models):
     cases = write_cohort(tmp_path / "cohort", layout)
     case = cases["case_0"]
     organs = tmp_path / "cohort" / "case_0" / "liver.nii.gz"  # the case's liver file, now a label map
-    io.write_image(_organ_map(case), case, organs)
+    write_image(_organ_map(case), case, organs)
     out = tmp_path / "out"
     done = run_script("paresseg-predict", f"--input={tmp_path / 'cohort'}", f"--output={out}",
                       f"--model={two_models[0]}", "--liver_label=5", "--threshold=0.5", "--noregister")

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from paresseg_jax.data import cache, io, phantom, preprocess
+from paresseg_jax.data import cache, phantom, preprocess
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.images import Geometry, write_image
+from paresseg_jax.data.layouts import read_cohort
+from paresseg_jax.data.registration import apply_transform, register_phase
 
 
 def test_hu_window_maps_the_paper_window_to_unit_range():
@@ -85,10 +89,10 @@ def _register(seed, shape, scanner="scanner_5mm"):
     tumor_type = phantom.TUMOR_TYPES[seed % 5]
     case, masks = phantom.make_case_with_phase_masks(seed, tumor_type, shape, scanner=scanner)
     start = time.perf_counter()
-    transform, report = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, region=preprocess.liver_roi(case.liver))
+    transform, report = register_phase(case.phases["pv"], case.phases["art"], case, region=preprocess.liver_roi(case.liver))
     seconds = time.perf_counter() - start
     art_liver = masks["art"]["liver"].astype(np.float32)
-    moved = preprocess.apply_transform(art_liver, case, transform) > 0.5  # linear then 0.5: no double nearest-neighbour staircase
+    moved = apply_transform(art_liver, case, transform) > 0.5  # linear then 0.5: no double nearest-neighbour staircase
     before, after = _dice(art_liver, case.liver), _dice(moved, case.liver)
     print(f"registration seed {seed} {tumor_type} {scanner} {shape}: Dice {before:.3f} -> {after:.3f}, {seconds:.1f} s")
     assert report["metric_after"] < report["metric_before"]  # Mattes MI is negated: lower is better
@@ -108,7 +112,7 @@ def test_registration_is_reproducible(four_itk_threads):
     """The same case and settings give the same transform every call: fixed seed (ITK's 0 means the wall
     clock) and one work unit (ITK merges multithreaded Mattes derivatives in finishing order)."""
     case = phantom.make_case(0, "HCC", shape=(20, 128, 128))
-    moved = [preprocess.apply_transform(case.phases["art"], case, preprocess.register_phase(
+    moved = [apply_transform(case.phases["art"], case, register_phase(
         case.phases["pv"], case.phases["art"], case, None, preprocess.liver_roi(case.liver))[0]) for _ in range(2)]
     np.testing.assert_array_equal(moved[0], moved[1])
 
@@ -132,9 +136,9 @@ def test_registration_realigns_more_cases(seed, scanner):
 def test_registration_start_options_improve_the_metric(initial):
     case = phantom.make_case(1, "HCC", (12, 48, 48))
     settings = {"initial": initial, "initial_iterations": 20, "bspline_iterations": 5}
-    transform, report = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, settings, case.liver)
+    transform, report = register_phase(case.phases["pv"], case.phases["art"], case, settings, case.liver)
     assert report["metric_after"] < report["metric_before"]
-    assert preprocess.apply_transform(case.phases["art"], case, transform).shape == case.shape
+    assert apply_transform(case.phases["art"], case, transform).shape == case.shape
 
 
 def test_apply_transform_moves_masks_with_nearest_neighbour():
@@ -142,8 +146,8 @@ def test_apply_transform_moves_masks_with_nearest_neighbour():
 
     mask = np.zeros((4, 6, 6), np.uint8)
     mask[1:3, 2:4, 2:4] = 1
-    geometry = io.Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    moved = preprocess.apply_transform(mask, geometry, sitk.TranslationTransform(3, (1.0, 0.0, 2.0)), nearest=True)
+    geometry = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    moved = apply_transform(mask, geometry, sitk.TranslationTransform(3, (1.0, 0.0, 2.0)), nearest=True)
     np.testing.assert_array_equal(moved[0:2, 2:4, 1:3], 1)  # content moves by -1 x voxel and -1 slice
     assert moved.sum() == mask.sum() and moved.dtype == np.uint8
 
@@ -165,8 +169,8 @@ def test_preprocess_case_windows_keeps_roi_and_weights():
         np.testing.assert_allclose(image, windowed, atol=1e-6)
         np.testing.assert_allclose(preprocess.roi_gate(image, roi), np.where(roi > 0, windowed, 0.0), atol=1e-6)
     np.testing.assert_allclose(out["weight"], _be_oracle(case.tumor), rtol=1e-6)
-    assert out["meta"]["tumor_type"] == "FNH" and out["meta"]["spacing"] == list(case.spacing)
-    assert set(out["meta"]) >= {"scanner", "origin", "direction", "registration"}
+    assert out["metadata"]["tumor_type"] == "FNH" and out["metadata"]["spacing"] == list(case.spacing)
+    assert set(out["metadata"]) >= {"scanner", "origin", "direction", "registration"}
 
 
 def test_preprocess_case_uses_a_liver_prediction_for_the_roi():
@@ -221,8 +225,8 @@ def test_preprocess_cohort_fills_cache_and_is_idempotent(tmp_path, monkeypatch):
     cases = cache.open_cohort(cache_dir)
     assert [c.case_id for c in cases] == ["case_0000", "case_0001"]
     manifest = json.loads((cohort / "manifest.json").read_text())["cases"]
-    assert cases[1].tumor_type == manifest[1]["tumor_type"] and cases[1].meta["scanner"] == manifest[1]["scanner"]
-    np.testing.assert_array_equal(cases[0].tumor, io.read_case(cohort / "case_0000").tumor)
+    assert cases[1].tumor_type == manifest[1]["tumor_type"] and cases[1].metadata["scanner"] == manifest[1]["scanner"]
+    np.testing.assert_array_equal(cases[0].tumor, read_case(cohort / "case_0000").tumor)
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached case was preprocessed again")
@@ -273,8 +277,8 @@ def test_worker_processes_give_the_same_cache(tmp_path):
             other = b.image(name) if name in b.phases else getattr(b, name)
             np.testing.assert_array_equal(array, other, err_msg=f"{a.case_id} {name}")
     predictions = tmp_path / "liver_pred"
-    case = io.read_case(io.read_cohort(cohort)[0])
-    io.write_image(case.liver, case, predictions / "case_0000.nii.gz")  # case_0001 and case_0002 have none
+    case = read_case(read_cohort(cohort)[0])
+    write_image(case.liver, case, predictions / "case_0000.nii.gz")  # case_0001 and case_0002 have none
     with pytest.raises(FileNotFoundError, match="no liver prediction"):
         preprocess.preprocess_cohort(cohort, tmp_path / "pred", {"register": False, "roi_source": str(predictions)},
                                      progress=False, workers=2)
@@ -285,11 +289,11 @@ def test_worker_processes_give_the_same_cache(tmp_path):
 def test_roi_from_liver_prediction_folder(tmp_path):
     cohort = _cohort(tmp_path)
     predictions = tmp_path / "liver_pred"
-    for entry in io.read_cohort(cohort):
-        case = io.read_case(entry)
+    for entry in read_cohort(cohort):
+        case = read_case(entry)
         prediction = np.zeros_like(case.liver)
         prediction[4, 16, 16] = 1
-        io.write_image(prediction, case, predictions / f"{entry.case_id}.nii.gz")
+        write_image(prediction, case, predictions / f"{entry.case_id}.nii.gz")
     config = {"register": False, "roi_source": str(predictions)}
     cache_dir = preprocess.preprocess_cohort(cohort, tmp_path / "cache", config, progress=False)
     assert all(c.roi.sum() == 25 for c in cache.open_cohort(cache_dir))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from paresseg_jax.data.io import CaseEntry
+from paresseg_jax.data.layouts import CaseEntry
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import resume
 

@@ -72,7 +72,7 @@ def test_a_shifted_view_moves_its_phase_rigidly_by_the_magnitude_in_one_directio
     liver = np.ones(shape, np.uint8)
     moved_mm = []
     for axis, ramp in enumerate(np.indices(shape).astype(np.float32)):
-        case = cache.write_case(tmp_path / str(axis), "c", {"pv": ramp * 0 + 0.5, "art": ramp}, liver, liver * 0,
+        case = cache.store_case(tmp_path / str(axis), "c", {"pv": ramp * 0 + 0.5, "art": ramp}, liver, liver * 0,
                                 liver, liver.astype(np.float32), {"spacing": list(reversed(spacing_zyx))})
         view = robustness.misaligned(case, "shift", 5.0, seed=1)
         np.testing.assert_array_equal(view.image("pv"), case.image("pv"))

@@ -158,7 +158,8 @@ def test_inconsistent_manifest_splits_are_refused(records, message):
 
 def test_training_folds_come_from_the_manifests_cases_not_the_cache_folder(tmp_path):
     from paresseg_jax import config_defaults, runs
-    from paresseg_jax.data import io, phantom
+    from paresseg_jax.data import phantom
+    from paresseg_jax.data.layouts import write_manifest
 
     cohort = phantom.make_cohort(tmp_path / "cohort", 6, shape=(4, 16, 16), progress=False)
     config = config_defaults.get_config()
@@ -168,7 +169,7 @@ def test_training_folds_come_from_the_manifests_cases_not_the_cache_folder(tmp_p
     runs.prepared_cache(config)  # the cache now holds all six cases
     records = [{k: v for k, v in r.items() if k != "split"} for r in json.loads((cohort / "manifest.json").read_text())["cases"]]
     records[1]["patient_id"] = records[0]["patient_id"] = "patient-a"  # two studies of one patient
-    io.write_manifest(cohort, records[:5])  # case_0005 left the cohort
+    write_manifest(cohort, records[:5])  # case_0005 left the cohort
     for fold in (0, 1):
         cases = runs.fold_cases(_with_fold(config, fold))
         ids = {part: {c.case_id for c in members} for part, members in cases.items()}

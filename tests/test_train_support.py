@@ -89,7 +89,7 @@ def write_tiny_cache(root: Path, num_cases: int = 5, shape=(6, 40, 40), seed: in
         pv = 0.5 * liver + 0.05 * rng.standard_normal(shape)
         art = pv + 0.4 * tumor
         weight = np.where(tumor > 0, 0.8, 0.2).astype(np.float32)
-        cache.write_case(
+        cache.store_case(
             cache_dir, f"case{i:02d}", {"pv": np.clip(pv, 0, 1), "art": np.clip(art, 0, 1)},
             liver, tumor, liver, weight, {"tumor_type": types[i % len(types)], "spacing": [1.0, 1.0, 5.0], "origin": [0.0, 0.0, 0.0],
              "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]},

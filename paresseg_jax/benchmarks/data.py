@@ -16,7 +16,9 @@ import numpy as np
 from absl import app, flags
 
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import cache, io, phantom, preprocess
+from paresseg_jax.data import cache, phantom, preprocess
+from paresseg_jax.data.case import read_case, write_case
+from paresseg_jax.data.registration import apply_transform, register_phase
 from paresseg_jax.metrics import dice
 
 _CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
@@ -35,23 +37,23 @@ def _time_case(index: int, workdir: Path) -> dict:
     generate, generate_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     start = time.perf_counter()
-    io.write_case(case, workdir / "cohort" / case.case_id)
+    write_case(case, workdir / "cohort" / case.case_id)
     write = time.perf_counter() - start
     start = time.perf_counter()
-    case = io.read_case(workdir / "cohort" / case.case_id)
+    case = read_case(workdir / "cohort" / case.case_id)
     read = time.perf_counter() - start
 
     config = preprocess.default_preprocess_config()
     start = time.perf_counter()
     region = preprocess.liver_roi(case.liver)
-    transform, _ = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, config["registration"], region)
+    transform, _ = register_phase(case.phases["pv"], case.phases["art"], case, config["registration"], region)
     register = time.perf_counter() - start
-    moved_liver = preprocess.apply_transform(masks["art"]["liver"].astype(np.float32), case, transform) > 0.5
+    moved_liver = apply_transform(masks["art"]["liver"].astype(np.float32), case, transform) > 0.5
     start, cpu = time.perf_counter(), time.process_time()
     arrays = preprocess.preprocess_case(case, config)
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     start = time.perf_counter()
-    cache.write_case(cache.cache_dir_for(workdir / "cache", config), case.case_id, **arrays)
+    cache.store_case(cache.cache_dir_for(workdir / "cache", config), case.case_id, **arrays)
     cache_write = time.perf_counter() - start
     return {
         "case": case.case_id,

@@ -43,7 +43,7 @@ def write_synthetic_cache(cache_dir, cases, size, depth, seed=0):
         if not cache.is_cached(cache_dir, case_id):
             images = {p: rng.random(shape, np.float32) for p in ("pv", "art")}
             weight = rng.random(shape, np.float32)
-            cache.write_case(cache_dir, case_id, images, liver, tumor, liver, weight, {"tumor_type": "HCC"})
+            cache.store_case(cache_dir, case_id, images, liver, tumor, liver, weight, {"tumor_type": "HCC"})
     return cache.open_cohort(cache_dir, [f"bench{i:03d}" for i in range(cases)])
 
 

@@ -22,12 +22,14 @@ from absl import app, flags
 from scipy import ndimage
 
 from paresseg_jax.atomic import write_text
-from paresseg_jax.data import io, phantom, preprocess
+from paresseg_jax.data import phantom, preprocess
+from paresseg_jax.data.case import Case
+from paresseg_jax.data.registration import register_phase
 
 REGIONS = ("whole image", "predicted liver box", "ground-truth liver box")
 
 
-def target_registration_error(case: io.Case, motion: np.ndarray, transform: sitk.Transform | None) -> np.ndarray:
+def target_registration_error(case: Case, motion: np.ndarray, transform: sitk.Transform | None) -> np.ndarray:
     """Millimetres, one per PV liver voxel, between the voxel and the PV point that the registered phase shows
     there. ``motion``: ``[3, z, y, x]`` PV voxel coordinates each voxel of the unregistered phase shows;
     ``transform``: ``register_phase``'s (None: unregistered)."""
@@ -42,12 +44,12 @@ def target_registration_error(case: io.Case, motion: np.ndarray, transform: sitk
     return np.linalg.norm((shown - inside) * spacing_zyx, axis=1)
 
 
-def _grid(case: io.Case) -> tuple:
+def _grid(case: Case) -> tuple:
     size = tuple(int(n) for n in reversed(np.shape(case.liver)))
     return size, tuple(case.origin), tuple(case.spacing), tuple(case.direction)
 
 
-def regions(case: io.Case, predicted_error_mm: float) -> dict[str, np.ndarray | None]:
+def regions(case: Case, predicted_error_mm: float) -> dict[str, np.ndarray | None]:
     """The masks whose box (grown by ``margin_mm``) each choice registers in (None: the whole image)."""
     spacing_zyx = case.spacing_zyx
     radius = [max(0, int(round(predicted_error_mm / s))) for s in spacing_zyx]
@@ -66,7 +68,7 @@ def measure_case(seed: int, tumor_type: str, shape, predicted_error_mm: float = 
              "p95_mm": float(np.percentile(error, 95)), "seconds": 0.0}]
     for name, region in regions(case, predicted_error_mm).items():
         start = time.perf_counter()
-        transform, _ = preprocess.register_phase(case.phases["pv"], case.phases["art"], case, settings, region)
+        transform, _ = register_phase(case.phases["pv"], case.phases["art"], case, settings, region)
         seconds = time.perf_counter() - start
         error = target_registration_error(case, motion["art"], transform)
         rows.append({"case": case.case_id, "region": name, "mean_mm": float(error.mean()),

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Mapping
 
 from paresseg_jax import model_io
-from paresseg_jax.data import io, phantom
+from paresseg_jax.data import phantom
+from paresseg_jax.data.case import write_case
 
 # paresseg-predict flags per variant: the liver mask's ROI cropped to its box, or whole slices (the default).
 VARIANTS = {"roi": ["--crop_to_roi"], "whole": []}
@@ -37,7 +38,7 @@ def predict_command() -> str:
 def write_study(folder: Path, size: int, slices: int, seed: int = 0) -> dict[str, Path]:
     """A phantom HCC study (PV, ART, liver mask) in our layout; returns the file of each."""
     case = phantom.make_case(seed, "HCC", (slices, size, size))
-    io.write_case(case, folder)
+    write_case(case, folder)
     return {name: folder / f"{name}.nii.gz" for name in ("pv", "art", "liver")}
 
 

@@ -14,8 +14,13 @@ Layout::
 ``key`` is a hash of the preprocessing config, so changing a preprocessing
 setting never reads stale data. A case is written into a temporary folder and
 renamed into place, so a killed run leaves nothing that is later read as valid.
-Arrays are opened memory-mapped. Axis order is (z, y, x); ``meta['spacing']``,
-``meta['origin']`` and ``meta['direction']`` are in SimpleITK (x, y, z) order.
+Arrays are opened memory-mapped. Axis order is (z, y, x); ``spacing``,
+``origin`` and ``direction`` (in ``meta.json``) are in SimpleITK (x, y, z) order.
+A ``CachedCase`` answers to the same names as a ``data.case.Case``
+(``case_id``, ``metadata``, ``shape``, ``spacing``, ``origin``,
+``direction``, ``spacing_zyx``, ``geometry``, ``liver``, ``tumor``), so code
+that needs only those reads either; its phases are windowed arrays read by
+``image(phase)`` (``phases`` names them), not a dict of HU volumes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Mapping
 import numpy as np
 
 from paresseg_jax.atomic import atomic_path, write_text
+from paresseg_jax.data.images import Geometry
 from paresseg_jax.errors import MissingInputError
 from paresseg_jax.json_values import numpy_value
 
@@ -59,24 +65,45 @@ class CachedCase:
 
     case_id: str
     path: Path
-    meta: dict
+    metadata: dict
 
     @property
     def phases(self) -> tuple[str, ...]:
-        return tuple(self.meta["phases"])
+        return tuple(self.metadata["phases"])
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["shape"])
+        return tuple(self.metadata["shape"])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(self.metadata["spacing"])
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(self.metadata["origin"])
+
+    @property
+    def direction(self) -> tuple[float, ...]:
+        return tuple(self.metadata["direction"])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in numpy array order (z, y, x), as metrics and filters on the arrays need it."""
+        return tuple(reversed(self.spacing))
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self)
 
     @property
     def liver_bbox(self) -> tuple[int, int, int, int, int, int]:
         """Half-open (z0, z1, y0, y1, x0, x1) box of the liver mask."""
-        return tuple(self.meta["liver_bbox"])
+        return tuple(self.metadata["liver_bbox"])
 
     @property
     def tumor_type(self) -> str | None:
-        return self.meta.get("tumor_type")
+        return self.metadata.get("tumor_type")
 
     def image(self, phase: str) -> np.ndarray:
         if phase not in self.phases:
@@ -115,7 +142,7 @@ def bounding_box(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(box)
 
 
-def write_case(
+def store_case(
     cache_dir: str | os.PathLike,
     case_id: str,
     images: Mapping[str, np.ndarray],
@@ -123,9 +150,9 @@ def write_case(
     tumor: np.ndarray,
     roi: np.ndarray,
     weight: np.ndarray,
-    meta: Mapping,
+    metadata: Mapping,
 ) -> CachedCase:
-    """Write one preprocessed case atomically and return it opened."""
+    """Write one preprocessed case atomically into the cache and return it opened."""
     cache_dir = Path(cache_dir)
     shape = tuple(liver.shape)
     arrays = {p: np.asarray(a, np.float32) for p, a in images.items()}
@@ -135,7 +162,7 @@ def write_case(
     for name, array in arrays.items():
         if array.shape != shape:
             raise ValueError(f"case {case_id!r}: {name} has shape {array.shape}, expected {shape} like the liver mask")
-    full_meta = dict(meta)
+    full_meta = dict(metadata)
     full_meta.update(case_id=case_id, phases=list(images), shape=list(shape), liver_bbox=list(bounding_box(liver > 0)))
     final = cache_dir / case_id
     with atomic_path(final, directory=True) as tmp:
@@ -154,8 +181,8 @@ def open_case(path: str | os.PathLike) -> CachedCase:
     meta_file = path / _META
     if not meta_file.exists():
         raise MissingInputError(f"is not a complete cached case (no {_META})", path=path, fix="rerun preprocessing")
-    meta = json.loads(meta_file.read_text())
-    return CachedCase(case_id=meta["case_id"], path=path, meta=meta)
+    metadata = json.loads(meta_file.read_text())
+    return CachedCase(case_id=metadata["case_id"], path=path, metadata=metadata)
 
 
 def open_cohort(cache_dir: str | os.PathLike, case_ids=None) -> list[CachedCase]:

@@ -3,7 +3,7 @@
 pydicom and highdicom are an optional extra (``pip install 'paresseg_jax[dicom]'``):
 they are imported only when a DICOM object other than a plain image series is
 read or written, and their absence is a user-fixable error, not an ImportError.
-Plain DICOM image series are read by SimpleITK (``io.read_image``) without them.
+Plain DICOM image series are read by SimpleITK (``images.read_image``) without them.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from paresseg_jax import names, preflight
 from paresseg_jax.atomic import atomic_path, write_text
-from paresseg_jax.data import dicom, io, layouts
+from paresseg_jax.data import dicom, layouts
+from paresseg_jax.data.images import Geometry, resample_onto, write_image
 from paresseg_jax.data.write_check import check_image_file
 from paresseg_jax.errors import MissingInputError, PareSegError, error_line
 
@@ -258,7 +259,7 @@ def _read_seg(path: Path, pv: sitk.Image, segment_keywords) -> tuple[dict[str, n
     for kind, segment_numbers in numbers.items():
         volume = seg.get_volume(segment_numbers=segment_numbers, combine_segments=False)
         image = dicom.volume_to_image(volume.array.any(axis=-1).astype(np.uint8), volume.affine)
-        masks[kind] = sitk.GetArrayFromImage(io.resample_onto(image, pv, path, nearest=True))
+        masks[kind] = sitk.GetArrayFromImage(resample_onto(image, pv, path, nearest=True))
     return masks, left_out
 
 
@@ -310,14 +311,14 @@ def _import_study(study: Study, case_id: str, output: Path, keywords, segment_ke
             masks, seg_notes = _segment_masks(segs, images["pv"], segment_keywords)
             notes += seg_notes
             for kind, mask in masks.items():
-                io.write_image(mask, io.Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
+                write_image(mask, Geometry.of(images["pv"]), folder / f"{kind}.nii.gz")
     except PareSegError as error:  # this study's files: the others are still imported
         notes.append(f"study not imported: {error}")
         report["imported"], report["error"] = None, error.message
         return None, report
     if not segs:
         notes.append("no DICOM-SEG in the study: no masks")
-    notes += [f"no {kind} segment found" for kind in io.MASK_NAMES if segs and kind not in masks]
+    notes += [f"no {kind} segment found" for kind in layouts.MASK_NAMES if segs and kind not in masks]
     report["imported"] = case_id
     report["masks"] = sorted(masks)
     record = {"case_id": case_id, "tumor_type": None, "scanner": study.scanner, "patient_id": study.patient_id,
@@ -343,11 +344,11 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     (then resampled onto even slices, with a warning).
     """
     keywords = {**layouts.PHASE_KEYWORDS, **{k: tuple(v) for k, v in (phase_keywords or {}).items()}}
-    unknown = sorted(set(keywords) - set(io.PHASES))
+    unknown = sorted(set(keywords) - set(layouts.PHASES))
     if unknown:
-        raise PareSegError(f"phase keywords given for unknown phases {unknown}", fix=f"use phases from {io.PHASES}")
+        raise PareSegError(f"phase keywords given for unknown phases {unknown}", fix=f"use phases from {layouts.PHASES}")
     seg_keywords = {**SEGMENT_KEYWORDS, **{k: tuple(v) for k, v in (segment_keywords or {}).items()}}
-    unknown = sorted(set(seg_keywords) - set(io.MASK_NAMES))
+    unknown = sorted(set(seg_keywords) - set(layouts.MASK_NAMES))
     if unknown:
         raise PareSegError(f"segment keywords given for unknown masks {unknown}", fix="use liver and tumor")
     studies = scan(input_dir, progress=progress)
@@ -359,7 +360,7 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     ids = _case_ids(studies)
     outputs = [(output / name, f"the case folder of study {uid}") for uid, name in ids.items()]
     preflight.outputs_apart(outputs, [input_dir], whole=True)
-    preflight.outputs_apart([(output / io.MANIFEST, "the manifest"), (output / REPORT, "the report")], [input_dir])
+    preflight.outputs_apart([(output / layouts.MANIFEST, "the manifest"), (output / REPORT, "the report")], [input_dir])
     records, entries = [], []
     for study in tqdm(studies, desc="import studies", unit="study", disable=not progress):
         record, entry = _import_study(study, ids[study.uid], output, keywords, seg_keywords, require_seg, allow_gaps)
@@ -369,6 +370,6 @@ def import_dicom(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     report = {"input": str(Path(input_dir).absolute()), "studies": len(studies), "imported": len(records),
               "failed": sum("error" in entry for entry in entries), "cases": entries}
     if records:
-        io.write_manifest(output, records)
+        layouts.write_manifest(output, records)
     write_text(output / REPORT, json.dumps(report, indent=1))
     return report

@@ -1,7 +1,19 @@
-"""Other tools' cohort layouts as case entries: nnU-Net raw datasets and the Medical Segmentation Decathlon.
+"""Cohort layouts: where each case's files are, as ``CaseEntry`` records read later by ``case.read_case``.
 
-Both are a folder with a ``dataset.json`` beside ``imagesTr/`` (with
-``labelsTr/``) and ``imagesTs/``:
+``read_cohort`` detects which layout a folder holds:
+
+* a ``manifest.json`` (our layout, and any other layout through explicit
+  file paths; see ``read_manifest``);
+* an nnU-Net raw dataset or an MSD task (``dataset.json``, ``imagesTr/``;
+  see below);
+* LiTS: ``volume-N.nii`` with ``segmentation-N.nii`` (labels 0 background,
+  1 liver, 2 tumor) as a single-phase (PV) cohort;
+* case folders holding ``pv.nii.gz`` (and ``art``, ``nc``, ``dl``,
+  ``liver``, ``tumor``) without a manifest (no tumor type or scanner known).
+
+nnU-Net raw datasets and Medical Segmentation Decathlon tasks are both a
+folder with a ``dataset.json`` beside ``imagesTr/`` (with ``labelsTr/``) and
+``imagesTs/``:
 
 * nnU-Net v2 (``Dataset003_Liver``): ``dataset.json`` has ``channel_names``
   (``{"0": "PV", "1": "arterial"}``), ``labels`` (``{"background": 0, "liver": 1,
@@ -24,14 +36,23 @@ input; the dataset folder or ``imagesTr`` gives the labelled training cases.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from paresseg_jax import names
-from paresseg_jax.data import io, schema
-from paresseg_jax.errors import PareSegError, read_json
+from paresseg_jax.atomic import write_text
+from paresseg_jax.data import schema
+from paresseg_jax.data.images import find_image
+from paresseg_jax.errors import BadInputError, MissingInputError, PareSegError, read_json
 
+PHASES = ("pv", "art", "nc", "dl")
+MASK_NAMES = ("liver", "tumor")
+MANIFEST = "manifest.json"
+LITS_LABELS = {"liver_labels": (1, 2), "tumor_labels": (2,)}
 DATASET_JSON = "dataset.json"
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES = "imagesTr", "labelsTr", "imagesTs"
 
@@ -46,6 +67,165 @@ TUMOR_LABEL_WORDS = ("tumor", "tumour", "cancer", "lesion", "lesions", "mass", "
                      "metastasis", "metastases")
 LIVER_LABEL_WORDS = ("liver",)
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseEntry:
+    """Where one case's files are, read only when ``read_case`` is called (cohorts stay lazy).
+
+    ``segmentation`` is a label map from which the liver and tumor masks are
+    taken by label value (``liver_labels``, ``tumor_labels``), as in LiTS.
+    ``resample_masks`` allows masks on another grid than PV (resampled onto it).
+    ``liver_label``: ``liver`` is a multi-label map (e.g. TotalSegmentator's,
+    liver 5) whose voxels of this value are the liver; None: a 0/1 mask.
+    A phase or mask may also be a SimpleITK image already in memory
+    (``infer.study.segment``'s), read by the same checks as a file.
+    """
+
+    case_id: str
+    phases: Mapping[str, Path]
+    liver: Path | None = None
+    tumor: Path | None = None
+    segmentation: Path | None = None
+    liver_labels: tuple[int, ...] = (1,)
+    tumor_labels: tuple[int, ...] = (1,)
+    metadata: Mapping = dataclasses.field(default_factory=dict)
+    resample_masks: bool = False
+    liver_label: int | None = None
+
+
+def read_cohort(root: str | os.PathLike, *, channel_phases: Mapping[str, str] | None = None) -> list[CaseEntry]:
+    """Case entries of a cohort folder (or a manifest file); read each with ``case.read_case``.
+
+    ``channel_phases`` maps the channels of an nnU-Net/MSD dataset (index or
+    name) to phases where their names do not say (see the module docstring).
+    """
+    root = Path(root)
+    if root.is_file() and root.suffix == ".json":
+        entries = read_manifest(root)
+    elif not root.is_dir():
+        raise MissingInputError("cohort folder does not exist", path=root, fix="check the path")
+    elif (root / MANIFEST).is_file():
+        entries = read_manifest(root / MANIFEST)
+    elif dataset_split(root):
+        entries = dataset_entries(root, channel_phases)
+    elif any(root.glob("volume-*.nii*")):
+        entries = _lits_entries(root)
+    else:
+        entries = [_entry_from_folder(f, f.name, {}) for f in sorted(root.iterdir()) if f.is_dir() and find_image(f, "pv")]
+    if not entries:
+        raise BadInputError(
+            "no cases found", path=root,
+            fix="expected a manifest.json, an nnU-Net or MSD dataset (dataset.json, imagesTr/), LiTS files volume-N.nii "
+                "with segmentation-N.nii, or case folders holding pv.nii.gz")
+    return entries
+
+
+def case_folder_entry(folder: Path) -> CaseEntry:
+    """The entry of a case folder of our layout, from the ``manifest.json`` beside it when it lists the folder
+    (matched by folder name), else from the files alone (only ``case_id`` known)."""
+    return _entry_from_manifest(folder) or _entry_from_folder(folder, folder.name, {})
+
+
+def _entry_from_folder(folder: Path, case_id: str, metadata: Mapping) -> CaseEntry:
+    if not folder.is_dir():
+        raise MissingInputError(f"case folder (case {case_id!r}) does not exist", path=folder, fix="check the path")
+    phases = {p: path for p in PHASES if (path := find_image(folder, p)) is not None}
+    if "pv" not in phases:
+        raise MissingInputError("case folder has no pv image", path=folder,
+                                fix="add pv.nii.gz, pv.mha, pv.nrrd or a pv/ DICOM folder")
+    return CaseEntry(case_id, phases, find_image(folder, "liver"), find_image(folder, "tumor"), metadata=dict(metadata))
+
+
+def _entry_from_manifest(folder: Path) -> CaseEntry | None:
+    manifest = folder.parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    for entry in read_manifest(manifest):
+        if entry.phases.get("pv") is not None and Path(entry.phases["pv"]).parent.resolve() == folder.resolve():
+            return entry
+    return None
+
+
+def read_manifest(path: str | os.PathLike) -> list[CaseEntry]:
+    """Case entries of a manifest.json (paths relative to the manifest's folder), every file checked to exist.
+
+    Format: ``{"cases": [{"case_id": ..., "tumor_type": ..., "scanner": ...,
+    "split": ..., <files>}, ...]}``. Files are either a case folder of our
+    layout (``"folder"``, default the case id) or explicit paths:
+    ``"phases": {"pv": ..., "art": ...}`` plus ``"liver"``/``"tumor"`` masks or a
+    ``"segmentation"`` label map with ``"liver_labels"`` and ``"tumor_labels"``.
+    ``"resample_masks": true`` (top level or per case) allows masks on another
+    grid than PV. Any other key is kept as metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError("manifest does not exist", path=path, fix="check the path")
+    usage = 'expected JSON {"cases": [{"case_id": ...}, ...]}'
+    content = read_json(path, usage, what="manifest")
+    schema.check_manifest(content, path, PHASES)
+    records = content["cases"]
+    resample_default = content.get("resample_masks", False)
+    root = path.parent
+    entries, seen = [], set()
+    for i, record in enumerate(records):
+        case_id = names.file_name(str(record["case_id"]), f"case #{i}'s case_id", path=path)
+        if case_id in seen:
+            raise BadInputError(f"case id {case_id!r} appears twice", path=path, fix="give every case its own id")
+        seen.add(case_id)
+        file_keys = {"folder", "phases", "liver", "tumor", "segmentation", "liver_labels", "tumor_labels", "resample_masks"}
+        metadata = {k: v for k, v in record.items() if k not in file_keys and k != "case_id"}
+        resample = record.get("resample_masks", resample_default)
+        if "phases" not in record:
+            entry = _entry_from_folder(root / record.get("folder", case_id), case_id, metadata)
+            entries.append(dataclasses.replace(entry, resample_masks=resample))
+            continue
+
+        def resolve(name: str | None) -> Path | None:
+            if name is None:
+                return None
+            file = root / name  # an absolute name survives the join
+            if not file.exists():
+                raise MissingInputError(f"case {case_id!r} names {file}, which does not exist", path=path,
+                                        fix="fix the path in the manifest (relative paths start at its folder)")
+            return file
+
+        phases = {name: resolve(p) for name, p in record["phases"].items()}
+        entries.append(
+            CaseEntry(
+                case_id,
+                phases,
+                resolve(record.get("liver")),
+                resolve(record.get("tumor")),
+                resolve(record.get("segmentation")),
+                tuple(record.get("liver_labels", (1,))),
+                tuple(record.get("tumor_labels", (1,))),
+                metadata,
+                resample,
+            )
+        )
+    return entries
+
+
+def write_manifest(root: str | os.PathLike, records: Sequence[Mapping]) -> Path:
+    """Write ``root/manifest.json`` from case records (see ``read_manifest`` for the keys)."""
+    return write_text(Path(root) / MANIFEST, json.dumps({"cases": [dict(r) for r in records]}, indent=1))
+
+
+def _lits_entries(root: Path) -> list[CaseEntry]:
+    entries = []
+    volumes = {}
+    for volume in root.glob("volume-*.nii*"):
+        match = re.fullmatch(r"volume-(\d+)\.nii(\.gz)?", volume.name)
+        if match is None:
+            raise BadInputError(f"LiTS volume {volume.name!r} is not named volume-<number>.nii[.gz]", path=root,
+                                fix="rename it (e.g. volume-7.nii.gz, with segmentation-7.nii.gz) or move it out")
+        volumes[volume] = match[1]
+    for volume, number in sorted(volumes.items(), key=lambda item: int(item[1])):
+        segmentation = find_image(root, f"segmentation-{number}")
+        metadata = {"tumor_type": None, "scanner": None}
+        entries.append(CaseEntry(f"lits-{number}", {"pv": volume}, segmentation=segmentation, metadata=metadata, **LITS_LABELS))
+    return entries
 
 
 def words(text: str) -> list[str]:
@@ -73,7 +253,7 @@ def dataset_split(root: Path) -> tuple[Path, str] | None:
     return None
 
 
-def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None) -> list[io.CaseEntry]:
+def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None) -> list[CaseEntry]:
     """Case entries of an nnU-Net raw dataset or an MSD task (see the module docstring)."""
     dataset, images = dataset_split(Path(root))
     spec_path = dataset / DATASET_JSON
@@ -93,7 +273,7 @@ def dataset_entries(root: Path, channel_phases: Mapping[str, str] | None = None)
         if segmentation is not None and not segmentation.is_file():
             raise PareSegError(f"case {case_id!r} has no label file", path=segmentation,
                                fix=f"add it, or read {dataset / TEST_IMAGES} for unlabelled cases")
-        entries.append(io.CaseEntry(
+        entries.append(CaseEntry(
             case_id, {phase: channel_files[channel] for channel, phase in phases.items()},
             segmentation=segmentation, liver_labels=liver_labels, tumor_labels=tumor_labels,
             metadata={"tumor_type": None, "scanner": None, "split": images}))
@@ -107,7 +287,7 @@ def _channel_phases(spec: Mapping, spec_path: Path, override: Mapping[str, str])
     for index, name in channels.items():
         given = override.get(index, override.get(name))
         found = [given] if given else phases_named(name)
-        phases[index] = found[0] if len(found) == 1 and found[0] in io.PHASES else None
+        phases[index] = found[0] if len(found) == 1 and found[0] in PHASES else None
     if len(channels) == 1 and None in phases.values():
         phases = {index: "pv" for index in channels}  # a single-phase dataset ("CT"): its one phase is the target
     unknown = {channels[i]: i for i, phase in phases.items() if phase is None}

@@ -6,7 +6,7 @@ Fig. 11). One displacement model serves two uses:
   phase of a patch is read at displaced positions, a random shift of up to
   ``shift_mm`` per axis plus a random smooth deformation of up to
   ``deformation_mm``, so the model learns not to rely on voxel-exact
-  alignment (:func:`random_displacement`, read by ``pipeline.displaced_window``);
+  alignment (:func:`random_displacement`, read by ``windows.displaced_window``);
 - test time: a whole phase volume displaced by a chosen amount
   (:func:`misalign`), for curves of Dice against misalignment.
 

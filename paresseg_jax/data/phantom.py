@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from paresseg_jax.data import io, splits
+from paresseg_jax.data import splits
+from paresseg_jax.data.case import Case, write_case
+from paresseg_jax.data.layouts import write_manifest
 
 TUMOR_TYPES = ("Cyst", "FNH", "HCC", "HEM", "METs")
 PHASE_ORDER = ("nc", "art", "pv", "dl")  # column order of HU
@@ -80,7 +82,7 @@ def make_case(
     spacing: Sequence[float] | None = None,
     scanner: str | None = None,
     phases: Sequence[str] = ("pv", "art"),
-) -> io.Case:
+) -> Case:
     """One synthetic case. ``shape`` and ``spacing`` are in array order (z, y, x), mm.
 
     Without ``spacing`` the in-plane spacing makes a realistic field of view
@@ -90,7 +92,7 @@ def make_case(
     return make_case_with_phase_masks(seed, tumor_type, shape, spacing, scanner, phases)[0]
 
 
-def make_case_with_phase_masks(*args, **kwargs) -> tuple[io.Case, dict[str, dict[str, np.ndarray]]]:
+def make_case_with_phase_masks(*args, **kwargs) -> tuple[Case, dict[str, dict[str, np.ndarray]]]:
     """``make_case`` (same arguments) plus, per phase, the liver and tumor masks where that phase shows them.
 
     Non-PV phases are moved by breathing, so these differ from the PV ground
@@ -107,17 +109,10 @@ def make_case_with_truth(
     spacing: Sequence[float] | None = None,
     scanner: str | None = None,
     phases: Sequence[str] = ("pv", "art"),
-) -> tuple[io.Case, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+) -> tuple[Case, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """``make_case_with_phase_masks`` plus each non-PV phase's true motion: ``[3, z, y, x]`` voxel coordinates
     (z, y, x) of the PV volume that each of its voxels shows, what a registration error is measured against."""
-    if tumor_type not in TUMOR_TYPES:
-        raise ValueError(f"tumor_type {tumor_type!r} is not one of {TUMOR_TYPES}")
-    if "pv" not in phases or any(p not in PHASE_ORDER for p in phases):
-        raise ValueError(f"phases {tuple(phases)} must include 'pv' and use names from {PHASE_ORDER}")
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape[1:]) < MIN_SHAPE[1] or shape[0] < MIN_SHAPE[0]:
-        raise ValueError(f"shape {shape} must be (z, y, x) with at least {MIN_SHAPE[0]} slices and "
-                         f"{MIN_SHAPE[1]} x {MIN_SHAPE[2]} pixels")
+    shape = _checked_request(tumor_type, phases, shape)
     rng = np.random.default_rng(seed)
     scanner = scanner or str(rng.choice(sorted(SCANNERS)))
     if scanner not in SCANNERS:
@@ -132,38 +127,18 @@ def make_case_with_truth(
 
     labels, liver_center = _anatomy(rng, shape, spacing, z, y, x)
     lesions = _lesions(rng, labels, spacing, z, y, x)
-    liver = np.isin(labels, (_LABEL["liver"], _LABEL["vein"])).astype(np.uint8)
-    tumor = np.zeros(shape, np.uint8)
-    for lesion in lesions:
-        inside = (lesion.rho < 1) & (liver[lesion.box] > 0)
-        tumor[lesion.box] |= inside.astype(np.uint8)
-        lesion.nodules &= inside
-        lesion.rho = np.where(inside, lesion.rho, np.inf)
-
-    timing = np.concatenate([[1.0], rng.uniform(*ENHANCEMENT_SCALE, size=3)])
-    values = {name: _jittered(rng, name, timing) for name in _LABELS}
-    bone = rng.uniform(*BONE_RANGE)
-    values["bone"] = np.full(4, bone)
-    spleen_texture = _smooth_field(rng, shape, spacing, 15.0)
+    liver, tumor = _truth_masks(labels, lesions)
+    values, spleen_texture = _enhancement(rng, shape, spacing)
     images, phase_masks, motion = {}, {}, {}
     for phase in phases:
-        column = PHASE_ORDER.index(phase)
-        lut = np.array([values[name][column] for name in _LABELS], np.float32)
-        hu = lut[labels]
-        if phase == "art":  # arciform enhancement of the spleen
-            hu += np.where(labels == _LABEL["spleen"], 30.0 * spleen_texture, 0.0).astype(np.float32)
-        for lesion in lesions:
-            _paint_lesion(hu, lesion, tumor_type, values, column)
+        hu = _phase_hu(phase, labels, lesions, tumor_type, values, spleen_texture)
         masks = {"liver": liver, "tumor": tumor}
         if phase != "pv":
             coordinates = _breathing(rng, shape, spacing, z, y, x, liver_center)
             hu = ndimage.map_coordinates(hu, coordinates, order=1, mode="nearest")
             masks = {k: ndimage.map_coordinates(m, coordinates, order=0, mode="nearest") for k, m in masks.items()}
             motion[phase] = coordinates
-        blur = (rng.uniform(*profile["blur_z"]), *[rng.uniform(*profile["blur_xy"])] * 2)
-        hu = ndimage.gaussian_filter(hu, blur)
-        hu += rng.uniform(*profile["noise_hu"]) * rng.standard_normal(shape, dtype=np.float32)
-        images[phase] = hu.astype(np.float32)
+        images[phase] = _scanned(rng, hu, profile)
         phase_masks[phase] = masks
     order = ["pv"] + [p for p in phases if p != "pv"]
     images = {p: images[p] for p in order}
@@ -176,8 +151,62 @@ def make_case_with_truth(
         "seed": int(seed),
         "num_lesions": len(lesions),
     }
-    case = io.Case(images, liver, tumor, spacing_xyz, origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), metadata)
+    case = Case(images, liver, tumor, spacing_xyz, origin, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), metadata)
     return case, phase_masks, motion
+
+
+def _checked_request(tumor_type: str, phases: Sequence[str], shape: Sequence[int]) -> tuple[int, int, int]:
+    """The requested shape as integers, after refusing an unknown tumor type, phase or a too small shape."""
+    if tumor_type not in TUMOR_TYPES:
+        raise ValueError(f"tumor_type {tumor_type!r} is not one of {TUMOR_TYPES}")
+    if "pv" not in phases or any(p not in PHASE_ORDER for p in phases):
+        raise ValueError(f"phases {tuple(phases)} must include 'pv' and use names from {PHASE_ORDER}")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape[1:]) < MIN_SHAPE[1] or shape[0] < MIN_SHAPE[0]:
+        raise ValueError(f"shape {shape} must be (z, y, x) with at least {MIN_SHAPE[0]} slices and "
+                         f"{MIN_SHAPE[1]} x {MIN_SHAPE[2]} pixels")
+    return shape
+
+
+def _truth_masks(labels: np.ndarray, lesions: list[_Lesion]) -> tuple[np.ndarray, np.ndarray]:
+    """``(liver, tumor)`` masks; each lesion (its nodules and ``rho`` too) is cut to the liver."""
+    liver = np.isin(labels, (_LABEL["liver"], _LABEL["vein"])).astype(np.uint8)
+    tumor = np.zeros(labels.shape, np.uint8)
+    for lesion in lesions:
+        inside = (lesion.rho < 1) & (liver[lesion.box] > 0)
+        tumor[lesion.box] |= inside.astype(np.uint8)
+        lesion.nodules &= inside
+        lesion.rho = np.where(inside, lesion.rho, np.inf)
+    return liver, tumor
+
+
+def _enhancement(rng: np.random.Generator, shape, spacing) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each tissue's HU per phase (one contrast timing per phase, jittered per tissue) and the spleen's texture."""
+    timing = np.concatenate([[1.0], rng.uniform(*ENHANCEMENT_SCALE, size=3)])
+    values = {name: _jittered(rng, name, timing) for name in _LABELS}
+    values["bone"] = np.full(4, rng.uniform(*BONE_RANGE))
+    return values, _smooth_field(rng, shape, spacing, 15.0)
+
+
+def _phase_hu(phase: str, labels: np.ndarray, lesions: list[_Lesion], tumor_type: str, values: dict,
+              spleen_texture: np.ndarray) -> np.ndarray:
+    """One phase's HU before breathing and the scanner: tissues by label, the spleen's ART texture, lesions."""
+    column = PHASE_ORDER.index(phase)
+    lut = np.array([values[name][column] for name in _LABELS], np.float32)
+    hu = lut[labels]
+    if phase == "art":  # arciform enhancement of the spleen
+        hu += np.where(labels == _LABEL["spleen"], 30.0 * spleen_texture, 0.0).astype(np.float32)
+    for lesion in lesions:
+        _paint_lesion(hu, lesion, tumor_type, values, column)
+    return hu
+
+
+def _scanned(rng: np.random.Generator, hu: np.ndarray, profile: Mapping) -> np.ndarray:
+    """``hu`` as the scanner shows it: blurred by its point spread, plus its noise."""
+    blur = (rng.uniform(*profile["blur_z"]), *[rng.uniform(*profile["blur_xy"])] * 2)
+    hu = ndimage.gaussian_filter(hu, blur)
+    hu += rng.uniform(*profile["noise_hu"]) * rng.standard_normal(hu.shape, dtype=np.float32)
+    return hu.astype(np.float32)
 
 
 def make_cohort(
@@ -215,10 +244,10 @@ def make_cohort(
         iterator = tqdm(plan, desc="phantom cases", unit="case")
     for case_id, case_seed, tumor_type, scanner in iterator:
         case = make_case(case_seed, tumor_type, shape=shape, scanner=scanner, phases=phases)
-        io.write_case(case, out_dir / case_id)
+        write_case(case, out_dir / case_id)
         split = f"fold-{fold_of[case_id]}"
         records.append({"case_id": case_id, "tumor_type": tumor_type, "scanner": scanner, "split": split, "seed": case_seed})
-    io.write_manifest(out_dir, records)
+    write_manifest(out_dir, records)
     return out_dir
 
 

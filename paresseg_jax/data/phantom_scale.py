@@ -12,7 +12,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from paresseg_jax.data import io, phantom
+from paresseg_jax.data import phantom
+from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import PareSegError
 
 COHORT_DIR = "cohort"  # a scaled experiment's phantom cohort, in its workdir
@@ -51,7 +52,7 @@ def make_cohort(workdir: Path, scale: DemoScale, seed: int = 0) -> Path:
     if not (cohort / "manifest.json").is_file():
         phantom.make_cohort(cohort, scale.num_cases, seed=seed, shape=scale.shape, num_folds=scale.num_folds)
         return cohort
-    entries = io.read_cohort(cohort)
+    entries = read_cohort(cohort)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(entries[0].phases["pv"]))
     reader.ReadImageInformation()

@@ -37,11 +37,11 @@ import grain
 import jax
 import numpy as np
 from absl import flags
-from scipy import ndimage
 
 from paresseg_jax import absent_phases
 from paresseg_jax.data import misregistration as misregistration_lib
 from paresseg_jax.data.cache import CachedCase
+from paresseg_jax.data.windows import check_in_channels, displaced_window, read_window, slice_indices
 from paresseg_jax.worker_processes import usable_workers
 
 MAX_CROP_SIZE = 1024
@@ -60,50 +60,6 @@ def sampling_box(case: CachedCase, target: str) -> tuple[int, ...]:
     if target == "liver":
         return tuple(v for n in case.shape for v in (0, n))
     return tuple(case.liver_bbox)
-
-
-def slice_indices(z: int, depth: int, in_channels: int) -> np.ndarray:
-    """Slice indices of the 2.5D stack centred on ``z``, replicated at the volume's ends."""
-    check_in_channels(in_channels)
-    half = in_channels // 2
-    return np.clip(np.arange(z - half, z + half + 1), 0, depth - 1)
-
-
-def read_window(volume: np.ndarray, zs: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
-    """``[len(zs), size, size]`` window of ``volume[zs]`` starting at (y0, x0); zeros outside.
-
-    Reads only the window from a memory-mapped volume, slice by slice (contiguous copies).
-    """
-    _, height, width = volume.shape
-    out = np.zeros((len(zs), size, size), np.float32)
-    ya, yb = max(y0, 0), min(y0 + size, height)
-    xa, xb = max(x0, 0), min(x0 + size, width)
-    if ya < yb and xa < xb:
-        for c, z in enumerate(zs):
-            out[c, ya - y0 : yb - y0, xa - x0 : xb - x0] = volume[z, ya:yb, xa:xb]
-    return out
-
-
-def displaced_window(
-    volume: np.ndarray, zs: np.ndarray, top: int, left: int, size: int, displacement: np.ndarray
-) -> np.ndarray:
-    """``[len(zs), size, size]`` window of ``volume`` as ``pipeline.read_window`` reads it, each voxel read
-    ``displacement`` voxels away (``[3, len(zs), size, size]``, linear interpolation).
-
-    As in the undisplaced window, slices past the volume's ends repeat the
-    end slices and pixels outside the image are 0. Reads only the block the
-    displaced positions need from a memory-mapped volume.
-    """
-    depth = volume.shape[0]
-    grid = np.meshgrid(zs.astype(np.float32), top + np.arange(size, dtype=np.float32),
-                       left + np.arange(size, dtype=np.float32), indexing="ij")
-    z, y, x = (g + d for g, d in zip(grid, displacement))
-    z = np.clip(z, 0, depth - 1)
-    z0, y0, x0 = (int(np.floor(c.min())) for c in (z, y, x))
-    z1 = min(int(np.floor(z.max())) + 2, depth)
-    side = max(int(np.floor(y.max())) + 2 - y0, int(np.floor(x.max())) + 2 - x0)
-    block = read_window(volume, np.arange(z0, z1), y0, x0, side)
-    return ndimage.map_coordinates(block, [z - z0, y - y0, x - x0], order=1, mode="nearest").astype(np.float32)
 
 
 def crop_start(rng: np.random.Generator, box_lo: int, box_hi: int, size: int, extent: int) -> int:
@@ -229,7 +185,7 @@ class PairedPatch(grain.transforms.RandomMap):
         zs = slice_indices(z, depth, self.in_channels)
         windows = {p: read_window(case.image(p), zs, top, left, size) for p in self.phases}
         if any(self.misregistration.values()):
-            spacing_zyx = tuple(reversed(case.meta["spacing"]))
+            spacing_zyx = case.spacing_zyx
             for p in [p for p in self.phases if p != "pv"]:
                 moved = misregistration_lib.random_displacement((len(zs), size, size), spacing_zyx,
                                                                 self.misregistration, rng)
@@ -250,11 +206,6 @@ class PairedPatch(grain.transforms.RandomMap):
         out["label"] = augment(read_window(label, centre, top, left, size)[0], np.int32)
         out["weight"] = augment(read_window(case.weight, centre, top, left, size)[0])
         return out
-
-
-def check_in_channels(in_channels: int) -> None:
-    if not isinstance(in_channels, (int, np.integer)) or in_channels < 1 or in_channels % 2 == 0:
-        raise ValueError(f"config.model.in_channels={in_channels!r}: a 2.5D stack needs an odd number of slices (e.g. 3)")
 
 
 def check_crop_size(crop_size: int) -> None:
@@ -318,36 +269,11 @@ def make_train_loader(
     ``config.data.worker_count`` (0 = no worker processes, -1 = `auto_worker_count`).
     """
     data = config.data
-    global_batch = int(config.train.batch_size)
-    if (process_index is None) != (process_count is None):
-        raise ValueError("give both process_index and process_count, or neither (then the JAX process is used)")
-    if process_count is None:
-        process_index, process_count = jax.process_index(), jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-    # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
-    shard = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
-    if global_batch <= 0 or global_batch % shard.shard_count:
-        raise ValueError(
-            f"config.train.batch_size={global_batch} must be a positive multiple of the process count "
-            f"{shard.shard_count}; change the batch size or the number of processes"
-        )
-    batch = global_batch // shard.shard_count
-    devices = jax.local_device_count() if local_device_count is None else local_device_count
-    if batch % devices:
-        raise ValueError(
-            f"the per-process batch {batch} (config.train.batch_size={global_batch} / {shard.shard_count} processes) "
-            f"is not divisible by the {devices} local devices; make config.train.batch_size a multiple of "
-            f"{shard.shard_count * devices}"
-        )
+    shard = _process_shard(process_index, process_count)
+    batch = _process_batch(int(config.train.batch_size), shard.shard_count, local_device_count)
     check_crop_size(data.crop_size)
     phases = tuple(config.model.phases)
-    lacking = [f"{c.case_id} ({', '.join(c.phases)})" for c in cases if not set(phases) <= set(c.phases)]
-    if lacking:
-        raise ValueError(
-            f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
-            "preprocess them with those phases or train on fewer phases"
-        )
+    _check_phases(cases, phases)
     target = data.target
     source = LiverSliceSource(cases, tumor_free_fraction=data.tumor_free_fraction, seed=seed, target=target)
     if len(source) < shard.shard_count:
@@ -378,6 +304,45 @@ def make_train_loader(
         read_options=grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=max(4 * batch, 16)),
     )
 
+
+
+def _process_shard(process_index: int | None, process_count: int | None) -> grain.sharding.ShardOptions:
+    """This process's shard of the records (the JAX process unless both numbers are given)."""
+    if (process_index is None) != (process_count is None):
+        raise ValueError("give both process_index and process_count, or neither (then the JAX process is used)")
+    if process_count is None:
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    # Grain's ShardByJaxProcess with explicit numbers, so the state's sampler text never depends on how they came.
+    return grain.sharding.ShardOptions(process_index, process_count, drop_remainder=False)
+
+
+def _process_batch(global_batch: int, processes: int, local_device_count: int | None) -> int:
+    """Patches per process and batch; refuses a global batch that processes or local devices cannot share."""
+    if global_batch <= 0 or global_batch % processes:
+        raise ValueError(
+            f"config.train.batch_size={global_batch} must be a positive multiple of the process count "
+            f"{processes}; change the batch size or the number of processes"
+        )
+    batch = global_batch // processes
+    devices = jax.local_device_count() if local_device_count is None else local_device_count
+    if batch % devices:
+        raise ValueError(
+            f"the per-process batch {batch} (config.train.batch_size={global_batch} / {processes} processes) "
+            f"is not divisible by the {devices} local devices; make config.train.batch_size a multiple of "
+            f"{processes * devices}"
+        )
+    return batch
+
+
+def _check_phases(cases: Sequence[CachedCase], phases: tuple[str, ...]) -> None:
+    lacking = [f"{c.case_id} ({', '.join(c.phases)})" for c in cases if not set(phases) <= set(c.phases)]
+    if lacking:
+        raise ValueError(
+            f"config.model.phases={phases}, but these cached cases lack some: {lacking}; "
+            "preprocess them with those phases or train on fewer phases"
+        )
 
 def iterator_save_args(iterator: grain.DataLoaderIterator):
     """Orbax args that save a loader iterator: ``ocp.args.Composite(**{ITERATOR_ITEM: this, ...})``."""

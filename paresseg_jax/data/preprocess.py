@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from pathlib import Path
 from typing import Mapping
 
@@ -24,8 +23,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from paresseg_jax import config_defaults
-from paresseg_jax.data import cache, io
-from paresseg_jax.errors import BadInputError, MissingInputError
+from paresseg_jax.data import cache
+from paresseg_jax.data.case import Case, read_case, read_mask
+from paresseg_jax.data.images import find_image
+from paresseg_jax.data.layouts import CaseEntry, read_cohort
+from paresseg_jax.data.registration import apply_transform, register_phase, registration_failure
+from paresseg_jax.errors import MissingInputError
 from paresseg_jax.worker_processes import usable_workers
 
 
@@ -100,138 +103,10 @@ def boundary_enhanced_weights(tumor: np.ndarray, w1: float = 0.8, w2: float = 0.
     return np.where(mask, -alpha * v + alpha + w1, beta * v + w2).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------- registration
-
-
-def _as_image(array: np.ndarray, geometry: io.Geometry) -> sitk.Image:
-    return geometry.apply_to(sitk.GetImageFromArray(np.asarray(array, np.float32)))
-
-
-def _method(settings: Mapping, stage: str, level_sizes: list[int]) -> sitk.ImageRegistrationMethod:
-    """Mattes MI with about ``metric_samples`` random samples per resolution level (a fixed cost per case).
-
-    Regular-step gradient descent with steps in mm for both stages: on noisy
-    CT, L-BFGS-B's long first steps let the B-spline chase noise.
-    """
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(settings["histogram_bins"]))
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    percentages = [min(1.0, float(settings["metric_samples"]) / n) for n in level_sizes]
-    # ITK reads seed 0 as "seed from the wall clock" (sitk.sitkWallClock): shift ours so every seed is fixed.
-    method.SetMetricSamplingPercentagePerLevel(percentages, int(settings["seed"]) + 1)
-    # ITK 5.4 merges Mattes derivative sums across work units in thread-finishing order: with more than one
-    # unit the same case registered differently run to run. One unit costs ~1.4x registration time.
-    method.SetNumberOfWorkUnits(1)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel([int(f) for f in settings["shrink_factors"]])
-    method.SetSmoothingSigmasPerLevel([float(s) for s in settings["smoothing_sigmas"]])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=float(settings[f"{stage}_step_mm"]),
-        minStep=1e-2,
-        numberOfIterations=int(settings[f"{stage}_iterations"]),
-        gradientMagnitudeTolerance=1e-6,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    return method
-
-
-def _crop(image: sitk.Image, region: np.ndarray | None, margin_mm: float) -> sitk.Image:
-    """``image`` cut to the box of ``region`` grown by ``margin_mm`` (the whole image without a region)."""
-    if region is None or not np.any(region):
-        return image
-    box = cache.bounding_box(np.asarray(region) > 0)  # (z0, z1, y0, y1, x0, x1)
-    size = image.GetSize()
-    lower, upper = [], []
-    for axis in range(3):  # SimpleITK axis order x, y, z
-        lo, hi = box[2 * (2 - axis)], box[2 * (2 - axis) + 1]
-        grow = int(np.ceil(margin_mm / image.GetSpacing()[axis]))
-        lower.append(max(0, lo - grow))
-        upper.append(max(0, size[axis] - min(size[axis], hi + grow)))
-    return sitk.Crop(image, lower, upper)
-
-
-def register_phase(
-    fixed: np.ndarray, moving: np.ndarray, geometry, settings: Mapping | None = None, region: np.ndarray | None = None
-) -> tuple[sitk.Transform, dict]:
-    """Transform mapping PV (fixed) points to where ``moving`` shows them, both (z, y, x) HU on one grid.
-
-    The metric is computed in the box of ``region`` (e.g. the liver ROI)
-    grown by ``margin_mm``, on copies binned in-plane to ``grid_mm``: the
-    liver is what must align, and this keeps a 512 x 512 case at seconds.
-    Returns the transform and a report (metric before/after, seconds).
-    """
-    settings = {**default_preprocess_config()["registration"], **dict(settings or {})}
-    start = time.perf_counter()
-    geometry = io.Geometry.of(geometry)
-    factor = [max(1, int(round(settings["grid_mm"] / s))) for s in geometry.spacing[:2]] + [1]
-    margin = float(settings["margin_mm"])
-    low, high = settings["intensity_range"]
-    fixed_small = sitk.BinShrink(_crop(_as_image(np.clip(fixed, low, high), geometry), region, margin), factor)
-    moving_small = sitk.BinShrink(_crop(_as_image(np.clip(moving, low, high), geometry), region, 2 * margin), factor)
-    voxels = int(np.prod(fixed_small.GetSize()))
-    level_sizes = [max(1, voxels // int(f) ** 3) for f in settings["shrink_factors"]]
-
-    def metric(transform: sitk.Transform) -> float:
-        finest = {"shrink_factors": [1], "smoothing_sigmas": settings["smoothing_sigmas"][-1:]}
-        method = _method({**settings, **finest, "initial_iterations": 0}, "initial", [voxels])
-        method.SetInitialTransform(transform, inPlace=False)
-        return float(method.MetricEvaluate(fixed_small, moving_small))
-
-    before = metric(sitk.TranslationTransform(3))
-    transforms = []
-    if settings["initial"] != "none":
-        kind = sitk.Euler3DTransform() if settings["initial"] == "rigid" else sitk.AffineTransform(3)
-        initial = sitk.CenteredTransformInitializer(fixed_small, moving_small, kind, sitk.CenteredTransformInitializerFilter.GEOMETRY)
-        initial.SetTranslation((0.0, 0.0, 0.0))  # both images come from one study: start from identity, centred
-        method = _method(settings, "initial", level_sizes)
-        method.SetInitialTransform(initial, inPlace=True)
-        method.Execute(fixed_small, moving_small)
-        transforms.append(initial)
-    extent = [n * s for n, s in zip(fixed_small.GetSize(), fixed_small.GetSpacing())]
-    mesh = [max(1, int(round(e / settings["mesh_mm"]))) for e in extent]
-    bspline = sitk.BSplineTransformInitializer(fixed_small, mesh, order=3)
-    method = _method(settings, "bspline", level_sizes)
-    if transforms:
-        method.SetMovingInitialTransform(transforms[0])
-    method.SetInitialTransform(bspline, inPlace=True)
-    method.Execute(fixed_small, moving_small)
-    transforms.append(bspline)
-    transform = sitk.CompositeTransform(transforms)
-    report = {"metric_before": before, "metric_after": metric(transform), "seconds": time.perf_counter() - start}
-    return transform, report
-
-
-def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, nearest: bool = False) -> np.ndarray:
-    """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks)."""
-    geometry = io.Geometry.of(geometry)
-    array = np.asarray(array)
-    if nearest:
-        image = geometry.apply_to(sitk.GetImageFromArray(array))
-        moved = sitk.Resample(image, image, transform, sitk.sitkNearestNeighbor, 0)
-        return sitk.GetArrayFromImage(moved).astype(array.dtype)
-    image = _as_image(array, geometry)
-    moved = sitk.Resample(image, image, transform, sitk.sitkLinear, float(array.min()), sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(moved)
-
-
 # ----------------------------------------------------------------------------- cases and cohorts
 
 
-def registration_failure(error: RuntimeError, path) -> Exception:
-    """The user's error for a SimpleITK failure while registering the image ``path`` to PV (an empty or
-    constant image, one showing another body part); any other error is returned unchanged (a bug)."""
-    text = str(error)
-    if "SimpleITK" not in text and "sitk::ERROR" not in text:
-        return error
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = next((line for line in lines if "ERROR" in line), lines[-1]).split("): ", 1)[-1]
-    return BadInputError(f"registration to PV failed ({reason})", path=path,
-                         fix="check that the image is not empty or constant and shows the same study as PV; "
-                             "--noregister (config.data.preprocess.register=False) skips registration")
-
-
-def prepare_phases(case: io.Case, preprocess_config: Mapping | None = None,
+def prepare_phases(case: Case, preprocess_config: Mapping | None = None,
                    sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(windowed images, registration report)``: the one preparation of a case's phases, for training and
     evaluation caches, ``paresseg-predict`` and ``infer.segment`` alike: :func:`registered_phases`, then
@@ -240,7 +115,7 @@ def prepare_phases(case: io.Case, preprocess_config: Mapping | None = None,
     return windowed(phases, preprocess_config), report
 
 
-def registered_phases(case: io.Case, preprocess_config: Mapping | None = None,
+def registered_phases(case: Case, preprocess_config: Mapping | None = None,
                       sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(phases in HU, registration report)``: other phases registered to PV on the whole image (when the
     settings register). Nothing reads the case's masks, so a scored case is prepared exactly as a new study
@@ -264,9 +139,9 @@ def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None
     return {name: hu_window(array, low, high) for name, array in phases.items()}
 
 
-def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
+def preprocess_case(case: Case, preprocess_config: Mapping | None = None, liver_prediction: np.ndarray | None = None,
                     sources: Mapping | None = None) -> dict:
-    """Preprocessed arrays of one case, as keyword arguments of ``cache.write_case`` (less dir and id).
+    """Preprocessed arrays of one case, as keyword arguments of ``cache.store_case`` (less dir and id).
 
     Images from :func:`prepare_phases`; the ROI (which a scored case's
     cascade replaces with its liver model's) comes from ``liver_prediction``
@@ -286,7 +161,7 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
     images, registration = prepare_phases(case, config, sources)
     roi = liver_roi(roi_source, int(config["roi_dilation"]))
     liver = case.liver if case.liver is not None else np.asarray(roi_source, np.uint8)
-    meta = {
+    metadata = {
         **case.metadata,
         "spacing": list(case.spacing),
         "origin": list(case.origin),
@@ -299,7 +174,7 @@ def preprocess_case(case: io.Case, preprocess_config: Mapping | None = None, liv
         "tumor": case.tumor,
         "roi": roi,
         "weight": boundary_enhanced_weights(case.tumor, **config["be_weights"]),
-        "meta": meta,
+        "metadata": metadata,
     }
 
 
@@ -313,7 +188,7 @@ def preprocess_cohort(
     """Preprocess every case of a cohort into ``cache_root/<config hash>/`` and return that folder.
 
     Cases already in the cache are skipped, so a killed run resumes where it
-    stopped; each case is written atomically by ``cache.write_case``. Cases
+    stopped; each case is written atomically by ``cache.store_case``. Cases
     run in ``workers`` processes (0: one per CPU, at most 8; 1: in this
     process): registration is single-threaded for reproducibility, so
     processes are what uses the cores. Results do not depend on ``workers``.
@@ -322,7 +197,7 @@ def preprocess_cohort(
 
     config = resolve_config(preprocess_config)
     cache_dir = cache.cache_dir_for(cache_root, config)
-    entries = io.read_cohort(cohort_dir)
+    entries = read_cohort(cohort_dir)
     todo = [e for e in entries if not cache.is_cached(cache_dir, e.case_id)]
     predictions = None if config["roi_source"] == "liver" else Path(config["roi_source"])
     if predictions is not None and not predictions.is_dir():
@@ -344,17 +219,17 @@ def preprocess_cohort(
     return cache_dir
 
 
-def _preprocess_into_cache(cache_dir: Path, entry: io.CaseEntry, config: dict, predictions: Path | None) -> None:
+def _preprocess_into_cache(cache_dir: Path, entry: CaseEntry, config: dict, predictions: Path | None) -> None:
     """Read, preprocess and atomically cache one case (the unit of work of ``preprocess_cohort``)."""
-    case = io.read_case(entry)
+    case = read_case(entry)
     prediction = None
     if predictions is not None:
-        path = io.find_image(predictions, entry.case_id)
+        path = find_image(predictions, entry.case_id)
         if path is None:
             raise MissingInputError(f"no liver prediction for case {entry.case_id!r} (expected {entry.case_id}.nii.gz)",
                                     path=predictions, fix="predict the liver of every case first")
-        prediction = io.read_mask(path, case)
-    cache.write_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
+        prediction = read_mask(path, case)
+    cache.store_case(cache_dir, entry.case_id, **preprocess_case(case, config, prediction, entry.phases))
 
 
 def _share_cores(threads: int) -> None:

@@ -68,4 +68,4 @@ def _prediction(case, tumor_model, liver_model, eval_config, roi_dilation) -> di
                            liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation,
                            **predict_options(eval_config))
     return {"liver": None if oracle else result["liver"], "tumor": result["mask"], "liver_gt": np.asarray(case.liver),
-            "tumor_gt": np.asarray(case.tumor), "spacing_zyx": tuple(reversed(case.meta["spacing"]))}
+            "tumor_gt": np.asarray(case.tumor), "spacing_zyx": case.spacing_zyx}

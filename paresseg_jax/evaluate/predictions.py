@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from paresseg_jax import preflight
-from paresseg_jax.data import io
+from paresseg_jax.data.case import mask_from_labels, read_case, read_labels, read_mask
+from paresseg_jax.data.layouts import read_cohort
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.workdir import check_not_trained_on
@@ -27,7 +28,7 @@ def evaluate_folder(
     A prediction is a 0/1 tumor mask or a label map whose tumor label is
     ``tumor_label``; by default the one a ``paresseg-predict`` folder's
     ``summary.json`` names (2, LiTS), else 1. Every case of the cohort
-    (``paresseg_jax.data.io.read_cohort``) needs a prediction, on the case's
+    (``paresseg_jax.data.layouts.read_cohort``) needs a prediction, on the case's
     PV grid (on another grid only with ``resample_masks``: resampled onto it).
     Every prediction file is found before any is read. Cases without a tumor
     mask are listed unscored. Writes ``summary.json`` into ``out`` (default:
@@ -41,21 +42,21 @@ def evaluate_folder(
     if tumor_label is None:
         tumor_label = predicted_tumor_label(predictions)
     records = []
-    for entry in io.read_cohort(cohort):
-        case = io.read_case(entry)
+    for entry in read_cohort(cohort):
+        case = read_case(entry)
         if case.tumor is None:
             records.append({"case_id": case.case_id, "tumor_type": case.metadata.get("tumor_type")})
             continue
         path = found[entry.case_id]
         if tumor_label == 1:
-            pred = io.read_mask(path, case, "predicted tumor", resample=resample_masks)
+            pred = read_mask(path, case, "predicted tumor", resample=resample_masks)
         else:
-            labels = io.read_labels(path, case, "predicted", resample=resample_masks)
+            labels = read_labels(path, case, "predicted", resample=resample_masks)
             unknown = sorted(set(np.unique(labels).tolist()) - {0, 1, tumor_label})
             if unknown:
                 raise BadInputError(f"prediction has labels {unknown}", path=path,
                                     fix=f"expected 0, 1 (liver) and {tumor_label} (tumor); --tumor_label sets it")
-            pred = io.mask_from_labels(labels, (tumor_label,))
+            pred = mask_from_labels(labels, (tumor_label,))
         records.append(evaluate_case(pred, case.tumor, case.spacing_zyx, case.case_id, case.metadata.get("tumor_type")))
     if not any("metrics" in r for r in records):
         raise BadInputError("no case has a tumor mask to score against", path=cohort,

@@ -63,7 +63,7 @@ def misaligned(case: CachedCase, kind: str, magnitude_mm: float, phase: str = "a
     ``magnitude_mm`` (``'deformation'``); direction and pattern are drawn from ``seed`` and the case id."""
     if kind not in KINDS:
         raise ValueError(f"misalignment kind {kind!r} is unknown; choose from {KINDS}")
-    spacing_zyx = tuple(reversed(case.meta["spacing"]))
+    spacing_zyx = case.spacing_zyx
     case_seed = _case_seed(case, seed)
 
     def make():

@@ -29,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from paresseg_jax import model_io
-from paresseg_jax.data import io, preprocess
+from paresseg_jax.data import preprocess
+from paresseg_jax.data.images import write_image
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.errors import PareSegError
@@ -99,11 +100,11 @@ def score_cases(
         images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *tumor_model[0].phases))}
         mask, truth, extra = _segment_case(case, images, tumor_model, eval_config, roi=roi, liver_model=liver_model,
                                            liver_masks=liver_masks, roi_dilation=roi_dilation, target=target)
-        spacing_zyx = tuple(reversed(case.meta["spacing"]))
+        spacing_zyx = case.spacing_zyx
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
-                                     scanner=case.meta.get("scanner"), **extra, **info))
+                                     scanner=case.metadata.get("scanner"), **extra, **info))
         if out_dir is not None:
-            io.write_image(mask, case.meta, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
+            write_image(mask, case, Path(out_dir) / PREDICTIONS_DIR / f"{case.case_id}.nii.gz")
             if overlays:
                 overlay_montage(
                     images["pv"], mask, Path(out_dir) / OVERLAYS_DIR / f"{case.case_id}.png", gt=truth,

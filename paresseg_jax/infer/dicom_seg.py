@@ -86,7 +86,7 @@ def write_dicom_seg(label_map: sitk.Image, pv_series_dir: str | os.PathLike, out
     ``pv_series_dir``) as a DICOM-SEG referencing that series; returns ``out_path``.
 
     The label map must be in the series' geometry as SimpleITK reads it
-    (``io.read_image(pv_series_dir)``); a grid that differs is an error, not
+    (``images.read_image(pv_series_dir)``); a grid that differs is an error, not
     a silent resampling.
     """
     hd = dicom.require("highdicom", "writing a DICOM-SEG")

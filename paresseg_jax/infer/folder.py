@@ -1,6 +1,6 @@
 """Segment every study of a cohort or folder of studies: label maps, probabilities, one summary.
 
-The input is anything ``paresseg_jax.data.io.read_cohort`` reads (a
+The input is anything ``paresseg_jax.data.layouts.read_cohort`` reads (a
 ``manifest.json``, LiTS files, case folders holding a ``pv`` image). Each
 case becomes ``<output>/<case_id>.nii.gz``, a uint8 label map in PV geometry
 with LiTS labels (0 background, 1 liver, 2 tumor), as nnU-Net and the
@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from paresseg_jax import lesions, preflight
 from paresseg_jax.atomic import atomic_path
-from paresseg_jax.data import io
+from paresseg_jax.data.case import read_case
+from paresseg_jax.data.images import write_image
+from paresseg_jax.data.layouts import CaseEntry, read_cohort
 from paresseg_jax.errors import BadInputError, PareSegError
 from paresseg_jax.summary import SUMMARY_FILE, evaluate_case, read_summary, write_summary
 from paresseg_jax.infer import resume
@@ -128,11 +130,11 @@ def _write_run_files(output_dir, records: list, finished: list, info: dict) -> d
 
 
 def _checked_entries(input_dir, segmenter: Segmenter, resample_masks: bool, liver_label: int | None,
-                     allow_training_cases: bool, output_format: str) -> list[io.CaseEntry]:
+                     allow_training_cases: bool, output_format: str) -> list[CaseEntry]:
     """The cohort's entries, each reading the model's phases, after the checks that need the models: no scored
     case the models' runs trained on, a DICOM series behind every PV for DICOM-SEG."""
     entries = [dataclasses.replace(_with_phases(entry, segmenter, input_dir, resample_masks), liver_label=liver_label)
-               for entry in io.read_cohort(input_dir)]
+               for entry in read_cohort(input_dir)]
     models = list(segmenter.tumor.sources) + ([] if segmenter.liver is None else list(segmenter.liver.sources))
     check_not_trained_on([e.case_id for e in entries if e.tumor is not None or e.segmentation is not None], models,
                          input_dir, allow_training_cases)
@@ -162,7 +164,7 @@ def _segment_cases(todo, keys: Mapping, record_file: Path, segmenter: Segmenter,
     return failed, False
 
 
-def _case_or_failure(entry: io.CaseEntry, *args, **options) -> dict:
+def _case_or_failure(entry: CaseEntry, *args, **options) -> dict:
     """A case's record; a case whose voxels turn out bad (NaN, a failed registration) is recorded as failed, with
     the reason, and the others go on (an output that cannot be written stops the run)."""
     try:
@@ -176,7 +178,7 @@ def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_
     """Every case's image headers, and every output of the run named, before any work: no output may meet an
     input or another output (one case's label map and another's probability map, a label map over a PV file
     when ``output_dir`` holds the inputs)."""
-    entries = io.read_cohort(input_dir)
+    entries = read_cohort(input_dir)
     output_dir = Path(output_dir)
     outputs = [(output_dir / SUMMARY_FILE, "the run's summary"), (output_dir / lesions.CSV_FILE, "the run's lesions"),
                (output_dir / REPORT_FILE, "the run's report")]
@@ -193,7 +195,7 @@ def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_
             preflight.image(path, f"case {entry.case_id!r}'s image")
 
 
-def _with_phases(entry: io.CaseEntry, segmenter: Segmenter, input_dir, resample_masks: bool) -> io.CaseEntry:
+def _with_phases(entry: CaseEntry, segmenter: Segmenter, input_dir, resample_masks: bool) -> CaseEntry:
     """The entry reading only the phases the model uses. A phase missing is given as absent to models trained
     with phase dropout; for others it is an error naming the case."""
     missing = segmenter.missing_phases(entry.phases)
@@ -223,7 +225,7 @@ def _slice_bar(bar: tqdm, case_id: str):
 def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities: bool, output_format: str,
                   progress, overlays: bool = False) -> dict:
     start = time.perf_counter()
-    case = io.read_case(entry)
+    case = read_case(entry)
     given_liver = None if segmenter.liver is not None else case.liver
     result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
     found = study_lesions(result, case)
@@ -234,10 +236,10 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
             source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
             write_dicom_seg(result["labels"], case, source, labels)
         else:
-            io.write_image(result["labels"], case, labels)
+            write_image(result["labels"], case, labels)
         if save_probabilities:
             files["probabilities"] = str(probability_path(output, case.case_id))
-            io.write_image(result["prob"], case, outputs.enter_context(atomic_path(files["probabilities"])))
+            write_image(result["prob"], case, outputs.enter_context(atomic_path(files["probabilities"])))
     if overlays:
         shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
         files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],

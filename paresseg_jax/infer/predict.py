@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paresseg_jax import ops
-from paresseg_jax.data.pipeline import read_window, slice_indices
+from paresseg_jax.data.windows import read_window, slice_indices
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
 MODES = ("full", "tile")

@@ -22,7 +22,10 @@ import SimpleITK as sitk
 
 from paresseg_jax import absent_phases, lesions, model_io, postprocess, preflight
 from paresseg_jax.atomic import atomic_path
-from paresseg_jax.data import io, preprocess
+from paresseg_jax.data import preprocess
+from paresseg_jax.data.case import Case, read_case
+from paresseg_jax.data.images import write_image
+from paresseg_jax.data.layouts import CaseEntry
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
 from paresseg_jax.infer.cascade import label_map, segment_options, segment_study
@@ -101,7 +104,7 @@ class Segmenter:
         spec = {absent_phases.SPEC_KEY: self.tumor.phase_dropout}
         return absent_phases.missing_phases(given, self.phases, spec, model, flag=phase_flag)
 
-    def segment_case(self, case: io.Case, liver: np.ndarray | None = None, progress=None,
+    def segment_case(self, case: Case, liver: np.ndarray | None = None, progress=None,
                      sources: Mapping | None = None) -> tuple[dict, dict, dict]:
         """``(segment_study result, windowed images, registration report)`` of a case in HU, with the stored
         postprocessing applied; the result also holds ``phases_hu``, the phases in HU as registered to PV.
@@ -138,14 +141,14 @@ def read_files(
     case_id: str = "study",
     resample_masks: bool = False,
     liver_label: int | None = None,
-) -> io.Case:
+) -> Case:
     """A study's case in HU on the PV grid: ``phase_paths`` maps phase names ('pv' required) to image files
     or DICOM folders; ``liver`` and ``tumor`` are optional 0/1 masks on the PV grid (on another grid only
     with ``resample_masks``: resampled onto it); ``liver_label``: ``liver`` is a multi-label map, the liver
     being this value."""
     if "pv" not in phase_paths or phase_paths["pv"] is None:
         raise BadInputError("a study needs its PV image (--pv): PV is the target phase")
-    entry = io.CaseEntry(
+    entry = CaseEntry(
         case_id,
         {name: Path(path) for name, path in phase_paths.items()},
         liver=None if liver is None else Path(liver),
@@ -153,7 +156,7 @@ def read_files(
         resample_masks=resample_masks,
         liver_label=liver_label,
     )
-    return io.read_case(entry)
+    return read_case(entry)
 
 
 def read_study(
@@ -164,7 +167,7 @@ def read_study(
     preprocess_config: Mapping | None = None,
     case_id: str = "study",
     resample_masks: bool = False,
-) -> tuple[io.Case, dict[str, np.ndarray], dict]:
+) -> tuple[Case, dict[str, np.ndarray], dict]:
     """``(case in HU, windowed images, registration report)`` of one study (see :func:`read_files`)."""
     case = read_files(phase_paths, liver=liver, tumor=tumor, case_id=case_id, resample_masks=resample_masks)
     images, report = preprocess.prepare_phases(case, preprocess_config, phase_paths)
@@ -233,10 +236,10 @@ def predict_files(
     with contextlib.ExitStack() as outputs:  # all outputs appear together, or none does
         if out is not None:
             report["mask"] = str(out)
-            io.write_image(result["mask"], case, outputs.enter_context(atomic_path(out)))
+            write_image(result["mask"], case, outputs.enter_context(atomic_path(out)))
         if prob_out is not None:
             report["prob"] = str(prob_out)
-            io.write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
+            write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
         if lesions_out is not None:
             report["lesions_csv"] = str(lesions_out)
             rows = lesions.csv_rows(case.case_id, report["lesions"]["lesions"])
@@ -254,7 +257,7 @@ def predict_files(
     return report
 
 
-def volumes_ml(result: Mapping, case: io.Case) -> dict:
+def volumes_ml(result: Mapping, case: Case) -> dict:
     """Tumor voxels and millilitres, and the liver's millilitres when a liver mask was used or predicted."""
     voxel_ml = float(np.prod(case.spacing)) / 1000.0
     volumes = {"tumor_voxels": int(result["mask"].sum())}
@@ -264,7 +267,7 @@ def volumes_ml(result: Mapping, case: io.Case) -> dict:
     return volumes
 
 
-def study_lesions(result: Mapping, case: io.Case) -> dict:
+def study_lesions(result: Mapping, case: Case) -> dict:
     """The lesions of a :meth:`Segmenter.segment_case` result: measured in HU on the registered phases."""
     return lesions.study_lesions(result["mask"], result["liver"], case, phases_hu=result["phases_hu"],
                                  prob=result["prob"])
@@ -285,7 +288,7 @@ def check_dicom_series(pv: str | os.PathLike, purpose: str, metadata: Mapping | 
     return folders[0]
 
 
-def write_dicom_seg(labels: np.ndarray, case: io.Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:
+def write_dicom_seg(labels: np.ndarray, case: Case, pv_series: str | os.PathLike, path: str | os.PathLike) -> Path:
     """A LiTS label map on the case's PV grid as a DICOM-SEG referencing the PV series it was computed on."""
     return dicom_seg.write_dicom_seg(case.geometry.apply_to(sitk.GetImageFromArray(labels)), pv_series, path)
 
@@ -325,15 +328,7 @@ def segment(
     segmenter.absent_phases_of(phases)  # refuses missing phases unless the model was trained with phase dropout
     used = [p for p in segmenter.phases if p in phases]
     sources = {p: phases[p] if not isinstance(phases[p], sitk.Image) else f"the {p} image" for p in used}
-    pv_image = phases["pv"] if isinstance(phases["pv"], sitk.Image) else io.read_image(phases["pv"])
-    arrays = io.phases_on_pv_grid({p: pv_image if p == "pv" else phases[p] for p in used}, sources)
-    mask = None
-    if liver is not None:
-        liver_image = liver if isinstance(liver, sitk.Image) else io.read_image(liver)
-        source = liver if not isinstance(liver, sitk.Image) else "the liver mask"
-        labels = io.labels_on_grid(liver_image, pv_image, source, "liver", resample=resample_masks)
-        mask = io.liver_from_labels(labels, source, liver_label)
-    geometry = io.Geometry.of(pv_image)
-    case = io.Case(arrays, mask, None, geometry.spacing, geometry.origin, geometry.direction, {"case_id": "study"})
-    result, _, _ = segmenter.segment_case(case, liver=mask, sources=sources)
-    return geometry.apply_to(sitk.GetImageFromArray(result["labels"]))
+    case = read_case(CaseEntry("study", {p: phases[p] for p in dict.fromkeys(("pv", *used))}, liver=liver,
+                               resample_masks=resample_masks, liver_label=liver_label))
+    result, _, _ = segmenter.segment_case(case, liver=case.liver, sources=sources)
+    return case.geometry.apply_to(sitk.GetImageFromArray(result["labels"]))

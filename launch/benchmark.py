@@ -175,7 +175,8 @@ RANGES = {"width": dict(low=1), "batch": dict(low=1), "size": dict(low=32), "rep
           "profile_calls": dict(low=0), "peak_tflops": dict(low=0.0, low_open=True)}
 
 
-def main(argv):
+def _check_flags(argv) -> None:
+    """Every flag before anything is built: one line for a mistake."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; subcommands are {sorted(SUBCOMMANDS)}, first")
     unknown = sorted(set(FLAGS.parts) - set(PARTS))
@@ -191,6 +192,10 @@ def main(argv):
     if "infer" in FLAGS.parts and FLAGS.slices % FLAGS.infer_batch:
         raise app.UsageError(f"--slices={FLAGS.slices} must be a multiple of --infer_batch={FLAGS.infer_batch}: "
                              "a padded last batch would count in the per-volume time")
+
+
+def main(argv):
+    _check_flags(argv)
     import jax
 
     from paresseg_jax import models

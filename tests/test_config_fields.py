@@ -100,12 +100,12 @@ def _sources():
 
 @pytest.mark.parametrize("path", list(_sources()), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_field_read_is_declared(path):
-    assert undeclared_reads(path.read_text(), config_defaults.get_config()) == []
+    assert undeclared_reads(path.read_text(encoding="utf-8"), config_defaults.get_config()) == []
 
 
 @pytest.mark.parametrize("path", list(_sources()), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_field_a_message_names_is_declared(path):
-    assert undeclared_names(path.read_text(), config_defaults.get_config()) == []
+    assert undeclared_names(path.read_text(encoding="utf-8"), config_defaults.get_config()) == []
 
 
 def test_the_scan_finds_an_undeclared_field():

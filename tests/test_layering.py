@@ -96,7 +96,7 @@ def _library_modules():
 def test_no_module_imports_a_later_layer(path):
     module = module_name(path)
     assert rank(module) is not None, f"{module} is in no layer: add it to LAYERS"
-    assert violations(module, imports(path.read_text(), module)) == []
+    assert violations(module, imports(path.read_text(encoding="utf-8"), module)) == []
 
 
 @pytest.mark.parametrize("module, source, broken", [

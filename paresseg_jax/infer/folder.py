@@ -109,16 +109,20 @@ def predict_folder(
     found.update(failed)
     records = [found[entry.case_id] for entry in entries if entry.case_id in found]
     finished = [r for r in records if "failed" not in r]
-    info = {"input": str(input_dir), "models": list(segmenter.tumor.sources),
-            "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
-            "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
-            "cases_in_input": len(entries),
-            "predicted_now": [entry.case_id for entry in todo], "interrupted": interrupted}
-    summary = _write_run_files(output_dir, records, finished, info)
+    summary = _write_run_files(output_dir, records, finished, _run_info(input_dir, segmenter, entries, todo, interrupted))
     if interrupted:
         raise PareSegError(f"interrupted after {len(finished)} of {len(entries)} cases; their files and a summary.json "
                            "of them are kept", path=output_dir, fix="run the same command again to segment the others")
     return summary
+
+
+def _run_info(input_dir, segmenter: Segmenter, entries: list, todo: list, interrupted: bool) -> dict:
+    """``summary.json``'s ``info``: the input, models, labels and settings, and what this call segmented."""
+    return {"input": str(input_dir), "models": list(segmenter.tumor.sources),
+            "liver_models": None if segmenter.liver is None else list(segmenter.liver.sources),
+            "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
+            "cases_in_input": len(entries),
+            "predicted_now": [entry.case_id for entry in todo], "interrupted": interrupted}
 
 
 def _write_run_files(output_dir, records: list, finished: list, info: dict) -> dict:

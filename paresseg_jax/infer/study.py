@@ -219,12 +219,7 @@ def predict_files(
         check_dicom_series(phase_paths["pv"], "a DICOM-SEG output (--dicom_seg)")
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
-    named = segmenter.tumor.sources[0] if segmenter.tumor.sources else None
-    absent = segmenter.absent_phases_of(given, named)
-    unused = [p for p in given if p not in segmenter.phases]
-    if unused:
-        raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
-                            fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
+    absent = _absent_phases(segmenter, given)
     case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
     result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
     report = {"registration": registration, "absent_phases": absent, "postprocessing": segmenter.postprocessing,
@@ -233,28 +228,44 @@ def predict_files(
     report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
     if case.tumor is not None:
         report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
-    with contextlib.ExitStack() as outputs:  # all outputs appear together, or none does
-        if out is not None:
-            report["mask"] = str(out)
-            write_image(result["mask"], case, outputs.enter_context(atomic_path(out)))
-        if prob_out is not None:
-            report["prob"] = str(prob_out)
-            write_image(result["prob"], case, outputs.enter_context(atomic_path(prob_out)))
-        if lesions_out is not None:
-            report["lesions_csv"] = str(lesions_out)
-            rows = lesions.csv_rows(case.case_id, report["lesions"]["lesions"])
-            lesions.write_csv(outputs.enter_context(atomic_path(lesions_out)), rows)
-        if dicom_seg_out is not None:
-            report["dicom_seg"] = str(dicom_seg_out)
-            write_dicom_seg(result["labels"], case, given["pv"], outputs.enter_context(atomic_path(dicom_seg_out)))
-        if overlay_out is not None:
-            report["overlay"] = str(overlay_out)
-            overlay_montage(
-                images["pv"], result["mask"], outputs.enter_context(atomic_path(overlay_out)), gt=case.tumor,
-                spacing_zyx=case.spacing_zyx,
-                title=f"{Path(phase_paths['pv']).name}: prediction (red)" + (", ground truth (green)" if gt else ""),
-            )
+    paths = {"mask": out, "prob": prob_out, "lesions_csv": lesions_out, "dicom_seg": dicom_seg_out,
+             "overlay": overlay_out}
+    _write_outputs(report, result, images, case, given, paths)
     return report
+
+
+def _absent_phases(segmenter: Segmenter, given: Mapping[str, str | os.PathLike]) -> list[str]:
+    """The model's phases not given (refused unless it was trained with phase dropout); a given phase the model
+    does not use is refused."""
+    named = segmenter.tumor.sources[0] if segmenter.tumor.sources else None
+    absent = segmenter.absent_phases_of(given, named)
+    unused = [p for p in given if p not in segmenter.phases]
+    if unused:
+        raise BadInputError(f"the model uses phases {segmenter.phases}, not {unused}", path=named,
+                            fix=f"leave out {', '.join(phase_flag(p) for p in unused)} or use a model trained on them")
+    return absent
+
+
+def _write_outputs(report: dict, result: dict, images: Mapping, case: Case, given: Mapping, paths: Mapping) -> None:
+    """Each output of ``paths`` (report key -> path or None) written, all together or none (``atomic_path``);
+    ``report`` gains the path of each."""
+    with contextlib.ExitStack() as outputs:
+        def target(key: str) -> Path:
+            report[key] = str(paths[key])
+            return outputs.enter_context(atomic_path(paths[key]))
+
+        if paths["mask"] is not None:
+            write_image(result["mask"], case, target("mask"))
+        if paths["prob"] is not None:
+            write_image(result["prob"], case, target("prob"))
+        if paths["lesions_csv"] is not None:
+            lesions.write_csv(target("lesions_csv"), lesions.csv_rows(case.case_id, report["lesions"]["lesions"]))
+        if paths["dicom_seg"] is not None:
+            write_dicom_seg(result["labels"], case, given["pv"], target("dicom_seg"))
+        if paths["overlay"] is not None:
+            drawn = ", ground truth (green)" if case.tumor is not None else ""
+            overlay_montage(images["pv"], result["mask"], target("overlay"), gt=case.tumor, spacing_zyx=case.spacing_zyx,
+                            title=f"{Path(given['pv']).name}: prediction (red){drawn}")
 
 
 def volumes_ml(result: Mapping, case: Case) -> dict:

@@ -18,9 +18,9 @@ Arrays are opened memory-mapped. Axis order is (z, y, x); ``spacing``,
 ``origin`` and ``direction`` (in ``meta.json``) are in SimpleITK (x, y, z) order.
 A ``CachedCase`` answers to the same names as a ``data.case.Case``
 (``case_id``, ``metadata``, ``shape``, ``spacing``, ``origin``,
-``direction``, ``spacing_zyx``, ``geometry``, ``liver``, ``tumor``), so code
-that needs only those reads either; its phases are windowed arrays read by
-``image(phase)`` (``phases`` names them), not a dict of HU volumes.
+``direction``, ``spacing_zyx``, ``geometry``, ``phases``, ``liver``, ``tumor``), so
+code reads either the same way; its ``phases`` map each name to the windowed [0, 1] array
+(memory-mapped when read), a ``Case``'s to HU volumes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -68,8 +68,9 @@ class CachedCase:
     metadata: dict
 
     @property
-    def phases(self) -> tuple[str, ...]:
-        return tuple(self.metadata["phases"])
+    def phases(self) -> Mapping[str, np.ndarray]:
+        """Phase name -> windowed array, PV first, as ``Case.phases``; an array is opened when read."""
+        return _CachedPhases(self)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -106,9 +107,7 @@ class CachedCase:
         return self.metadata.get("tumor_type")
 
     def image(self, phase: str) -> np.ndarray:
-        if phase not in self.phases:
-            raise KeyError(f"case {self.case_id!r} in {self.path} has phases {self.phases}, not {phase!r}")
-        return self._load(phase)
+        return self.phases[phase]
 
     @property
     def liver(self) -> np.ndarray:
@@ -128,6 +127,30 @@ class CachedCase:
 
     def _load(self, name: str) -> np.ndarray:
         return np.load(self.path / f"{name}.npy", mmap_mode="r")
+
+
+class _CachedPhases(Mapping):
+    """A cached case's phases as a mapping whose arrays are memory-mapped on access."""
+
+    def __init__(self, case: CachedCase):
+        self._case, self._names = case, tuple(case.metadata["phases"])
+
+    def __getitem__(self, phase: str) -> np.ndarray:
+        if phase not in self._names:
+            raise KeyError(f"case {self._case.case_id!r} in {self._case.path} has phases {self._names}, not {phase!r}")
+        return self._case._load(phase)
+
+    def __contains__(self, phase) -> bool:
+        return phase in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"phases({', '.join(self._names)})"
 
 
 def bounding_box(mask: np.ndarray) -> tuple[int, ...]:

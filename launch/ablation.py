@@ -42,6 +42,8 @@ _WIDTH = flags.DEFINE_integer("width", None, "network width nc (default: the dem
 _SIZE = flags.DEFINE_integer("size", None, "in-plane size of the phantom cases in pixels (default: the demo's)")
 _SLICES = flags.DEFINE_integer("slices", None, "slices per phantom case (default: the demo's)")
 _STEPS = flags.DEFINE_integer("steps", None, "training steps per row (default: the demo's tumor-model steps)")
+_LIVER_STEPS = flags.DEFINE_integer("liver_steps", None, "training steps of each fold's liver-ResSeg (default: the "
+                                    "demo's liver-model steps)")
 _COHORT_SEED = flags.DEFINE_integer("cohort_seed", 0, "seed of the phantom cohort (the same for every training seed)")
 _JOBS = flags.DEFINE_integer("jobs", 1, "trainings at a time, each in its own process (results do not depend on it); "
                              "on a CPU one per 2 cores or so, on a GPU 1 (a process takes most of its memory)",
@@ -53,13 +55,14 @@ def main(argv):
     scale = phantom_scale.FULL if _FULL.value else phantom_scale.SMALL
     flag_checks.all_in_range(
         {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "size": _SIZE.value, "slices": _SLICES.value,
-         "steps": _STEPS.value, "jobs": _JOBS.value},
+         "steps": _STEPS.value, "liver_steps": _LIVER_STEPS.value, "jobs": _JOBS.value},
         {"num_cases": dict(low=scale.num_folds, meaning="a test case in each of the folds"), "width": dict(low=1),
          "size": dict(low=phantom.MIN_SHAPE[1]), "slices": dict(low=phantom.MIN_SHAPE[0]), "steps": dict(low=1),
-         "jobs": dict(low=1)})
+         "liver_steps": dict(low=1), "jobs": dict(low=1)})
     seeds = flag_checks.numbers("seeds", _SEEDS.value, low=0)
     folds = flag_checks.numbers("folds", _FOLDS.value, low=0, high=scale.num_folds - 1)
-    changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value}
+    changes = {"num_cases": _NUM_CASES.value, "width": _WIDTH.value, "tumor_steps": _STEPS.value,
+               "liver_steps": _LIVER_STEPS.value}
     if _SIZE.value or _SLICES.value:
         slices, size, _ = scale.shape
         changes["shape"] = (_SLICES.value or slices, _SIZE.value or size, _SIZE.value or size)

@@ -7,6 +7,7 @@ left in its output folder. Inputs that can be judged from paths and headers fail
 imported, so most cases take about a second.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 
 from paresseg_jax.data.images import Geometry, write_image
+
+pytestmark = pytest.mark.xdist_group("bad_inputs")  # the module's fixture files are built once
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 32, 32)
@@ -254,6 +257,12 @@ SAYS = {
 }
 
 
+def _file_hashes(root: Path) -> dict:
+    """Every file under the shared fixture folder, by content: a case that wrote into an input shows here."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case):
     command, named = CASES[case]
@@ -261,7 +270,8 @@ def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case)
     out = tmp_path / "out"
     out.mkdir()
     launcher, *args = command(data, out)
-    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0", "JAX_PLATFORMS": "cpu"}
+    inputs_before = _file_hashes(data["a_file"].parent)
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", f"paresseg_jax_launch.{launcher}", *args], cwd=REPO, env=env, capture_output=True,
                           encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
@@ -271,3 +281,4 @@ def test_bad_input_is_one_clear_error_and_leaves_no_output(data, tmp_path, case)
     assert error.startswith(f"{launcher}.py: error: ") and named in error, error
     assert expected in error, error
     assert not list(out.iterdir()), sorted(p.name for p in out.iterdir())  # nothing written, nothing half-written
+    assert _file_hashes(data["a_file"].parent) == inputs_before  # no input touched, whatever xdist's order

@@ -20,10 +20,12 @@ def _run(args, **kwargs):
 
 
 def test_bench_rows_ratios_and_table(tmp_path):
+    """Every row of train and infer beside the oracle's (single-branch ResSeg: PA-ResSeg's two compiles of each
+    part would add ~25 s here; the rows do not depend on the model)."""
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
-    table = _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=train,infer", "--dtypes=float32",
-                  "--compare_torch", f"--json={out}"])
+    table = _run([sys.executable, "launch/benchmark.py", *TINY, "--model=resseg", "--parts=train,infer",
+                  "--dtypes=float32", "--compare_torch", f"--json={out}"])
     record = json.loads(out.read_text())
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in record["rows"]}
     assert set(rows) == {("train", "jax", None), ("train", "torch", None),

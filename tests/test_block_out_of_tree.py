@@ -98,7 +98,7 @@ def test_a_block_in_a_package_of_ones_own_survives_every_command(tmp_path):
     case = cache.open_cohort(cache_dir)[0]
     for phase in ("pv", "art"):
         sitk.WriteImage(sitk.GetImageFromArray(np.asarray(case.image(phase))), str(tmp_path / f"{phase}.nii.gz"))
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "JAX_PLATFORMS": "cpu", "PARESSEG_XLA_CACHE": "0"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "JAX_PLATFORMS": "cpu"}
 
     _ok(_command("paresseg-train", "--config=msf_resseg", "--workdir=work", f"--config.model.name={MODEL}",
                  f"--config.model.fusion={BLOCK}", "--config.model.width=4", f"--config.data.cache_dir={cache_dir}",
@@ -121,7 +121,7 @@ def test_a_block_in_a_package_of_ones_own_survives_every_command(tmp_path):
     assert "| gate " in tables and (tmp_path / "work" / "summary.json").is_file()
 
     report = _ok(_command("paresseg-ablation", "--workdir=ablation", "--rows=rows.toml", "--num_cases=5", "--size=64",
-                          "--slices=8", "--width=4", "--steps=2", "--folds=0", cwd=tmp_path, env=env))
+                          "--slices=8", "--width=4", "--steps=2", "--liver_steps=2", "--folds=0", cwd=tmp_path, env=env))
     assert "| spatial gate " in report
     saved = json.loads((tmp_path / "ablation" / "gate" / "seed_0" / "fold_0" / "last_model" / "model.json").read_text())
     assert saved["name"] == MODEL and saved["fusion"] == BLOCK

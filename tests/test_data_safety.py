@@ -29,6 +29,8 @@ from test_infer_study import save_tiny_model
 
 from paresseg_jax.data.images import Geometry, write_image
 
+pytestmark = pytest.mark.xdist_group("data_safety")  # the module's fixture files are built once
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SHAPE = (8, 32, 32)
@@ -37,7 +39,7 @@ GRID = Grid(shape=(6, 32, 32))
 
 
 def run_script(name, *args, env=None):
-    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0", "JAX_PLATFORMS": "cpu", **(env or {})}
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "JAX_PLATFORMS": "cpu", **(env or {})}
     return subprocess.run([str(BIN / f"paresseg-{name}"), *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           encoding="utf-8", errors="replace", timeout=300)
 

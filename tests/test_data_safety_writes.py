@@ -24,6 +24,8 @@ from paresseg_jax.data.images import read_image, read_image_header, write_image
 from paresseg_jax.errors import BadInputError, OutputError, PareSegError
 from paresseg_jax.infer import folder, study
 
+pytestmark = pytest.mark.xdist_group("data_safety_writes")  # the module's saved model is built once
+
 
 def _image(path: Path, fill: float = 0.0) -> Path:
     return write_image(np.full(SHAPE, fill, np.float32), GEOMETRY, path)

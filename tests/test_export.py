@@ -37,7 +37,7 @@ def test_the_exported_model_segments_like_the_saved_one_without_model_code(tmp_p
     case = cache.open_cohort(write_tiny_cache(tmp_path / "cache", num_cases=1))[0]
     for phase in ("pv", "art"):
         sitk.WriteImage(sitk.GetImageFromArray(np.asarray(case.image(phase))), str(tmp_path / f"{phase}.nii.gz"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PARESSEG_HUGE_PAGES": "0"}
     done = subprocess.run([sys.executable, "-m", "paresseg_jax_launch.export", "--model=saved",
                            "--output=model.jaxexport"], cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
                           errors="replace", timeout=600)

@@ -15,6 +15,8 @@ from paresseg_jax.data.images import read_image
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import cascade, study
 
+pytestmark = pytest.mark.xdist_group("infer_study")  # the module's saved model is built once
+
 
 class LiverStandIn(nn.Module):
     """Liver where the centre PV slice is brighter than 0.5."""

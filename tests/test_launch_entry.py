@@ -34,7 +34,7 @@ def _first_doc_line(module: str) -> str:
 
 
 def _run(source: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0"}
     return subprocess.run([sys.executable, "-c", source, *args], cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace",
                           timeout=120)
 

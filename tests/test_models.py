@@ -392,6 +392,9 @@ def _tier(names, fast):
     return [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
+ONE_WORKER = pytest.mark.xdist_group("model_run")  # the ~30 s fixture is built by one xdist worker, not each
+
+
 @pytest.fixture(scope="module", params=_tier(BUILT_IN_MODELS, FULL_RUN_FAST))
 def model_run(request):
     return ModelRun(request.param)
@@ -415,6 +418,7 @@ def test_jitted_forward_at_an_odd_size(name):
     assert logits.shape == (2, *ODD, 2) and np.isfinite(logits).all() and np.std(logits) > 0
 
 
+@ONE_WORKER
 def test_model_logits_have_the_input_size(model_run):
     for logits in (model_run.logits, model_run.bf16_logits):
         assert logits.shape == (2, *ODD, 2) and logits.dtype == jnp.float32
@@ -431,6 +435,7 @@ def _feeds_batchnorm(path, params) -> bool:
     return "scale" in siblings.get(str(int(layer) + 1), {})
 
 
+@ONE_WORKER
 def test_gradients_reach_every_parameter(model_run):
     """Every parameter gets a gradient, except conv biases right before a
     train-mode BatchNorm, whose true gradient is zero (the BN removes them)."""
@@ -442,12 +447,14 @@ def test_gradients_reach_every_parameter(model_run):
     assert max(before_bn, default=0.0) < 1e-3 * typical
 
 
+@ONE_WORKER
 def test_train_mode_updates_every_batchnorm(model_run):
     leaves = jax.tree_util.tree_leaves_with_path(model_run.stats)
     assert {int(x) for p, x in leaves if p[-1].key == "num_batches_tracked"} == {1}
     assert all(np.any(x != 0) for p, x in leaves if p[-1].key == "mean")
 
 
+@ONE_WORKER
 def test_bfloat16_follows_float32(model_run):
     # Same parameters, bfloat16 compute: close to float32 relative to the logits' spread.
     spread = np.std(model_run.logits)

@@ -19,6 +19,8 @@ from paresseg_jax import config_defaults, models
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.models import registry
 
+pytestmark = pytest.mark.xdist_group("notebook_calls")  # one worker, one way after another: the later ways load the first one's compilations
+
 SCRIPT = '''
 import os
 import flax.linen as nn

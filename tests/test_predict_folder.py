@@ -30,6 +30,8 @@ from paresseg_jax.errors import PareSegError
 from paresseg_jax.infer import ensemble, folder, predict, study
 from paresseg_jax.metrics import case_metrics
 
+pytestmark = pytest.mark.xdist_group("predict_folder")  # the module's saved models and predictions are built once
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GEOMETRY = Geometry((0.7, 0.8, 5.0), (120.5, -80.25, 30.0), (-1, 0, 0, 0, -1, 0, 0, 0, 1))
@@ -59,7 +61,7 @@ def write_cohort(root, layout=CASES):
 
 
 def run_script(name, *args):
-    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0"}
+    env = {**os.environ, "PARESSEG_HUGE_PAGES": "0"}
     return subprocess.run([str(BIN / name), *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           encoding="utf-8", errors="replace", timeout=600)
 

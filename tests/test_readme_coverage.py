@@ -74,6 +74,7 @@ COVERED = {
     ("paresseg-ablation", "--workdir"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-ablation", "--rows"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-ablation", "--steps"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
+    ("paresseg-ablation", "--liver_steps"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-ablation", "--folds"): "test_block_out_of_tree.py::test_a_block_in_a_package_of_ones_own_survives_every_command",
     ("paresseg-crosscheck", None): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",
     ("paresseg-crosscheck", "--torch_module"): "test_crosscheck.py::test_the_command_names_the_first_changed_layer",

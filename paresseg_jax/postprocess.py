@@ -14,7 +14,8 @@ keeping a step only when it raises the validation cases' mean Dice (liver
 Dice for liver steps, tumor Dice, the paper's DPC, for tumor steps), as
 nnU-Net's ``determine_postprocessing`` does; ``tumor_min_ml`` takes the best
 of ``MIN_ML_CANDIDATES``. The choice is stored beside the model
-(:func:`write`, ``postprocessing.json``) and applied by prediction.
+(:func:`write`, ``postprocessing.json``) and applied by prediction and scoring alike
+(``infer.cascade.postprocessed``).
 """
 
 from __future__ import annotations

@@ -129,3 +129,91 @@ def test_a_run_without_validation_cases_is_refused(tmp_path):
 
     with pytest.raises(PareSegError, match="no validation cases"):
         postprocess_choice.choose_for_run(_fake_run(tmp_path, []), roi="oracle_gt_liver")
+
+
+SHAPE = (6, 40, 40)  # one test case: 1 x 1 x 5 mm voxels, 200 per ml
+
+
+def _scored_runs(tmp_path):
+    """A tumor run and its liver run (stand-in models, ``standin_models``) whose one test case's files are also
+    what paresseg-predict reads. The liver model finds the liver and a stray bright blob outside it; the tumor
+    model a 0.9 ml lesion and a 0.02 ml one beside it: ``liver_largest_component`` and ``tumor_min_ml`` change
+    both masks."""
+    import json
+
+    from standin_models import save_standin
+
+    from paresseg_jax import config_defaults
+    from paresseg_jax.data.case import Case, write_case
+    from paresseg_jax.data.layouts import write_manifest
+    from paresseg_jax.data.preprocess import preprocess_cohort
+
+    z, y, x = np.indices(SHAPE)
+    liver = ((y - 20) ** 2 + (x - 20) ** 2 < 14**2).astype(np.uint8)
+    stray = (z >= 1) & (z <= 4) & (y < 4) & (x < 4)  # as bright as liver, 36 px from it
+    lesion = ((y - 20) ** 2 + (x - 20) ** 2 < 4**2) & (z >= 1) & (z <= 4)
+    small = (z == 2) & (y >= 10) & (y < 12) & (x >= 28) & (x < 30)
+    pv = np.where(liver | stray, 0.5, 0.0)
+    art = pv + 0.4 * (lesion | small)
+    hu = {name: (-70.0 + 250.0 * unit).astype(np.float32) for name, unit in (("pv", pv), ("art", art))}
+    case = Case(hu, liver, lesion.astype(np.uint8), (1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                {"case_id": "case_t", "tumor_type": "HCC"})
+    folder = write_case(case, tmp_path / "cohort" / "case_t")
+    write_manifest(tmp_path / "cohort", [{"case_id": "case_t", "tumor_type": "HCC"}])
+    config = config_defaults.get_config()
+    config.data.preprocess.register = False
+    config.data.cache_dir = str(preprocess_cohort(tmp_path / "cohort", tmp_path / "cache", config.data.preprocess,
+                                                  progress=False, workers=1))
+    config.eval.batch_size = 2
+    split = {"train": ["case_a"], "validation": ["case_v"], "test": ["case_t"], "fold": 0, "num_folds": 2}
+    for name, options in (("run", {}), ("liver", {"phases": ("pv",), "rule": "bright", "offset": 0.25})):
+        (tmp_path / name).mkdir()
+        for file, content in (("config.json", config.to_dict()), ("split.json", split),
+                              ("status.json", {"state": "finished", "step": 2, "total_steps": 2})):
+            (tmp_path / name / file).write_text(json.dumps(content, default=list))
+        save_standin(tmp_path / name / "last_model", **options)
+    return tmp_path / "run", tmp_path / "liver", folder
+
+
+def test_scoring_applies_the_stored_postprocessing_as_predict_does(tmp_path):
+    """paresseg-evaluate --run scores a test case as paresseg-predict segments its files, the stored choice
+    included (cascade and oracle ROI); the summary records the choice, and one scored without it is stale."""
+    import SimpleITK as sitk
+
+    from paresseg_jax.evaluate import scoring
+    from paresseg_jax.infer import study
+
+    run, liver, folder = _scored_runs(tmp_path)
+    phases = {p: folder / f"{p}.nii.gz" for p in ("pv", "art")}
+
+    def scored(name, **roi):
+        record = scoring.score_run(run, liver_workdir=liver, out_dir=tmp_path / name, reuse=True, **roi)["cases"][0]
+        return record, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name / "predictions" / "case_t.nii.gz")))
+
+    def predicted(name, **liver_source):
+        report = study.predict_files(phases, run, tmp_path / f"{name}.nii.gz", gt=folder / "tumor.nii.gz",
+                                     **liver_source)
+        return report, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")))
+
+    plain, plain_mask = scored("plain")
+    assert scoring.current_summary(run, liver_workdir=liver, out_dir=tmp_path / "plain")["info"]["provenance"][
+        "postprocessing"] is None
+    settings = {**postprocess.NONE, "liver_largest_component": True, "tumor_min_ml": 0.05}
+    postprocess.write(run / "last_model", {"settings": settings})
+    assert scoring.current_summary(run, liver_workdir=liver, out_dir=tmp_path / "plain") is None  # stale now
+    chosen, chosen_mask = scored("plain")  # reuse=True scores it again
+    report, predict_mask = predicted("predict", liver_model=liver)
+    assert report["postprocessing"] == settings
+    np.testing.assert_array_equal(chosen_mask, predict_mask)
+    assert chosen["metrics"] == report["metrics"]
+    assert plain_mask.sum() == chosen_mask.sum() + 4 > 4  # the small lesion went
+    assert chosen["metrics"]["dice"] == 1.0 > plain["metrics"]["dice"]
+    assert chosen["liver_dice"] == 1.0 > plain["liver_dice"]  # the stray blob went
+    stored = scoring.current_summary(run, liver_workdir=liver, out_dir=tmp_path / "plain")["info"]["provenance"]
+    assert stored["postprocessing"] == settings
+    oracle, oracle_mask = scored("oracle", roi="oracle_gt_liver")
+    report, predict_mask = predicted("given", liver=folder / "liver.nii.gz")
+    np.testing.assert_array_equal(oracle_mask, predict_mask)
+    assert oracle["metrics"] == report["metrics"] == chosen["metrics"]
+    postprocess.write(run / "last_model", {"settings": {**settings, "tumor_min_ml": 0.1}})  # another choice
+    assert scoring.current_summary(run, liver_workdir=liver, out_dir=tmp_path / "plain") is None

@@ -2,8 +2,8 @@
 
 A scored run's summary records, under ``info.provenance``: the checksums of
 the tumor model and of the cascade's liver model (their weights and specs),
-the run's config, the protocol, the scored case ids and the key of the cache
-they were read from. A result is reused only when every one of these is what
+the run's config, the protocol, the scored case ids, the key of the cache
+they were read from and the postprocessing applied (None: none). A result is reused only when every one of these is what
 scoring would use now; otherwise it is scored again.
 """
 
@@ -37,9 +37,10 @@ def model_checksum(model_dir: str | os.PathLike, variables: Mapping) -> str:
 
 
 def record(*, model_sha256: str, liver_model_sha256: str | None, config: Mapping, protocol: Mapping,
-           case_ids, cache_dir: str | os.PathLike) -> dict:
+           case_ids, cache_dir: str | os.PathLike, postprocessing: Mapping | None = None) -> dict:
     """The provenance of scoring ``case_ids`` from ``cache_dir`` with these models (:func:`model_checksum`),
-    config and protocol, in the form it takes in JSON (so a stored one compares equal)."""
+    config, protocol and postprocessing settings, in the form it takes in JSON (so a stored one compares
+    equal). A summary stored before postprocessing was recorded reads as None: still current without one."""
     content = {
         "model_sha256": model_sha256,
         "liver_model_sha256": liver_model_sha256,
@@ -47,6 +48,7 @@ def record(*, model_sha256: str, liver_model_sha256: str | None, config: Mapping
         "protocol": dict(protocol),
         "cases": sorted(str(c) for c in case_ids),
         "cache_key": Path(cache_dir).name,
+        "postprocessing": None if postprocessing is None else dict(postprocessing),
     }
     return json.loads(json.dumps(content, default=list))
 

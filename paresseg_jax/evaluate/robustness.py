@@ -143,6 +143,7 @@ def evaluate_perturbed(
     if phase not in module.phases or phase == "pv":
         raise BadInputError(f"the model's phases are {module.phases}, so it cannot misalign {phase!r}", path=workdir,
                             fix="misalign one of the model's phases other than PV (--phase)")
+    chosen = scoring.stored_postprocessing(workdir / CHECKPOINT_CHOICES[checkpoint])  # applied as score_run does
     split = scoring.run_split(workdir)
     cache = Path(cache_dir) if cache_dir is not None else prepared_cache(config)
     cases = open_cohort(cache, split["test"])
@@ -158,9 +159,9 @@ def evaluate_perturbed(
     for name, (views, info) in conditions.items():
         name = prefix + name
         records = scoring.score_cases((module, variables), views, eval_config, roi=roi, liver_model=liver_model,
-                                      liver_masks=liver_masks, target=target, condition=name, fold=split["fold"],
-                                      **info)
+                                      liver_masks=liver_masks, target=target, postprocessing=chosen, condition=name,
+                                      fold=split["fold"], **info)
         write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info,
-                      **scoring.protocol(eval_config, roi, target))
+                      postprocessing=chosen, **scoring.protocol(eval_config, roi, target))
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))
     return dpc

@@ -15,7 +15,10 @@ paper's unless a config says otherwise, and every ``summary.json`` states it:
   'oracle_gt_liver', the ground-truth liver's dilated ROI from the cache,
   an upper bound the paper does not report;
 - extent: whole slices unless ``config.eval.crop_to_roi``; foreground where
-  ``p >= threshold``.
+  ``p >= threshold``;
+- postprocessing: the choice ``paresseg-postprocess`` stored beside the
+  scored model (made on validation cases), applied as ``paresseg-predict``
+  applies it (``infer.cascade.postprocessed``), none without one.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import provenance
 from paresseg_jax.summary import evaluate_case, read_summary, write_summary
-from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
+from paresseg_jax.infer.cascade import (postprocessed, predict_options, segment_study, stored_postprocessing,
+                                        threshold_for)
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
@@ -75,6 +79,7 @@ def score_cases(
     out_dir: str | os.PathLike | None = None,
     overlays: bool = False,
     title: str = "",
+    postprocessing: Mapping | None = None,
     **info,
 ) -> list[dict]:
     """Segment and score cached cases; one :func:`evaluate_case` record each (``info`` added to each).
@@ -87,7 +92,8 @@ def score_cases(
     liver stage's masks and is filled with them: conditions that change only other phases than PV pass the
     same dict and run the liver model once per case (the result is the same). With
     ``out_dir``, masks go to ``out_dir/predictions/<case_id>.nii.gz`` (PV
-    geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``.
+    geometry) and, with ``overlays``, PNG montages to ``out_dir/overlays/``. ``postprocessing``: the scored
+    model's stored choice (:func:`stored_postprocessing`), applied as paresseg-predict applies it.
     """
     if target not in ("tumor", "liver"):
         raise ValueError(f"target={target!r} (config.data.target) must be 'tumor' or 'liver'")
@@ -99,7 +105,8 @@ def score_cases(
     for case in tqdm(cases, desc="score", unit="case", leave=False):
         images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *tumor_model[0].phases))}
         mask, truth, extra = _segment_case(case, images, tumor_model, eval_config, roi=roi, liver_model=liver_model,
-                                           liver_masks=liver_masks, roi_dilation=roi_dilation, target=target)
+                                           liver_masks=liver_masks, roi_dilation=roi_dilation, target=target,
+                                           postprocessing=postprocessing)
         spacing_zyx = case.spacing_zyx
         records.append(evaluate_case(mask, truth, spacing_zyx, case.case_id, case.tumor_type,
                                      scanner=case.metadata.get("scanner"), **extra, **info))
@@ -116,22 +123,30 @@ def score_cases(
 
 def _segment_case(case: CachedCase, images: Mapping[str, np.ndarray], tumor_model: tuple, eval_config: Mapping, *,
                   roi: str, liver_model: tuple | None, liver_masks: MutableMapping[str, np.ndarray] | None,
-                  roi_dilation: int, target: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(mask, truth, extra record fields)`` of one case, as :func:`score_cases` describes."""
+                  roi_dilation: int, target: str,
+                  postprocessing: Mapping | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(mask, truth, extra record fields)`` of one case, as :func:`score_cases` describes; postprocessed as
+    paresseg-predict would: the oracle's liver is a given mask, the cascade's a predicted one."""
     module, variables = tumor_model
     options = predict_options(eval_config)
     threshold = threshold_for(eval_config, target)
     if target == "liver":
-        return binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options), threshold), case.liver, {}
+        mask = binarize(predict_volume(module, variables, {"pv": images["pv"]}, **options), threshold)
+        kept = postprocessed({"liver": None, "mask": mask}, case.spacing_zyx, postprocessing, liver_predicted=False)
+        return kept["mask"], case.liver, {}
     if roi == ORACLE:
-        return binarize(predict_volume(module, variables, images, case.roi, **options), threshold), case.tumor, {}
+        mask = binarize(predict_volume(module, variables, images, case.roi, **options), threshold)
+        given = {"liver": case.liver, "mask": mask}  # the ground-truth liver, as a mask paresseg-predict is given
+        kept = postprocessed(given, case.spacing_zyx, postprocessing, liver_predicted=False)
+        return kept["mask"], case.tumor, {}
     known = None if liver_masks is None else liver_masks.get(case.case_id)
     result = segment_study(
         images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold,
         liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
     )
     if liver_masks is not None:
-        liver_masks[case.case_id] = result["liver"]
+        liver_masks[case.case_id] = result["liver"]  # as predicted: the next condition's ROI is this one's
+    result = postprocessed(result, case.spacing_zyx, postprocessing, liver_predicted=True)
     return result["mask"], case.tumor, {"liver_dice": dice(result["liver"], case.liver)}
 
 
@@ -192,8 +207,9 @@ def score_run(
 
     ``roi`` overrides the run's ``config.eval.roi``. The cascade takes its
     liver model from ``liver_workdir``, a liver-ResSeg run whose test cases
-    must be this run's (so it never trained on them either). The summary
-    records its provenance (``evaluate.provenance``); with ``reuse`` a stored
+    must be this run's (so it never trained on them either). The postprocessing stored beside the scored
+    model is applied as paresseg-predict applies it. The summary
+    records its provenance (``evaluate.provenance``, the postprocessing included); with ``reuse`` a stored
     summary is returned as it is when all of it matches, else scored again.
     """
     plan = _plan(Path(workdir), liver_workdir, roi)
@@ -207,7 +223,7 @@ def score_run(
     records = score_cases(
         plan["tumor_model"], cases, config.eval.to_dict(), roi=plan["roi"], liver_model=plan["liver_model"],
         roi_dilation=roi_dilation, target=plan["target"], out_dir=out, overlays=overlays, title=title,
-        fold=split["fold"],
+        postprocessing=plan["postprocessing"], fold=split["fold"],
     )
     split_info = {k: split[k] for k in ("fold", "num_folds", "train", "validation", "test")}
     write_summary(out, records, workdir=str(Path(workdir).absolute()), split=split_info,
@@ -254,11 +270,12 @@ def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:
         liver_checkpoint = read_config(liver_workdir)["eval"]["checkpoint"]
         liver_sha256 = provenance.model_checksum(Path(liver_workdir) / CHECKPOINT_CHOICES[liver_checkpoint], liver_model[1])
     tumor_model = load_run_model(workdir, checkpoint)
+    chosen = stored_postprocessing(workdir / CHECKPOINT_CHOICES[checkpoint])
     cache_dir = prepared_cache(config)
     record = provenance.record(
         model_sha256=provenance.model_checksum(workdir / CHECKPOINT_CHOICES[checkpoint], tumor_model[1]),
         liver_model_sha256=liver_sha256, config=config.to_dict(), protocol=protocol(eval_config, roi, target),
-        case_ids=split["test"], cache_dir=cache_dir,
+        case_ids=split["test"], cache_dir=cache_dir, postprocessing=chosen,
     )
     return {"config": config, "split": split, "target": target, "roi": roi, "tumor_model": tumor_model,
-            "liver_model": liver_model, "cache_dir": cache_dir, "provenance": record}
+            "liver_model": liver_model, "cache_dir": cache_dir, "postprocessing": chosen, "provenance": record}

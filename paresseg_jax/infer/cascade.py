@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from paresseg_jax import model_io, postprocess
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble
 from paresseg_jax.infer.predict import binarize
@@ -46,6 +47,23 @@ def label_map(liver: np.ndarray | None, tumor: np.ndarray) -> np.ndarray:
         labels[np.asarray(liver) > 0] = LIVER_LABEL
     labels[np.asarray(tumor) > 0] = TUMOR_LABEL
     return labels
+
+
+def stored_postprocessing(model_path) -> dict | None:
+    """The postprocessing ``paresseg-postprocess`` stored beside a saved model (or a training workdir's
+    scored one), None for none: read here for prediction and scoring alike, so both apply the same choice."""
+    return postprocess.read(model_io.resolve_model_dir(model_path))
+
+
+def postprocessed(result: dict, spacing_zyx, settings: Mapping | None, liver_predicted: bool) -> dict:
+    """A :func:`segment_study` result after ``settings`` (``paresseg_jax.postprocess``; None: the result as
+    it is): the one step by which paresseg-predict and scoring turn masks into what they report. Liver
+    steps change only a liver that ``liver_predicted`` (never a given mask)."""
+    if not settings:
+        return result
+    liver, mask = postprocess.apply(result["liver"], result["mask"], spacing_zyx, settings,
+                                    liver_predicted=liver_predicted)
+    return {**result, "liver": liver, "mask": mask, "labels": label_map(liver, mask)}
 
 
 def segment_study(

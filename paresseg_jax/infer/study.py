@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import absent_phases, lesions, model_io, postprocess, preflight
+from paresseg_jax import absent_phases, lesions, model_io, preflight
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import preprocess
 from paresseg_jax.data.case import Case, read_case
@@ -28,7 +28,7 @@ from paresseg_jax.data.images import write_image
 from paresseg_jax.data.layouts import CaseEntry
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import label_map, segment_options, segment_study
+from paresseg_jax.infer.cascade import postprocessed, segment_options, segment_study, stored_postprocessing
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -84,7 +84,7 @@ class Segmenter:
         if preprocess_config is None and trained:
             preprocess_config = trained["data"]["preprocess"]
         liver = None if liver_model is None else _ensemble(liver_model)
-        chosen = postprocess.read(model_io.resolve_model_dir(tumor.sources[0])) if tumor.sources else None
+        chosen = stored_postprocessing(tumor.sources[0]) if tumor.sources else None
         return cls(tumor, liver, segment_options(settings), preprocess.resolve_config(preprocess_config), chosen)
 
     @property
@@ -118,10 +118,7 @@ class Segmenter:
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
         )
-        if self.postprocessing:
-            kept_liver, mask = postprocess.apply(result["liver"], result["mask"], case.spacing_zyx,
-                                                 self.postprocessing, liver_predicted=liver is None)
-            result.update(liver=kept_liver, mask=mask, labels=label_map(kept_liver, mask))
+        result = postprocessed(result, case.spacing_zyx, self.postprocessing, liver_predicted=liver is None)
         result["phases_hu"] = registered  # what the lesions are measured on
         return result, images, registration
 

@@ -224,6 +224,17 @@ def test_header_larger_than_the_memory_is_refused_before_reading(monkeypatch, tm
         read_image(path)
 
 
+def test_dicom_series_larger_than_the_memory_is_refused_before_reading(monkeypatch, tmp_path):
+    """Each slice file is honest, so only the series as a whole (columns x rows x slices) can be too large."""
+    source, _, _ = _gapped_study(tmp_path / "dicom", drop=None)
+    series = next(p.parent for p in source.rglob("*.dcm"))
+    assert read_image(series).GetSize() == (32, 32, 6)  # the memory this machine has: read
+    monkeypatch.setattr(declared_size, "available_memory", lambda: 32 * 32 * 6 * 4 - 1)  # one byte short as float32
+    for read in (read_image_header, read_image):
+        with pytest.raises(BadInputError, match=r"image of \(32, 32, 6\) voxels needs .* more than"):
+            read(series)
+
+
 def test_writer_error_is_one_error_naming_the_file(monkeypatch, tmp_path):
     def fail(image, path, *args, **kwargs):
         raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: itkNiftiImageIO.cxx:2386:\n"

@@ -3,7 +3,9 @@
 A NIfTI header of a few hundred bytes can promise 2000^3 float voxels; the
 reader would try to allocate 32 GB and end in a MemoryError. The promise is
 checked against what the file can hold (gzip cannot shrink data more than
-about 1032 times) and against the memory this machine has available.
+about 1032 times) and against the memory this machine has available; a
+DICOM series (thousands of slices of 512 x 512, each file honest) only
+against the memory.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ def check(path: str | os.PathLike, size: Sequence[int], pixel_id: int, component
         raise BadInputError(f"header promises {tuple(size)} voxels ({promised:,} bytes), more than the "
                             f"{stored:,}-byte file can hold", path=path, fix="the file is damaged or cut short; "
                             "export it again")
-    needed = count * max(voxel_bytes, 4)
+    fits_in_memory(path, size, voxel_bytes)
+
+
+def fits_in_memory(path: str | os.PathLike, size: Sequence[int], voxel_bytes: int) -> None:
+    """Refuse an image (a file, or a DICOM series folder: columns, rows, slices) whose voxels, as stored and as
+    float32, would not fit in the memory available."""
+    needed = int(np.prod([int(n) for n in size], dtype=object)) * max(voxel_bytes, 4)
     memory = available_memory()
     if memory is not None and needed > memory:
         raise BadInputError(f"image of {tuple(size)} voxels needs {needed / 2**30:.1f} GiB, more than the "

@@ -1,4 +1,4 @@
-"""A DICOM series checked as one volume before it is read: evenly spaced slices of one orientation and size.
+"""A DICOM series checked as one volume before it is read: evenly spaced slices of one orientation and size, that fits in memory.
 
 ITK stacks whatever slices a folder holds: with one slice missing it reads a
 volume one slice short, spreads the gap over all slices (a wrong z
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from paresseg_jax.data import declared_size
 from paresseg_jax.errors import BadInputError
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,16 @@ _ORIENTATION_ATOL = 1e-3
 _SPACING_RTOL = 0.1  # of the usual spacing: headers round positions
 
 
-def _header(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+def _header(path: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+    """A slice's position, orientation, (columns, rows) and bytes per voxel, from its header alone."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.ReadImageInformation()
     values = {tag: reader.GetMetaData(tag) if reader.HasMetaDataKey(tag) else "" for tag in ("0020|0032", "0020|0037")}
     position, orientation = (np.array([float(v) for v in values[tag].split("\\") if v.strip()] or [np.nan])
                              for tag in ("0020|0032", "0020|0037"))
-    return position, orientation, tuple(reader.GetSize()[:2])
+    voxel_bytes = sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent() * reader.GetNumberOfComponents()
+    return position, orientation, tuple(reader.GetSize()[:2]), voxel_bytes
 
 
 def slice_positions(files: Sequence[str], folder: str | os.PathLike) -> np.ndarray:
@@ -57,6 +60,7 @@ def slice_positions(files: Sequence[str], folder: str | os.PathLike) -> np.ndarr
     if len(sizes) > 1:
         raise BadInputError(f"{where} of different sizes {sizes}", path=folder,
                             fix="keep one acquisition's slices in the folder")
+    declared_size.fits_in_memory(folder, (*sizes[0], len(files)), max(h[3] for h in headers))
     normal = np.cross(orientation[:3], orientation[3:])
     return np.array([float(np.dot(normal, h[0])) for h in headers])
 

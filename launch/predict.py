@@ -31,7 +31,7 @@ import json
 
 from absl import app, flags
 
-from paresseg_jax import cli, flag_checks, preflight
+from paresseg_jax import cli, flag_checks, names, preflight
 from paresseg_jax.data import series_check
 from paresseg_jax.data.layouts import PHASES, read_cohort
 from paresseg_jax.errors import PareSegError
@@ -85,6 +85,9 @@ _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept aroun
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series with a missing slice onto even "
                                    "slices (with a warning) instead of refusing it")
+_RENAME_UNSAFE = flags.DEFINE_boolean("rename_unsafe", False, "with --input: name the outputs of a case whose id "
+                                     "cannot be a file name (a '/', '..', control characters, too long) after a "
+                                     "safe version of it, with a warning (else the run is refused)")
 _RESAMPLE_MASKS = flags.DEFINE_boolean("resample_masks", False, "allow --liver/--gt masks on another grid than PV "
                                        "(resampled onto it; else refused)")
 _ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --input: also score cases the model's "
@@ -116,7 +119,7 @@ def phase_paths() -> dict:
 
 def main(argv):
     del argv
-    with series_check.gaps_allowed(_ALLOW_GAPS.value):
+    with series_check.gaps_allowed(_ALLOW_GAPS.value), names.renaming(_RENAME_UNSAFE.value):
         _predict()
 
 

@@ -4,11 +4,16 @@ A case id of ``../../x``, ``/etc/x``, ``.`` or one with a newline would put an
 output outside its folder or replace the folder itself; one too long fails
 only when its temporary (``paresseg_jax.atomic``) is created, after the work.
 Every such name passes :func:`file_name` first. Renaming is the caller's
-explicit choice (``rename=True``, a flag of the command), never silent.
+explicit choice (``rename=True``, or within :func:`renaming` as
+``paresseg-predict --rename_unsafe`` asks), never silent: each renamed name
+is logged with its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
 import re
 
@@ -19,6 +24,9 @@ NAME_MAX = 255  # bytes of one path component on ext4, xfs, btrfs, tmpfs, APFS
 # The longest suffix any command appends to a name from data (folder predict's probability map).
 LONGEST_SUFFIX = "_tumor_prob.nii.gz"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+# Set for a whole command by ``renaming``: its names from data are read deep inside cohort layouts.
+_RENAMING = contextvars.ContextVar("renaming", default=False)
+log = logging.getLogger(__name__)
 
 
 def problem(name: str) -> str | None:
@@ -45,13 +53,26 @@ def renamed(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def renaming(allowed: bool = True):
+    """Within the block, :func:`file_name` renames an unsafe name (with a warning) instead of refusing it."""
+    token = _RENAMING.set(allowed)
+    try:
+        yield
+    finally:
+        _RENAMING.reset(token)
+
+
 def file_name(name, what: str, *, rename: bool = False, path=None, fix: str | None = None) -> str:
-    """``name`` when it is a safe file name; else ``renamed(name)`` with ``rename``, or a BadInputError
-    naming ``what`` (e.g. "case id of case #3") and why."""
+    """``name`` when it is a safe file name; else ``renamed(name)`` with ``rename`` (or within
+    :func:`renaming`), logged, or a BadInputError naming ``what`` (e.g. "case id of case #3") and why."""
     why = problem(name)
     if why is None:
         return name
-    if rename:
-        return renamed(name)
+    if rename or _RENAMING.get():
+        new = renamed(name)
+        log.warning("%s %r renamed %r: %s", what, name, new, why)
+        return new
     raise BadInputError(f"{what} {name!r} cannot be a file name: {why}", path=path,
-                        fix=fix or "give it a plain name of letters, digits, '-' and '_'")
+                        fix=fix or "give it a plain name of letters, digits, '-' and '_' (paresseg-predict "
+                          "--rename_unsafe renames it)")

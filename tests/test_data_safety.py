@@ -365,3 +365,23 @@ def test_mistake_is_refused_and_changes_nothing(data, tmp_path, case):
     assert _snapshot(data["root"], tmp_path, skip=out) == before  # inputs unchanged, nothing written beside them
     left = sorted(p.name for p in out.rglob("*")) if out.is_dir() else []
     assert left == (["import_report.json"] if case in WRITES_REPORT else []), left
+
+
+def test_rename_unsafe_names_the_outputs_of_unsafe_case_ids_inside_the_output_folder(data, tmp_path):
+    """The case ids refused above, renamed on request: every output stays in --output, each renaming is said."""
+    cohort = _cohort(tmp_path / "in", [{"case_id": "../../x"}, {"case_id": "a\nb"}])
+    out = tmp_path / "out"
+    before = _snapshot(data["root"], tmp_path, skip=out)
+    done = run_script(*_predict_folder(data, out, cohort, "--rename_unsafe"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'../../x' renamed '_.._x': it holds the character '/'" in done.stderr
+    assert "'a\\nb' renamed 'a_b'" in done.stderr
+    assert {"_.._x.nii.gz", "a_b.nii.gz"} <= {p.name for p in out.iterdir()}
+    assert _snapshot(data["root"], tmp_path, skip=out) == before  # nothing written outside --output
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(case["case_id"] for case in summary["cases"]) == ["_.._x", "a_b"]
+    # Two ids that rename alike are still refused, before any work.
+    twins = _cohort(tmp_path / "twins", [{"case_id": "a/b"}, {"case_id": "a\\b"}])
+    done = run_script(*_predict_folder(data, tmp_path / "out2", twins, "--rename_unsafe"))
+    assert done.returncode == 2 and "case id 'a_b' appears twice" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out2").exists() or not list((tmp_path / "out2").iterdir())

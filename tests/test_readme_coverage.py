@@ -36,6 +36,7 @@ COVERED = {
     ("paresseg-predict", "--prob"): "test_documented_commands.py::test_predict_one_study_as_readme_shows",
     ("paresseg-predict", "--overlay"): "test_documented_commands.py::test_predict_one_study_as_readme_shows",
     ("paresseg-predict", "--input"): "test_documented_commands.py::test_predict_cascade_takes_label_1_from_the_liver_model",
+    ("paresseg-predict", "--rename_unsafe"): "test_data_safety.py::test_rename_unsafe_names_the_outputs_of_unsafe_case_ids_inside_the_output_folder",
     ("paresseg-predict", "--output"): "test_documented_commands.py::test_predict_cascade_takes_label_1_from_the_liver_model",
     ("paresseg-predict", "--crop_to_roi"): "test_documented_commands.py::test_predict_settings_reach_the_segmentation",
     ("paresseg-evaluate", None): "test_documented_commands.py::test_evaluate_predictions_with_a_tumor_label_and_a_metric",

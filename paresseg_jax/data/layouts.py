@@ -340,6 +340,10 @@ def _case_files(folder: Path, ending: str, per_channel: bool) -> dict[str, dict[
             raise PareSegError(f"image {path.name} has no channel suffix", path=folder,
                                fix=f"name channel files <case>_0000{ending}, <case>_0001{ending}, ...")
         case_id, channel = (match["case"], str(int(match["channel"]))) if match else (stem, "0")
-        names.file_name(case_id, f"the case id of {path.name}", path=folder, fix="rename the file")
+        case_id = names.file_name(case_id, f"the case id of {path.name}", path=folder,
+                                  fix="rename the file (paresseg-predict --rename_unsafe renames its outputs)")
+        if channel in cases.get(case_id, {}):  # two unsafe names renamed alike
+            raise BadInputError(f"{path.name} and {cases[case_id][channel].name} give the same case id {case_id!r}",
+                                path=folder, fix="rename one of the files")
         cases.setdefault(case_id, {})[channel] = path
     return cases

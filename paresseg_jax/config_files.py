@@ -18,7 +18,8 @@ from pathlib import Path
 import ml_collections
 from absl import flags
 
-from paresseg_jax.errors import PareSegError
+from paresseg_jax import config_defaults
+from paresseg_jax.errors import PareSegError, error_line
 
 BUILTIN_PACKAGE = "paresseg_jax_configs"
 
@@ -53,12 +54,37 @@ def resolve(spec: str) -> str:
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
-    """The ``get_config()`` of a built-in name or config file path (``spec:arg`` calls ``get_config(arg)``)."""
+    """The ``get_config()`` of a built-in name or config file path (``spec:arg`` calls ``get_config(arg)``),
+    checked whole against the declared fields (:func:`check_fields`)."""
     path, colon, arg = resolve(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location(f"paresseg_jax_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(*([arg] if colon else []))
+    try:
+        config = module.get_config(*([arg] if colon else []))
+    except TypeError as error:  # ml_collections refuses a value of another type than the field's default
+        raise PareSegError(f"a field is given a value of the wrong type ({error_line(error)})", path=path,
+                           fix="give each field a value of its default's type (paresseg_jax.config_defaults)") from None
+    check_fields(config, path)
+    return config
+
+
+def check_fields(config: ml_collections.ConfigDict, path, name: str = "config") -> None:
+    """Refuse a field that ``config_defaults`` does not declare: assigned in a config file, a misspelt field
+    name would otherwise be a new field that nothing reads, and the run would go on with the default.
+    (ml_collections itself refuses a declared field's value of another type.)"""
+    _check_section(config, config_defaults.get_config(), path, name)
+
+
+def _check_section(section, declared, path, where: str) -> None:
+    for field in section.keys():
+        if field not in declared:
+            close = difflib.get_close_matches(field, list(declared.keys()), n=1)
+            hint = f"; did you mean {where}.{close[0]}?" if close else f"; {where} has: {', '.join(sorted(declared))}"
+            raise PareSegError(f"{where}.{field} is not a config field{hint}", path=path,
+                               fix="every field is declared, with its default, in paresseg_jax.config_defaults")
+        if isinstance(declared[field], ml_collections.ConfigDict) and isinstance(section[field], (dict, ml_collections.ConfigDict)):
+            _check_section(section[field], declared[field], path, f"{where}.{field}")
 
 
 def unknown_override(config: ml_collections.ConfigDict, argv, name: str = "config") -> str | None:
@@ -98,7 +124,14 @@ class NamedConfigParser(flags.ArgumentParser):
             path = resolve(argument)
         except PareSegError as error:
             raise ValueError(error.message) from None
-        config = self._file_parser.parse(path)
+        try:
+            config = self._file_parser.parse(path)
+            check_fields(config, path.partition(":")[0], self._name)
+        except TypeError as error:  # ml_collections' message ends with the file's traceback, the reason last
+            reason = str(error).strip().splitlines()[-1].removeprefix("TypeError: ")
+            raise ValueError(f"{path.partition(':')[0]}: a field is given a value of the wrong type ({reason})") from None
+        except PareSegError as error:
+            raise ValueError(str(error)) from None
         problem = unknown_override(config, sys.argv, self._name)
         if problem:
             raise ValueError(problem)

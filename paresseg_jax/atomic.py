@@ -106,6 +106,10 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
                 raise
             raise OutputError(f"cannot be written ({os.strerror(error.errno)}); nothing of it was kept", path=target,
                               fix="free space on that disk (or raise the quota), or write elsewhere") from None
+        except OutputError as error:  # a writer that names its file names our temporary: the user knows the target
+            if error.path != str(tmp):
+                raise
+            raise OutputError(error.problem, path=target, fix=error.fix) from None
         if directory and target.exists():
             old = _beside(target, PREVIOUS_MARK)
             os.replace(target, old)

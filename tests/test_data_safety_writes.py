@@ -1,14 +1,18 @@
 """Writes that fail (a full disk, a short write that reports success) and runs that stop half-way (a case with bad
 voxels, Ctrl-C): one error naming the file, nothing partial, outputs that go together together or not at all.
 
-Faults are injected into the writers in-process (no small file system to
-fill), and the model's work is replaced by a canned result where only the
-writing is under test.
+Faults are injected into the writers in-process, and the model's work is
+replaced by a canned result where only the writing is under test; one test
+has the kernel itself cut a launcher's writes short (a file size limit: no
+small file system to mount or fill).
 """
 
 import errno
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +248,28 @@ def test_writer_error_is_one_error_naming_the_file(monkeypatch, tmp_path):
     with pytest.raises(OutputError, match=r"mask\.nii\.gz: cannot be written \(ITK ERROR: .*failed to write image\)"):
         _image(tmp_path / "mask.nii.gz")
     assert not list(tmp_path.iterdir())
+
+
+# Sets a file size limit, then becomes the launcher: the kernel refuses to grow a file past it (EFBIG, with
+# SIGXFSZ ignored), a real short write through every layer (SimpleITK's writer, zlib, the OS) as a full disk
+# gives one. (A preexec_fn would fork this process, whose JAX threads make forking unsafe.)
+LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+@pytest.mark.parametrize("limit, cut", [(100, "mask"), (600, "prob")])  # below any NIfTI; the mask fits, not the map
+def test_a_real_short_write_is_one_line_and_leaves_nothing(tmp_path, model, limit, cut):
+    """SimpleITK's writer does not report the kernel's refusal: the read-back finds the cut gzip stream, the
+    error names the output (not its temporary), and a mask written before the cut probabilities is taken back."""
+    pv, out = _image(tmp_path / "in" / "pv.nii.gz"), tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(limit), str(Path(sys.executable).parent / "paresseg-predict"),
+         f"--pv={pv}", f"--model={model}", f"--out={out / 'mask.nii.gz'}", f"--prob={out / 'prob.nii.gz'}"],
+        env={**os.environ, "PARESSEG_HUGE_PAGES": "0", "PARESSEG_XLA_CACHE": "0", "JAX_PLATFORMS": "cpu"},
+        capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert re.search(rf"out/{cut}\.nii\.gz: (cannot be written|was written incomplete) \(", error), error
+    assert not list(out.iterdir())  # neither output, nor a temporary

@@ -36,7 +36,10 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
         held_out = ids
         assert len(ids) == 1  # 5 cases, 5 folds: one held out
         for case in summary["cases"]:
-            assert 0.0 <= case["metrics"]["dice"] <= 1.0 and 0.0 <= case["liver_dice"] <= 1.0
+            # Two training steps leave the tumor masks empty (their equalities below are checked on non-empty
+            # masks with stand-in models in test_evaluate_crossval); the liver stage's masks are not, so the
+            # comparisons below cover the cascade's liver model and ROI.
+            assert case["metrics"]["tp"] + case["metrics"]["fn"] > 0 and 0.0 < case["liver_dice"] <= 1.0
             mask = sitk.ReadImage(str(tmp_path / "eval" / run / "predictions" / f"{case['case_id']}.nii.gz"))
             pv = read_image(tmp_path / "cohort" / case["case_id"] / "pv.nii.gz")
             assert mask.GetSize() == pv.GetSize()

@@ -111,6 +111,7 @@ def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tm
     assert f"| PD | {100 * np.mean(dpc):.1f}{sd} |" in flat  # the mean and sd of the seeds' pooled DPC
     assert "| PD | PD, without ART | 2 |" in flat and "| PD, ART shift 3 mm | PD | 2 |" in flat
     assert "| PD, registration: rigid |" in flat and "| PD | shift | " in flat
+    assert "## Lesion detection" in flat and "| all | PD | " in flat and "| > 20 mm | PD, without ART | " in flat
     for figure in ("dpc_per_entry.png", "dpc_per_type.png", "dpc_vs_misalignment.png"):
         assert (work / figure).stat().st_size > 0
     assert (work / "ablation.md").read_text() == report

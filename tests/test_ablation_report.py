@@ -93,3 +93,36 @@ def test_results_table_has_mean_sd_over_seeds_fold_range_and_types():
     table = ablation_report.results_table({"r": "row"}, {"r": [SEED_0, SEED_1]})
     assert "| row " in table and "52.5 +- 3.5" in table and "30.0-80.0" in table
     assert "HCC" in table and "METs" in table
+
+
+def _lesion(diameter_mm, dice, detected):
+    return {"diameter_mm": diameter_mm, "iou": dice / (2 - dice), "dice": dice, "detected": detected}
+
+
+def _found(diameter_mm, true):
+    return {"diameter_mm": diameter_mm, "iou": 0.8 if true else 0.0, "true": true}
+
+
+def test_report_has_the_lesion_detection_table_of_every_seed_pooled(tmp_path):
+    """Seed 0 finds the 5 mm lesion and misses the 15 mm one (and predicts a false 25 mm one); seed 1 finds both.
+    Pooled over seeds: 4 reference lesions, 3 detected; 4 predicted, 3 true; per-lesion Dice by hand."""
+    per_seed = []
+    for detection in ({"reference": [_lesion(5, 0.9, True), _lesion(15, 0.2, False)],
+                       "predicted": [_found(5, True), _found(25, False)]},
+                      {"reference": [_lesion(5, 0.7, True), _lesion(15, 0.75, True)],
+                       "predicted": [_found(5, True), _found(15, True)]}):
+        records = [{**case, "detection": detection if case["case_id"] == "a1" else {"reference": [], "predicted": []}}
+                   for case in SEED_0["cases"]]
+        per_seed.append({"info": {}, "cases": records, "summary": summarize_records(records)})
+    report = ablation_report.write(tmp_path, "t", "d", {"r": "row"}, {"r": per_seed}, [])
+    section = report.split("## Lesion detection (every seed's test cases, lesions pooled; IoU > 0.5")[1]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.split("\n\n")[1].splitlines()]
+    assert rows[0] == ["size", "run", "lesions", "detected", "predicted", "true", "recall", "precision", "F1",
+                       "lesion Dice"]
+    assert rows[2:] == [
+        ["all", "row", "4", "3", "4", "3", "75.00", "75.00", "75.00", "63.75"],  # Dice (0.9 + 0.2 + 0.7 + 0.75) / 4
+        ["< 10 mm", "row", "2", "2", "2", "2", "100.00", "100.00", "100.00", "80.00"],
+        ["10-20 mm", "row", "2", "1", "1", "1", "50.00", "100.00", "66.67", "47.50"],
+        ["> 20 mm", "row", "0", "0", "1", "0", "-", "0.00", "-", "-"],
+    ]
+    assert (tmp_path / "ablation.md").read_text() == report

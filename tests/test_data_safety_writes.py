@@ -35,7 +35,7 @@ def _image(path: Path, fill: float = 0.0) -> Path:
     return write_image(np.full(SHAPE, fill, np.float32), GEOMETRY, path)
 
 
-RUN_FILES = ["finished.jsonl", "lesions.csv", "report.md", "summary.json"]  # a folder run's own files
+RUN_FILES = [".summary.lock", "finished.jsonl", "lesions.csv", "report.md", "summary.json"]  # a folder run's own files
 
 
 def _canned(case, liver=None, progress=None, sources=None):
@@ -124,7 +124,7 @@ def test_case_with_bad_voxels_is_recorded_and_the_others_finish(monkeypatch, tmp
     summary = folder.predict_folder(_two_cases(tmp_path / "in", np.nan), tmp_path / "out", model)
     records = {r["case_id"]: r for r in summary["cases"]}
     assert "NaN or infinite voxels" in records["c1"]["failed"] and "failed" not in records["c0"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.nii.gz", *RUN_FILES]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["c0.nii.gz", *RUN_FILES])
 
 
 def test_ctrl_c_keeps_finished_cases_and_writes_their_summary(monkeypatch, tmp_path, model):
@@ -141,7 +141,7 @@ def test_ctrl_c_keeps_finished_cases_and_writes_their_summary(monkeypatch, tmp_p
         folder.predict_folder(_two_cases(tmp_path / "in", 0.0), tmp_path / "out", model)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [r["case_id"] for r in summary["cases"]] == ["c0"] and summary["info"]["interrupted"] is True
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.nii.gz", *RUN_FILES]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["c0.nii.gz", *RUN_FILES])
 
 
 def test_folder_run_with_a_failed_case_exits_2_at_the_end(tmp_path, model):

@@ -437,6 +437,62 @@ def test_folder_prediction_resumes_and_splits_into_parts(tmp_path, two_models, m
         run(num_parts=2, part_id=2)
 
 
+def test_parts_finishing_at_once_both_reach_the_summary(tmp_path, monkeypatch):
+    """Part 0 reads the records, then part 1 appends its case and writes its summary, then part 0 writes: without
+    the folder's lock the summary would miss part 1's case (the last writer had not seen it). No model needed."""
+    import threading
+
+    from paresseg_jax.data.layouts import CaseEntry
+    from paresseg_jax.infer import resume
+
+    out = tmp_path / "out"
+    out.mkdir()
+    entries = [CaseEntry("a", {}), CaseEntry("b", {})]
+    keys = {"a": "key of a", "b": "key of b"}
+    read_by_0, written_by_1 = threading.Event(), threading.Event()
+    real_finished = resume.finished
+
+    def finished(output, keys):
+        found = real_finished(output, keys)
+        if threading.current_thread().name == "part 0":
+            read_by_0.set()
+            written_by_1.wait(timeout=2)  # part 1 writes now, unless the lock holds it back until part 0 is done
+        return found
+
+    errors = []
+
+    def part(part_id, case_id):
+        try:
+            write_part(part_id, case_id)
+        except BaseException as error:  # shown by the test, not lost in the thread
+            errors.append(error)
+            read_by_0.set()
+            written_by_1.set()
+
+    def write_part(part_id, case_id):
+        if part_id == 1:
+            assert read_by_0.wait(timeout=10)
+        (out / f"{case_id}.nii.gz").write_bytes(case_id.encode())
+        record = {"case_id": case_id, "tumor_ml": 0.0, "files": {"labels": str(out / f"{case_id}.nii.gz")},
+                  "lesions": {"count": 0, "tumor_burden_pct": 0.0, "lesions": []}}
+        resume.append(resume.record_path(out, 2, part_id), keys[case_id], record)
+        folder._summarize(out, entries, keys, {}, {"input": "cohort", "part": part_id})
+        if part_id == 1:
+            written_by_1.set()
+
+    monkeypatch.setattr(resume, "finished", finished)
+    threads = [threading.Thread(target=part, args=(k, c), name=f"part {k}") for k, c in ((0, "a"), (1, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["case_id"] for r in summary["cases"]] == ["a", "b"], summary["info"]
+    assert summary["info"]["part"] == 1  # the last writer, which had seen both cases
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [resume.LOCK_FILE]  # no temporaries
+
+
 def test_dicom_round_trip_import_predict_seg(tmp_path, two_models):
     """DICOM study -> paresseg-import-dicom (NIfTI cohort) -> folder prediction -> DICOM-SEG on the original PV
     series: read back with highdicom, every frame derives from the PV instance at its own position."""

@@ -1,5 +1,6 @@
-"""An ablation study's report: each entry's DPC as mean +- sd over seeds, per-case paired tests between named
-entries, and figures (DPC per entry with its spread, per tumor type, against ART misalignment).
+"""An ablation study's report: each entry's DPC as mean +- sd over seeds, lesion detection by size (the demo's
+table, lesions of every seed's cases pooled), per-case paired tests between named entries, and figures (DPC per
+entry with its spread, per tumor type, against ART misalignment).
 
 The unit of the paired tests is the case: every case of the cohort is a test
 case once per seed (the held-out fold of one training), so an entry's value
@@ -161,7 +162,8 @@ def write(
              tables.protocol_table({label: per_seed[n][0] for n, label in shown.items() if ":" not in n}), "",
              "Entries named '..., registration: X' score the same models on the test cases preprocessed with that "
              "registration instead of the default (rigid + B-spline); '..., without ART' give ART as absent.", "",
-             "## DPC and metrics (%)", "", results_table(shown, per_seed), ""]
+             "## DPC and metrics (%)", "", results_table(shown, per_seed), "",
+             *tables.detection_section(pooled, "every seed's test cases, lesions pooled")]
     if paper and any(label in paper for label in pooled):
         lines += ["## Beside the paper (ours: every seed's cases; the paper's: 121 real cases)", "",
                   tables.paper_comparison_table({k: v for k, v in pooled.items() if k in paper}, paper), ""]

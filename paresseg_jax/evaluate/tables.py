@@ -14,6 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from paresseg_jax.lesion_metrics import IOU_THRESHOLD
+
 PERCENT_COLUMNS = ("dpc", "dg", "voe", "rvd", "tpr", "tnr", "acc")
 MM_COLUMNS = ("hd95", "assd")
 SLICE_COLUMNS = ("dpc", "voe", "rvd", "tpr", "tnr", "acc")
@@ -103,6 +105,13 @@ def detection_table(runs: Mapping[str, Mapping]) -> str:
             rows.append([label, name] + counts
                         + [_percent(found[k]) for k in ("recall", "precision", "f1", "lesion_dice")])
     return markdown(header, rows)
+
+
+def detection_section(runs: Mapping[str, Mapping], cases: str) -> list[str]:
+    """The "Lesion detection" section of the demo's and the ablation's reports, one heading and table for both
+    (``cases``: whose lesions are counted), as Markdown lines."""
+    return [f"## Lesion detection ({cases}; IoU > {IOU_THRESHOLD:g} with the touching lesions, %)", "",
+            detection_table(runs), ""]
 
 
 def paper_comparison_table(runs: Mapping[str, Mapping], paper: Mapping[str, Mapping]) -> str:

@@ -105,11 +105,8 @@ def predict_folder(
     record_file = resume.record_path(output_dir, num_parts, part_id)
     failed, interrupted = _segment_cases(todo, keys, record_file, segmenter, Path(output_dir), save_probabilities,
                                          output_format, overlays)
-    found = resume.finished(output_dir, keys)  # this part's cases and those other parts have finished
-    found.update(failed)
-    records = [found[entry.case_id] for entry in entries if entry.case_id in found]
-    finished = [r for r in records if "failed" not in r]
-    summary = _write_run_files(output_dir, records, finished, _run_info(input_dir, segmenter, entries, todo, interrupted))
+    summary = _summarize(output_dir, entries, keys, failed, _run_info(input_dir, segmenter, entries, todo, interrupted))
+    finished = [r for r in summary["cases"] if "failed" not in r]
     if interrupted:
         raise PareSegError(f"interrupted after {len(finished)} of {len(entries)} cases; their files and a summary.json "
                            "of them are kept", path=output_dir, fix="run the same command again to segment the others")
@@ -123,6 +120,16 @@ def _run_info(input_dir, segmenter: Segmenter, entries: list, todo: list, interr
             "labels": LABELS, "settings": segmenter.options, "postprocessing": segmenter.postprocessing,
             "cases_in_input": len(entries),
             "predicted_now": [entry.case_id for entry in todo], "interrupted": interrupted}
+
+
+def _summarize(output_dir, entries: list, keys: Mapping, failed: Mapping, info: dict) -> dict:
+    """The run files from every part's finished cases and this call's failures, read and written under the
+    folder's lock (``resume.summary_lock``), so parts finishing at once cannot leave a summary missing one's
+    case; returns the summary."""
+    with resume.summary_lock(output_dir):
+        found = {**resume.finished(output_dir, keys), **failed}  # this part's cases and the other parts'
+        records = [found[entry.case_id] for entry in entries if entry.case_id in found]
+        return _write_run_files(output_dir, records, [r for r in records if "failed" not in r], info)
 
 
 def _write_run_files(output_dir, records: list, finished: list, info: dict) -> dict:
@@ -185,7 +192,7 @@ def check_run(input_dir: str | os.PathLike, output_dir: str | os.PathLike, save_
     entries = read_cohort(input_dir)
     output_dir = Path(output_dir)
     outputs = [(output_dir / SUMMARY_FILE, "the run's summary"), (output_dir / lesions.CSV_FILE, "the run's lesions"),
-               (output_dir / REPORT_FILE, "the run's report")]
+               (output_dir / REPORT_FILE, "the run's report"), (output_dir / resume.LOCK_FILE, "the run's lock")]
     for entry in entries:
         outputs.append((label_map_path(output_dir, entry.case_id, output_format), f"case {entry.case_id!r}'s label map"))
         if save_probabilities:

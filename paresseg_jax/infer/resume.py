@@ -11,30 +11,50 @@ digest; another model or setting, an input or output replaced or deleted, or
 split into parts (``num_parts``, ``part_id``; as nnU-Net's ``-num_parts`` /
 ``-part_id``) appends to one file per part, so processes on several machines
 sharing the folder never write the same file; the folder's summary is made
-from every part's records. A line cut short by a killed process is ignored.
+from every part's records, read and written under the folder's lock
+(:func:`summary_lock`). A line cut short by a killed process is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
+from filelock import FileLock
 
 from paresseg_jax.data.cache import config_key
 from paresseg_jax.errors import BadInputError
 
 RECORD_GLOB = "finished*.jsonl"
+LOCK_FILE = ".summary.lock"
 
 
 def record_path(output: str | os.PathLike, num_parts: int = 1, part_id: int = 0) -> Path:
     """The file this process appends to: ``finished.jsonl``, or ``finished.part-K-of-N.jsonl`` for a part."""
     name = "finished.jsonl" if num_parts == 1 else f"finished.part-{part_id}-of-{num_parts}.jsonl"
     return Path(output) / name
+
+
+@contextlib.contextmanager
+def summary_lock(output: str | os.PathLike) -> Iterator[None]:
+    """Held while a part reads every part's records and writes the folder's summary from them.
+
+    Parts finishing at once would otherwise race: A reads the records, B
+    appends its case and writes its summary, A writes a summary without B's
+    case. Under the lock, the last summary written was made after every case
+    appended before it, and a case appended after it is followed by its own
+    part's summary. ``<output>/.summary.lock`` (an OS lock: released if its
+    process dies) stays behind, empty.
+    """
+    Path(output).mkdir(parents=True, exist_ok=True)
+    with FileLock(Path(output) / LOCK_FILE):
+        yield
 
 
 def check_part(num_parts: int, part_id: int) -> None:

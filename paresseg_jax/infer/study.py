@@ -227,17 +227,22 @@ def predict_files(
         result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
         with stage_times.stage("measuring"):
             report = {"registration": registration, "absent_phases": absent,
-                      "postprocessing": segmenter.postprocessing, **volumes_ml(result, case),
-                      "lesions": study_lesions(result, case)}
-            report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
-            if case.tumor is not None:
-                report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
+                      "postprocessing": segmenter.postprocessing, **_measured(result, case, liver is not None)}
         paths = {"mask": out, "prob": prob_out, "lesions_csv": lesions_out, "dicom_seg": dicom_seg_out,
                  "overlay": overlay_out}
         with stage_times.stage("writing"):
             _write_outputs(report, result, images, case, given, paths)
     report["stage_times"] = times.record()
     return report
+
+
+def _measured(result: dict, case: Case, liver_given: bool) -> dict:
+    """A study's volumes, lesions, ROI source and (with a tumor mask) metrics, for its report."""
+    measured = {**volumes_ml(result, case), "lesions": study_lesions(result, case)}
+    measured["roi"] = "none" if result["roi"] is None else ("liver mask" if liver_given else "liver model")
+    if case.tumor is not None:
+        measured["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
+    return measured
 
 
 def _absent_phases(segmenter: Segmenter, given: Mapping[str, str | os.PathLike]) -> list[str]:

@@ -5,7 +5,8 @@ The bound is the FLOPs the study's forward passes computed (XLA's cost
 analysis of each compiled forward times its calls, from the study's
 ``stage_times`` record) divided by the machine's dense convolution rate,
 measured in the same run on one large 3 x 3 convolution of known FLOPs
-(fastest of a few calls: the bound must not be higher than the truth). A study
+(its fastest call, before and after each study: on a shared machine a passing
+load must not make the bound higher than the truth). A study
 near its bound has no overhead left to remove; the breakdown says where the
 rest goes.
 """
@@ -38,7 +39,7 @@ def conv_flops(input_shape, kernel_shape) -> float:
     return 2.0 * batch * taps(height, kh) * taps(width, kw) * channels_in * channels_out
 
 
-def dense_conv_rate(input_shape=CONV_INPUT, kernel_shape=CONV_KERNEL, repeats: int = 5) -> float:
+def dense_conv_rate(input_shape=CONV_INPUT, kernel_shape=CONV_KERNEL, repeats: int = 20) -> float:
     """FLOP/s of this machine's float32 convolution (XLA's, as inference uses by default): its fastest call."""
     x, w = jnp.ones(input_shape, jnp.float32), jnp.ones(kernel_shape, jnp.float32)
     conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DIMENSION_NUMBERS))

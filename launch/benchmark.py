@@ -48,7 +48,8 @@ def _define_flags():
     flags.DEFINE_integer("size", 224, "train patch size")
     flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes of the JAX train step")
     flags.DEFINE_list("parts", list(DEFAULT_PARTS), f"what to measure, among {PARTS} (study: paresseg-predict on a "
-                      "phantom study of --slice_size and --study_slices, wall time and peak memory)")
+                      "phantom study of --slice_size and --study_slices, wall time and peak memory, the time of each "
+                      "stage and the FLOP bound)")
     flags.DEFINE_integer("repeats", 5, "timed calls per variant (median reported)")
     flags.DEFINE_integer("warmup", 1, "untimed calls per variant after compilation")
     flags.DEFINE_integer("slices", 60, "slices of the inference volume (times are scaled to 60 slices)")
@@ -152,11 +153,20 @@ def _print_profiles(rows: list[dict]) -> None:
             print(f"  {entry['ms']:9.1f} ms  {entry['share']:6.1%}  {entry['ops']:4d} ops  {entry['what']}")
 
 
+def _print_breakdowns(rows: list[dict]) -> None:
+    """Per study row: where its seconds went, stage by stage, and its FLOP bound."""
+    from paresseg_jax.benchmarks.study_bound import breakdown_text
+
+    for row in rows:
+        if row["part"] == "study" and "stages" in row:
+            print("\n" + breakdown_text(row))
+
+
 def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
                ("patches_per_s", "{:.1f}"), ("peak_gb", "{:.2f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
-               ("vs_torch", "{:.2f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}"), ("temp_mb", "{:.0f}"),
+               ("vs_torch", "{:.2f}x"), ("bound_s", "{:.2f}"), ("vs_bound", "{:.1f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}"), ("temp_mb", "{:.0f}"),
                ("memory_mb", "{:.0f}")]
     for row in rows:
         if peak_tflops and row.get("gflops"):
@@ -232,6 +242,7 @@ def main(argv):
           f"{os.cpu_count()} CPUs, jax {jax.__version__}, GLIBC_TUNABLES={tunables!r}"
           + (f", torch {oracle['version']} on {oracle['device']}" if oracle else ""))
     _print_table(rows, FLAGS.peak_tflops)
+    _print_breakdowns(rows)
     _print_profiles(rows)
     if FLAGS.json:
         record = {"model": spec, "device": {"platform": device.platform, "kind": device.device_kind,

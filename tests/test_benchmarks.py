@@ -91,13 +91,17 @@ def test_the_roi_rows_compute_only_the_rois_box(monkeypatch):
 def test_bench_study_end_to_end_beside_the_oracle(tmp_path):
     pytest.importorskip("torch", reason="--compare_torch needs the test extra's torch")
     out = tmp_path / "bench.json"
-    _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=infer,study", "--study_slices=6", "--compare_torch",
-          f"--json={out}"])
+    table = _run([sys.executable, "launch/benchmark.py", *TINY, "--parts=infer,study", "--study_slices=6",
+                  "--compare_torch", f"--json={out}"])
     rows = {(r["part"], r["variant"], r.get("mode")): r for r in json.loads(out.read_text())["rows"]}
     assert {("study", "jax", "roi"), ("study", "jax", "whole")} <= set(rows)
     study = rows["study", "jax", "whole"]  # paresseg-predict in its own process: seconds and peak memory
     assert study["slices"] == 6 and study["volume_s"] > 0 and 0.1 < study["peak_gb"] < 20
     assert study["vs_torch"] == pytest.approx(rows["volume", "torch", "full"]["volume_s"] * 6 / 60 / study["volume_s"])
+    # its stages, read back from the report paresseg-predict printed, and its bound (arithmetic: ..._by_hand)
+    assert {"reading", "registration", "resampling", "tumor", "compilation", "writing"} <= set(study["stages"])
+    assert 0 < sum(study["stages"].values()) < study["volume_s"] and study["bound_s"] > 0 and study["conv_gflops"] > 0
+    assert "where the whole study's" in table and "bound:" in table
 
 
 def test_bench_conv_impl_variants_and_profile(tmp_path):
@@ -215,6 +219,55 @@ def test_xla_flops_counts_a_convolution_by_hand():
     assert xla_flops(conv, x, w) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3
     host = {"x": np.ones((2, 10, 12, 3), np.float32), "w": np.ones((3, 3, 3, 5), np.float32)}  # a pytree of numpy
     assert xla_flops(lambda p: conv(p["x"], p["w"]), host) == 2 * 2 * 8 * 10 * 5 * 3 * 3 * 3
+
+
+def test_study_breakdown_and_flop_bound_by_hand():
+    """A study row's breakdown and bound from a hand-made stage record: 600 GFLOP at 300 GFLOP/s is 2 s."""
+    from paresseg_jax.benchmarks import study_bound
+
+    row = {"part": "study", "variant": "jax", "mode": "whole", "size": 512, "slices": 60, "volume_s": 10.0}
+    times = {"seconds": {"reading": 1.0, "registration": 2.0, "liver": 0.0, "tumor": 4.0, "compilation": 1.5},
+             "not_run": ["liver"], "forward_flops": 600e9, "forward_calls": 8}
+    row = study_bound.with_bound(row, times, conv_rate=300e9)
+    assert row["stages"] == {"reading": 1.0, "registration": 2.0, "tumor": 4.0, "compilation": 1.5}
+    assert row["other_s"] == pytest.approx(1.5) and row["bound_s"] == pytest.approx(2.0)
+    assert row["vs_bound"] == pytest.approx(5.0) and row["forward_gflop"] == 600 and row["conv_gflops"] == 300
+    assert study_bound.breakdown_text(row).splitlines() == [
+        "where the whole study's 10.0 s go (60 slices of 512 x 512):",
+        "      1.00 s   10.0%  reading",
+        "      2.00 s   20.0%  registration",
+        "      4.00 s   40.0%  tumor",
+        "      1.50 s   15.0%  compilation",
+        "      1.50 s   15.0%  other (start-up, imports, models)",
+        "  bound: 600.0 GFLOP in 8 forward passes at 300 GFLOP/s (dense convolution, this run) = 2.00 s; "
+        "the study takes 5.0x its bound",
+    ]
+
+
+def test_dense_conv_rate_counts_the_convolutions_flops():
+    """The measured convolution's FLOPs as XLA counts them, and a positive rate (tiny here)."""
+    import jax
+    import jax.numpy as jnp
+
+    from paresseg_jax.benchmarks import study_bound
+    from paresseg_jax.benchmarks.timing import xla_flops
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    shapes = (1, 16, 16, 8), (3, 3, 8, 4)
+    # per axis 14 outputs read 3 taps of the image, the 2 at its borders 2 (the third is padding)
+    assert study_bound.conv_flops(*shapes) == 2 * (14 * 3 + 2 * 2) ** 2 * 4 * 8
+    assert xla_flops(conv, *(jnp.ones(s) for s in shapes)) == study_bound.conv_flops(*shapes)
+    assert study_bound.dense_conv_rate(*shapes, repeats=1) > 0
+
+
+def test_predict_report_is_read_after_other_output(tmp_path):
+    from paresseg_jax.benchmarks.study import printed_report
+
+    printed = tmp_path / "out.txt"
+    printed.write_text('a line first\n{"stage_times": {"seconds": {}}}\n')
+    assert printed_report(printed) == {"stage_times": {"seconds": {}}}
 
 
 def test_profile_self_times_labels_and_summary():

@@ -346,3 +346,35 @@ def test_predict_files_applies_and_records_the_stored_postprocessing(tmp_path, t
         after = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "after.nii.gz")))
         np.testing.assert_array_equal(after > 0, np.isin(labels, 1 + np.flatnonzero(sizes_ml >= min_ml)))
         assert report["lesions"]["count"] == int((sizes_ml >= min_ml).sum())
+
+
+def check_stage_times(times, total_s, ran):
+    """Every stage named, those in ``ran`` timed (>= 0) and the others listed as not run (0), their sum within
+    the measured wall time ``total_s`` and covering most of it."""
+    from paresseg_jax import stage_times
+
+    assert list(times["seconds"]) == list(stage_times.STAGES)
+    assert set(times["not_run"]) == set(stage_times.STAGES) - set(ran)
+    assert all(s >= 0 for s in times["seconds"].values())
+    assert all(times["seconds"][name] == 0 for name in times["not_run"])
+    assert 0.8 * total_s <= sum(times["seconds"].values()) <= times["total_s"] <= total_s
+    assert times["forward_flops"] > 0 and times["forward_calls"] > 0
+
+
+def test_predict_files_records_every_stage(tmp_path, tiny_model):
+    """A study that runs every stage (registration, a liver model, stored postprocessing): each one's seconds,
+    compilation apart from the liver and tumor stages (a folder's cases without them: test_predict_folder)."""
+    import time
+
+    from paresseg_jax import postprocess
+
+    geometry = ((1.0, 1.0, 5.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    pv_path, art_path, _, gt_path, _ = _study(tmp_path, geometry, False)
+    model, liver_model = tmp_path / "model", save_tiny_model(tmp_path / "liver", phases=("pv",))
+    shutil.copytree(tiny_model, model)
+    postprocess.write(model, {"settings": {**postprocess.NONE, "tumor_min_ml": 0.001}})
+    segmenter = study.Segmenter.load(model, liver_model, {"threshold": 0.5, "batch_size": 2}, {"register": True})
+    start = time.perf_counter()
+    report = study.predict_files({"pv": pv_path, "art": art_path}, segmenter, tmp_path / "mask.nii.gz", gt=gt_path)
+    check_stage_times(report["stage_times"], time.perf_counter() - start, ran=list(report["stage_times"]["seconds"]))
+    assert report["stage_times"]["seconds"]["compilation"] > 0 and report["roi"] == "liver model"

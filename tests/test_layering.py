@@ -13,7 +13,7 @@ LIBRARY = "paresseg_jax"
 # (``paresseg_jax.infer.predict`` is in "inference core", the rest of ``paresseg_jax.infer`` in "inference").
 LAYERS = {
     "foundation": ["errors", "atomic", "names", "json_values", "config_defaults", "config_files", "extras",
-                   "flag_checks", "compilation_cache", "huge_pages", "worker_processes", "workdir", "absent_phases"],
+                   "flag_checks", "compilation_cache", "huge_pages", "worker_processes", "workdir", "absent_phases", "stage_times"],
     # numbers on masks and arrays; the per-case record and summary.json shared by inference and evaluation
     "numerics": ["ops", "losses", "lesions", "metrics", "lesion_metrics", "postprocess", "summary"],
     "models": ["models", "model_io", "exported"],

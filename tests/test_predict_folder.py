@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 from dicom_studies import Grid, Study, write_ct_series
-from test_infer_study import save_tiny_model
+from test_infer_study import check_stage_times, save_tiny_model
 
 from paresseg_jax import absent_phases, model_io
 from paresseg_jax.data import preprocess
@@ -128,6 +128,18 @@ def test_folder_summary_scores_the_cases_with_masks(predicted):
     for case_id in CASES:  # one line per case at the end
         assert sum(line.startswith(case_id + " ") for line in lines) == 1
     assert "tumor DPC" in done.stdout
+
+
+def test_folder_records_each_cases_stages(predicted):
+    """Every case's record times its stages (no registration, liver model or postprocessing here: listed as not
+    run), and its printed line gives them."""
+    _, _, out, done = predicted
+    records = json.loads((out / "summary.json").read_text())["cases"]
+    for record in records:
+        check_stage_times(record["stage_times"], record["seconds"],
+                          ran=["reading", "windowing", "tumor", "compilation", "measuring", "writing"])
+        line = next(line for line in done.stdout.splitlines() if line.startswith(record["case_id"] + " "))
+        assert re.search(r"reading [0-9.]+ s, windowing [0-9.]+ s, tumor [0-9.]+ s, compilation [0-9.]+ s", line)
 
 
 def test_folder_lists_every_lesion_in_lesions_csv_and_summary(predicted):

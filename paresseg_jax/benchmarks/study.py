@@ -5,11 +5,14 @@ The console script runs in its own process on a phantom study (default
 ART-to-PV registration, windowing, compiling (with an empty compilation
 cache, as for a first study), segmenting and writing the mask. Its wall time
 and its peak resident memory (from ``wait4``, the kernel's account of that
-process) are reported for the cascade's ROI crop and for whole slices.
+process) are reported for the cascade's ROI crop and for whole slices, with
+the stages' seconds read back from the report it prints, beside the study's
+FLOP bound (``study_bound``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from paresseg_jax import model_io
+from paresseg_jax.benchmarks import study_bound
 from paresseg_jax.data import phantom
 from paresseg_jax.data.case import write_case
 
@@ -45,40 +49,54 @@ def write_study(folder: Path, size: int, slices: int, seed: int = 0) -> dict[str
 # A process forked from this one starts with this one's memory high-water mark (at exec the kernel keeps the
 # larger of the old and the new address space's), so the command runs under a small intermediary Python
 # process, fresh from exec, that reports the command's own wall time and peak.
+# The command's own output goes to the file named first.
 _MEASURE = """
 import os, subprocess, sys, time
 start = time.perf_counter()
-child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
-_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "wb") as out:
+    child = subprocess.Popen(sys.argv[2:], stdout=out)
+    _, status, usage = os.wait4(child.pid, 0)
 print(time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
 """
 
 
-def run_measured(command: list[str], env: Mapping[str, str]) -> tuple[float, int]:
-    """``(wall seconds, peak resident bytes)`` of one command in its own process."""
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=dict(env), capture_output=True, text=True)
+def run_measured(command: list[str], env: Mapping[str, str], stdout: Path) -> tuple[float, int]:
+    """``(wall seconds, peak resident bytes)`` of one command in its own process, its output into ``stdout``."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(stdout), *command], env=dict(env), capture_output=True,
+                          text=True)
     seconds, peak_kb, status = done.stdout.split()[-3:] if done.returncode == 0 else ("0", "0", "-1")
     if int(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({status}): {done.stderr[-2000:]}")
     return float(seconds), int(peak_kb) * 1024  # Linux reports kilobytes
 
 
+def printed_report(path: Path) -> dict:
+    """The JSON report ``paresseg-predict`` prints for one study (after anything else printed before it)."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text[text.index("{"):])
+
+
 def benchmark_study(spec: Mapping, variables: Mapping, size: int = 512, slices: int = 60,
                     variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict]:
-    """A row per variant: ``volume_s`` (wall seconds for the study) and ``peak_gb`` (peak resident memory)."""
+    """A row per variant: ``volume_s`` (wall seconds for the study), ``peak_gb`` (peak resident memory), and
+    the study's breakdown by stage and its FLOP bound at this machine's convolution rate (``study_bound``)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown study variants {unknown}; choose among {sorted(VARIANTS)}")
     command = predict_command()
-    rows = []
+    rates, rows, records = [study_bound.dense_conv_rate()], [], []
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_study(Path(tmp) / "study", size, slices)
         model = model_io.save_model(Path(tmp) / "model", spec, variables)
         env = {**os.environ, "PARESSEG_XLA_CACHE": "0"}  # compile as a first study does
         for variant in variants:
+            printed = Path(tmp) / f"{variant}.json"
             seconds, peak = run_measured(
                 [command, f"--pv={paths['pv']}", f"--art={paths['art']}", f"--liver={paths['liver']}",
-                 f"--model={model}", f"--out={Path(tmp) / f'{variant}.nii.gz'}", *VARIANTS[variant]], env)
+                 f"--model={model}", f"--out={Path(tmp) / f'{variant}.nii.gz'}", *VARIANTS[variant]], env, printed)
             rows.append({"part": "study", "variant": "jax", "mode": variant, "size": size, "slices": slices,
                          "volume_s": seconds, "peak_gb": peak / 1e9})
-    return rows
+            records.append(printed_report(printed)["stage_times"])
+            rates.append(study_bound.dense_conv_rate())
+    # the fastest rate measured before and after each study: a passing load must not raise the bound
+    return [study_bound.with_bound(row, record, max(rates)) for row, record in zip(rows, records)]

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paresseg_jax.infer.predict import cost_flops
+
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int = 1,
                      settle_s: float = 0.2, rewarm: int = 1) -> dict[str, dict]:
@@ -60,13 +62,10 @@ def xla_flops(fn: Callable, *args) -> float | None:
     try:
         cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
         specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=cpu), args)
-        analysis = jax.jit(fn).lower(*specs).cost_analysis()
-    except Exception:  # noqa: BLE001  (no CPU backend, e.g. JAX_PLATFORMS=cuda, or no analysis)
+        lowered = jax.jit(fn).lower(*specs)
+    except Exception:  # noqa: BLE001  (no CPU backend, e.g. JAX_PLATFORMS=cuda)
         return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else None
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    return cost_flops(lowered)
 
 
 def compile_timed(jitted, *args) -> tuple[Any, float]:

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from paresseg_jax import config_defaults
+from paresseg_jax import config_defaults, stage_times
 from paresseg_jax.data import cache
 from paresseg_jax.data.case import Case, read_case, read_mask
 from paresseg_jax.data.images import find_image
@@ -126,10 +126,12 @@ def registered_phases(case: Case, preprocess_config: Mapping | None = None,
     if config["register"]:
         for name in [p for p in phases if p != "pv"]:
             try:
-                transform, report[name] = register_phase(phases["pv"], phases[name], case, config["registration"])
+                with stage_times.stage("registration"):
+                    transform, report[name] = register_phase(phases["pv"], phases[name], case, config["registration"])
             except RuntimeError as error:
                 raise registration_failure(error, (sources or {}).get(name, name)) from None
-            phases[name] = apply_transform(phases[name], case, transform)
+            with stage_times.stage("resampling"):
+                phases[name] = apply_transform(phases[name], case, transform)
     return phases, report
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from paresseg_jax import model_io, postprocess
+from paresseg_jax import model_io, postprocess, stage_times
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble
 from paresseg_jax.infer.predict import binarize
@@ -102,12 +102,15 @@ def segment_study(
         liver_model = as_ensemble(liver_model)
         if liver_model.phases != ("pv",):
             raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
-        liver_prob = liver_model.probability({"pv": images["pv"]}, progress=stage("liver"), **predict_options)
-        liver = binarize(liver_prob, liver_threshold)
+        with stage_times.stage("liver"):
+            liver_prob = liver_model.probability({"pv": images["pv"]}, progress=stage("liver"), **predict_options)
+            liver = binarize(liver_prob, liver_threshold)
     if liver is not None and np.shape(liver) != np.shape(images["pv"]):
         raise ValueError(f"the liver mask has shape {np.shape(liver)} but the PV image {np.shape(images['pv'])}")
-    roi = None if liver is None else liver_roi(liver, roi_dilation)
-    prob = as_ensemble(tumor_model).probability(images, roi, progress=stage("tumor"), **predict_options)
-    mask = binarize(prob, threshold)
-    liver = None if liver is None else (np.asarray(liver) > 0).astype(np.uint8)
-    return {"prob": prob, "mask": mask, "liver": liver, "roi": roi, "labels": label_map(liver, mask)}
+    with stage_times.stage("tumor"):
+        roi = None if liver is None else liver_roi(liver, roi_dilation)
+        prob = as_ensemble(tumor_model).probability(images, roi, progress=stage("tumor"), **predict_options)
+        mask = binarize(prob, threshold)
+        liver = None if liver is None else (np.asarray(liver) > 0).astype(np.uint8)
+        labels = label_map(liver, mask)
+    return {"prob": prob, "mask": mask, "liver": liver, "roi": roi, "labels": labels}

@@ -26,7 +26,7 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from paresseg_jax import lesions, preflight
+from paresseg_jax import lesions, preflight, stage_times
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data.case import read_case
 from paresseg_jax.data.images import write_image
@@ -236,12 +236,41 @@ def _slice_bar(bar: tqdm, case_id: str):
 def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities: bool, output_format: str,
                   progress, overlays: bool = False) -> dict:
     start = time.perf_counter()
-    case = read_case(entry)
-    given_liver = None if segmenter.liver is not None else case.liver
-    result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
-    found = study_lesions(result, case)
+    with stage_times.recording() as times:
+        with stage_times.stage("reading"):
+            case = read_case(entry)
+        given_liver = None if segmenter.liver is not None else case.liver
+        result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+        with stage_times.stage("measuring"):
+            found = study_lesions(result, case)
+        with stage_times.stage("writing"):
+            files = _write_case(entry, case, result, output, save_probabilities, output_format)
+            if overlays:
+                shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
+                files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],
+                                                      output / f"{case.case_id}{OVERLAY_SUFFIX}",
+                                                      spacing_zyx=case.spacing_zyx, title=case.case_id))
+        with stage_times.stage("measuring"):
+            roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
+            info = {"roi": roi, **volumes_ml(result, case), "lesions": found, "files": files,
+                    "scanner": case.metadata.get("scanner"),
+                    "absent_phases": segmenter.missing_phases(entry.phases)}
+            if segmenter.liver is not None and case.liver is not None:
+                info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)
+            if case.tumor is None:
+                record = {"case_id": case.case_id, "tumor_type": case.metadata.get("tumor_type"), **info}
+            else:
+                record = evaluate_case(result["mask"], case.tumor, case.spacing_zyx, case.case_id,
+                                       case.metadata.get("tumor_type"), **info)
+    record["stage_times"] = times.record()
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def _write_case(entry, case, result: dict, output: Path, save_probabilities: bool, output_format: str) -> dict:
+    """A case's label map and probabilities, written together or neither; returns their paths."""
     files = {"labels": str(label_map_path(output, case.case_id, output_format))}
-    with contextlib.ExitStack() as outputs:  # a case's label map and probabilities appear together, or neither
+    with contextlib.ExitStack() as outputs:
         labels = outputs.enter_context(atomic_path(files["labels"]))
         if output_format == "dicom_seg":
             source = check_dicom_series(entry.phases["pv"], f"DICOM-SEG output (case {entry.case_id!r})", entry.metadata)
@@ -251,21 +280,7 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
         if save_probabilities:
             files["probabilities"] = str(probability_path(output, case.case_id))
             write_image(result["prob"], case, outputs.enter_context(atomic_path(files["probabilities"])))
-    if overlays:
-        shown = {p: images[p] for p in segmenter.phases if p in entry.phases}
-        files["overlay"] = str(lesion_overlay(shown, result["mask"], found["lesions"],
-                                              output / f"{case.case_id}{OVERLAY_SUFFIX}",
-                                              spacing_zyx=case.spacing_zyx, title=case.case_id))
-    roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-    info = {"roi": roi, **volumes_ml(result, case), "lesions": found, "files": files,
-            "scanner": case.metadata.get("scanner"),
-            "absent_phases": segmenter.missing_phases(entry.phases)}
-    if segmenter.liver is not None and case.liver is not None:
-        info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)
-    info["seconds"] = time.perf_counter() - start
-    if case.tumor is None:
-        return {"case_id": case.case_id, "tumor_type": case.metadata.get("tumor_type"), **info}
-    return evaluate_case(result["mask"], case.tumor, case.spacing_zyx, case.case_id, case.metadata.get("tumor_type"), **info)
+    return files
 
 
 def case_line(record: Mapping) -> str:
@@ -282,4 +297,6 @@ def case_line(record: Mapping) -> str:
     if record.get("absent_phases"):
         parts.append(f"without {', '.join(p.upper() for p in record['absent_phases'])}")
     parts.append(f"{record['seconds']:.1f} s")
+    if "stage_times" in record:  # records of older runs have none
+        parts.append(f"({stage_times.line(record['stage_times'])})")
     return "  ".join(parts)

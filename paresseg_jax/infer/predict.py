@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paresseg_jax import ops
+from paresseg_jax import ops, stage_times
 from paresseg_jax.data.windows import read_window, slice_indices
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
@@ -263,17 +263,37 @@ def _compiled_forward(module, variables, tta, conv_impl, shape):
     if shardings is not None:
         variables = jax.device_put(variables, shardings[1])
     abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch) for _ in module.phases)
-    lowered = tumor_probability.lower(module, variables, abstract, tta=tta, conv_impl=conv_impl)
-    if tuple(lowered.out_info.shape) != tuple(shape[:3]):
-        raise ValueError(
-            f"{type(module).__name__} maps {shape[1]}x{shape[2]} inputs to {lowered.out_info.shape[1:]} outputs; use "
-            "a tile size or pad_multiple (config.eval.tile / config.eval.pad_multiple) that the model's down-sampling "
-            "divides"
-        )
-    compiled = lowered.compile()
-    if batch is None:
-        return lambda inputs: compiled(variables, inputs)
-    return lambda inputs: compiled(variables, jax.device_put(inputs, batch))
+    with stage_times.stage("compilation"):
+        lowered = tumor_probability.lower(module, variables, abstract, tta=tta, conv_impl=conv_impl)
+        if tuple(lowered.out_info.shape) != tuple(shape[:3]):
+            raise ValueError(
+                f"{type(module).__name__} maps {shape[1]}x{shape[2]} inputs to {lowered.out_info.shape[1:]} outputs; "
+                "use a tile size or pad_multiple (config.eval.tile / config.eval.pad_multiple) that the model's "
+                "down-sampling divides"
+            )
+        compiled = lowered.compile()
+        flops = None
+        if stage_times.is_recording():  # a sharded program's analysis counts one device's share
+            flops = (cost_flops(compiled) or 0.0) * (1 if batch is None else len(jax.local_devices()))
+
+    def forward(inputs):
+        if flops is not None:
+            stage_times.add_forward(flops)
+        return compiled(variables, inputs if batch is None else jax.device_put(inputs, batch))
+
+    return forward
+
+
+def cost_flops(stage) -> float | None:
+    """FLOPs of one call from XLA's cost analysis of a lowered or compiled function (None if it gives none)."""
+    try:
+        analysis = stage.cost_analysis()
+    except Exception:  # noqa: BLE001  (a backend without cost analysis)
+        return None
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
 
 
 def _pipelined(forward, batches: Iterable) -> Iterator[tuple]:

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from paresseg_jax import absent_phases, lesions, model_io, preflight
+from paresseg_jax import absent_phases, lesions, model_io, preflight, stage_times
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import preprocess
 from paresseg_jax.data.case import Case, read_case
@@ -113,12 +113,15 @@ class Segmenter:
         model (if any) predicts it. ``sources`` name the phases' files in errors.
         """
         registered, registration = preprocess.registered_phases(case, self.preprocess_config, sources)
-        images = absent_phases.fill_absent(preprocess.windowed(registered, self.preprocess_config), self.phases)
+        with stage_times.stage("windowing"):
+            images = absent_phases.fill_absent(preprocess.windowed(registered, self.preprocess_config), self.phases)
         result = segment_study(
             images, self.tumor, liver_model=self.liver, liver=liver,
             roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
         )
-        result = postprocessed(result, case.spacing_zyx, self.postprocessing, liver_predicted=liver is None)
+        if self.postprocessing:
+            with stage_times.stage("postprocessing"):
+                result = postprocessed(result, case.spacing_zyx, self.postprocessing, liver_predicted=liver is None)
         result["phases_hu"] = registered  # what the lesions are measured on
         return result, images, registration
 
@@ -206,7 +209,8 @@ def predict_files(
     (those of ``paresseg_jax.config_defaults``). A phase left out (``None``)
     is given to the model as absent (zeros) if it was trained with phase
     dropout, else refused. Returns a report: paths written, tumor volume
-    (ml), lesions, registration, the phases given as absent, metrics.
+    (ml), lesions, registration, the phases given as absent, metrics, and
+    ``stage_times`` (``paresseg_jax.stage_times``: where the time went).
     """
     loaded = isinstance(model, Segmenter)
     preflight.prediction(phase_paths, None if loaded else model, out, liver_model=liver_model, liver=liver, gt=gt,
@@ -217,18 +221,28 @@ def predict_files(
     segmenter = model if loaded else Segmenter.load(model, liver_model, eval_config, preprocess_config)
     given = {name: path for name, path in phase_paths.items() if path is not None}
     absent = _absent_phases(segmenter, given)
-    case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
-    result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
-    report = {"registration": registration, "absent_phases": absent, "postprocessing": segmenter.postprocessing,
-              **volumes_ml(result, case),
-              "lesions": study_lesions(result, case)}
-    report["roi"] = "none" if result["roi"] is None else ("liver mask" if liver is not None else "liver model")
-    if case.tumor is not None:
-        report["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
-    paths = {"mask": out, "prob": prob_out, "lesions_csv": lesions_out, "dicom_seg": dicom_seg_out,
-             "overlay": overlay_out}
-    _write_outputs(report, result, images, case, given, paths)
+    with stage_times.recording() as times:
+        with stage_times.stage("reading"):
+            case = read_files(given, liver=liver, tumor=gt, resample_masks=resample_masks, liver_label=liver_label)
+        result, images, registration = segmenter.segment_case(case, liver=case.liver, sources=given)
+        with stage_times.stage("measuring"):
+            report = {"registration": registration, "absent_phases": absent,
+                      "postprocessing": segmenter.postprocessing, **_measured(result, case, liver is not None)}
+        paths = {"mask": out, "prob": prob_out, "lesions_csv": lesions_out, "dicom_seg": dicom_seg_out,
+                 "overlay": overlay_out}
+        with stage_times.stage("writing"):
+            _write_outputs(report, result, images, case, given, paths)
+    report["stage_times"] = times.record()
     return report
+
+
+def _measured(result: dict, case: Case, liver_given: bool) -> dict:
+    """A study's volumes, lesions, ROI source and (with a tumor mask) metrics, for its report."""
+    measured = {**volumes_ml(result, case), "lesions": study_lesions(result, case)}
+    measured["roi"] = "none" if result["roi"] is None else ("liver mask" if liver_given else "liver model")
+    if case.tumor is not None:
+        measured["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
+    return measured
 
 
 def _absent_phases(segmenter: Segmenter, given: Mapping[str, str | os.PathLike]) -> list[str]:

@@ -49,15 +49,22 @@ _ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --pr
 
 
 def _load_run(path: Path) -> dict:
+    """A training workdir is scored, its stored summary reused only when it scored exactly what scoring would
+    now (models, postprocessing, protocol, cases: a run trained on, or given a postprocessing choice, after it was
+    scored is scored again); another summary (predictions, a cross-validation, a condition) is read as it is."""
     from paresseg_jax import summary
     from paresseg_jax.evaluate import scoring
 
-    if (path / summary.SUMMARY_FILE).is_file() or path.suffix == ".json":
-        content = summary.read_summary(path)
-        if content["summary"] is None:
-            raise app.UsageError(f"{path}: no case of this run was scored (its cohort has no tumor masks)")
-        return content
-    return scoring.score_run(path, liver_workdir=_LIVER.value, roi=_ROI.value, overlays=_OVERLAYS.value)
+    stored = path / summary.SUMMARY_FILE
+    if path.suffix != ".json" and (path / "config.json").is_file() and (path / "split.json").is_file():
+        liver = _LIVER.value
+        if liver is None and stored.is_file():  # scored before with a liver run: the same one again
+            liver = summary.read_summary(stored)["info"].get("liver_workdir")
+        return scoring.score_run(path, liver_workdir=liver, roi=_ROI.value, overlays=_OVERLAYS.value, reuse=True)
+    content = summary.read_summary(path)
+    if content["summary"] is None:
+        raise app.UsageError(f"{path}: no case of this run was scored (its cohort has no tumor masks)")
+    return content
 
 
 def _scores_file(predictions: Path) -> Path:

@@ -200,6 +200,23 @@ def test_evaluate_a_run_with_the_cascade_and_overlays(runs):
     assert sorted(p.stem for p in (run / "overlays").glob("*.png")) == sorted(test_cases)
 
 
+def test_evaluate_run_rescores_a_stored_summary_that_scored_something_else(runs, tmp_path):
+    """--run on a scored workdir reuses its summary.json only when it scored what scoring would now: a summary
+    left from another protocol (here its threshold edited) is scored again, with the liver run it names."""
+    run = shutil.copytree(runs[0], tmp_path / "run")
+    command("paresseg-evaluate", f"--run=standin={run}", f"--liver_workdir={runs[1]}")
+    scored = json.loads((run / "summary.json").read_text())
+    again = command("paresseg-evaluate", f"--run=standin={run}")  # current: reused as it is
+    assert json.loads((run / "summary.json").read_text()) == scored
+    stale = json.loads((run / "summary.json").read_text())
+    stale["info"]["provenance"]["protocol"]["threshold"] = ">= 0.5"
+    stale["summary"]["all"]["dpc"] = 0.123  # a number the code never computed
+    (run / "summary.json").write_text(json.dumps(stale))
+    rescored = command("paresseg-evaluate", f"--run=standin={run}")
+    assert json.loads((run / "summary.json").read_text())["summary"] == scored["summary"]
+    assert "12.30" not in rescored.stdout and "12.30" not in again.stdout
+
+
 def test_evaluate_refuses_a_run_whose_split_overlaps(runs, tmp_path):
     """A split.json edited so that a test case is also a training case: one line, exit 2, nothing scored."""
     run = shutil.copytree(runs[0], tmp_path / "run", ignore=shutil.ignore_patterns("summary.json"))  # unscored

@@ -113,7 +113,7 @@ def _pipeline(batch: int, size: int) -> list[dict]:
         # (JAX would preallocate most of a GPU's memory a second time).
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-        record = json.loads(out.read_text())
+        record = json.loads(out.read_text(encoding="utf-8"))
     return [{"part": "pipeline", "variant": f"{w} workers", "batch": batch, "size": size, "patches_per_s": rate}
             for w, rate in record["patches_per_second"].items()]
 

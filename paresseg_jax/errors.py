@@ -54,6 +54,6 @@ def read_json(path: str | os.PathLike, fix: str, what: str = ""):
     """The JSON content of a file the user gave; invalid JSON (or not UTF-8) is a ``BadInputError`` naming the
     file, the parser's complaint and ``fix``. ``what`` names the file's role in the message (e.g. 'manifest')."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadInputError(f"{what + ' ' if what else ''}is not valid JSON ({error})", path=path, fix=fix) from None

@@ -39,7 +39,7 @@ def is_exported(path: str | os.PathLike) -> bool:
     """A folder `export_model` wrote (its ``model.json`` says so)."""
     spec_file = Path(path) / "model.json"
     try:
-        return spec_file.is_file() and json.loads(spec_file.read_text()).get("format") == FORMAT
+        return spec_file.is_file() and json.loads(spec_file.read_text(encoding="utf-8")).get("format") == FORMAT
     except ValueError:
         return False
 
@@ -74,8 +74,8 @@ def export_model(source: str | os.PathLike, output: str | os.PathLike, card: str
         for dtype, name in FORWARDS.items():
             (tmp / name).write_bytes(_forward(module, variables, dtype))
         (tmp / WEIGHTS).write_bytes(flax.serialization.msgpack_serialize(jax.device_get(variables)))
-        (tmp / "model.json").write_text(json.dumps(spec, indent=1))
-        (tmp / "MODEL_CARD.md").write_text(card)
+        (tmp / "model.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        (tmp / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         for folder in (Path(source), model_dir.parent):
             if (folder / CONFIG_FILE).is_file():
                 shutil.copyfile(folder / CONFIG_FILE, tmp / CONFIG_FILE)
@@ -97,7 +97,7 @@ def export_run(source: str | os.PathLike, output: str | os.PathLike) -> Path:
                           fix="give a new folder name, e.g. model.jaxexport")
     run = next((f for f in (model_dir, model_dir.parent) if read_config(f) is not None), model_dir.parent)
     summary_file = run / SUMMARY_FILE
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else None
     module, spec, _ = model_io.check_model(model_dir)
     spec = {**spec, "phases": list(module.phases), "in_channels": module.in_channels, "num_classes": module.num_classes}
     return export_model(source, output, model_card(spec, read_config(run), read_split(run), summary))
@@ -129,7 +129,7 @@ def load_exported(path: str | os.PathLike, dtype: str = "float32") -> tuple[Expo
     """``(model, variables, spec)`` like `model_io.load_model`, from an `export_model` folder; no model code
     imported."""
     path = Path(path).absolute()
-    spec = json.loads((path / "model.json").read_text())
+    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))
     if dtype not in spec.get("forwards", {}):
         raise BadInputError(f"has no {dtype} forward pass", path=path, fix=f"use one of {sorted(spec['forwards'])}")
     try:

@@ -65,7 +65,7 @@ def save_model(path: str | os.PathLike, spec: Mapping[str, Any], variables: Mapp
     with atomic_path(path, directory=True) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / VARIABLES_DIR, host)
-        (tmp / SPEC_FILE).write_text(json.dumps(dict(spec), indent=1, default=list))
+        (tmp / SPEC_FILE).write_text(json.dumps(dict(spec), indent=1, default=list), encoding="utf-8")
     return path
 
 

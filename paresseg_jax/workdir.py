@@ -36,7 +36,7 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     damaged line elsewhere is an error naming the file and the line.
     """
     path = Path(workdir) / METRICS_FILE
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:
@@ -54,7 +54,7 @@ def read_config(workdir: str | Path) -> dict | None:
     there is none. A run saved before a field was added reads as trained with that field's default, so every
     reader finds every declared field and none repeats a default with ``.get``."""
     path = Path(workdir) / CONFIG_FILE
-    return merged_onto_defaults(json.loads(path.read_text())) if path.is_file() else None
+    return merged_onto_defaults(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
 
 def merged_onto_defaults(saved: dict) -> dict:
@@ -71,13 +71,13 @@ def _merged(defaults, saved):
 def read_split(workdir: str | Path) -> dict | None:
     """The ``split.json`` a training run wrote into ``workdir``, or None if there is none."""
     path = Path(workdir) / SPLIT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def read_status(workdir: str | Path) -> dict | None:
     """The ``status.json`` of a training run, or None (no training ever started there)."""
     path = Path(workdir) / STATUS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def check_finished(workdir: str | Path) -> None:

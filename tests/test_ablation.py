@@ -114,7 +114,7 @@ def test_a_study_trains_per_seed_scores_each_condition_and_reports_statistics(tm
     assert "## Lesion detection" in flat and "| all | PD | " in flat and "| > 20 mm | PD, without ART | " in flat
     for figure in ("dpc_per_entry.png", "dpc_per_type.png", "dpc_vs_misalignment.png"):
         assert (work / figure).stat().st_size > 0
-    assert (work / "ablation.md").read_text() == report
+    assert (work / "ablation.md").read_text(encoding="utf-8") == report
     # A rerun (in this process) trains and scores nothing again.
     before = (work / "pd" / "seed_1" / "fold_0" / PERTURBED_DIR / "shift_3mm" / "summary.json").stat().st_mtime_ns
     assert ablation.run_ablation(str(work), scale, study, seeds=[0, 1], folds=[0]) == report

@@ -125,4 +125,4 @@ def test_report_has_the_lesion_detection_table_of_every_seed_pooled(tmp_path):
         ["10-20 mm", "row", "2", "1", "1", "1", "50.00", "100.00", "66.67", "47.50"],
         ["> 20 mm", "row", "0", "0", "1", "0", "-", "0.00", "-", "-"],
     ]
-    assert (tmp_path / "ablation.md").read_text() == report
+    assert (tmp_path / "ablation.md").read_text(encoding="utf-8") == report

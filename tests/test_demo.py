@@ -65,7 +65,7 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1], jobs=2)
     pooled = [json.loads((tmp_path / "ablation" / "resseg" / f"seed_{s}" / "summary.json").read_text()) for s in (0, 1)]
     for log in ("liver_fold_0", "resseg_seed_0_fold_0", "resseg_seed_1_fold_0"):  # each process's output
-        assert "train" in (tmp_path / "ablation" / ablation.LOG_DIR / f"{log}.log").read_text()
+        assert "train" in (tmp_path / "ablation" / ablation.LOG_DIR / f"{log}.log").read_text(encoding="utf-8")
     assert pooled[0]["cases"] == demo_summary["cases"]
     assert [c["case_id"] for c in pooled[1]["cases"]] == split["test"]  # the other seed: the same test case
     flat = " ".join(table.split())

@@ -44,7 +44,7 @@ def test_the_exported_model_segments_like_the_saved_one_without_model_code(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "model.jaxexport"
     assert json.loads((folder / "model.json").read_text())["phases"] == ["pv", "art"]
-    card = (folder / "MODEL_CARD.md").read_text()
+    card = (folder / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Input phases (in this order): pv, art" in card and "not for diagnosis" in card
 
     done = subprocess.run([sys.executable, "-c", RUN_EXPORTED], cwd=tmp_path, env=env, capture_output=True,

@@ -173,7 +173,7 @@ def test_folder_overlays_and_markdown_report(predicted):
     _, cases, out, _ = predicted
     with open(out / "lesions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     for case_id in cases:
         png = matplotlib.image.imread(out / f"{case_id}_lesions.png")
         shown = {r["diameter_slice"] for r in rows if r["case_id"] == case_id and int(r["lesion"]) <= 4}

@@ -191,7 +191,7 @@ def store_case(
     with atomic_path(final, directory=True) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
-        (tmp / _META).write_text(json.dumps(full_meta, indent=1, default=numpy_value))
+        (tmp / _META).write_text(json.dumps(full_meta, indent=1, default=numpy_value), encoding="utf-8")
     return open_case(final)
 
 
@@ -204,7 +204,7 @@ def open_case(path: str | os.PathLike) -> CachedCase:
     meta_file = path / _META
     if not meta_file.exists():
         raise MissingInputError(f"is not a complete cached case (no {_META})", path=path, fix="rerun preprocessing")
-    metadata = json.loads(meta_file.read_text())
+    metadata = json.loads(meta_file.read_text(encoding="utf-8"))
     return CachedCase(case_id=metadata["case_id"], path=path, metadata=metadata)
 
 

@@ -27,7 +27,7 @@ KEY = "provenance"
 def model_checksum(model_dir: str | os.PathLike, variables: Mapping) -> str:
     """sha256 of a saved model's spec (``model.json``, as JSON with sorted keys) and its loaded weights: the
     same for the same model however often it is exported, different for any other weights or architecture."""
-    spec = json.loads((Path(model_dir) / SPEC_FILE).read_text())
+    spec = json.loads((Path(model_dir) / SPEC_FILE).read_text(encoding="utf-8"))
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0], key=lambda item: jax.tree_util.keystr(item[0])):
         array = np.ascontiguousarray(np.asarray(leaf))

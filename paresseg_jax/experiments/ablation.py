@@ -255,7 +255,7 @@ def _in_worker(workdir: Path, scale: DemoScale, study: Study, training: _Trainin
     two trainings' bars on one terminal read as noise, and the study prints each start and end."""
     log = _log_file(workdir, training)
     log.parent.mkdir(exist_ok=True)
-    with open(log, "a") as out:
+    with open(log, "a", encoding="utf-8") as out:
         os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
     _train_and_score(workdir, scale, study, training)

@@ -59,7 +59,7 @@ def read_plan(path: str | Path | None = None) -> Study:
     if not path.suffix and len(path.parts) == 1 and not path.exists():
         path = config_files.builtin_dir() / f"{path}.toml"
     try:
-        content = tomllib.loads(path.read_text())
+        content = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise PareSegError(f"cannot read the study: {error}", path=path,
                            fix="give a TOML file of [[row]] tables (label, run, config, overrides)") from None
@@ -142,7 +142,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, row: str
 
 def paper_rows() -> dict[str, dict]:
     """The paper's Table 4 and Table 6 rows by model name."""
-    published = json.loads(resources.files("paresseg_jax.evaluate").joinpath("paper_tables.json").read_text())
+    published = json.loads(resources.files("paresseg_jax.evaluate").joinpath("paper_tables.json").read_text(encoding="utf-8"))
     return {row["model"]: row for row in published["table4_ablation_resseg"] + published["table6_fusion"]}
 
 

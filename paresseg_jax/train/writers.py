@@ -34,7 +34,7 @@ class MetricsWriter:
             if path.is_file():
                 kept = [record for record in read_metrics(workdir) if record["step"] <= resume_step]
                 write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
-            self._file = open(path, "a", buffering=1)
+            self._file = open(path, "a", buffering=1, encoding="utf-8")
             self._board = SummaryWriter(str(Path(workdir) / TENSORBOARD_DIR), purge_step=resume_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:

@@ -166,8 +166,8 @@ def _print_table(rows: list[dict], peak_tflops) -> None:
     columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
                ("patches_per_s", "{:.1f}"), ("peak_gb", "{:.2f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
-               ("vs_torch", "{:.2f}x"), ("bound_s", "{:.2f}"), ("vs_bound", "{:.1f}x"), ("vs_train_step", "{:.1f}x"), ("compile_s", "{:.1f}"), ("temp_mb", "{:.0f}"),
-               ("memory_mb", "{:.0f}")]
+               ("vs_torch", "{:.2f}x"), ("bound_s", "{:.2f}"), ("vs_bound", "{:.1f}x"), ("vs_train_step", "{:.1f}x"),
+               ("compile_s", "{:.1f}"), ("temp_mb", "{:.0f}"), ("memory_mb", "{:.0f}")]
     for row in rows:
         if peak_tflops and row.get("gflops"):
             row["peak_fraction"] = row["gflops"] / 1e3 / peak_tflops

@@ -19,7 +19,7 @@ import ml_collections
 from absl import flags
 
 from paresseg_jax import config_defaults
-from paresseg_jax.errors import PareSegError, error_line
+from paresseg_jax.errors import PareSegError
 
 BUILTIN_PACKAGE = "paresseg_jax_configs"
 
@@ -63,10 +63,17 @@ def load(spec: str) -> ml_collections.ConfigDict:
     try:
         config = module.get_config(*([arg] if colon else []))
     except TypeError as error:  # ml_collections refuses a value of another type than the field's default
-        raise PareSegError(f"a field is given a value of the wrong type ({error_line(error)})", path=path,
+        raise PareSegError(_wrong_type(error), path=path,
                            fix="give each field a value of its default's type (paresseg_jax.config_defaults)") from None
     check_fields(config, path)
     return config
+
+
+def _wrong_type(error: TypeError) -> str:
+    """ml_collections' refusal of a value of another type than a field's, in one line (its flag parser wraps
+    the refusal in the file's traceback, which ends with it)."""
+    reason = str(error).strip().splitlines()[-1].removeprefix("TypeError: ")
+    return f"a field is given a value of the wrong type ({reason})"
 
 
 def check_fields(config: ml_collections.ConfigDict, path, name: str = "config") -> None:
@@ -83,7 +90,8 @@ def _check_section(section, declared, path, where: str) -> None:
             hint = f"; did you mean {where}.{close[0]}?" if close else f"; {where} has: {', '.join(sorted(declared))}"
             raise PareSegError(f"{where}.{field} is not a config field{hint}", path=path,
                                fix="every field is declared, with its default, in paresseg_jax.config_defaults")
-        if isinstance(declared[field], ml_collections.ConfigDict) and isinstance(section[field], (dict, ml_collections.ConfigDict)):
+        nested = (dict, ml_collections.ConfigDict)
+        if isinstance(declared[field], ml_collections.ConfigDict) and isinstance(section[field], nested):
             _check_section(section[field], declared[field], path, f"{where}.{field}")
 
 
@@ -127,9 +135,8 @@ class NamedConfigParser(flags.ArgumentParser):
         try:
             config = self._file_parser.parse(path)
             check_fields(config, path.partition(":")[0], self._name)
-        except TypeError as error:  # ml_collections' message ends with the file's traceback, the reason last
-            reason = str(error).strip().splitlines()[-1].removeprefix("TypeError: ")
-            raise ValueError(f"{path.partition(':')[0]}: a field is given a value of the wrong type ({reason})") from None
+        except TypeError as error:
+            raise ValueError(f"{path.partition(':')[0]}: {_wrong_type(error)}") from None
         except PareSegError as error:
             raise ValueError(str(error)) from None
         problem = unknown_override(config, sys.argv, self._name)

@@ -1,4 +1,5 @@
-"""A DICOM series checked as one volume before it is read: evenly spaced slices of one orientation and size, that fits in memory.
+"""A DICOM series checked as one volume before it is read: evenly spaced slices of one orientation and size,
+that fits in memory.
 
 ITK stacks whatever slices a folder holds: with one slice missing it reads a
 volume one slice short, spreads the gap over all slices (a wrong z

@@ -142,7 +142,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, row: str
 
 def paper_rows() -> dict[str, dict]:
     """The paper's Table 4 and Table 6 rows by model name."""
-    published = json.loads(resources.files("paresseg_jax.evaluate").joinpath("paper_tables.json").read_text(encoding="utf-8"))
+    paper_file = resources.files("paresseg_jax.evaluate").joinpath("paper_tables.json")
+    published = json.loads(paper_file.read_text(encoding="utf-8"))
     return {row["model"]: row for row in published["table4_ablation_resseg"] + published["table6_fusion"]}
 
 

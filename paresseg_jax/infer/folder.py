@@ -37,7 +37,8 @@ from paresseg_jax.infer import resume
 from paresseg_jax.infer.cascade import LIVER_LABEL, TUMOR_LABEL
 from paresseg_jax.infer.lesion_overlay import lesion_overlay
 from paresseg_jax.infer.run_report import REPORT_FILE, write_report
-from paresseg_jax.infer.study import ModelSource, Segmenter, check_dicom_series, study_lesions, volumes_ml, write_dicom_seg
+from paresseg_jax.infer.study import (ModelSource, Segmenter, check_dicom_series, roi_source, study_lesions, volumes_ml,
+                                      write_dicom_seg)
 from paresseg_jax.metrics import case_metrics
 from paresseg_jax.workdir import check_not_trained_on
 
@@ -251,9 +252,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
                                                       output / f"{case.case_id}{OVERLAY_SUFFIX}",
                                                       spacing_zyx=case.spacing_zyx, title=case.case_id))
         with stage_times.stage("measuring"):
-            roi = "none" if result["roi"] is None else ("liver model" if given_liver is None else "liver mask")
-            info = {"roi": roi, **volumes_ml(result, case), "lesions": found, "files": files,
-                    "scanner": case.metadata.get("scanner"),
+            info = {"roi": roi_source(result, given_liver is not None), **volumes_ml(result, case), "lesions": found,
+                    "files": files, "scanner": case.metadata.get("scanner"),
                     "absent_phases": segmenter.missing_phases(entry.phases)}
             if segmenter.liver is not None and case.liver is not None:
                 info["liver_metrics"] = case_metrics(result["liver"], case.liver, case.spacing_zyx)

@@ -236,10 +236,15 @@ def predict_files(
     return report
 
 
+def roi_source(result: Mapping, liver_given: bool) -> str:
+    """Where a study's ROI came from, as reports name it: a given liver mask, the liver model, or none."""
+    return "none" if result["roi"] is None else ("liver mask" if liver_given else "liver model")
+
+
 def _measured(result: dict, case: Case, liver_given: bool) -> dict:
     """A study's volumes, lesions, ROI source and (with a tumor mask) metrics, for its report."""
     measured = {**volumes_ml(result, case), "lesions": study_lesions(result, case)}
-    measured["roi"] = "none" if result["roi"] is None else ("liver mask" if liver_given else "liver model")
+    measured["roi"] = roi_source(result, liver_given)
     if case.tumor is not None:
         measured["metrics"] = case_metrics(result["mask"], case.tumor, case.spacing_zyx)
     return measured

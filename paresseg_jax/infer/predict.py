@@ -11,13 +11,19 @@ Two ways to cover a slice:
   past the image read zeros there.
 
 With a ROI (the cascade's dilated liver), only slices that hold some of it
-are computed, each whole by default. ``crop_to_roi`` computes only the ROI's
-in-plane bounding box (grown by ``roi_margin`` and rounded up to ``ROI_GRID``
-pixels, so volumes share a few compiled shapes): faster, but not the same
-function. Outside the ROI the inputs are zero, yet after conv + BN + ReLU the
-features there are not, and the phase attention's channel energies sum over
-every pixel of the slice; once its ``gamma`` has left 0 the crop changes the
-energies, the softmax and the output (RESULTS.md gives the measured difference).
+are computed, each whole by default. ``crop_to_roi`` computes less of them.
+For ResSeg and MSF-ResSeg (PA-ResSeg) in ``full`` mode it is exact
+(:mod:`paresseg_jax.infer.exact_crop`; ARCHITECTURE.md, "The exact ROI crop"):
+the encoders' scales 1-3 run on the ROI box + ``exact_crop.CROP_MARGIN`` px,
+the all-zero input's features stand in outside it, and the deeper scales, the
+phase attention (whose channel energies sum over every pixel) and the decoder
+see whole slices' features: whole slices' probabilities for 1.4x fewer FLOPs
+with a 250 x 220 px box on 512 x 512 slices. For other models and ``tile``
+mode it computes only the ROI's in-plane bounding box (grown by ``roi_margin``
+and rounded up to ``ROI_GRID`` pixels, so volumes share a few compiled
+shapes): 2.6x fewer FLOPs for that box, but not the same function (the inputs
+outside the ROI are zero, the features there are not, and the crop replaces
+them with zero padding; RESULTS.md gives the measured difference).
 
 A voxel is foreground where its probability is ``>= threshold``
 (:func:`binarize`), as in the reference.
@@ -30,7 +36,8 @@ buffers live in host memory and grow with the pixels in flight, so a study's
 peak memory is bounded by the batch, not by the volume. With several local
 devices each batch is sharded across them along its first axis (its length
 rounded up to a multiple of the device count) and the weights replicated, so
-the slices of one study run on all of them at once.
+the slices of one study run on all of them at once (the exact crop runs on
+one device).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import numpy as np
 
 from paresseg_jax import ops, stage_times
 from paresseg_jax.data.windows import read_window, slice_indices
+import paresseg_jax.infer.exact_crop as exact_crop
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
 MODES = ("full", "tile")
@@ -109,9 +117,11 @@ def predict_volume(
     other phases registered to it); the model's ``phases`` must all be there.
     With a ``roi`` (the dilated liver mask), voxels outside it are set to 0 in
     the inputs (as the paper does), slices without ROI are not computed, and
-    the probability outside the ROI is 0; with ``crop_to_roi`` only the ROI's
-    bounding box plus ``roi_margin`` pixels (see :func:`roi_box`) is computed,
-    a speed option that changes attention models' output (module docstring).
+    the probability outside the ROI is 0; ``crop_to_roi`` computes a crop: for
+    ResSeg and MSF-ResSeg in ``full`` mode the exact one (``roi_margin`` unused;
+    with ``tta``, ``pad_multiple`` a multiple of 32), else the ROI's bounding
+    box plus ``roi_margin`` pixels (see :func:`roi_box`), which changes the
+    output (module docstring).
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
@@ -126,14 +136,23 @@ def predict_volume(
     if len(slices):
         variables = jax.device_put(variables)
         box = (slice(None), slice(None), slice(None))
-        if roi is not None and crop_to_roi:
+        exact = roi is not None and crop_to_roi and mode == "full" and exact_crop.supported(module)
+        if exact:
+            frame = _exact_frame(shape, pad_multiple, tta)
+            rects = exact_crop.crop_rects(inside, frame)
+            box, out_box = ((slice(None), slice(r, r + h), slice(c, c + w)) for r, c, h, w in rects)
+        elif roi is not None and crop_to_roi:
             box = (slice(None), *roi_box(inside, roi_margin))
         volumes = {p: np.asarray(images[p], np.float32)[box] for p in phases}
         if roi is not None:  # gated copies of the box only
             volumes = {p: np.where(inside[box], v, np.float32(0)) for p, v in volumes.items()}
         report = (lambda done: None) if progress is None else (lambda done: progress(done, len(slices)))
         forward = functools.partial(_compiled_forward, module, variables, tta, conv_impl)
-        if mode == "full":
+        if exact:  # a slice holds whole-frame maps (scales 1-6, fusion): the pixel cap counts the frame
+            forward = _compiled_exact(module, variables, (tta, conv_impl), rects, frame)
+            batching = (batch_length(batch_size, batch_pixels, frame[0] * frame[1]), 0)
+            _full_slices(forward, module.in_channels, volumes, slices, prob[out_box], batching, rects[0][2:], report)
+        elif mode == "full":
             _full_slices(forward, module.in_channels, volumes, slices, prob[box], (batch_size, batch_pixels),
                          pad_multiple, report)
         else:
@@ -197,10 +216,13 @@ def _device_shardings():
 
 
 def _full_slices(compile_forward, channels, volumes, slices, prob, batching, pad_multiple, report):
-    depth, height, width = prob.shape
-    if pad_multiple < 1:
-        raise ValueError(f"pad_multiple={pad_multiple} must be >= 1 (config.eval.pad_multiple)")
-    padded = tuple(math.ceil(n / pad_multiple) * pad_multiple for n in (height, width))
+    """Whole slices, zero-padded to multiples of ``pad_multiple`` (or, given a shape, to that shape); ``prob``
+    takes the forward's output (for the exact crop, a window of its own)."""
+    depth, height, width = next(iter(volumes.values())).shape
+    if isinstance(pad_multiple, tuple):
+        padded = pad_multiple
+    else:
+        padded = tuple(math.ceil(n / _checked_pad(pad_multiple)) * pad_multiple for n in (height, width))
     batch_size = batch_length(*batching, padded[0] * padded[1])
     forward = compile_forward((batch_size, *padded, channels))
 
@@ -216,9 +238,49 @@ def _full_slices(compile_forward, channels, volumes, slices, prob, batching, pad
 
     done = 0
     for chunk, out in _pipelined(forward, batches()):
-        prob[chunk] = out[: len(chunk), :height, :width]
+        prob[chunk] = out[: len(chunk), : prob.shape[1], : prob.shape[2]]
         done += len(chunk)
         report(done)
+
+
+def _checked_pad(pad_multiple: int) -> int:
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple={pad_multiple} must be >= 1 (config.eval.pad_multiple)")
+    return pad_multiple
+
+
+def _exact_frame(shape, pad_multiple: int, tta: bool) -> tuple[int, int]:
+    """The slice frame of :mod:`exact_crop`; with ``tta`` the flips must flip the frame the model pads to."""
+    frame = exact_crop.frame_shape(*shape[1:], _checked_pad(pad_multiple))
+    if tta and frame != tuple(math.ceil(n / pad_multiple) * pad_multiple for n in shape[1:]):
+        raise ValueError(f"crop_to_roi with tta needs pad_multiple={pad_multiple} (config.eval.pad_multiple) to be a "
+                         f"multiple of {exact_crop.MULTIPLE}: the slices are flipped before the model pads them")
+    return frame
+
+
+def _compiled_exact(module, variables, options, rects, frame):
+    """The batch function of :func:`exact_crop.crop_probability` for the input and output crops ``rects`` (one
+    device), compiled once per batch shape; the zero-input maps are computed once per volume."""
+    tta, conv_impl = options
+    maps = exact_crop.zero_maps(module, variables, frame, conv_impl)
+    origin = np.array([rect[:2] for rect in rects], np.int32)
+    out_shape = tuple(rects[1][2:])
+
+    def compile_forward(shape):
+        abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in module.phases)
+        with stage_times.stage("compilation"):
+            compiled = exact_crop.crop_probability.lower(module, variables, maps, abstract, origin, out_shape, frame,
+                                                         tta=tta, conv_impl=conv_impl).compile()
+        flops = cost_flops(compiled) if stage_times.is_recording() else None
+
+        def forward(inputs):
+            if flops is not None:
+                stage_times.add_forward(flops)
+            return compiled(variables, maps, inputs, origin)
+
+        return forward
+
+    return compile_forward
 
 
 def _overlap_tiles(compile_forward, channels, volumes, slices, prob, batching, tile, stride, weighting, report):

@@ -13,6 +13,7 @@
 from typing import Any, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from paresseg_jax.models.base import SegmentationModel
@@ -25,15 +26,21 @@ from paresseg_jax.models.registry import register_model
 ENCODER_LEVELS = (("second", 2), ("third", 4), ("fourth", 8), ("fifth", 8), ("sixth", 8))
 
 
-def residual_encoder(x, width: int, train: bool, layer_options: dict) -> list:
+def residual_encoder(x, width: int, train: bool, layer_options: dict, levels: tuple = (0, 6)) -> list:
     """Six scales of features (full, /2, ..., /32), built in the calling
-    module's scope with the reference's names (`first`, `second_1`, ...)."""
-    x = nn.relu(ConvBNConvBN(width, name="first", **layer_options)(x, train))
-    features = [x]
-    for level, multiple in ENCODER_LEVELS:
-        x = max_pool(x)
-        x = ResBlock(width * multiple, name=f"{level}_1", **layer_options)(x, train)
-        x = ResBlock(width * multiple, name=f"{level}_2", **layer_options)(x, train)
+    module's scope with the reference's names (`first`, `second_1`, ...).
+    `levels = (start, stop)` builds only scales start..stop-1, `x` being
+    scale start-1's features (the exact ROI crop runs the fine scales on a
+    crop and the deep ones on the whole slice: `infer.exact_crop`)."""
+    features = []
+    for level in range(*levels):
+        if level == 0:
+            x = nn.relu(ConvBNConvBN(width, name="first", **layer_options)(x, train))
+        else:
+            name, multiple = ENCODER_LEVELS[level - 1]
+            x = max_pool(x)
+            x = ResBlock(width * multiple, name=f"{name}_1", **layer_options)(x, train)
+            x = ResBlock(width * multiple, name=f"{name}_2", **layer_options)(x, train)
         features.append(x)
     return features
 
@@ -47,15 +54,34 @@ def multi_scale_decoder(features, num_classes: int, train: bool, layer_options: 
 
 
 class ResEncoder(nn.Module):
-    """The reference's `ResEncoder`: one phase's encoder as a submodule."""
+    """The reference's `ResEncoder`: one phase's encoder as a submodule (scales `levels`, see
+    `residual_encoder`). Applied to a ResSeg's own variables it is that model's encoder."""
 
     width: int
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
+    levels: tuple = (0, 6)
 
     @nn.compact
     def __call__(self, x, train: bool):
-        return residual_encoder(x, self.width, train, dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name))
+        return residual_encoder(x, self.width, train, dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name),
+                                self.levels)
+
+
+class FeatureDecoder(SegmentationModel):
+    """What a ResSeg or MSF-ResSeg computes after its encoders, with the model's names: the fusion
+    blocks (if any) on the whole features, one list of six scales per encoder, then the decoder on
+    the window ``(origin, (height, width))`` of them (input px; origin on the /32 grid; None: whole)."""
+
+    @nn.compact
+    def __call__(self, *per_encoder, window=None, train: bool = False):
+        features = per_encoder[0] if self.fusion is None else fuse_scales(self, list(per_encoder), train)
+        if window is not None:
+            (row, col), (height, width) = window
+            features = [jax.lax.dynamic_slice(f, (0, row // 2**s, col // 2**s, 0),
+                                              (f.shape[0], height // 2**s, width // 2**s, f.shape[3]))
+                        for s, f in enumerate(features)]
+        return multi_scale_decoder(features, self.num_classes, train, self.layer_options)
 
 
 @register_model("dmp_resseg", phases=("pv", "art"))

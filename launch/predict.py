@@ -79,9 +79,8 @@ _BATCH_PIXELS = flags.DEFINE_integer("batch_pixels", None, "at most this many pi
                                      "on a CPU, which bounds host memory; no cap on GPUs)")
 _CONV = flags.DEFINE_enum("conv_impl", None, ["direct", "fast"], "CPU convolutions: direct (default) or fast "
                           "(Winograd: ~12% less time, ~0.9 GB more memory per 512 x 512 slice at width 64)")
-_CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute less of each slice: ResSeg / PA-ResSeg "
-                                 "exactly (whole slices' output, ~1.4x faster), other models only the ROI's box "
-                                 "(+ --roi_margin px; faster, output changes) (default: whole slices)")
+_CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px): faster, "
+                                 "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series with a missing slice onto even "

@@ -136,9 +136,8 @@ def _eval() -> ml_collections.ConfigDict:
     evaluation.conv_impl = "direct"  # CPU convolutions at inference: "direct" or "fast" (Winograd: less time, more memory)
     evaluation.tta = False  # average over flips along H, W and both
     evaluation.pad_multiple = 32  # full mode pads slices to a multiple of the network's downsampling
-    evaluation.crop_to_roi = False  # True: ResSeg / MSF-ResSeg in full mode: the exact ROI crop (whole slices'
-    # output, ~1.4x faster); other models: only the ROI's box (+ roi_margin px), faster but not the same output;
-    # validation uses it too
+    evaluation.crop_to_roi = False  # True: compute only the ROI's bounding box (+ roi_margin px); faster, but
+    # it changes attention models' output (channel energies sum over the whole slice); validation uses it too
     evaluation.roi_margin = 32  # pixels of context kept around the ROI's bounding box
     evaluation.liver_threshold = 0.5  # cascade: liver where the liver-model probability >= this
     return evaluation

@@ -2,6 +2,7 @@
 the ablation and paresseg-evaluate scoring the same runs."""
 
 import json
+import shutil
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,6 +63,8 @@ def test_demo_pipeline_writes_the_report_and_reuses_finished_stages(tmp_path):
     assert not split["validation"] and len(split["train"]) == 4  # every training-fold case trains (the paper)
     evaluated = scoring.score_run(tmp_path / "resseg", liver_workdir=tmp_path / "liver", out_dir=tmp_path / "evaluate")
     assert evaluated["cases"] == demo_summary["cases"]
+    for folder in ("cohort", "cohort_cache"):  # the demo's cohort and its preprocessing, reused (not made again)
+        shutil.copytree(tmp_path / folder, tmp_path / "ablation" / folder)
     table = ablation.run_ablation(str(tmp_path / "ablation"), TINY, runs=("resseg",), folds=[0], seeds=[0, 1], jobs=2)
     pooled = [json.loads((tmp_path / "ablation" / "resseg" / f"seed_{s}" / "summary.json").read_text()) for s in (0, 1)]
     for log in ("liver_fold_0", "resseg_seed_0_fold_0", "resseg_seed_1_fold_0"):  # each process's output

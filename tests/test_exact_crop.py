@@ -38,12 +38,12 @@ def _pa_resseg():
 
 
 @pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # tta: four flipped crops
-def test_exact_crop_gives_the_whole_slice_probabilities_from_a_crop(tta, monkeypatch):
+def test_whole_slices_from_a_crop_equal_whole_slices(tta, monkeypatch):
     """A 32 x 28 px ROI on 256 x 256 slices: the fine scales run on a 192 x 192 crop, deeper ones, the attention's
     energies and the decoder's input from the zero-input maps outside it, and the probabilities equal whole slices'
     (breaking the construction: zeros instead of the zero-input maps 1.1e-3, no halo 5.5e-6, an 8 px margin
-    9e-5, no decoder margin 0.018). The box crop the exact one replaced (deep scales and energies from the crop
-    only) is off by 0.064."""
+    9e-5, no decoder margin 0.018). The box crop (``crop_to_roi``: deep scales and energies from the crop only)
+    is off by 0.064."""
     module, variables = _pa_resseg()
     rng = np.random.default_rng(1)
     images = {p: rng.uniform(0, 1, (3, SIZE, SIZE)).astype(np.float32) for p in module.phases}
@@ -53,16 +53,29 @@ def test_exact_crop_gives_the_whole_slice_probabilities_from_a_crop(tta, monkeyp
     frames = []
     zero_maps = exact_crop.zero_maps
     monkeypatch.setattr(exact_crop, "zero_maps", lambda *a: frames.append(a[2]) or zero_maps(*a))
-    whole = predict.predict_volume(module, variables, images, roi, tta=tta)
-    exact = predict.predict_volume(module, variables, images, roi, tta=tta, crop_to_roi=True)
+    from_crop = predict.predict_volume(module, variables, images, roi, tta=tta)  # the default
     assert frames == [(SIZE, SIZE)]
     assert exact_crop.crop_rects(roi > 0, (SIZE, SIZE)) == ((24, 44, 192, 192), (64, 64, 128, 128))
-    np.testing.assert_allclose(exact, whole, rtol=0, atol=1e-6)
+    monkeypatch.setattr(exact_crop, "supported", lambda module: False)
+    whole = predict.predict_volume(module, variables, images, roi, tta=tta)
+    assert frames == [(SIZE, SIZE)]  # not computed from a crop this time
+    np.testing.assert_allclose(from_crop, whole, rtol=0, atol=1e-6)
     if not tta:
         assert whole[roi > 0].min() < 0.3 and whole[roi > 0].max() > 0.7
-        monkeypatch.setattr(exact_crop, "supported", lambda module: False)
         boxed = predict.predict_volume(module, variables, images, roi, crop_to_roi=True, roi_margin=32)
         assert np.abs(boxed - whole).max() > 0.01
+
+
+def test_the_crop_is_used_only_where_it_pays():
+    """A ROI whose crop covers most of the slice, or a tile mode, computes whole slices as they are."""
+    inside = np.zeros((2, 256, 256), bool)
+    inside[1, 100:140, 100:140] = True
+    module = models.create("paresseg", width=4)
+    assert predict._exact_plan(module, inside, "full", 32, False) is not None
+    assert predict._exact_plan(module, inside, "tile", 32, False) is None
+    assert predict._exact_plan(models.create("unet", width=4), inside, "full", 32, False) is None
+    inside[1, 20:230, 20:230] = True
+    assert predict._exact_plan(module, inside, "full", 32, False) is None
 
 
 def test_crop_rects_cover_the_margins_on_the_pooling_and_decoder_grids():

@@ -6,11 +6,9 @@ segments the run's test cases (its ``split.json``) twice with its
 box (``crop_to_roi``, ``roi_margin``), inside the same ROI: the cascade's
 (the liver run's dilated prediction) with ``--liver_workdir``, else the
 cache's ground-truth one. Outside the ROI both are 0, so any difference comes
-from what the network computes at the crop: for ResSeg and MSF-ResSeg in
-``full`` mode none (the exact crop, :mod:`paresseg_jax.infer.exact_crop`),
-for other models zero padding at the box's edge instead of the features
-beyond it, and channel-attention energies summed over the box instead of
-the whole slice. Prints per case the Dice of both
+from what the network computes at the crop: zero padding at the box's edge
+instead of the features beyond it, and channel-attention energies summed
+over the box instead of the whole slice. Prints per case the Dice of both
 against the ground truth, the voxels whose label changed, the largest
 probability change and the seconds of each (the first case includes
 compilation), and the attention gammas of the model.

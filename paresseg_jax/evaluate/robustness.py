@@ -162,6 +162,6 @@ def evaluate_perturbed(
                                       liver_masks=liver_masks, target=target, postprocessing=chosen, condition=name,
                                       fold=split["fold"], **info)
         write_summary(workdir / PERTURBED_DIR / name, records, workdir=str(workdir), seed=seed, **source, **info,
-                      postprocessing=chosen, **scoring.protocol(eval_config, roi, target, config.model.name))
+                      postprocessing=chosen, **scoring.protocol(eval_config, roi, target))
         dpc[name] = float(np.mean([r["metrics"]["dice"] for r in records]))
     return dpc

@@ -14,8 +14,7 @@ paper's unless a config says otherwise, and every ``summary.json`` states it:
   liver-ResSeg trained on the same training folds (the paper), or
   'oracle_gt_liver', the ground-truth liver's dilated ROI from the cache,
   an upper bound the paper does not report;
-- extent: whole slices (also with ``config.eval.crop_to_roi`` for the models
-  ``infer.exact_crop`` computes exactly; a ROI box for others); foreground where
+- extent: whole slices unless ``config.eval.crop_to_roi``; foreground where
   ``p >= threshold``;
 - postprocessing: the choice ``paresseg-postprocess`` stored beside the
   scored model (made on validation cases), applied as ``paresseg-predict``
@@ -42,7 +41,6 @@ from paresseg_jax.evaluate import provenance
 from paresseg_jax.summary import evaluate_case, read_summary, write_summary
 from paresseg_jax.infer.cascade import (postprocessed, predict_options, segment_study, stored_postprocessing,
                                         threshold_for)
-from paresseg_jax.infer.exact_crop import is_exact
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
@@ -56,17 +54,13 @@ PREDICTIONS_DIR = "predictions"
 OVERLAYS_DIR = "overlays"
 
 
-def protocol(eval_config: Mapping, roi: str, target: str = "tumor", model_name: str = "") -> dict:
-    """How a run's numbers were made, in the words a summary and a table print (``model_name``: the
-    registered model, which decides whether the ROI crop is exact)."""
-    extent = "whole slices"
-    if eval_config["crop_to_roi"] and target == "tumor":
-        extent = ("whole slices (exact ROI crop)" if model_name and is_exact(model_name, eval_config["mode"])
-                  else f"ROI box + {eval_config['roi_margin']} px")
+def protocol(eval_config: Mapping, roi: str, target: str = "tumor") -> dict:
+    """How a run's numbers were made, in the words a summary and a table print."""
+    crop = bool(eval_config["crop_to_roi"])
     return {
         "checkpoint": eval_config["checkpoint"],
         "roi": roi if target == "tumor" else "none (liver target: whole slices)",
-        "extent": extent,
+        "extent": f"ROI box + {eval_config['roi_margin']} px" if crop and target == "tumor" else "whole slices",
         "mode": eval_config["mode"],
         "threshold": f">= {threshold_for(eval_config, target)}",
     }
@@ -280,8 +274,7 @@ def _plan(workdir: Path, liver_workdir, roi: str | None) -> dict:
     cache_dir = prepared_cache(config)
     record = provenance.record(
         model_sha256=provenance.model_checksum(workdir / CHECKPOINT_CHOICES[checkpoint], tumor_model[1]),
-        liver_model_sha256=liver_sha256, config=config.to_dict(),
-        protocol=protocol(eval_config, roi, target, config.model.name),
+        liver_model_sha256=liver_sha256, config=config.to_dict(), protocol=protocol(eval_config, roi, target),
         case_ids=split["test"], cache_dir=cache_dir, postprocessing=chosen,
     )
     return {"config": config, "split": split, "target": target, "roi": roi, "tumor_model": tumor_model,

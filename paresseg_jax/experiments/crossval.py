@@ -59,5 +59,5 @@ def cross_validate(
             liver = Stage(LIVER_RUN, config_defaults.liver_stage(fold_config), liver_root / f"fold_{fold}")
         records += run_fold(liver, [tumor])["tumor"]["cases"]
     write_summary(workdir, records, folds=folds, num_folds=num_folds, config=config.to_dict(),
-                  **protocol(config.eval.to_dict(), roi, target, config.model.name))
+                  **protocol(config.eval.to_dict(), roi, target))
     return read_summary(workdir)

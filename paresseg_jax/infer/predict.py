@@ -11,19 +11,20 @@ Two ways to cover a slice:
   past the image read zeros there.
 
 With a ROI (the cascade's dilated liver), only slices that hold some of it
-are computed, each whole by default. ``crop_to_roi`` computes less of them.
-For ResSeg and MSF-ResSeg (PA-ResSeg) in ``full`` mode it is exact
-(:mod:`paresseg_jax.infer.exact_crop`; ARCHITECTURE.md, "The exact ROI crop"):
-the encoders' scales 1-3 run on the ROI box + ``exact_crop.CROP_MARGIN`` px,
-the all-zero input's features stand in outside it, and the deeper scales, the
-phase attention (whose channel energies sum over every pixel) and the decoder
-see whole slices' features: whole slices' probabilities for 1.4x fewer FLOPs
-with a 250 x 220 px box on 512 x 512 slices. For other models and ``tile``
-mode it computes only the ROI's in-plane bounding box (grown by ``roi_margin``
-and rounded up to ``ROI_GRID`` pixels, so volumes share a few compiled
-shapes): 2.6x fewer FLOPs for that box, but not the same function (the inputs
-outside the ROI are zero, the features there are not, and the crop replaces
-them with zero padding; RESULTS.md gives the measured difference).
+are computed, each whole by default. For ResSeg and MSF-ResSeg (PA-ResSeg)
+in ``full`` mode on one device, whole slices are computed from a crop when
+that saves time (:mod:`paresseg_jax.infer.exact_crop`; ARCHITECTURE.md, "The
+exact ROI crop"): the encoders' scales 1-3 run on the ROI box +
+``exact_crop.CROP_MARGIN`` px, the all-zero input's features stand in
+outside it, and the deeper scales, the phase attention (whose channel
+energies sum over every pixel) and the decoder see whole slices' features.
+The probabilities are whole slices' (tested) for 1.4x fewer FLOPs with a
+250 x 220 px box on 512 x 512 slices. ``crop_to_roi`` instead computes only
+the ROI's in-plane bounding box (grown by ``roi_margin`` and rounded up to
+``ROI_GRID`` pixels, so volumes share a few compiled shapes): 2.6x fewer
+FLOPs for that box, but not the same function (the inputs outside the ROI
+are zero, the features there are not, and the crop replaces them with zero
+padding; RESULTS.md gives the measured difference).
 
 A voxel is foreground where its probability is ``>= threshold``
 (:func:`binarize`), as in the reference.
@@ -52,7 +53,7 @@ import numpy as np
 
 from paresseg_jax import ops, stage_times
 from paresseg_jax.data.windows import read_window, slice_indices
-import paresseg_jax.infer.exact_crop as exact_crop
+import paresseg_jax.infer.exact_crop as exact_crop  # the module, so tests can patch it (the package is a later layer)
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
 MODES = ("full", "tile")
@@ -117,11 +118,10 @@ def predict_volume(
     other phases registered to it); the model's ``phases`` must all be there.
     With a ``roi`` (the dilated liver mask), voxels outside it are set to 0 in
     the inputs (as the paper does), slices without ROI are not computed, and
-    the probability outside the ROI is 0; ``crop_to_roi`` computes a crop: for
-    ResSeg and MSF-ResSeg in ``full`` mode the exact one (``roi_margin`` unused;
-    with ``tta``, ``pad_multiple`` a multiple of 32), else the ROI's bounding
-    box plus ``roi_margin`` pixels (see :func:`roi_box`), which changes the
-    output (module docstring).
+    the probability outside the ROI is 0 (computed from a crop where that is
+    exact and saves time: module docstring); with ``crop_to_roi`` only the
+    ROI's bounding box plus ``roi_margin`` pixels (see :func:`roi_box`) is
+    computed, a speed option that changes attention models' output.
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
@@ -136,10 +136,9 @@ def predict_volume(
     if len(slices):
         variables = jax.device_put(variables)
         box = (slice(None), slice(None), slice(None))
-        exact = roi is not None and crop_to_roi and mode == "full" and exact_crop.supported(module)
+        exact = None if roi is None or crop_to_roi else _exact_plan(module, inside, mode, pad_multiple, tta)
         if exact:
-            frame = _exact_frame(shape, pad_multiple, tta)
-            rects = exact_crop.crop_rects(inside, frame)
+            frame, rects = exact
             box, out_box = ((slice(None), slice(r, r + h), slice(c, c + w)) for r, c, h, w in rects)
         elif roi is not None and crop_to_roi:
             box = (slice(None), *roi_box(inside, roi_margin))
@@ -249,13 +248,17 @@ def _checked_pad(pad_multiple: int) -> int:
     return pad_multiple
 
 
-def _exact_frame(shape, pad_multiple: int, tta: bool) -> tuple[int, int]:
-    """The slice frame of :mod:`exact_crop`; with ``tta`` the flips must flip the frame the model pads to."""
-    frame = exact_crop.frame_shape(*shape[1:], _checked_pad(pad_multiple))
-    if tta and frame != tuple(math.ceil(n / pad_multiple) * pad_multiple for n in shape[1:]):
-        raise ValueError(f"crop_to_roi with tta needs pad_multiple={pad_multiple} (config.eval.pad_multiple) to be a "
-                         f"multiple of {exact_crop.MULTIPLE}: the slices are flipped before the model pads them")
-    return frame
+def _exact_plan(module, inside, mode: str, pad_multiple: int, tta: bool):
+    """``(frame, crop rects)`` of :mod:`exact_crop` when it computes whole slices' probabilities for less: ResSeg or
+    MSF-ResSeg in full mode on one device (several shard whole slices), a crop small enough to pay, and with
+    ``tta`` a frame the flips keep (they flip the slice before the model pads it to 32); else None."""
+    if mode != "full" or not exact_crop.supported(module) or jax.local_device_count() > 1:
+        return None
+    frame = exact_crop.frame_shape(*inside.shape[1:], _checked_pad(pad_multiple))
+    if tta and frame != tuple(math.ceil(n / pad_multiple) * pad_multiple for n in inside.shape[1:]):
+        return None
+    rects = exact_crop.crop_rects(inside, frame)
+    return (frame, rects) if exact_crop.pays(rects, frame) else None
 
 
 def _compiled_exact(module, variables, options, rects, frame):

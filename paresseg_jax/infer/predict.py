@@ -265,7 +265,11 @@ def _compiled_exact(module, variables, options, rects, frame):
     """The batch function of :func:`exact_crop.crop_probability` for the input and output crops ``rects`` (one
     device), compiled once per batch shape; the zero-input maps are computed once per volume."""
     tta, conv_impl = options
-    maps = exact_crop.zero_maps(module, variables, frame, conv_impl)
+    with stage_times.stage("compilation"):
+        compiled_maps = exact_crop.zero_maps.lower(module, variables, frame, conv_impl).compile()
+    maps = compiled_maps(variables)
+    if stage_times.is_recording():  # a forward pass of its own: the bound counts its FLOPs
+        stage_times.add_forward(cost_flops(compiled_maps) or 0.0)
     origin = np.array([rect[:2] for rect in rects], np.int32)
     out_shape = tuple(rects[1][2:])
 

@@ -47,7 +47,9 @@ def write_synthetic_cache(cache_dir, cases, size, depth, seed=0):
     return cache.open_cohort(cache_dir, [f"bench{i:03d}" for i in range(cases)])
 
 
-def patches_per_second(config, cases, workers, batches, warmup):
+def patches_per_second(config, cases, workers, batches, warmup) -> tuple[float, dict[str, float]]:
+    """Patches per second after ``warmup`` batches, and the bytes one sample carries per array of a batch
+    (what a host-to-device copy moves: batches travel as the pipeline makes them)."""
     loader = pipeline.make_train_loader(config, cases, seed=0, worker_count=workers)
     it = iter(loader)
     for _ in range(warmup):
@@ -57,7 +59,8 @@ def patches_per_second(config, cases, workers, batches, warmup):
         batch = next(it)
     elapsed = time.perf_counter() - start
     assert batch["pv"].shape == (config.train.batch_size, config.data.crop_size, config.data.crop_size, 3)
-    return batches * config.train.batch_size / elapsed
+    sample_bytes = {name: np.asarray(array).nbytes / config.train.batch_size for name, array in batch.items()}
+    return batches * config.train.batch_size / elapsed, sample_bytes
 
 
 def main(argv):
@@ -69,19 +72,20 @@ def main(argv):
         cache_dir = _CACHE.value or tmp
         os.makedirs(cache_dir, exist_ok=True)
         cases = write_synthetic_cache(cache_dir, _CASES.value, _SIZE.value, _DEPTH.value)
-        results = {}
+        results, sample_bytes = {}, {}
         for workers in map(int, _WORKERS.value):
-            results[workers] = patches_per_second(config, cases, workers, _BATCHES.value, _WARMUP.value)
+            results[workers], sample_bytes = patches_per_second(config, cases, workers, _BATCHES.value, _WARMUP.value)
     print(f"paired {_CROP.value}x{_CROP.value} patches ({'+'.join(config.model.phases)}, batch {_BATCH.value}), "
-          f"{os.cpu_count()} CPUs")
-    print("workers  patches/s")
+          f"{os.cpu_count()} CPUs, {sum(sample_bytes.values()) / 1e6:.2f} MB per sample ("
+          + ", ".join(f"{name} {size / 1e3:.0f} kB" for name, size in sample_bytes.items()) + ")")
+    print("workers  patches/s  per worker")
     for workers, rate in results.items():
-        print(f"{workers:>7}  {rate:9.1f}")
+        print(f"{workers:>7}  {rate:9.1f}  {rate / max(workers, 1):10.1f}")
     if _JSON.value:
         record = {
             "cases": _CASES.value, "size": _SIZE.value, "depth": _DEPTH.value, "crop": _CROP.value,
             "batch": _BATCH.value, "batches": _BATCHES.value, "cpus": os.cpu_count(),
-            "patches_per_second": {str(w): r for w, r in results.items()},
+            "patches_per_second": {str(w): r for w, r in results.items()}, "bytes_per_sample": sample_bytes,
         }
         write_text(_JSON.value, json.dumps(record, indent=1))
 

@@ -194,7 +194,8 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
 def test_gpu_check_runs_only_the_chosen_runs(tmp_path):
     """RUNS picks runs (a short device session can spend its minutes on one); a typo is refused before any run."""
     env = {**os.environ, "ALLOW_CPU": "1", "WIDTH": "4", "SLICES": "2", "INFER_BATCH": "2", "SLICE_SIZE": "64",
-           "REPEATS": "1", "RUNS": "infer", "OUT": str(tmp_path / "infer"), "PYTHON": sys.executable}
+           "REPEATS": "1", "RUNS": "infer", "OUT": str(tmp_path / "infer"), "PYTHON": sys.executable,
+           "PEAK_TFLOPS": "0"}  # PEAK_TFLOPS set: no Python process is started to look up the device's peak
     out = _run(["bash", "launch/gpu_check.sh"], env=env)
     assert "== inference" in out and "== train step" not in out
     assert [p.name for p in (tmp_path / "infer").iterdir()] == ["infer.json"]

@@ -63,17 +63,22 @@ def test_errors_name_the_problem():
 
 def test_whole_model_gradient_equals_reduce_window_pooling(monkeypatch):
     """In a jitted float64 model gradient XLA recomputed the pooled activations inside the backward
-    pass with other rounding, so maxima matched nothing (before the optimisation barrier)."""
-    from paresseg_jax import losses, models
+    pass with other rounding, so maxima matched nothing (before the optimisation barrier).
+
+    XLA's own convolutions (ops.conv_impl("xla")) compile in about half the time of the default ones, and
+    the pooling is what is checked: without the barrier this test still fails (every weight of the first
+    kernel compared is off, relative error up to ~2e2). One image of 96 x 160 at width 8 shows it; 64 x 64
+    at width 4 passes without the barrier."""
+    from paresseg_jax import losses, models, ops
     from paresseg_jax.models import resseg
 
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), ops.conv_impl("xla"):
         module = models.create("resseg", width=8, dtype="float64")
         variables = jax.tree.map(lambda v: v.astype(jnp.float64) if v.dtype == jnp.float32 else v,
                                  models.init_variables(module, jax.random.key(0)))
         rng = np.random.default_rng(1)
-        image = jnp.asarray(rng.random((2, 96, 160, 3)))
-        label = jnp.asarray(rng.random((2, 96, 160)) > 0.7, jnp.int32)
+        image = jnp.asarray(rng.random((1, 96, 160, 3)))
+        label = jnp.asarray(rng.random((1, 96, 160)) > 0.7, jnp.int32)
 
         def grads():
             def loss(params):

@@ -51,8 +51,8 @@ def test_whole_slices_from_a_crop_equal_whole_slices(tta, monkeypatch):
     yy, xx = np.mgrid[:SIZE, :SIZE]
     roi[1] = ((yy - 120) / 16) ** 2 + ((xx - 140) / 14) ** 2 <= 1
     frames = []
-    compiled_exact = predict._compiled_exact
-    monkeypatch.setattr(predict, "_compiled_exact", lambda *a: frames.append(a[4]) or compiled_exact(*a))
+    compiled_forward = exact_crop.compiled_forward
+    monkeypatch.setattr(exact_crop, "compiled_forward", lambda *a: frames.append(a[4]) or compiled_forward(*a))
     from_crop = predict.predict_volume(module, variables, images, roi, tta=tta)  # the default
     assert frames == [(SIZE, SIZE)]
     assert exact_crop.crop_rects(roi > 0, (SIZE, SIZE)) == ((24, 44, 192, 192), (64, 64, 128, 128))

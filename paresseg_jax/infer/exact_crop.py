@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paresseg_jax import ops
+from paresseg_jax import ops, stage_times
+from paresseg_jax.infer.predict import cost_flops
 from paresseg_jax.models.base import MULTIPLE
 from paresseg_jax.models.fusion import encoder_name
 from paresseg_jax.models.resseg import FeatureDecoder, MSFResSeg, ResEncoder, ResSeg
@@ -161,3 +162,45 @@ def crop_probability(module, variables, maps, crops: tuple, origins, out_shape: 
             out = _crop_probability(module, variables, maps, flipped, moved, out_shape, frame)
         total = total + (jnp.flip(out, axes) if axes else out)
     return total / (len(_FLIPS) if tta else 1)
+
+
+def plan(module, inside: np.ndarray, pad_multiple: int, tta: bool):
+    """``(frame, crop rects)`` for ``module`` and the ROI ``inside`` (``(z, y, x)``) in full mode, or None: a model
+    this module knows, a crop small enough to pay, and with ``tta`` a frame the flips keep (they flip the slice
+    before the model pads it to 32)."""
+    if not supported(module):
+        return None
+    frame = frame_shape(*inside.shape[1:], pad_multiple)
+    if tta and frame != tuple(-(-n // pad_multiple) * pad_multiple for n in inside.shape[1:]):
+        return None
+    rects = crop_rects(inside, frame)
+    return (frame, rects) if pays(rects, frame) else None
+
+
+def compiled_forward(module, variables, options, rects, frame):
+    """The batch function of :func:`crop_probability` for the input and output crops ``rects`` (one
+    device), compiled once per batch shape; the zero-input maps are computed once per volume."""
+    tta, conv_impl = options
+    with stage_times.stage("compilation"):
+        compiled_maps = zero_maps.lower(module, variables, frame, conv_impl).compile()
+    maps = compiled_maps(variables)
+    if stage_times.is_recording():  # a forward pass of its own: the bound counts its FLOPs
+        stage_times.add_forward(cost_flops(compiled_maps) or 0.0)
+    origin = np.array([rect[:2] for rect in rects], np.int32)
+    out_shape = tuple(rects[1][2:])
+
+    def compile_forward(shape):
+        abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in module.phases)
+        with stage_times.stage("compilation"):
+            compiled = crop_probability.lower(module, variables, maps, abstract, origin, out_shape, frame,
+                                              tta=tta, conv_impl=conv_impl).compile()
+        flops = cost_flops(compiled) if stage_times.is_recording() else None
+
+        def forward(inputs):
+            if flops is not None:
+                stage_times.add_forward(flops)
+            return compiled(variables, maps, inputs, origin)
+
+        return forward
+
+    return compile_forward

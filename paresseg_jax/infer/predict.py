@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Callable, Iterable, Iterator, Mapping
 
 import jax
@@ -53,12 +54,12 @@ import numpy as np
 
 from paresseg_jax import ops, stage_times
 from paresseg_jax.data.windows import read_window, slice_indices
-import paresseg_jax.infer.exact_crop as exact_crop  # the module, so tests can patch it (the package is a later layer)
 from paresseg_jax.infer.tiling import tile_starts, tile_weights
 
 MODES = ("full", "tile")
 # The ROI crop's height and width are multiples of this (or the whole image side).
 ROI_GRID = 64
+_RESSEG_MODULE = "paresseg_jax.models.resseg"
 _FLIPS = ((), (1,), (2,), (1, 2))
 # Default cap on the pixels of one forward pass on a CPU: one whole 512 x 512 slice. PA-ResSeg width 64's
 # forward pass then peaks at 1.5 GB RSS with direct convolutions, 2.5 GB with Winograd ('fast': transformed
@@ -148,7 +149,7 @@ def predict_volume(
         report = (lambda done: None) if progress is None else (lambda done: progress(done, len(slices)))
         forward = functools.partial(_compiled_forward, module, variables, tta, conv_impl)
         if exact:  # a slice holds whole-frame maps (scales 1-6, fusion): the pixel cap counts the frame
-            forward = _compiled_exact(module, variables, (tta, conv_impl), rects, frame)
+            forward = _exact_crop().compiled_forward(module, variables, (tta, conv_impl), rects, frame)
             batching = (batch_length(batch_size, batch_pixels, frame[0] * frame[1]), 0)
             _full_slices(forward, module.in_channels, volumes, slices, prob[out_box], batching, rects[0][2:], report)
         elif mode == "full":
@@ -249,45 +250,19 @@ def _checked_pad(pad_multiple: int) -> int:
 
 
 def _exact_plan(module, inside, mode: str, pad_multiple: int, tta: bool):
-    """``(frame, crop rects)`` of :mod:`exact_crop` when it computes whole slices' probabilities for less: ResSeg or
-    MSF-ResSeg in full mode on one device (several shard whole slices), a crop small enough to pay, and with
-    ``tta`` a frame the flips keep (they flip the slice before the model pads it to 32); else None."""
-    if mode != "full" or not exact_crop.supported(module) or jax.local_device_count() > 1:
+    """``(frame, crop rects)`` of :mod:`exact_crop` when it computes whole slices' probabilities for less
+    (:func:`exact_crop.plan`), else None; never on several devices (they shard whole slices)."""
+    # A ResSeg exists only once the model code is imported; an exported model runs without it.
+    if mode != "full" or _RESSEG_MODULE not in sys.modules or jax.local_device_count() > 1:
         return None
-    frame = exact_crop.frame_shape(*inside.shape[1:], _checked_pad(pad_multiple))
-    if tta and frame != tuple(math.ceil(n / pad_multiple) * pad_multiple for n in inside.shape[1:]):
-        return None
-    rects = exact_crop.crop_rects(inside, frame)
-    return (frame, rects) if exact_crop.pays(rects, frame) else None
+    return _exact_crop().plan(module, inside, _checked_pad(pad_multiple), tta)
 
 
-def _compiled_exact(module, variables, options, rects, frame):
-    """The batch function of :func:`exact_crop.crop_probability` for the input and output crops ``rects`` (one
-    device), compiled once per batch shape; the zero-input maps are computed once per volume."""
-    tta, conv_impl = options
-    with stage_times.stage("compilation"):
-        compiled_maps = exact_crop.zero_maps.lower(module, variables, frame, conv_impl).compile()
-    maps = compiled_maps(variables)
-    if stage_times.is_recording():  # a forward pass of its own: the bound counts its FLOPs
-        stage_times.add_forward(cost_flops(compiled_maps) or 0.0)
-    origin = np.array([rect[:2] for rect in rects], np.int32)
-    out_shape = tuple(rects[1][2:])
+def _exact_crop():
+    """:mod:`paresseg_jax.infer.exact_crop`, imported when used: it imports the model code."""
+    import paresseg_jax.infer.exact_crop as exact_crop  # the module itself (its package is a later layer)
 
-    def compile_forward(shape):
-        abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in module.phases)
-        with stage_times.stage("compilation"):
-            compiled = exact_crop.crop_probability.lower(module, variables, maps, abstract, origin, out_shape, frame,
-                                                         tta=tta, conv_impl=conv_impl).compile()
-        flops = cost_flops(compiled) if stage_times.is_recording() else None
-
-        def forward(inputs):
-            if flops is not None:
-                stage_times.add_forward(flops)
-            return compiled(variables, maps, inputs, origin)
-
-        return forward
-
-    return compile_forward
+    return exact_crop
 
 
 def _overlap_tiles(compile_forward, channels, volumes, slices, prob, batching, tile, stride, weighting, report):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paresseg_jax import ops, stage_times
-from paresseg_jax.infer.predict import cost_flops
+from paresseg_jax.infer.predict import FLIPS, ROI_GRID, counted, padded_shape
 from paresseg_jax.models.base import MULTIPLE
 from paresseg_jax.models.fusion import encoder_name
 from paresseg_jax.models.resseg import FeatureDecoder, MSFResSeg, ResEncoder, ResSeg
@@ -47,10 +47,8 @@ CROP_MARGIN = max(2 * h + 2**s - 1 for s, h in enumerate(HALO))
 # deconvolutions corrupt 1, 3, 7, 15, 31 rows, the head's 3x3 conv one more.
 DECODER_MARGIN = 32
 # Input crops start on ALIGN (the pooling grid of the deepest computed scale), output crops on DECODER_ALIGN
-# (the /32 grid); both are multiples of ROI_GRID long (as predict.ROI_GRID, so volumes share compiled shapes).
+# (the /32 grid); both are multiples of predict.ROI_GRID long (so volumes share compiled shapes).
 ALIGN, DECODER_ALIGN = 2 ** (SPLIT - 1), MULTIPLE
-ROI_GRID = 64
-_FLIPS = ((), (1,), (2,), (1, 2))
 # The models whose encoders the exact crop knows: ResSeg (DMP-ResSeg) and MSF-ResSeg (PA-ResSeg).
 MODELS = (ResSeg, MSFResSeg)
 # The exact crop is used when its input crop covers at most this share of the slice: the all-zero maps cost
@@ -70,7 +68,7 @@ def pays(rects, frame: tuple[int, int]) -> bool:
 
 def frame_shape(height: int, width: int, pad_multiple: int) -> tuple[int, int]:
     """The whole slice as the model sees it: padded to ``pad_multiple``, then (inside the model) to 32."""
-    return tuple(-(-(-(-n // pad_multiple) * pad_multiple) // MULTIPLE) * MULTIPLE for n in (height, width))
+    return padded_shape(*padded_shape(height, width, pad_multiple), MULTIPLE)
 
 
 def crop_rects(inside: np.ndarray, frame: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -154,14 +152,14 @@ def crop_probability(module, variables, maps, crops: tuple, origins, out_shape: 
     frame)``; ``tta`` as in :func:`paresseg_jax.infer.predict.tumor_probability` (the frame flips, the crops move)."""
     total = 0.0
     sizes = (crops[0].shape[1:3], out_shape)
-    for axes in _FLIPS if tta else ((),):
+    for axes in FLIPS if tta else ((),):
         flipped = tuple(jnp.flip(x, axes) for x in crops) if axes else crops
         moved = jnp.stack([jnp.stack([frame[a] - origins[k][a] - sizes[k][a] if 1 + a in axes else origins[k][a]
                                       for a in (0, 1)]) for k in (0, 1)])
         with ops.conv_impl(conv_impl):
             out = _crop_probability(module, variables, maps, flipped, moved, out_shape, frame)
         total = total + (jnp.flip(out, axes) if axes else out)
-    return total / (len(_FLIPS) if tta else 1)
+    return total / (len(FLIPS) if tta else 1)
 
 
 def plan(module, inside: np.ndarray, pad_multiple: int, tta: bool):
@@ -171,7 +169,7 @@ def plan(module, inside: np.ndarray, pad_multiple: int, tta: bool):
     if not supported(module):
         return None
     frame = frame_shape(*inside.shape[1:], pad_multiple)
-    if tta and frame != tuple(-(-n // pad_multiple) * pad_multiple for n in inside.shape[1:]):
+    if tta and frame != padded_shape(*inside.shape[1:], pad_multiple):
         return None
     rects = crop_rects(inside, frame)
     return (frame, rects) if pays(rects, frame) else None
@@ -182,25 +180,17 @@ def compiled_forward(module, variables, options, rects, frame):
     device), compiled once per batch shape; the zero-input maps are computed once per volume."""
     tta, conv_impl = options
     with stage_times.stage("compilation"):
-        compiled_maps = zero_maps.lower(module, variables, frame, conv_impl).compile()
-    maps = compiled_maps(variables)
-    if stage_times.is_recording():  # a forward pass of its own: the bound counts its FLOPs
-        stage_times.add_forward(cost_flops(compiled_maps) or 0.0)
+        lowered = zero_maps.lower(module, variables, frame, conv_impl)
+    maps = counted(lowered)(variables)  # a forward pass of its own: the bound counts its FLOPs
     origin = np.array([rect[:2] for rect in rects], np.int32)
     out_shape = tuple(rects[1][2:])
 
     def compile_forward(shape):
         abstract = tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in module.phases)
         with stage_times.stage("compilation"):
-            compiled = crop_probability.lower(module, variables, maps, abstract, origin, out_shape, frame,
-                                              tta=tta, conv_impl=conv_impl).compile()
-        flops = cost_flops(compiled) if stage_times.is_recording() else None
-
-        def forward(inputs):
-            if flops is not None:
-                stage_times.add_forward(flops)
-            return compiled(variables, maps, inputs, origin)
-
-        return forward
+            lowered = crop_probability.lower(module, variables, maps, abstract, origin, out_shape, frame,
+                                             tta=tta, conv_impl=conv_impl)
+        compiled = counted(lowered)
+        return lambda inputs: compiled(variables, maps, inputs, origin)
 
     return compile_forward

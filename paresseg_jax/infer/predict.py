@@ -60,7 +60,7 @@ MODES = ("full", "tile")
 # The ROI crop's height and width are multiples of this (or the whole image side).
 ROI_GRID = 64
 _RESSEG_MODULE = "paresseg_jax.models.resseg"
-_FLIPS = ((), (1,), (2,), (1, 2))
+FLIPS = ((), (1,), (2,), (1, 2))
 # Default cap on the pixels of one forward pass on a CPU: one whole 512 x 512 slice. PA-ResSeg width 64's
 # forward pass then peaks at 1.5 GB RSS with direct convolutions, 2.5 GB with Winograd ('fast': transformed
 # tiles 4x the activations) for ~12% less time (direct takes ~14% more; shared 2-core CPU), hence direct by default.
@@ -87,11 +87,11 @@ def tumor_probability(module, variables, inputs: tuple, tta: bool = False, conv_
     if not tta:
         return probability(inputs)
     total = 0.0
-    for axes in _FLIPS:
+    for axes in FLIPS:
         flipped = tuple(jnp.flip(x, axes) for x in inputs) if axes else inputs
         out = probability(flipped)
         total = total + (jnp.flip(out, axes) if axes else out)
-    return total / len(_FLIPS)
+    return total / len(FLIPS)
 
 
 def predict_volume(
@@ -136,25 +136,20 @@ def predict_volume(
     prob = np.zeros(shape, np.float32)
     if len(slices):
         variables = jax.device_put(variables)
-        box = (slice(None), slice(None), slice(None))
         exact = None if roi is None or crop_to_roi else _exact_plan(module, inside, mode, pad_multiple, tta)
-        if exact:
-            frame, rects = exact
-            box, out_box = ((slice(None), slice(r, r + h), slice(c, c + w)) for r, c, h, w in rects)
-        elif roi is not None and crop_to_roi:
-            box = (slice(None), *roi_box(inside, roi_margin))
-        volumes = {p: np.asarray(images[p], np.float32)[box] for p in phases}
-        if roi is not None:  # gated copies of the box only
-            volumes = {p: np.where(inside[box], v, np.float32(0)) for p, v in volumes.items()}
+        box = _input_box(inside, exact, crop_to_roi, roi_margin)
+        volumes = _model_inputs(images, phases, inside, box)
         report = (lambda done: None) if progress is None else (lambda done: progress(done, len(slices)))
         forward = functools.partial(_compiled_forward, module, variables, tta, conv_impl)
         if exact:  # a slice holds whole-frame maps (scales 1-6, fusion): the pixel cap counts the frame
+            frame, rects = exact
             forward = _exact_crop().compiled_forward(module, variables, (tta, conv_impl), rects, frame)
             batching = (batch_length(batch_size, batch_pixels, frame[0] * frame[1]), 0)
-            _full_slices(forward, module.in_channels, volumes, slices, prob[out_box], batching, rects[0][2:], report)
+            _full_slices(forward, module.in_channels, volumes, slices, prob[_box(rects[1])], batching,
+                         tuple(rects[0][2:]), report)
         elif mode == "full":
             _full_slices(forward, module.in_channels, volumes, slices, prob[box], (batch_size, batch_pixels),
-                         pad_multiple, report)
+                         padded_shape(*prob[box].shape[1:], pad_multiple), report)
         else:
             _overlap_tiles(forward, module.in_channels, volumes, slices, prob[box], (batch_size, batch_pixels), tile,
                            stride, weighting, report)
@@ -174,6 +169,36 @@ def _batch_pixels(mode: str, batch_size: int, batch_pixels: int) -> int:
     if batch_pixels == 0:
         return CPU_BATCH_PIXELS if jax.default_backend() == "cpu" else 0
     return batch_pixels
+
+
+def _input_box(inside, exact, crop_to_roi: bool, roi_margin: int) -> tuple[slice, slice, slice]:
+    """The ``(z, y, x)`` part of the volumes the model reads: the exact crop's input crop, the ROI's box
+    (``crop_to_roi``), or all of it."""
+    if exact:
+        return _box(exact[1][0])
+    if crop_to_roi and inside is not None:
+        return (slice(None), *roi_box(inside, roi_margin))
+    return (slice(None), slice(None), slice(None))
+
+
+def _model_inputs(images, phases, inside, box) -> dict[str, np.ndarray]:
+    """Each phase's ``box`` as float32, 0 outside the ROI ``inside`` (if any): gated copies of the box only."""
+    volumes = {p: np.asarray(images[p], np.float32)[box] for p in phases}
+    if inside is None:
+        return volumes
+    return {p: np.where(inside[box], v, np.float32(0)) for p, v in volumes.items()}
+
+
+def _box(rect) -> tuple[slice, slice, slice]:
+    row, col, height, width = rect
+    return slice(None), slice(row, row + height), slice(col, col + width)
+
+
+def padded_shape(height: int, width: int, pad_multiple: int) -> tuple[int, int]:
+    """A slice's height and width zero-padded to multiples of ``pad_multiple``."""
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple={pad_multiple} must be >= 1 (config.eval.pad_multiple)")
+    return tuple(math.ceil(n / pad_multiple) * pad_multiple for n in (height, width))
 
 
 def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -215,14 +240,10 @@ def _device_shardings():
     return jax.sharding.NamedSharding(mesh, spec("batch")), jax.sharding.NamedSharding(mesh, spec())
 
 
-def _full_slices(compile_forward, channels, volumes, slices, prob, batching, pad_multiple, report):
-    """Whole slices, zero-padded to multiples of ``pad_multiple`` (or, given a shape, to that shape); ``prob``
-    takes the forward's output (for the exact crop, a window of its own)."""
+def _full_slices(compile_forward, channels, volumes, slices, prob, batching, padded, report):
+    """Whole slices, zero-padded to ``padded`` (height, width); ``prob`` takes the forward's output (for the exact
+    crop, a window of its own)."""
     depth, height, width = next(iter(volumes.values())).shape
-    if isinstance(pad_multiple, tuple):
-        padded = pad_multiple
-    else:
-        padded = tuple(math.ceil(n / _checked_pad(pad_multiple)) * pad_multiple for n in (height, width))
     batch_size = batch_length(*batching, padded[0] * padded[1])
     forward = compile_forward((batch_size, *padded, channels))
 
@@ -243,19 +264,13 @@ def _full_slices(compile_forward, channels, volumes, slices, prob, batching, pad
         report(done)
 
 
-def _checked_pad(pad_multiple: int) -> int:
-    if pad_multiple < 1:
-        raise ValueError(f"pad_multiple={pad_multiple} must be >= 1 (config.eval.pad_multiple)")
-    return pad_multiple
-
-
 def _exact_plan(module, inside, mode: str, pad_multiple: int, tta: bool):
     """``(frame, crop rects)`` of :mod:`exact_crop` when it computes whole slices' probabilities for less
     (:func:`exact_crop.plan`), else None; never on several devices (they shard whole slices)."""
     # A ResSeg exists only once the model code is imported; an exported model runs without it.
     if mode != "full" or _RESSEG_MODULE not in sys.modules or jax.local_device_count() > 1:
         return None
-    return _exact_crop().plan(module, inside, _checked_pad(pad_multiple), tta)
+    return _exact_crop().plan(module, inside, pad_multiple, tta)
 
 
 def _exact_crop():
@@ -315,17 +330,24 @@ def _compiled_forward(module, variables, tta, conv_impl, shape):
                 "use a tile size or pad_multiple (config.eval.tile / config.eval.pad_multiple) that the model's "
                 "down-sampling divides"
             )
-        compiled = lowered.compile()
-        flops = None
-        if stage_times.is_recording():  # a sharded program's analysis counts one device's share
-            flops = (cost_flops(compiled) or 0.0) * (1 if batch is None else len(jax.local_devices()))
+    # a sharded program's analysis counts one device's share
+    compiled = counted(lowered, 1 if batch is None else len(jax.local_devices()))
+    return lambda inputs: compiled(variables, inputs if batch is None else jax.device_put(inputs, batch))
 
-    def forward(inputs):
+
+def counted(lowered, copies: int = 1) -> Callable:
+    """``lowered`` compiled in the 'compilation' stage; while a study's stages are recorded, each call of the
+    result adds its FLOPs (``copies`` times XLA's count) to them, so the study's bound counts every pass."""
+    with stage_times.stage("compilation"):
+        compiled = lowered.compile()
+    flops = (cost_flops(compiled) or 0.0) * copies if stage_times.is_recording() else None
+
+    def call(*args):
         if flops is not None:
             stage_times.add_forward(flops)
-        return compiled(variables, inputs if batch is None else jax.device_put(inputs, batch))
+        return compiled(*args)
 
-    return forward
+    return call
 
 
 def cost_flops(stage) -> float | None:

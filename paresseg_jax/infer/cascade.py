@@ -66,6 +66,17 @@ def postprocessed(result: dict, spacing_zyx, settings: Mapping | None, liver_pre
     return {**result, "liver": liver, "mask": mask, "labels": label_map(liver, mask)}
 
 
+def predicted_liver(pv: np.ndarray, liver_model: tuple | Ensemble, liver_threshold: float = 0.5,
+                    progress: Callable[[int, int], None] | None = None, **predict_options) -> np.ndarray:
+    """The cascade's first stage: the liver model's mask (uint8, probability >= ``liver_threshold``) of a
+    windowed PV volume; ``predict_options`` go to :func:`predict_volume`."""
+    liver_model = as_ensemble(liver_model)
+    if liver_model.phases != ("pv",):
+        raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
+    with stage_times.stage("liver"):
+        return binarize(liver_model.probability({"pv": pv}, progress=progress, **predict_options), liver_threshold)
+
+
 def segment_study(
     images: Mapping[str, np.ndarray],
     tumor_model: tuple | Ensemble,
@@ -99,12 +110,7 @@ def segment_study(
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     if liver is None and liver_model is not None:
-        liver_model = as_ensemble(liver_model)
-        if liver_model.phases != ("pv",):
-            raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
-        with stage_times.stage("liver"):
-            liver_prob = liver_model.probability({"pv": images["pv"]}, progress=stage("liver"), **predict_options)
-            liver = binarize(liver_prob, liver_threshold)
+        liver = predicted_liver(images["pv"], liver_model, liver_threshold, stage("liver"), **predict_options)
     if liver is not None and np.shape(liver) != np.shape(images["pv"]):
         raise ValueError(f"the liver mask has shape {np.shape(liver)} but the PV image {np.shape(images['pv'])}")
     with stage_times.stage("tumor"):

@@ -1,0 +1,72 @@
+"""A study's overheads removed without changing a voxel: each faster path against the one it replaced."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from paresseg_jax.data import phantom, preprocess
+from paresseg_jax.data.cache import bounding_box
+from paresseg_jax.infer import cascade, study
+
+from standin_models import save_standin
+from test_infer_study import save_tiny_model
+from test_one_preparation import FAST_REGISTRATION
+
+
+def _whole_image_result(segmenter, case, **liver):
+    """``(result, windowed images)`` as before: every phase resampled whole, then the cascade."""
+    images, _ = preprocess.prepare_phases(case, segmenter.preprocess_config)
+    result = cascade.segment_study(images, segmenter.tumor, roi_dilation=segmenter.preprocess_config["roi_dilation"],
+                                   **liver, **segmenter.options)
+    return result, images
+
+
+def _roi_box(result, shape):
+    """The ROI's box as slices, checked to be smaller than the volume (else nothing was left out)."""
+    box = bounding_box(result["roi"] > 0)
+    assert np.prod(np.subtract(box[1::2], box[::2])) < np.prod(shape)
+    return tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))
+
+
+def _same(result, images, expected, expected_images):
+    for key in ("prob", "mask", "roi", "labels"):
+        assert np.array_equal(result[key], expected[key]), key
+    inside = _roi_box(result, images["pv"].shape)
+    for phase in images:
+        assert np.array_equal(images[phase][inside], expected_images[phase][inside]), phase
+
+
+def test_art_resampled_in_the_given_liver_roi_box_changes_no_voxel(tmp_path):
+    case = phantom.make_case(4, "HCC", (8, 48, 48))
+    segmenter = study.Segmenter.load(save_tiny_model(tmp_path / "model"), eval_config={"threshold": 0.5},
+                                     preprocess_config=FAST_REGISTRATION)
+    result, images, _ = segmenter.segment_case(case, liver=case.liver)
+    expected, expected_images = _whole_image_result(segmenter, case, liver=case.liver)
+    _same(result, images, expected, expected_images)
+    assert result["prob"].any()
+
+
+def test_art_resampled_in_the_predicted_liver_roi_box_changes_no_voxel(tmp_path):
+    case = phantom.make_case(4, "HCC", (8, 48, 48))
+    tumor = save_standin(tmp_path / "tumor", context=1.0)
+    liver = save_standin(tmp_path / "liver", phases=("pv",), rule="bright", offset=0.6)
+    segmenter = study.Segmenter.load(tumor, liver, eval_config={"threshold": 0.5}, preprocess_config=FAST_REGISTRATION)
+    result, images, _ = segmenter.segment_case(case)
+    expected, expected_images = _whole_image_result(segmenter, case, liver_model=segmenter.liver)
+    _same(result, images, expected, expected_images)
+    assert result["mask"].any()
+
+
+@pytest.mark.parametrize("nearest", [False, True])
+def test_apply_transform_in_a_box_gives_the_whole_grids_voxels(nearest):
+    case = phantom.make_case(2, "HCC", (6, 40, 36))
+    transform, _ = preprocess.register_phase(case.phases["pv"], case.phases["art"], case,
+                                             FAST_REGISTRATION["registration"])
+    moving = case.phases["art"] if not nearest else case.liver
+    image = case.geometry.apply_to(sitk.GetImageFromArray(moving))  # the whole grid, resampled as before
+    interpolator, default = (sitk.sitkNearestNeighbor, 0) if nearest else (sitk.sitkLinear, float(moving.min()))
+    whole = sitk.GetArrayFromImage(sitk.Resample(image, image, transform, interpolator, default))
+    assert np.array_equal(preprocess.apply_transform(moving, case, transform, nearest=nearest), whole)
+    box = (1, 5, 3, 29, 7, 30)
+    part = preprocess.apply_transform(moving, case, transform, nearest=nearest, box=box)
+    assert np.array_equal(part, whole[1:5, 3:29, 7:30])

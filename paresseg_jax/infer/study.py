@@ -118,23 +118,26 @@ class Segmenter:
         whole (for overlays that show them). ``sources`` name the phases'
         files in errors.
         """
+        options, dilation = predict_options(self.options), self.preprocess_config["roi_dilation"]
+        first = self.liver if liver is None and self.liver is not None else self.tumor  # the model run first
+        known_roi = None if liver is None else preprocess.liver_roi(liver, dilation)
+        # its forward passes compile on the idle core while registration runs on one
+        plans = stage_times.beside("compilation", first.plans, case.shape, known_roi, **options)
         transforms, registration = preprocess.phase_transforms(case, self.preprocess_config, sources)
-        roi_liver = liver
-        if liver is None and self.liver is not None:
+        roi_liver, tumor_plans = liver, None
+        if first is self.tumor:
+            tumor_plans = plans()
+        else:
             with stage_times.stage("windowing"):
                 pv = preprocess.windowed({"pv": case.phases["pv"]}, self.preprocess_config)["pv"]
             report = None if progress is None else (lambda done, total: progress("liver", done, total))
-            roi_liver = predicted_liver(pv, self.liver, self.options["liver_threshold"], report,
-                                        **predict_options(self.options))
-        roi = None if roi_liver is None or whole_phases else preprocess.liver_roi(
-            roi_liver, self.preprocess_config["roi_dilation"])
+            roi_liver = predicted_liver(pv, self.liver, self.options["liver_threshold"], report, plans(), **options)
+        roi = None if roi_liver is None or whole_phases else preprocess.liver_roi(roi_liver, dilation)
         registered = preprocess.resampled_phases(case, transforms, None if roi is None else bounding_box(roi > 0))
         with stage_times.stage("windowing"):
             images = absent_phases.fill_absent(preprocess.windowed(registered, self.preprocess_config), self.phases)
-        result = segment_study(
-            images, self.tumor, liver=roi_liver, roi_dilation=self.preprocess_config["roi_dilation"],
-            progress=progress, **self.options,
-        )
+        result = segment_study(images, self.tumor, liver=roi_liver, roi_dilation=dilation, progress=progress,
+                               tumor_plans=tumor_plans, **self.options)
         if self.postprocessing:
             with stage_times.stage("postprocessing"):
                 result = postprocessed(result, case.spacing_zyx, self.postprocessing, liver_predicted=liver is None)

@@ -11,7 +11,10 @@ import SimpleITK as sitk
 from paresseg_jax import models, stage_times
 from paresseg_jax.data import phantom, preprocess
 from paresseg_jax.data.cache import bounding_box
+from paresseg_jax.data.case import liver_from_labels
+from paresseg_jax.data.images import labels_on_grid
 from paresseg_jax.infer import cascade, predict, study
+from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer.ensemble import Ensemble
 
 from standin_models import PhaseContrast, save_standin
@@ -120,3 +123,14 @@ def test_a_plan_is_refused_for_another_roi():
         with pytest.raises(ValueError, match="a plan is made for one volume shape and ROI"):
             predict.predict_volume(module, variables, images, plan=plan, **wrong)
 
+
+@pytest.mark.parametrize("stored", [np.uint8, np.int16])
+def test_masks_are_read_in_their_stored_integer_type(tmp_path, stored):
+    labels = np.random.default_rng(0).integers(0, 3, (4, 16, 16)).astype(stored)
+    image = sitk.GetImageFromArray(labels)
+    read = labels_on_grid(image, image, tmp_path / "mask.nii.gz")
+    assert read.dtype == stored and np.array_equal(read, labels)  # never a float64 or int64 copy
+    liver = liver_from_labels(read, "liver.nii.gz", liver_label=2)
+    assert liver.dtype == np.uint8 and np.array_equal(liver, labels == 2)
+    with pytest.raises(BadInputError, match="non-integer"):  # a float mask is still checked
+        labels_on_grid(sitk.GetImageFromArray(labels + np.float32(0.5)), image, "mask.nii.gz")

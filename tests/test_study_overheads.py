@@ -66,6 +66,15 @@ def test_art_resampled_in_the_predicted_liver_roi_box_changes_no_voxel(tmp_path)
     assert result["mask"].any()
 
 
+
+def test_whole_phases_resamples_every_voxel_for_overlays_that_show_them(tmp_path):
+    case = phantom.make_case(4, "HCC", (8, 48, 48))
+    segmenter = study.Segmenter.load(save_tiny_model(tmp_path / "model"), preprocess_config=FAST_REGISTRATION)
+    _, images, _ = segmenter.segment_case(case, liver=case.liver, whole_phases=True)
+    expected, _ = preprocess.prepare_phases(case, segmenter.preprocess_config)
+    for phase in expected:
+        assert np.array_equal(images[phase], expected[phase]), phase
+
 @pytest.mark.parametrize("nearest", [False, True])
 def test_apply_transform_in_a_box_gives_the_whole_grids_voxels(nearest):
     case = phantom.make_case(2, "HCC", (6, 40, 36))

@@ -163,7 +163,7 @@ def _print_breakdowns(rows: list[dict]) -> None:
 
 
 def _print_table(rows: list[dict], peak_tflops) -> None:
-    columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
+    columns = [("part", "{}"), ("variant", "{}"), ("mode", "{}"), ("cache", "{}"), ("dtype", "{}"), ("batch", "{}"), ("size", "{}"),
                ("samples_per_s", "{:.2f}"), ("slices_per_s", "{:.2f}"), ("volume_s", "{:.1f}"),
                ("patches_per_s", "{:.1f}"), ("peak_gb", "{:.2f}"), ("gflops", "{:.1f}"), ("peak_fraction", "{:.1%}"),
                ("vs_torch", "{:.2f}x"), ("bound_s", "{:.2f}"), ("vs_bound", "{:.1f}x"), ("vs_train_step", "{:.1f}x"),

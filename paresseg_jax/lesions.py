@@ -117,7 +117,7 @@ def lesion_table(tumor: np.ndarray, geometry: Any, *, phases_hu: Mapping[str, np
         if prob is not None:
             record["mean_probability"] = float(np.asarray(prob)[box][lesion].mean())
         record["hu"] = {name: {"mean": float(values.mean()), "sd": float(values.std())}
-                        for name, values in ((name, np.asarray(hu, np.float64)[box][lesion])
+                        for name, values in ((name, np.asarray(hu)[box][lesion].astype(np.float64))
                                              for name, hu in (phases_hu or {}).items())}
         records.append(record)
     return records

@@ -11,10 +11,11 @@ the study's wall time. Timers only observe; they change no result.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import time
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 # Every stage a study's record names, in the order a study passes them.
 STAGES = {
@@ -24,7 +25,8 @@ STAGES = {
     "windowing": "HU windowed to [0, 1], absent phases filled",
     "liver": "the liver model's forward passes and its mask (compilation apart)",
     "tumor": "the ROI, the tumor model's forward passes, its mask and the label map (compilation apart)",
-    "compilation": "tracing, lowering and compiling each forward pass (inside the liver and tumor stages)",
+    "compilation": "tracing, lowering and compiling each forward pass (inside the liver and tumor stages), or the "
+                   "wait for those compiled beside registration (their own seconds under 'beside')",
     "postprocessing": "the postprocessing stored beside the model",
     "measuring": "volumes, lesions and metrics of the result",
     "writing": "the outputs written to disk",
@@ -40,6 +42,7 @@ class StageTimes:
         self.seconds: dict[str, float] = {}
         self.flops = 0.0
         self.forward_calls = 0
+        self.beside: dict[str, float] = {}  # seconds of stages run in a thread beside the others (``beside``)
         self._open: list[list[float]] = []  # per open stage: [start, seconds of the stages inside it]
 
     @contextlib.contextmanager
@@ -63,7 +66,7 @@ class StageTimes:
         return {"seconds": {name: self.seconds.get(name, 0.0) for name in STAGES},
                 "not_run": [name for name in STAGES if name not in self.seconds],
                 "total_s": time.perf_counter() - self.start,
-                "forward_flops": self.flops, "forward_calls": self.forward_calls}
+                "forward_flops": self.flops, "forward_calls": self.forward_calls, "beside": dict(self.beside)}
 
 
 @contextlib.contextmanager
@@ -94,6 +97,36 @@ def add_forward(flops_per_call: float, calls: int = 1) -> None:
     if times is not None:
         times.flops += float(flops_per_call) * calls
         times.forward_calls += calls
+
+
+def beside(waiting: str, function: Callable, *args, **kwargs) -> Callable[[], Any]:
+    """``function(*args, **kwargs)`` started in a thread while the caller goes on (a compilation beside the
+    single-threaded registration, on an idle core); returns ``wait()``, which returns its result. The thread's
+    stages are recorded apart, under the open record's ``beside`` (they overlap the others, so the stages still
+    sum to at most the wall time), its forward passes with the others, and the caller's wait under ``waiting``."""
+    outer = _OPEN.get()
+
+    def run():
+        if outer is None:
+            return function(*args, **kwargs), None
+        with recording() as times:
+            return function(*args, **kwargs), times
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"beside_{waiting}")
+    future = pool.submit(run)
+    pool.shutdown(wait=False)
+
+    def wait():
+        with stage(waiting):
+            value, times = future.result()
+        if times is not None:
+            outer.flops += times.flops
+            outer.forward_calls += times.forward_calls
+            for name, seconds in times.seconds.items():
+                outer.beside[name] = outer.beside.get(name, 0.0) + seconds
+        return value
+
+    return wait
 
 
 def line(record: Mapping) -> str:

@@ -31,9 +31,10 @@ def test_evaluation_cache_holds_exactly_what_predict_feeds_the_model(tmp_path, m
         study.predict_files(phases, model, None, liver=cohort / "case_0000" / "liver.nii.gz",
                             preprocess_config=FAST_REGISTRATION)
     assert cached.metadata["registration"]["art"]["metric_after"] < cached.metadata["registration"]["art"]["metric_before"]
-    for phase in ("pv", "art"):
+    for phase in ("pv", "art"):  # what the tumor model reads: its inputs are 0 outside the ROI
         assert fed[phase].dtype == cached.image(phase).dtype
-        np.testing.assert_array_equal(fed[phase], cached.image(phase))
+        np.testing.assert_array_equal(preprocess.roi_gate(fed[phase], cached.roi),
+                                      preprocess.roi_gate(cached.image(phase), cached.roi))
 
 
 def test_prepare_phases_never_reads_the_masks():

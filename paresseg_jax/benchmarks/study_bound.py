@@ -49,21 +49,25 @@ def dense_conv_rate(input_shape=CONV_INPUT, kernel_shape=CONV_KERNEL, repeats: i
 
 def with_bound(row: Mapping, stage_times: Mapping, conv_rate: float) -> dict:
     """A study row (``volume_s``: its wall time) with its breakdown and bound: ``stages`` (seconds of each stage
-    that ran), ``other_s`` (the rest: start-up, imports, model loading), ``forward_gflop``, ``conv_gflops``
+    that ran), ``beside`` (seconds of stages run in a thread beside those, not in their sum), ``other_s`` (the rest: start-up, imports, model loading), ``forward_gflop``, ``conv_gflops``
     (the measured rate), ``bound_s`` (FLOPs / rate) and ``vs_bound`` (wall time / bound)."""
     stages = {name: s for name, s in stage_times["seconds"].items() if name not in stage_times["not_run"]}
     bound = stage_times["forward_flops"] / conv_rate
-    return {**row, "stages": stages, "other_s": row["volume_s"] - sum(stages.values()),
+    return {**row, "stages": stages, "beside": dict(stage_times.get("beside", {})),
+            "other_s": row["volume_s"] - sum(stages.values()),
             "forward_gflop": stage_times["forward_flops"] / 1e9, "forward_calls": stage_times["forward_calls"],
             "conv_gflops": conv_rate / 1e9, "bound_s": bound, "vs_bound": row["volume_s"] / bound if bound else None}
 
 
 def breakdown_text(row: Mapping) -> str:
     """The breakdown of a :func:`with_bound` row, a stage per line, and its bound."""
+    cache = f", {row['cache']} compilation cache" if "cache" in row else ""
     lines = [f"where the {row['mode']} study's {row['volume_s']:.1f} s go ({row['slices']} slices of "
-             f"{row['size']} x {row['size']}):"]
+             f"{row['size']} x {row['size']}{cache}):"]
     for name, seconds in {**row["stages"], "other (start-up, imports, models)": row["other_s"]}.items():
         lines.append(f"  {seconds:8.2f} s  {seconds / row['volume_s']:6.1%}  {name}")
+    for name, seconds in row.get("beside", {}).items():
+        lines.append(f"  {seconds:8.2f} s  beside the stages above (in a thread, not in the sum): {name}")
     ratio = "" if row["vs_bound"] is None else f"; the study takes {row['vs_bound']:.1f}x its bound"
     lines.append(f"  bound: {row['forward_gflop']:.1f} GFLOP in {row['forward_calls']} forward passes at "
                  f"{row['conv_gflops']:.0f} GFLOP/s (dense convolution, this run) = {row['bound_s']:.2f} s{ratio}")

@@ -258,8 +258,9 @@ def write_image(array: np.ndarray, geometry: Any, path: str | os.PathLike) -> Pa
 
 def labels_on_grid(image: sitk.Image, reference: sitk.Image, source: Any, name: str = "mask", *,
                    resample: bool = False) -> np.ndarray:
-    """Integer labels of a mask image on the grid of ``reference``, int64 (z, y, x); a mask on another grid is
-    refused unless ``resample`` (then nearest neighbour)."""
+    """Integer labels of a mask image on the grid of ``reference`` (z, y, x): in the image's own integer type
+    (no float64 or int64 copy of a 512 x 512 x 60 mask, 126 MB each), int64 from a float image; a mask on
+    another grid is refused unless ``resample`` (then nearest neighbour)."""
     if not resample and not same_grid(Geometry.of(image), image.GetSize(), Geometry.of(reference), reference.GetSize()):
         raise BadInputError(
             f"{name} mask is on another grid (size {image.GetSize()}, spacing {_rounded(image.GetSpacing())}, origin "
@@ -268,6 +269,9 @@ def labels_on_grid(image: sitk.Image, reference: sitk.Image, source: Any, name: 
             fix="give the mask on the PV grid, or allow resampling it (--resample_masks, or \"resample_masks\": true "
                 "in manifest.json)")
     image = resample_onto(image, reference, source, nearest=True)
+    labels = sitk.GetArrayFromImage(image)
+    if np.issubdtype(labels.dtype, np.integer):
+        return labels
     labels = image_array(image, source, dtype=np.float64)
     if not np.array_equal(labels, np.round(labels)):
         raise BadInputError("mask has non-integer values", path=source, fix="expected integer labels (0/1 or a label map)")

@@ -118,21 +118,47 @@ def prepare_phases(case: Case, preprocess_config: Mapping | None = None,
 def registered_phases(case: Case, preprocess_config: Mapping | None = None,
                       sources: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """``(phases in HU, registration report)``: other phases registered to PV on the whole image (when the
-    settings register). Nothing reads the case's masks, so a scored case is prepared exactly as a new study
+    settings register; :func:`phase_transforms`, then :func:`resampled_phases`). Lesions are measured on these
+    HU volumes."""
+    transforms, report = phase_transforms(case, preprocess_config, sources)
+    return resampled_phases(case, transforms), report
+
+
+def phase_transforms(case: Case, preprocess_config: Mapping | None = None,
+                     sources: Mapping | None = None) -> tuple[dict[str, sitk.Transform], dict]:
+    """``(phase -> transform to PV, registration report)``, fitted on the whole image; none when the settings
+    do not register. Nothing reads the case's masks, so a scored case is prepared exactly as a new study
     (``paresseg-bench registration`` measured the whole image against the liver's box). ``sources`` (phase ->
-    file) name the image in a registration failure. Lesions are measured on these HU volumes."""
+    file) name the image in a registration failure."""
     config = resolve_config(preprocess_config)
-    phases, report = dict(case.phases), {}
+    transforms, report = {}, {}
     if config["register"]:
-        for name in [p for p in phases if p != "pv"]:
+        for name in [p for p in case.phases if p != "pv"]:
             try:
                 with stage_times.stage("registration"):
-                    transform, report[name] = register_phase(phases["pv"], phases[name], case, config["registration"])
+                    transforms[name], report[name] = register_phase(case.phases["pv"], case.phases[name], case,
+                                                                    config["registration"])
             except RuntimeError as error:
                 raise registration_failure(error, (sources or {}).get(name, name)) from None
-            with stage_times.stage("resampling"):
-                phases[name] = apply_transform(phases[name], case, transform)
-    return phases, report
+    return transforms, report
+
+
+def resampled_phases(case: Case, transforms: Mapping[str, sitk.Transform],
+                     box: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """The case's phases in HU on the PV grid, each of ``transforms`` applied to its phase. With a ``box``
+    (z0, z1, y0, y1, x0, x1) only its voxels are resampled, the values whole images give there; outside it a
+    moved phase holds its minimum, as the resampling's points outside the image do: for a reader that reads
+    nothing outside the box (the tumor model, whose inputs are 0 outside the ROI)."""
+    phases = dict(case.phases)
+    for name, transform in transforms.items():
+        with stage_times.stage("resampling"):
+            moved = apply_transform(phases[name], case, transform, box=box)
+            if box is not None:
+                inside = tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))
+                moved, part = np.full(case.shape, np.min(phases[name]), np.float32), moved
+                moved[inside] = part
+            phases[name] = moved
+    return phases
 
 
 def windowed(phases: Mapping[str, np.ndarray], preprocess_config: Mapping | None = None) -> dict[str, np.ndarray]:

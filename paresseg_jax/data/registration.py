@@ -120,17 +120,23 @@ def register_phase(
     return transform, report
 
 
-def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, nearest: bool = False) -> np.ndarray:
-    """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks)."""
+def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, nearest: bool = False,
+                    box: tuple[int, ...] | None = None) -> np.ndarray:
+    """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks); with a
+    ``box`` (z0, z1, y0, y1, x0, x1, half-open), only its voxels: the same physical points through the same
+    interpolator, so the same values as the whole grid's there, for the box's share of the time."""
     geometry = Geometry.of(geometry)
     array = np.asarray(array)
+    image = geometry.apply_to(sitk.GetImageFromArray(array)) if nearest else _as_image(array, geometry)
+    start, size = (0, 0, 0), image.GetSize()
+    if box is not None:  # SimpleITK order x, y, z
+        low, high = box[4::-2], box[5::-2]
+        start, size = tuple(int(v) for v in low), tuple(int(h - v) for v, h in zip(low, high))
+    grid = (size, transform, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+            image.TransformIndexToPhysicalPoint(start), image.GetSpacing(), image.GetDirection())
     if nearest:
-        image = geometry.apply_to(sitk.GetImageFromArray(array))
-        moved = sitk.Resample(image, image, transform, sitk.sitkNearestNeighbor, 0)
-        return sitk.GetArrayFromImage(moved).astype(array.dtype)
-    image = _as_image(array, geometry)
-    moved = sitk.Resample(image, image, transform, sitk.sitkLinear, float(array.min()), sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(moved)
+        return sitk.GetArrayFromImage(sitk.Resample(image, *grid, 0)).astype(array.dtype)
+    return sitk.GetArrayFromImage(sitk.Resample(image, *grid, float(array.min()), sitk.sitkFloat32))
 
 
 def registration_failure(error: RuntimeError, path) -> Exception:

@@ -66,6 +66,19 @@ def postprocessed(result: dict, spacing_zyx, settings: Mapping | None, liver_pre
     return {**result, "liver": liver, "mask": mask, "labels": label_map(liver, mask)}
 
 
+def predicted_liver(pv: np.ndarray, liver_model: tuple | Ensemble, liver_threshold: float = 0.5,
+                    progress: Callable[[int, int], None] | None = None, plans=None, **predict_options) -> np.ndarray:
+    """The cascade's first stage: the liver model's mask (uint8, probability >= ``liver_threshold``) of a
+    windowed PV volume; ``predict_options`` go to :func:`predict_volume` (``plans``: ``Ensemble.plans`` made
+    ahead with them)."""
+    liver_model = as_ensemble(liver_model)
+    if liver_model.phases != ("pv",):
+        raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
+    with stage_times.stage("liver"):
+        prob = liver_model.probability({"pv": pv}, progress=progress, plans=plans, **predict_options)
+        return binarize(prob, liver_threshold)
+
+
 def segment_study(
     images: Mapping[str, np.ndarray],
     tumor_model: tuple | Ensemble,
@@ -76,6 +89,7 @@ def segment_study(
     liver_threshold: float = 0.5,
     roi_dilation: int = 5,
     progress: Callable[[str, int, int], None] | None = None,
+    tumor_plans=None,
     **predict_options,
 ) -> dict:
     """Tumor segmentation of one windowed study (phase -> ``(z, y, x)`` in [0, 1], PV grid).
@@ -85,8 +99,9 @@ def segment_study(
     mask if any, else from the liver model's prediction (probability >=
     ``liver_threshold``), else there is no ROI and the whole volume is
     segmented. ``predict_options`` go to :func:`predict_volume` for both
-    models (mode, tile, stride, tta, ...); ``progress(stage, done, total)``
-    hears of every batch, stage 'liver' or 'tumor'.
+    models (mode, tile, stride, tta, ...); ``tumor_plans``: the tumor model's
+    ``Ensemble.plans`` for this ROI, made ahead with them; ``progress(stage,
+    done, total)`` hears of every batch, stage 'liver' or 'tumor'.
 
     Returns ``prob`` (float32 tumor probability), ``mask`` (uint8, prob >=
     ``threshold``), ``liver`` and ``roi`` (uint8, or None without a ROI) and
@@ -99,17 +114,13 @@ def segment_study(
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     if liver is None and liver_model is not None:
-        liver_model = as_ensemble(liver_model)
-        if liver_model.phases != ("pv",):
-            raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
-        with stage_times.stage("liver"):
-            liver_prob = liver_model.probability({"pv": images["pv"]}, progress=stage("liver"), **predict_options)
-            liver = binarize(liver_prob, liver_threshold)
+        liver = predicted_liver(images["pv"], liver_model, liver_threshold, stage("liver"), **predict_options)
     if liver is not None and np.shape(liver) != np.shape(images["pv"]):
         raise ValueError(f"the liver mask has shape {np.shape(liver)} but the PV image {np.shape(images['pv'])}")
     with stage_times.stage("tumor"):
         roi = None if liver is None else liver_roi(liver, roi_dilation)
-        prob = as_ensemble(tumor_model).probability(images, roi, progress=stage("tumor"), **predict_options)
+        prob = as_ensemble(tumor_model).probability(images, roi, progress=stage("tumor"), plans=tumor_plans,
+                                                    **predict_options)
         mask = binarize(prob, threshold)
         liver = None if liver is None else (np.asarray(liver) > 0).astype(np.uint8)
         labels = label_map(liver, mask)

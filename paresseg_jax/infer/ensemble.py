@@ -17,7 +17,7 @@ import numpy as np
 
 from paresseg_jax import absent_phases, model_io
 from paresseg_jax.errors import MissingInputError
-from paresseg_jax.infer.predict import predict_volume
+from paresseg_jax.infer.predict import VolumePlan, predict_volume, volume_plan
 
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
@@ -38,15 +38,24 @@ class Ensemble:
         images: Mapping[str, np.ndarray],
         roi: np.ndarray | None = None,
         progress: Callable[[int, int], None] | None = None,
+        plans: Sequence[VolumePlan] | None = None,
         **predict_options,
     ) -> np.ndarray:
-        """Mean of the members' :func:`predict_volume` probabilities (one volume held besides the sum)."""
+        """Mean of the members' :func:`predict_volume` probabilities (one volume held besides the sum); ``plans``:
+        the members' :meth:`plans` for these images' shape and ``roi``, made ahead with these options."""
         total = None
         for k, (module, variables) in enumerate(self.members):
             step = None if progress is None else _member_progress(progress, k, len(self.members))
-            prob = predict_volume(module, variables, images, roi, progress=step, **predict_options)
+            planned = {"plan": plans[k]} if plans is not None else predict_options
+            prob = predict_volume(module, variables, images, roi, progress=step, **planned)
             total = prob if total is None else np.add(total, prob, out=total)
         return total / np.float32(len(self.members))
+
+
+    def plans(self, shape: tuple[int, int, int], roi: np.ndarray | None = None,
+              **predict_options) -> tuple[VolumePlan, ...]:
+        """Each member's :func:`volume_plan` for a volume ``shape`` and ``roi``: compiled before its images exist."""
+        return tuple(volume_plan(module, variables, shape, roi, **predict_options) for module, variables in self.members)
 
 
 def as_ensemble(model) -> Ensemble:

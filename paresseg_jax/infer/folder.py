@@ -241,7 +241,8 @@ def _predict_case(entry, segmenter: Segmenter, output: Path, save_probabilities:
         with stage_times.stage("reading"):
             case = read_case(entry)
         given_liver = None if segmenter.liver is not None else case.liver
-        result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases)
+        result, images, _ = segmenter.segment_case(case, liver=given_liver, progress=progress, sources=entry.phases,
+                                                    whole_phases=overlays)
         with stage_times.stage("measuring"):
             found = study_lesions(result, case)
         with stage_times.stage("writing"):

@@ -43,18 +43,18 @@ one device).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from paresseg_jax import ops, stage_times
-from paresseg_jax.data.windows import read_window, slice_indices
-from paresseg_jax.infer.tiling import tile_starts, tile_weights
+from paresseg_jax.infer.batches import full_slices, overlap_tiles
 
 MODES = ("full", "tile")
 # The ROI crop's height and width are multiples of this (or the whole image side).
@@ -94,10 +94,23 @@ def tumor_probability(module, variables, inputs: tuple, tta: bool = False, conv_
     return total / len(FLIPS)
 
 
-def predict_volume(
+@dataclasses.dataclass(frozen=True)
+class VolumePlan:
+    """What :func:`predict_volume` computes for one volume shape and ROI, compiled: made from no image, so
+    beside the images' preparation (``Segmenter.segment_case`` makes it while registration runs)."""
+
+    shape: tuple[int, int, int]
+    inside: np.ndarray | None  # the ROI, or None
+    slices: np.ndarray  # the slices computed
+    box: tuple[slice, slice, slice] | None = None  # the part of the volumes the model reads
+    window: tuple[slice, slice, slice] | None = None  # the part of the probability its output fills
+    run: Callable | None = None  # run(volumes, slices, prob[window], report(done))
+
+
+def volume_plan(
     module,
     variables: Mapping,
-    images: Mapping[str, np.ndarray],
+    shape: tuple[int, int, int],
     roi: np.ndarray | None = None,
     *,
     mode: str = "full",
@@ -111,7 +124,44 @@ def predict_volume(
     roi_margin: int = 32,
     batch_pixels: int = 0,
     conv_impl: str = "direct",
+) -> VolumePlan:
+    """The :class:`VolumePlan` of a ``(z, y, x)`` volume ``shape`` with this ``roi``: its forward passes
+    compiled, and for the exact crop the all-zero input's maps computed. The options are :func:`predict_volume`'s."""
+    batch_pixels = _batch_pixels(mode, batch_size, batch_pixels)
+    inside = None if roi is None else np.asarray(roi) > 0
+    slices = np.arange(shape[0]) if roi is None else np.flatnonzero(inside.any(axis=(1, 2)))
+    if not len(slices):
+        return VolumePlan(tuple(shape), inside, slices)
+    variables = jax.device_put(variables)
+    exact = None if roi is None or crop_to_roi else _exact_plan(module, inside, mode, pad_multiple, tta)
+    box = _input_box(inside, exact, crop_to_roi, roi_margin)
+    forward = functools.partial(_compiled_forward, module, variables, tta, conv_impl)
+    if exact:  # a slice holds whole-frame maps (scales 1-6, fusion): the pixel cap counts the frame
+        frame, rects = exact
+        forward = _exact_crop().compiled_forward(module, variables, (tta, conv_impl), rects, frame)
+        batching = batch_length(batch_size, batch_pixels, frame[0] * frame[1])
+        return VolumePlan(tuple(shape), inside, slices, box, _box(rects[1]),
+                          full_slices(forward, module.in_channels, batching, tuple(rects[0][2:])))
+    if mode == "full":
+        boxed = np.empty(shape, bool)[box].shape[1:]  # a view: no memory
+        padded = padded_shape(*boxed, pad_multiple)
+        run = full_slices(forward, module.in_channels, batch_length(batch_size, batch_pixels, padded[0] * padded[1]),
+                          padded)
+    else:
+        run = overlap_tiles(forward, module.in_channels, batch_length(batch_size, batch_pixels, tile * tile), tile,
+                            stride, weighting)
+    return VolumePlan(tuple(shape), inside, slices, box, box, run)
+
+
+def predict_volume(
+    module,
+    variables: Mapping,
+    images: Mapping[str, np.ndarray],
+    roi: np.ndarray | None = None,
+    *,
+    plan: VolumePlan | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **options,
 ) -> np.ndarray:
     """Tumor (class 1) probability volume ``(z, y, x)`` float32 of a windowed study.
 
@@ -126,35 +176,25 @@ def predict_volume(
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
-    'fast' (Winograd; see :func:`tumor_probability`). ``progress(done, total)``
-    is called with the slices computed so far after each batch.
+    'fast' (Winograd; see :func:`tumor_probability`). ``options`` are those of
+    :func:`volume_plan` (mode, tile, stride, weighting, batch_size, tta,
+    pad_multiple, crop_to_roi, roi_margin, batch_pixels, conv_impl), or a
+    ``plan`` made from them ahead for this shape and ROI. ``progress(done,
+    total)`` is called with the slices computed so far after each batch.
     """
     phases, shape = _check_inputs(module, images, roi)
-    batch_pixels = _batch_pixels(mode, batch_size, batch_pixels)
-    inside = None if roi is None else np.asarray(roi) > 0
-    slices = np.arange(shape[0]) if roi is None else np.flatnonzero(inside.any(axis=(1, 2)))
+    if plan is None:
+        plan = volume_plan(module, variables, shape, roi, **options)
+    elif options or plan.shape != shape or (roi is None) != (plan.inside is None) or (
+            roi is not None and not np.array_equal(plan.inside, np.asarray(roi) > 0)):
+        raise ValueError("a plan is made for one volume shape and ROI, with the options given to volume_plan")
     prob = np.zeros(shape, np.float32)
-    if len(slices):
-        variables = jax.device_put(variables)
-        exact = None if roi is None or crop_to_roi else _exact_plan(module, inside, mode, pad_multiple, tta)
-        box = _input_box(inside, exact, crop_to_roi, roi_margin)
-        volumes = _model_inputs(images, phases, inside, box)
-        report = (lambda done: None) if progress is None else (lambda done: progress(done, len(slices)))
-        forward = functools.partial(_compiled_forward, module, variables, tta, conv_impl)
-        if exact:  # a slice holds whole-frame maps (scales 1-6, fusion): the pixel cap counts the frame
-            frame, rects = exact
-            forward = _exact_crop().compiled_forward(module, variables, (tta, conv_impl), rects, frame)
-            batching = (batch_length(batch_size, batch_pixels, frame[0] * frame[1]), 0)
-            _full_slices(forward, module.in_channels, volumes, slices, prob[_box(rects[1])], batching,
-                         tuple(rects[0][2:]), report)
-        elif mode == "full":
-            _full_slices(forward, module.in_channels, volumes, slices, prob[box], (batch_size, batch_pixels),
-                         padded_shape(*prob[box].shape[1:], pad_multiple), report)
-        else:
-            _overlap_tiles(forward, module.in_channels, volumes, slices, prob[box], (batch_size, batch_pixels), tile,
-                           stride, weighting, report)
+    if len(plan.slices):
+        volumes = _model_inputs(images, phases, plan.inside, plan.box)
+        report = (lambda done: None) if progress is None else (lambda done: progress(done, len(plan.slices)))
+        plan.run(volumes, plan.slices, prob[plan.window], report)
     if roi is not None:
-        prob[~inside] = 0.0
+        prob[~plan.inside] = 0.0
     return prob
 
 
@@ -240,30 +280,6 @@ def _device_shardings():
     return jax.sharding.NamedSharding(mesh, spec("batch")), jax.sharding.NamedSharding(mesh, spec())
 
 
-def _full_slices(compile_forward, channels, volumes, slices, prob, batching, padded, report):
-    """Whole slices, zero-padded to ``padded`` (height, width); ``prob`` takes the forward's output (for the exact
-    crop, a window of its own)."""
-    depth, height, width = next(iter(volumes.values())).shape
-    batch_size = batch_length(*batching, padded[0] * padded[1])
-    forward = compile_forward((batch_size, *padded, channels))
-
-    def batches():
-        for start in range(0, len(slices), batch_size):
-            chunk = slices[start : start + batch_size]
-            inputs = tuple(np.zeros((batch_size, *padded, channels), np.float32) for _ in volumes)
-            for i, z in enumerate(chunk):
-                stack = slice_indices(int(z), depth, channels)
-                for x, volume in zip(inputs, volumes.values()):
-                    x[i, :height, :width] = np.moveaxis(volume[stack], 0, -1)
-            yield chunk, inputs
-
-    done = 0
-    for chunk, out in _pipelined(forward, batches()):
-        prob[chunk] = out[: len(chunk), : prob.shape[1], : prob.shape[2]]
-        done += len(chunk)
-        report(done)
-
-
 def _exact_plan(module, inside, mode: str, pad_multiple: int, tta: bool):
     """``(frame, crop rects)`` of :mod:`exact_crop` when it computes whole slices' probabilities for less
     (:func:`exact_crop.plan`), else None; never on several devices (they shard whole slices)."""
@@ -278,37 +294,6 @@ def _exact_crop():
     import paresseg_jax.infer.exact_crop as exact_crop  # the module itself (its package is a later layer)
 
     return exact_crop
-
-
-def _overlap_tiles(compile_forward, channels, volumes, slices, prob, batching, tile, stride, weighting, report):
-    depth, height, width = prob.shape
-    batch_size = batch_length(*batching, tile * tile)
-    weights = tile_weights(tile, weighting)
-    starts = [(y0, x0) for y0 in tile_starts(height, tile, stride) for x0 in tile_starts(width, tile, stride)]
-    norm = np.zeros((height, width), np.float32)
-    for y0, x0 in starts:
-        norm[y0 : y0 + tile, x0 : x0 + tile] += weights[: height - y0, : width - x0]
-    positions = [(int(z), int(y0), int(x0)) for z in slices for y0, x0 in starts]
-    forward = compile_forward((batch_size, tile, tile, channels))
-
-    def batches():
-        for start in range(0, len(positions), batch_size):
-            chunk = positions[start : start + batch_size]
-            inputs = tuple(np.zeros((batch_size, tile, tile, channels), np.float32) for _ in volumes)
-            for i, (z, y0, x0) in enumerate(chunk):
-                stack = slice_indices(z, depth, channels)
-                for x, volume in zip(inputs, volumes.values()):
-                    x[i] = np.moveaxis(read_window(volume, stack, y0, x0, tile), 0, -1)
-            yield chunk, inputs
-
-    done = 0
-    for chunk, out in _pipelined(forward, batches()):
-        for (z, y0, x0), p in zip(chunk, out):
-            weighted = (p * weights)[: height - y0, : width - x0]
-            prob[z, y0 : y0 + tile, x0 : x0 + tile] += weighted
-        done += len(chunk)
-        report(done // len(starts))
-    prob[slices] /= norm
 
 
 def _compiled_forward(module, variables, tta, conv_impl, shape):
@@ -360,18 +345,6 @@ def cost_flops(stage) -> float | None:
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")
     return float(flops) if flops and flops > 0 else None
-
-
-def _pipelined(forward, batches: Iterable) -> Iterator[tuple]:
-    """``(meta, host result)`` per batch, dispatching batch k+1 before fetching batch k."""
-    pending = None
-    for meta, inputs in batches:
-        result = forward(inputs)
-        if pending is not None:
-            yield pending[0], np.asarray(pending[1])
-        pending = (meta, result)
-    if pending is not None:
-        yield pending[0], np.asarray(pending[1])
 
 
 def _check_inputs(module, images: Mapping[str, np.ndarray], roi):

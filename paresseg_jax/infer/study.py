@@ -23,12 +23,14 @@ import SimpleITK as sitk
 from paresseg_jax import absent_phases, lesions, model_io, preflight, stage_times
 from paresseg_jax.atomic import atomic_path
 from paresseg_jax.data import preprocess
+from paresseg_jax.data.cache import bounding_box
 from paresseg_jax.data.case import Case, read_case
 from paresseg_jax.data.images import write_image
 from paresseg_jax.data.layouts import CaseEntry
 from paresseg_jax.errors import BadInputError
 from paresseg_jax.infer import dicom_seg
-from paresseg_jax.infer.cascade import postprocessed, segment_options, segment_study, stored_postprocessing
+from paresseg_jax.infer.cascade import (postprocessed, predict_options, predicted_liver, segment_options,
+                                       segment_study, stored_postprocessing)
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
@@ -105,24 +107,41 @@ class Segmenter:
         return absent_phases.missing_phases(given, self.phases, spec, model, flag=phase_flag)
 
     def segment_case(self, case: Case, liver: np.ndarray | None = None, progress=None,
-                     sources: Mapping | None = None) -> tuple[dict, dict, dict]:
+                     sources: Mapping | None = None, whole_phases: bool = False) -> tuple[dict, dict, dict]:
         """``(segment_study result, windowed images, registration report)`` of a case in HU, with the stored
         postprocessing applied; the result also holds ``phases_hu``, the phases in HU as registered to PV.
 
         ``liver``: a liver mask to take the ROI from; without one the liver
-        model (if any) predicts it. ``sources`` name the phases' files in errors.
+        model (if any) predicts it from PV before the other phases are
+        resampled, and then only in the ROI's box, all the tumor model reads
+        (``preprocess.resampled_phases``); ``whole_phases`` resamples them
+        whole (for overlays that show them). ``sources`` name the phases'
+        files in errors.
         """
-        registered, registration = preprocess.registered_phases(case, self.preprocess_config, sources)
+        options, dilation = predict_options(self.options), self.preprocess_config["roi_dilation"]
+        first = self.liver if liver is None and self.liver is not None else self.tumor  # the model run first
+        known_roi = None if liver is None else preprocess.liver_roi(liver, dilation)
+        # its forward passes compile on the idle core while registration runs on one
+        plans = stage_times.beside("compilation", first.plans, case.shape, known_roi, **options)
+        transforms, registration = preprocess.phase_transforms(case, self.preprocess_config, sources)
+        roi_liver, tumor_plans = liver, None
+        if first is self.tumor:
+            tumor_plans = plans()
+        else:
+            with stage_times.stage("windowing"):
+                pv = preprocess.windowed({"pv": case.phases["pv"]}, self.preprocess_config)["pv"]
+            report = None if progress is None else (lambda done, total: progress("liver", done, total))
+            roi_liver = predicted_liver(pv, self.liver, self.options["liver_threshold"], report, plans(), **options)
+        roi = None if roi_liver is None or whole_phases else preprocess.liver_roi(roi_liver, dilation)
+        registered = preprocess.resampled_phases(case, transforms, None if roi is None else bounding_box(roi > 0))
         with stage_times.stage("windowing"):
             images = absent_phases.fill_absent(preprocess.windowed(registered, self.preprocess_config), self.phases)
-        result = segment_study(
-            images, self.tumor, liver_model=self.liver, liver=liver,
-            roi_dilation=self.preprocess_config["roi_dilation"], progress=progress, **self.options,
-        )
+        result = segment_study(images, self.tumor, liver=roi_liver, roi_dilation=dilation, progress=progress,
+                               tumor_plans=tumor_plans, **self.options)
         if self.postprocessing:
             with stage_times.stage("postprocessing"):
                 result = postprocessed(result, case.spacing_zyx, self.postprocessing, liver_predicted=liver is None)
-        result["phases_hu"] = registered  # what the lesions are measured on
+        result["phases_hu"] = registered  # what the lesions are measured on (inside the ROI)
         return result, images, registration
 
 

@@ -111,6 +111,7 @@ def predict_volume(
     roi_margin: int = 32,
     batch_pixels: int = 0,
     conv_impl: str = "direct",
+    slices: Iterable[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Tumor (class 1) probability volume ``(z, y, x)`` float32 of a windowed study.
@@ -126,13 +127,15 @@ def predict_volume(
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
-    'fast' (Winograd; see :func:`tumor_probability`). ``progress(done, total)``
-    is called with the slices computed so far after each batch.
+    'fast' (Winograd; see :func:`tumor_probability`). ``slices``: only these
+    are computed (their 2.5D stacks read the whole volume), the others' probability
+    is 0. ``progress(done, total)`` is called with the slices computed so far
+    after each batch.
     """
     phases, shape = _check_inputs(module, images, roi)
     batch_pixels = _batch_pixels(mode, batch_size, batch_pixels)
     inside = None if roi is None else np.asarray(roi) > 0
-    slices = np.arange(shape[0]) if roi is None else np.flatnonzero(inside.any(axis=(1, 2)))
+    slices = _computed_slices(shape[0], inside, slices)
     prob = np.zeros(shape, np.float32)
     if len(slices):
         variables = jax.device_put(variables)
@@ -156,6 +159,14 @@ def predict_volume(
     if roi is not None:
         prob[~inside] = 0.0
     return prob
+
+
+def _computed_slices(depth: int, inside, asked) -> np.ndarray:
+    """The slices a volume's forward passes cover: those ``asked`` (all by default) that hold some ROI."""
+    slices = np.arange(depth) if asked is None else np.unique(np.asarray(asked, int))
+    if len(slices) and (slices[0] < 0 or slices[-1] >= depth):
+        raise ValueError(f"slices {slices[0]}..{slices[-1]} lie outside the volume's {depth}")
+    return slices if inside is None else slices[inside[slices].any(axis=(1, 2))]
 
 
 def _batch_pixels(mode: str, batch_size: int, batch_pixels: int) -> int:

@@ -127,10 +127,9 @@ def predict_volume(
     A batch holds at most ``batch_size`` slices or tiles and, when more than
     one, at most ``batch_pixels`` pixels (0: ``CPU_BATCH_PIXELS`` on a CPU,
     no cap on accelerators). ``conv_impl``: CPU convolutions, 'direct' or
-    'fast' (Winograd; see :func:`tumor_probability`). ``slices``: only these
-    are computed (their 2.5D stacks read the whole volume), the others' probability
-    is 0. ``progress(done, total)`` is called with the slices computed so far
-    after each batch.
+    'fast' (Winograd; see :func:`tumor_probability`). ``slices``: only these are
+    computed (stacks from the whole volume), 0 elsewhere. ``progress(done, total)``
+    is called with the slices computed so far after each batch.
     """
     phases, shape = _check_inputs(module, images, roi)
     batch_pixels = _batch_pixels(mode, batch_size, batch_pixels)

@@ -7,7 +7,7 @@ runs the untrained liver-ResSeg (its forward pass, FLOPs and compiled program
 are the real one's) but answers with a liver found from PV alone: pixels
 whose ``LIVER_WINDOW_HU`` fraction over a ``POOL`` x ``POOL`` neighbourhood
 is at least ``MIN_FRACTION`` (the phantom's liver, with some of the spleen:
-on the 512 x 512 x 60 phantom it holds 29 slices, the liver 25).
+on the 512 x 512 x 60 phantom it holds 31 slices, the liver 25).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@
     paresseg-bench data                      # phantom, NIfTI and preprocessing (paresseg_jax.benchmarks.data)
     paresseg-bench registration              # ART-to-PV error in mm per registration region (phantom)
     paresseg-bench extent --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # whole slices vs ROI crop
+    paresseg-bench liver --run=runs/demo/paresseg --liver_workdir=runs/demo/liver   # liver stage: full vs cheaper
     paresseg-bench precision --width=64 --size=224   # attention matmuls at HIGHEST vs default (TF32 on GPUs)
 
 Timing: compile time reported apart, warm-up calls excluded, variants run
@@ -31,7 +32,8 @@ from paresseg_jax.atomic import write_text
 
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data",
                "registration": "paresseg_jax.benchmarks.registration",
-               "extent": "paresseg_jax.benchmarks.extent", "precision": "paresseg_jax.benchmarks.precision"}
+               "extent": "paresseg_jax.benchmarks.extent", "precision": "paresseg_jax.benchmarks.precision",
+               "liver": "paresseg_jax.benchmarks.liver"}
 PARTS = ("train", "infer", "pipeline", "study")
 DEFAULT_PARTS = ("train", "infer", "pipeline")
 BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default
@@ -55,6 +57,9 @@ def _define_flags():
     flags.DEFINE_integer("slices", 60, "slices of the inference volume (times are scaled to 60 slices)")
     flags.DEFINE_integer("slice_size", 512, "in-plane size of the inference volume")
     flags.DEFINE_integer("study_slices", 60, "slices of the study of --parts=study")
+    flags.DEFINE_list("study_variants", ["roi", "whole"], "studies of --parts=study: roi (liver mask, ROI crop), whole "
+                      "(liver mask, whole slices), liver (a liver model, the liver stage's defaults), liver-full "
+                      "(a liver model on every whole slice)")
     flags.DEFINE_integer("infer_batch", 4, "slices or tiles per inference batch (must divide --slices)")
     flags.DEFINE_integer("tile", 224, "overlap-tile size")
     flags.DEFINE_integer("stride", 112, "overlap-tile stride")
@@ -195,6 +200,11 @@ def _check_flags(argv) -> None:
     unknown = sorted(set(FLAGS.conv_impls) - set(BASELINE_CONV_IMPLS))
     if unknown:
         raise app.UsageError(f"--conv_impls: unknown {unknown}; choose among {BASELINE_CONV_IMPLS}")
+    from paresseg_jax.benchmarks.study import VARIANTS
+
+    unknown = sorted(set(FLAGS.study_variants) - set(VARIANTS))
+    if unknown:
+        raise app.UsageError(f"--study_variants: unknown {unknown}; choose among {sorted(VARIANTS)}")
     if FLAGS.fusion and FLAGS.compare_torch:
         raise app.UsageError("--compare_torch runs the reference's own models; leave --fusion unset")
     flag_checks.all_in_range({name: getattr(FLAGS, name) for name in RANGES}, RANGES)
@@ -233,7 +243,8 @@ def main(argv):
     if "study" in FLAGS.parts:
         from paresseg_jax.benchmarks import study
 
-        rows += study.benchmark_study(spec, variables, FLAGS.slice_size, FLAGS.study_slices)
+        rows += study.benchmark_study(spec, variables, FLAGS.slice_size, FLAGS.study_slices,
+                                      tuple(FLAGS.study_variants))
     _add_ratios(rows)
     device = jax.devices()[0]
     tunables = os.environ.get("GLIBC_TUNABLES", "")  # set by paresseg_jax.huge_pages unless opted out
@@ -250,7 +261,8 @@ def main(argv):
                                             "host": platform.node()},
                   "jax": jax.__version__, "torch": oracle, "glibc_tunables": tunables, "flags": {f: FLAGS[f].value for f in (
                       "batch", "size", "dtypes", "repeats", "warmup", "slices", "slice_size", "infer_batch", "tile",
-                      "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls", "study_slices")},
+                      "stride", "conv_impls", "compare_torch", "peak_tflops", "profile_calls", "study_slices",
+                      "study_variants")},
                   "rows": rows}
         write_text(FLAGS.json, json.dumps(record, indent=1))
 

@@ -82,6 +82,10 @@ _CONV = flags.DEFINE_enum("conv_impl", None, ["direct", "fast"], "CPU convolutio
 _CROP = flags.DEFINE_boolean("crop_to_roi", None, "with a ROI, compute only its bounding box (+ --roi_margin px): faster, "
                                  "but attention models' output changes (default: whole slices)")
 _MARGIN = flags.DEFINE_integer("roi_margin", None, "pixels of context kept around the ROI's bounding box")
+_LIVER_STEP = flags.DEFINE_integer("liver_slice_step", None, "with --liver_model: its coarse pass computes every k-th "
+                                   "slice, then the slices around its liver (1: every slice)")
+_LIVER_SCALE = flags.DEFINE_integer("liver_scale", None, "with --liver_model: it sees PV shrunk this many times "
+                                    "in-plane (1: full resolution)")
 _REGISTER = flags.DEFINE_boolean("register", None, "register the other phases to PV (default: as the model was trained)")
 _ALLOW_GAPS = flags.DEFINE_boolean("allow_gaps", False, "resample a DICOM series with a missing slice onto even "
                                    "slices (with a warning) instead of refusing it")
@@ -95,8 +99,7 @@ _ALLOW_TRAINING = flags.DEFINE_boolean("allow_training_cases", False, "with --in
 
 _SETTINGS = {"mode": _MODE, "tile": _TILE, "stride": _STRIDE, "weighting": _WEIGHTING, "tta": _TTA,
              "threshold": _THRESHOLD, "batch_size": _BATCH, "batch_pixels": _BATCH_PIXELS, "conv_impl": _CONV,
-             "crop_to_roi": _CROP,
-             "roi_margin": _MARGIN}
+             "crop_to_roi": _CROP, "roi_margin": _MARGIN, "liver_slice_step": _LIVER_STEP, "liver_scale": _LIVER_SCALE}
 _SINGLE_STUDY = {"pv": _PV, "art": _ART, "phase": _PHASE, "liver": _LIVER, "out": _OUT, "prob": _PROB,
                  "overlay": _OVERLAY, "gt": _GT, "dicom_seg": _DICOM_SEG, "lesions": _LESIONS}
 

@@ -140,6 +140,10 @@ def _eval() -> ml_collections.ConfigDict:
     # it changes attention models' output (channel energies sum over the whole slice); validation uses it too
     evaluation.roi_margin = 32  # pixels of context kept around the ROI's bounding box
     evaluation.liver_threshold = 0.5  # cascade: liver where the liver-model probability >= this
+    # cascade without a liver mask (paresseg_jax.infer.liver_stage): the liver model on every k-th slice, then on
+    # the slices between the liver-free samples around its hits (1: every slice), at 1/liver_scale resolution in-plane
+    evaluation.liver_slice_step = 4  # at 4 the demo's liver Dice is unchanged (BENCHMARKS.md)
+    evaluation.liver_scale = 1
     return evaluation
 
 

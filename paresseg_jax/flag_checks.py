@@ -16,7 +16,9 @@ from paresseg_jax.errors import BadInputError
 _PROBABILITY = dict(low=0.0, high=1.0, low_open=True)
 EVAL_RANGES = {"threshold": _PROBABILITY, "liver_threshold": _PROBABILITY, "tile": dict(low=16), "stride": dict(low=1),
                "batch_size": dict(low=1), "batch_pixels": dict(low=0, meaning="0: automatic"),
-               "roi_margin": dict(low=0), "pad_multiple": dict(low=1)}
+               "roi_margin": dict(low=0), "pad_multiple": dict(low=1),
+               "liver_slice_step": dict(low=1, meaning="1: every slice"),
+               "liver_scale": dict(low=1, meaning="1: full resolution")}
 
 
 def in_range(flag: str, value, low: float | None = None, high: float | None = None, *,

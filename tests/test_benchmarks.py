@@ -338,3 +338,46 @@ def test_a_failed_profile_keeps_the_timings(monkeypatch):
                                  repeats=1, warmup=0, profile_calls=1)
     assert len(rows) == 1 and rows[0]["samples_per_s"] > 0
     assert rows[0]["profile_error"] == "RuntimeError: no trace here" and "profile" not in rows[0]
+
+
+def test_liver_standin_runs_the_liver_resseg_and_finds_the_phantom_liver_slices():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from paresseg_jax import models
+    from paresseg_jax.benchmarks.study import LIVER_MODEL
+    from paresseg_jax.benchmarks.train import module_factory
+    from paresseg_jax.data import phantom, preprocess
+    from paresseg_jax.infer.predict import cost_flops, predict_volume, tumor_probability
+
+    flops = {}
+    for name in ("resseg", LIVER_MODEL["name"]):
+        module = module_factory({**LIVER_MODEL, "name": name, "width": 4})("float32")
+        variables = models.init_variables(module, jax.random.key(0))
+        inputs = (jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),)
+        flops[name] = cost_flops(tumor_probability.lower(module, variables, inputs).compile())
+    assert flops[LIVER_MODEL["name"]] >= flops["resseg"]  # the ResSeg's forward pass is computed, not pruned
+    # an untrained ResSeg calls every pixel liver; the stand-in answers with the phantom liver's slices
+    case = phantom.make_case(0, "HCC", (12, 512, 512))  # the stand-in is sized for 512 px slices
+    pv = preprocess.windowed({"pv": case.phases["pv"]}, preprocess.resolve_config(None))["pv"]
+    found = predict_volume(module, variables, {"pv": pv}, batch_size=4) >= 0.5
+    liver = np.flatnonzero(case.liver.any(axis=(1, 2)))
+    hits = np.flatnonzero(found.any(axis=(1, 2)))
+    assert 0 < len(hits) < len(pv) and abs(hits[0] - liver[0]) <= 2 and abs(hits[-1] - liver[-1]) <= 2
+
+
+def test_liver_bench_settings_and_summary_by_hand():
+    from paresseg_jax.benchmarks import liver
+
+    assert liver.parse_settings(["4x1", "1x1", " 2x2"]) == [(1, 1), (4, 1), (2, 2)]
+    with pytest.raises(ValueError, match="STEPxSCALE"):
+        liver.parse_settings(["4"])
+    rows = [{"step": 1, "scale": 1, "case": "a", "dice": 0.9, "gflop": 10.0, "seconds": 4.0},
+            {"step": 1, "scale": 1, "case": "b", "dice": 0.8, "gflop": 10.0, "seconds": 4.0},
+            {"step": 4, "scale": 1, "case": "a", "dice": 0.9, "gflop": 6.0, "seconds": 3.0},
+            {"step": 4, "scale": 1, "case": "b", "dice": 0.7, "gflop": 4.0, "seconds": 1.0}]
+    full, cheap = liver.summary(rows)
+    assert (full["dice"], full["flop_fraction"], full["time_fraction"]) == (pytest.approx(0.85), 1.0, 1.0)
+    assert cheap["dice_change"] == pytest.approx(-0.05) and cheap["min_dice"] == 0.7
+    assert (cheap["flop_fraction"], cheap["time_fraction"]) == (0.5, 0.5)

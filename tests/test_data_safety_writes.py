@@ -38,7 +38,7 @@ def _image(path: Path, fill: float = 0.0) -> Path:
 RUN_FILES = [".summary.lock", "finished.jsonl", "lesions.csv", "report.md", "summary.json"]  # a folder run's own files
 
 
-def _canned(case, liver=None, progress=None, sources=None):
+def _canned(case, liver=None, progress=None, sources=None, whole_phases=False):
     """What ``Segmenter.segment_case`` returns, without running a model: no tumor, no ROI."""
     zeros = np.zeros(case.shape, np.uint8)
     result = {"mask": zeros, "prob": zeros.astype(np.float32), "labels": zeros, "liver": None, "roi": None,

@@ -98,6 +98,22 @@ def _flags(settings):
     return [f"--{k}" if v is True else f"--{k}={v}" for k, v in settings.items()]
 
 
+def test_predict_liver_stage_flags_reach_the_liver_model(cohort, tmp_path):
+    """--liver_scale changes the liver the report measures; out-of-range liver stage values are refused."""
+    case = cohort / "phantom" / CASES[1]
+    study = [f"--pv={case / 'pv.nii.gz'}", f"--art={case / 'art.nii.gz'}", f"--model={cohort / 'tumor'}",
+             f"--liver_model={cohort / 'liver'}", "--noregister", f"--out={tmp_path / 'mask.nii.gz'}"]
+
+    def liver_ml(*flags):
+        printed = command("paresseg-predict", *study, *flags).stdout
+        return json.loads(printed[printed.index("{"):])["liver_ml"]
+
+    assert liver_ml() > 0 and liver_ml("--liver_scale=2") != liver_ml()
+    for flag in ("--liver_slice_step=0", "--liver_scale=0"):
+        refused = command("paresseg-predict", *study, flag, status=2)  # a usage error
+        assert "out of range" in refused.stderr + refused.stdout
+
+
 @pytest.mark.parametrize("settings", [SPEED, TILES], ids=["speed", "tiles"])
 def test_predict_settings_reach_the_segmentation(cohort, settings, tmp_path):
     """Each flag's value is what the command segments with (its probabilities equal predict_files' with that

@@ -20,7 +20,8 @@ LAYERS = {
     "data": ["data", "preflight"],  # files -> case -> cache -> Grain batches; preflight checks what they read
     "run setup": ["runs"],  # model building, cache, splits and fold cases of a run (train, scoring, benchmarks)
     # the forward pass over a volume: what training's validation and every prediction share
-    "inference core": ["infer.predict", "infer.batches", "infer.exact_crop", "infer.tiling", "infer.ensemble", "infer.cascade"],
+    "inference core": ["infer.predict", "infer.batches", "infer.exact_crop", "infer.tiling", "infer.ensemble",
+                       "infer.liver_stage", "infer.cascade"],
     "training": ["train"],
     "inference": ["infer"],  # studies, folders, DICOM SEG, overlays, resumable runs
     "evaluation": ["evaluate"],

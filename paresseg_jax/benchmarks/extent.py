@@ -29,7 +29,7 @@ from paresseg_jax import atomic
 from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data import preprocess
 from paresseg_jax.evaluate.scoring import load_run_model, run_split
-from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
+from paresseg_jax.infer.cascade import predict_options, segment_options, segment_study, threshold_for
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
 from paresseg_jax.runs import prepared_cache
@@ -64,8 +64,7 @@ def measure(run: str | Path, liver_workdir: str | Path | None = None) -> dict:
     for case in cache_lib.open_cohort(prepared_cache(config), run_split(run)["test"]):
         images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *tumor[0].phases))}
         roi = case.roi if liver is None else segment_study(
-            images, tumor, liver_model=liver, liver_threshold=threshold_for(eval_config, "liver"),
-            roi_dilation=dilation, **options)["roi"]
+            images, tumor, liver_model=liver, roi_dilation=dilation, **segment_options(eval_config))["roi"]
         prob, seconds = {}, {}
         for crop in (False, True):
             start = time.perf_counter()

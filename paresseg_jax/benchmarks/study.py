@@ -8,7 +8,9 @@ filled, as for a later one), segmenting and writing the mask. Its wall time
 and its peak resident memory (from ``wait4``, the kernel's account of that
 process) are reported for the cascade's ROI crop and for whole slices, with
 the stages' seconds read back from the report it prints, beside the study's
-FLOP bound (``study_bound``).
+FLOP bound (``study_bound``). The variants 'liver' and 'liver-full' give no
+liver mask but a liver model (``liver_standin``), so the liver stage runs, with
+its default settings or on every whole slice.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from paresseg_jax.benchmarks import study_bound
 from paresseg_jax.data import phantom
 from paresseg_jax.data.case import write_case
 
-# paresseg-predict flags per variant: the liver mask's ROI cropped to its box, or whole slices (the default).
-VARIANTS = {"roi": ["--crop_to_roi"], "whole": []}
+# paresseg-predict flags per variant: the liver mask's ROI cropped to its box, or whole slices (the default); no
+# liver mask but a liver model (liver_standin), with the liver stage's default settings or on every whole slice.
+VARIANTS = {"roi": ["--liver={liver}", "--crop_to_roi"], "whole": ["--liver={liver}"],
+            "liver": ["--liver_model={liver_model}"],
+            "liver-full": ["--liver_model={liver_model}", "--liver_slice_step=1", "--liver_scale=1"]}
+DEFAULT_VARIANTS = ("roi", "whole")
+# The liver stand-in: the liver-ResSeg of the tumor model's width (configs/liver_resseg.py), untrained.
+LIVER_MODEL = {"name": "paresseg_jax.benchmarks.liver_standin:PhantomLiver", "phases": ("pv",), "fusion": None}
 # Each variant runs twice on one persistent compilation cache: empty (a first study compiles every program)
 # and as that run left it (a later study loads them).
 CACHES = ("cold", "warm")
@@ -80,8 +88,20 @@ def printed_report(path: Path) -> dict:
     return json.loads(text[text.index("{"):])
 
 
+def liver_model(folder: Path, spec: Mapping) -> Path:
+    """The liver stand-in (``LIVER_MODEL``) at ``spec``'s width, untrained, saved into ``folder``."""
+    import jax
+
+    from paresseg_jax import models
+    from paresseg_jax.benchmarks.train import module_factory
+
+    liver_spec = {**LIVER_MODEL, "width": spec.get("width", 64)}
+    module = module_factory(liver_spec)("float32")
+    return model_io.save_model(folder, liver_spec, models.init_variables(module, jax.random.key(0)))
+
+
 def benchmark_study(spec: Mapping, variables: Mapping, size: int = 512, slices: int = 60,
-                    variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict]:
+                    variants: tuple[str, ...] = DEFAULT_VARIANTS) -> list[dict]:
     """A row per variant and compilation cache (``CACHES``): ``volume_s`` (wall seconds for the study),
     ``peak_gb`` (peak resident memory), and the study's breakdown by stage and its FLOP bound at this machine's
     convolution rate (``study_bound``)."""
@@ -93,13 +113,16 @@ def benchmark_study(spec: Mapping, variables: Mapping, size: int = 512, slices: 
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_study(Path(tmp) / "study", size, slices)
         model = model_io.save_model(Path(tmp) / "model", spec, variables)
+        wanted = any("{liver_model}" in flag for v in variants for flag in VARIANTS[v])
+        liver = liver_model(Path(tmp) / "liver_model", spec) if wanted else None
         for variant in variants:
             env = {**os.environ, "PARESSEG_XLA_CACHE": str(Path(tmp) / f"xla_{variant}")}  # empty, then filled
+            given = [flag.format(liver=paths["liver"], liver_model=liver) for flag in VARIANTS[variant]]
             for cache in CACHES:
                 printed = Path(tmp) / f"{variant}_{cache}.json"
                 seconds, peak = run_measured(
-                    [command, f"--pv={paths['pv']}", f"--art={paths['art']}", f"--liver={paths['liver']}",
-                     f"--model={model}", f"--out={Path(tmp) / f'{variant}.nii.gz'}", *VARIANTS[variant]], env, printed)
+                    [command, f"--pv={paths['pv']}", f"--art={paths['art']}", f"--model={model}",
+                     f"--out={Path(tmp) / f'{variant}.nii.gz'}", *given], env, printed)
                 rows.append({"part": "study", "variant": "jax", "mode": variant, "cache": cache, "size": size,
                              "slices": slices, "volume_s": seconds, "peak_gb": peak / 1e9})
                 records.append(printed_report(printed)["stage_times"])

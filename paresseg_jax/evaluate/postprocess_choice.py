@@ -20,7 +20,7 @@ from paresseg_jax.data import cache as cache_lib
 from paresseg_jax.data import preprocess
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate.scoring import CASCADE, ROI_SOURCES, load_run_model, run_liver_model, run_split
-from paresseg_jax.infer.cascade import predict_options, segment_study, threshold_for
+from paresseg_jax.infer.cascade import segment_options, segment_study
 from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import CHECKPOINT_CHOICES, read_config
 
@@ -63,9 +63,7 @@ def _prediction(case, tumor_model, liver_model, eval_config, roi_dilation) -> di
     images = {p: np.asarray(case.image(p)) for p in dict.fromkeys(("pv", *module.phases))}
     oracle = liver_model is None
     result = segment_study(images, tumor_model, liver_model=liver_model,
-                           liver=np.asarray(case.liver) if oracle else None,
-                           threshold=threshold_for(eval_config, "tumor"),
-                           liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation,
-                           **predict_options(eval_config))
+                           liver=np.asarray(case.liver) if oracle else None, roi_dilation=roi_dilation,
+                           **segment_options(eval_config))
     return {"liver": None if oracle else result["liver"], "tumor": result["mask"], "liver_gt": np.asarray(case.liver),
             "tumor_gt": np.asarray(case.tumor), "spacing_zyx": case.spacing_zyx}

@@ -39,8 +39,8 @@ from paresseg_jax.data.cache import CachedCase
 from paresseg_jax.errors import PareSegError
 from paresseg_jax.evaluate import provenance
 from paresseg_jax.summary import evaluate_case, read_summary, write_summary
-from paresseg_jax.infer.cascade import (postprocessed, predict_options, segment_study, stored_postprocessing,
-                                        threshold_for)
+from paresseg_jax.infer.cascade import (postprocessed, predict_options, segment_options, segment_study,
+                                        stored_postprocessing, threshold_for)
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.infer.predict import binarize, predict_volume
 from paresseg_jax.metrics import dice
@@ -140,10 +140,8 @@ def _segment_case(case: CachedCase, images: Mapping[str, np.ndarray], tumor_mode
         kept = postprocessed(given, case.spacing_zyx, postprocessing, liver_predicted=False)
         return kept["mask"], case.tumor, {}
     known = None if liver_masks is None else liver_masks.get(case.case_id)
-    result = segment_study(
-        images, tumor_model, liver_model=liver_model, liver=known, threshold=threshold,
-        liver_threshold=threshold_for(eval_config, "liver"), roi_dilation=roi_dilation, **options,
-    )
+    result = segment_study(images, tumor_model, liver_model=liver_model, liver=known, roi_dilation=roi_dilation,
+                           **segment_options(eval_config))
     if liver_masks is not None:
         liver_masks[case.case_id] = result["liver"]  # as predicted: the next condition's ROI is this one's
     result = postprocessed(result, case.spacing_zyx, postprocessing, liver_predicted=True)

@@ -16,6 +16,7 @@ import numpy as np
 from paresseg_jax import model_io, postprocess, stage_times
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble
+from paresseg_jax.infer.liver_stage import liver_mask, stage_options
 from paresseg_jax.infer.predict import binarize
 
 LIVER_LABEL, TUMOR_LABEL = 1, 2  # LiTS label map
@@ -35,9 +36,9 @@ def threshold_for(eval_config: Mapping, target: str) -> float:
 
 def segment_options(eval_config: Mapping) -> dict:
     """Keyword arguments of :func:`segment_study` from a config's ``eval`` section: both stages' thresholds
-    (:func:`threshold_for`) and the :func:`predict_options`."""
+    (:func:`threshold_for`), the liver stage's settings and the :func:`predict_options`."""
     thresholds = {"threshold": threshold_for(eval_config, "tumor"), "liver_threshold": threshold_for(eval_config, "liver")}
-    return {**predict_options(eval_config), **thresholds}
+    return {**predict_options(eval_config), **stage_options(eval_config), **thresholds}
 
 
 def label_map(liver: np.ndarray | None, tumor: np.ndarray) -> np.ndarray:
@@ -67,16 +68,18 @@ def postprocessed(result: dict, spacing_zyx, settings: Mapping | None, liver_pre
 
 
 def predicted_liver(pv: np.ndarray, liver_model: tuple | Ensemble, liver_threshold: float = 0.5,
-                    progress: Callable[[int, int], None] | None = None, plans=None, **predict_options) -> np.ndarray:
+                    progress: Callable[[int, int], None] | None = None, plans=None, liver_slice_step: int = 4,
+                    liver_scale: int = 1, **predict_options) -> np.ndarray:
     """The cascade's first stage: the liver model's mask (uint8, probability >= ``liver_threshold``) of a
-    windowed PV volume; ``predict_options`` go to :func:`predict_volume` (``plans``: ``Ensemble.plans`` made
-    ahead with them)."""
+    windowed PV volume, on the slices ``liver_slice_step`` and ``liver_scale`` leave to compute
+    (:mod:`paresseg_jax.infer.liver_stage`); ``predict_options`` go to :func:`predict_volume` (``plans``:
+    ``Ensemble.plans`` made ahead with them for :func:`liver_stage.model_shape`)."""
     liver_model = as_ensemble(liver_model)
     if liver_model.phases != ("pv",):
         raise ValueError(f"the liver model must be a single-phase PV model (phases ('pv',)), not {liver_model.phases}")
     with stage_times.stage("liver"):
-        prob = liver_model.probability({"pv": pv}, progress=progress, plans=plans, **predict_options)
-        return binarize(prob, liver_threshold)
+        return liver_mask(liver_model, pv, liver_threshold, liver_slice_step=liver_slice_step, liver_scale=liver_scale,
+                          progress=progress, plans=plans, **predict_options)
 
 
 def segment_study(
@@ -88,6 +91,8 @@ def segment_study(
     threshold: float = 0.6,
     liver_threshold: float = 0.5,
     roi_dilation: int = 5,
+    liver_slice_step: int = 4,
+    liver_scale: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
     tumor_plans=None,
     **predict_options,
@@ -97,11 +102,12 @@ def segment_study(
     ``tumor_model`` and ``liver_model`` are ``(module, variables)`` pairs or
     ensembles (probabilities averaged). The ROI comes from a given ``liver``
     mask if any, else from the liver model's prediction (probability >=
-    ``liver_threshold``), else there is no ROI and the whole volume is
-    segmented. ``predict_options`` go to :func:`predict_volume` for both
-    models (mode, tile, stride, tta, ...); ``tumor_plans``: the tumor model's
-    ``Ensemble.plans`` for this ROI, made ahead with them; ``progress(stage,
-    done, total)`` hears of every batch, stage 'liver' or 'tumor'.
+    ``liver_threshold``; ``liver_slice_step`` and ``liver_scale`` make it
+    cheaper: :mod:`paresseg_jax.infer.liver_stage`), else there is no ROI and
+    the whole volume is segmented. ``predict_options`` go to :func:`predict_volume`
+    for both models (mode, tile, stride, tta, ...); ``tumor_plans``: the tumor
+    model's ``Ensemble.plans`` for this ROI, made ahead with them;
+    ``progress(stage, done, total)`` hears of every batch, stage 'liver' or 'tumor'.
 
     Returns ``prob`` (float32 tumor probability), ``mask`` (uint8, prob >=
     ``threshold``), ``liver`` and ``roi`` (uint8, or None without a ROI) and
@@ -114,7 +120,8 @@ def segment_study(
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
     if liver is None and liver_model is not None:
-        liver = predicted_liver(images["pv"], liver_model, liver_threshold, stage("liver"), **predict_options)
+        liver = predicted_liver(images["pv"], liver_model, liver_threshold, stage("liver"),
+                                liver_slice_step=liver_slice_step, liver_scale=liver_scale, **predict_options)
     if liver is not None and np.shape(liver) != np.shape(images["pv"]):
         raise ValueError(f"the liver mask has shape {np.shape(liver)} but the PV image {np.shape(images['pv'])}")
     with stage_times.stage("tumor"):

@@ -39,15 +39,17 @@ class Ensemble:
         roi: np.ndarray | None = None,
         progress: Callable[[int, int], None] | None = None,
         plans: Sequence[VolumePlan] | None = None,
+        slices: Sequence[int] | None = None,
         **predict_options,
     ) -> np.ndarray:
         """Mean of the members' :func:`predict_volume` probabilities (one volume held besides the sum); ``plans``:
-        the members' :meth:`plans` for these images' shape and ``roi``, made ahead with these options."""
+        the members' :meth:`plans` for these images' shape and ``roi``, made ahead with these options;
+        ``slices``: only these computed (:func:`predict_volume`)."""
         total = None
         for k, (module, variables) in enumerate(self.members):
             step = None if progress is None else _member_progress(progress, k, len(self.members))
             planned = {"plan": plans[k]} if plans is not None else predict_options
-            prob = predict_volume(module, variables, images, roi, progress=step, **planned)
+            prob = predict_volume(module, variables, images, roi, slices=slices, progress=step, **planned)
             total = prob if total is None else np.add(total, prob, out=total)
         return total / np.float32(len(self.members))
 

@@ -47,7 +47,7 @@ import dataclasses
 import functools
 import math
 import sys
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -160,6 +160,7 @@ def predict_volume(
     roi: np.ndarray | None = None,
     *,
     plan: VolumePlan | None = None,
+    slices: Iterable[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
     **options,
 ) -> np.ndarray:
@@ -179,8 +180,10 @@ def predict_volume(
     'fast' (Winograd; see :func:`tumor_probability`). ``options`` are those of
     :func:`volume_plan` (mode, tile, stride, weighting, batch_size, tta,
     pad_multiple, crop_to_roi, roi_margin, batch_pixels, conv_impl), or a
-    ``plan`` made from them ahead for this shape and ROI. ``progress(done,
-    total)`` is called with the slices computed so far after each batch.
+    ``plan`` made from them ahead for this shape and ROI. ``slices``: only
+    these are computed (stacks from the whole volume), 0 elsewhere.
+    ``progress(done, total)`` is called with the slices computed so far after
+    each batch.
     """
     phases, shape = _check_inputs(module, images, roi)
     if plan is None:
@@ -189,13 +192,25 @@ def predict_volume(
             roi is not None and not np.array_equal(plan.inside, np.asarray(roi) > 0)):
         raise ValueError("a plan is made for one volume shape and ROI, with the options given to volume_plan")
     prob = np.zeros(shape, np.float32)
-    if len(plan.slices):
+    todo = _computed_slices(plan.slices, slices, shape[0])
+    if len(todo):
         volumes = _model_inputs(images, phases, plan.inside, plan.box)
-        report = (lambda done: None) if progress is None else (lambda done: progress(done, len(plan.slices)))
-        plan.run(volumes, plan.slices, prob[plan.window], report)
+        report = (lambda done: None) if progress is None else (lambda done: progress(done, len(todo)))
+        plan.run(volumes, todo, prob[plan.window], report)
     if roi is not None:
         prob[~plan.inside] = 0.0
     return prob
+
+
+def _computed_slices(planned: np.ndarray, asked, depth: int) -> np.ndarray:
+    """The slices a volume's forward passes cover: the plan's (those holding ROI) among those ``asked`` (all by
+    default)."""
+    if asked is None:
+        return planned
+    asked = np.unique(np.asarray(asked, int))
+    if len(asked) and (asked[0] < 0 or asked[-1] >= depth):
+        raise ValueError(f"slices {asked[0]}..{asked[-1]} lie outside the volume's {depth}")
+    return planned[np.isin(planned, asked)]
 
 
 def _batch_pixels(mode: str, batch_size: int, batch_pixels: int) -> int:

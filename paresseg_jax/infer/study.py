@@ -32,6 +32,7 @@ from paresseg_jax.infer import dicom_seg
 from paresseg_jax.infer.cascade import (postprocessed, predict_options, predicted_liver, segment_options,
                                        segment_study, stored_postprocessing)
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble, load_ensemble
+from paresseg_jax.infer.liver_stage import model_shape, stage_options
 from paresseg_jax.infer.overlay import overlay_montage
 from paresseg_jax.metrics import case_metrics
 from paresseg_jax.workdir import read_config
@@ -122,7 +123,9 @@ class Segmenter:
         first = self.liver if liver is None and self.liver is not None else self.tumor  # the model run first
         known_roi = None if liver is None else preprocess.liver_roi(liver, dilation)
         # its forward passes compile on the idle core while registration runs on one
-        plans = stage_times.beside("compilation", first.plans, case.shape, known_roi, **options)
+        liver_stage = stage_options(self.options)
+        shape = case.shape if first is self.tumor else model_shape(case.shape, liver_stage.get("liver_scale", 1))
+        plans = stage_times.beside("compilation", first.plans, shape, known_roi, **options)
         transforms, registration = preprocess.phase_transforms(case, self.preprocess_config, sources)
         roi_liver, tumor_plans = liver, None
         if first is self.tumor:
@@ -131,7 +134,8 @@ class Segmenter:
             with stage_times.stage("windowing"):
                 pv = preprocess.windowed({"pv": case.phases["pv"]}, self.preprocess_config)["pv"]
             report = None if progress is None else (lambda done, total: progress("liver", done, total))
-            roi_liver = predicted_liver(pv, self.liver, self.options["liver_threshold"], report, plans(), **options)
+            roi_liver = predicted_liver(pv, self.liver, self.options["liver_threshold"], report, plans(), **liver_stage,
+                                        **options)
         roi = None if roi_liver is None or whole_phases else preprocess.liver_roi(roi_liver, dilation)
         registered = preprocess.resampled_phases(case, transforms, None if roi is None else bounding_box(roi > 0))
         with stage_times.stage("windowing"):

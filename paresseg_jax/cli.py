@@ -36,13 +36,16 @@ def run_app(main: Callable[[list[str]], object] | str, *, huge_page_malloc: bool
             cache_compilations: bool = True, argv: Sequence[str] | None = None) -> None:
     """`app.run(main)` after the optional huge-page restart and persistent compilation cache.
 
-    `main` may be given as ``"module:function"``, imported only after the restart (not twice).
+    `main` may be given as ``"module:function"``, imported only after the restart (not twice); such a module
+    may define its flags in ``define_flags()``, called here before they are parsed.
     """
     if huge_page_malloc:
         huge_pages.restart_with_huge_pages()
     if isinstance(main, str):
         module_name, function_name = main.split(":")
-        main = getattr(importlib.import_module(module_name), function_name)
+        module = importlib.import_module(module_name)
+        getattr(module, "define_flags", lambda: None)()
+        main = getattr(module, function_name)
     if cache_compilations:
         compilation_cache.enable()
     _describe_in_help(sys.modules[main.__module__])

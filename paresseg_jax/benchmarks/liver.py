@@ -29,12 +29,18 @@ from paresseg_jax.metrics import dice
 from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import read_config
 
-_RUN = flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target): its test cases and eval settings",
-                           required=True)
-_LIVER = flags.DEFINE_string("liver_workdir", None, "the liver-ResSeg run of the cascade", required=True)
-_SETTINGS = flags.DEFINE_list("settings", ["1x1", "2x1", "4x1", "1x2", "2x2", "4x2"],
-                              "liver_slice_step x liver_scale pairs to measure (1x1 is always measured, first)")
-_JSON = flags.DEFINE_string("json", None, "also write the results here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), so importing the module for its
+    functions defines none (another module's --run or --json would clash)."""
+    flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target): its test cases and eval settings",
+                        required=True)
+    flags.DEFINE_string("liver_workdir", None, "the liver-ResSeg run of the cascade", required=True)
+    flags.DEFINE_list("settings", ["1x1", "2x1", "4x1", "1x2", "2x2", "4x2"],
+                      "liver_slice_step x liver_scale pairs to measure (1x1 is always measured, first)")
+    flags.DEFINE_string("json", None, "also write the results here")
 
 
 def parse_settings(texts) -> list[tuple[int, int]]:
@@ -82,15 +88,15 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def main(argv):
     del argv
-    result = measure(_RUN.value, _LIVER.value, parse_settings(_SETTINGS.value))
+    result = measure(FLAGS.run, FLAGS.liver_workdir, parse_settings(FLAGS.settings))
     result["summary"] = summary(result["rows"])
     print(f"liver stage on {result['run']}'s test cases (liver model {result['liver_workdir']})")
     print(f"{'step x scale':<14}{'cases':>6}{'Dice':>8}{'min':>8}{'change':>8}{'FLOPs':>8}{'time':>8}")
     for s in result["summary"]:
         print(f"{s['step']:>6d} x {s['scale']:<5d}{s['cases']:>6d}{100 * s['dice']:>8.2f}{100 * s['min_dice']:>8.2f}"
               f"{100 * s['dice_change']:>+8.2f}{s['flop_fraction']:>8.3f}{s['time_fraction']:>8.3f}")
-    if _JSON.value:
-        atomic.write_text(_JSON.value, json.dumps(result, indent=1))
+    if FLAGS.json:
+        atomic.write_text(FLAGS.json, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ import copy
 
 import ml_collections
 
+# the cascade's liver stage computes every k-th slice first (infer.liver_stage); at 4 the demo's liver Dice
+# is unchanged (BENCHMARKS.md). The library's own default too, so a direct call does what paresseg-predict does.
+LIVER_SLICE_STEP = 4
+
 
 def get_config() -> ml_collections.ConfigDict:
     """Every section's defaults; a run's saved config.json is read merged onto them (``workdir.read_config``)."""
@@ -142,7 +146,7 @@ def _eval() -> ml_collections.ConfigDict:
     evaluation.liver_threshold = 0.5  # cascade: liver where the liver-model probability >= this
     # cascade without a liver mask (paresseg_jax.infer.liver_stage): the liver model on every k-th slice, then on
     # the slices between the liver-free samples around its hits (1: every slice), at 1/liver_scale resolution in-plane
-    evaluation.liver_slice_step = 4  # at 4 the demo's liver Dice is unchanged (BENCHMARKS.md)
+    evaluation.liver_slice_step = LIVER_SLICE_STEP
     evaluation.liver_scale = 1
     return evaluation
 

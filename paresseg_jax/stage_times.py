@@ -99,11 +99,14 @@ def add_forward(flops_per_call: float, calls: int = 1) -> None:
         times.forward_calls += calls
 
 
-def beside(waiting: str, function: Callable, *args, **kwargs) -> Callable[[], Any]:
+@contextlib.contextmanager
+def beside(waiting: str, function: Callable, *args, **kwargs) -> Iterator[Callable[[], Any]]:
     """``function(*args, **kwargs)`` started in a thread while the caller goes on (a compilation beside the
-    single-threaded registration, on an idle core); returns ``wait()``, which returns its result. The thread's
-    stages are recorded apart, under the open record's ``beside`` (they overlap the others, so the stages still
-    sum to at most the wall time), its forward passes with the others, and the caller's wait under ``waiting``."""
+    single-threaded registration, on an idle core); yields ``wait()``, which returns its result, and may be
+    called after the block. An error leaving the block first lets the thread end (its own error ignored), so
+    nothing it prints follows the caller's error. The thread's stages are recorded apart, under the open
+    record's ``beside`` (they overlap the others, so the stages still sum to at most the wall time), its
+    forward passes with the others, and the caller's wait under ``waiting``."""
     outer = _OPEN.get()
 
     def run():
@@ -126,7 +129,11 @@ def beside(waiting: str, function: Callable, *args, **kwargs) -> Callable[[], An
                 outer.beside[name] = outer.beside.get(name, 0.0) + seconds
         return value
 
-    return wait
+    try:
+        yield wait
+    except BaseException:
+        concurrent.futures.wait([future])
+        raise
 
 
 def line(record: Mapping) -> str:

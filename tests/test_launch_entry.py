@@ -72,3 +72,18 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     result = _run("from paresseg_jax import cli\ndef main(argv): raise KeyError('a bug')\ncli.run_app(main)")
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr and "KeyError: 'a bug'" in result.stderr
+
+
+def test_no_benchmark_module_defines_flags_when_imported():
+    """paresseg-bench's subcommands define their flags in ``define_flags()`` when they run: imported together
+    (one test worker, a notebook) none clashes with another's ``--json`` or ``--run``."""
+    defining = []
+    for path in sorted((REPO / "paresseg_jax" / "benchmarks").glob("*.py")):
+        for statement in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(statement, ast.If):  # `if __name__ == "__main__":` runs only as a script
+                continue
+            calls = [node for node in ast.walk(statement) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Attribute) and node.func.attr.startswith("DEFINE")]
+            if calls and not isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+                defining.append(f"{path.name}:{statement.lineno}")
+    assert not defining

@@ -75,6 +75,7 @@ def test_whole_phases_resamples_every_voxel_for_overlays_that_show_them(tmp_path
     for phase in expected:
         assert np.array_equal(images[phase], expected[phase]), phase
 
+
 @pytest.mark.parametrize("nearest", [False, True])
 def test_apply_transform_in_a_box_gives_the_whole_grids_voxels(nearest):
     case = phantom.make_case(2, "HCC", (6, 40, 36))
@@ -87,7 +88,9 @@ def test_apply_transform_in_a_box_gives_the_whole_grids_voxels(nearest):
     assert np.array_equal(preprocess.apply_transform(moving, case, transform, nearest=nearest), whole)
     box = (1, 5, 3, 29, 7, 30)
     part = preprocess.apply_transform(moving, case, transform, nearest=nearest, box=box)
-    assert np.array_equal(part, whole[1:5, 3:29, 7:30])
+    inside = np.zeros(case.shape, bool)
+    inside[1:5, 3:29, 7:30] = True
+    assert np.array_equal(part[inside], whole[inside]) and np.all(part[~inside] == default)
 
 
 def test_tumor_forward_compiles_in_a_thread_beside_registration(tmp_path, monkeypatch):
@@ -115,6 +118,22 @@ def test_tumor_forward_compiles_in_a_thread_beside_registration(tmp_path, monkey
     assert record["forward_calls"] == 1 and record["forward_flops"] > 0  # the thread's passes counted with the rest
     expected, _ = _whole_image_result(segmenter, case, liver=case.liver)
     assert np.array_equal(result["prob"], expected["prob"])
+
+
+def test_an_error_beside_the_compilation_waits_for_its_thread():
+    """A registration error propagates only once the compilation thread has ended (its own error ignored),
+    so nothing the thread prints follows the error line."""
+    ended = threading.Event()
+
+    def compile_then_fail():
+        time.sleep(0.3)
+        ended.set()
+        raise RuntimeError("the thread's own error")
+
+    with pytest.raises(BadInputError, match="registration failed"):
+        with stage_times.beside("compilation", compile_then_fail):
+            raise BadInputError("registration failed")
+    assert ended.is_set()
 
 
 def test_a_plan_is_refused_for_another_roi():

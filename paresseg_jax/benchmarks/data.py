@@ -21,19 +21,24 @@ from paresseg_jax.data.case import read_case, write_case
 from paresseg_jax.data.registration import apply_transform, register_phase
 from paresseg_jax.metrics import dice
 
-_CASES = flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
-_SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
-_SLICES = flags.DEFINE_integer("slices", 40, "slices per case")
-_SEED = flags.DEFINE_integer("seed", 0, "first case seed")
-_JSON = flags.DEFINE_string("json", None, "also write the results here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), not at import."""
+    flags.DEFINE_integer("cases", 2, "phantom cases to time (tumor types and scanners alternate)")
+    flags.DEFINE_integer("size", 512, "in-plane size of each case")
+    flags.DEFINE_integer("slices", 40, "slices per case")
+    flags.DEFINE_integer("seed", 0, "first case seed")
+    flags.DEFINE_string("json", None, "also write the results here")
 
 
 def _time_case(index: int, workdir: Path) -> dict:
-    seed = _SEED.value + index
+    seed = FLAGS.seed + index
     tumor_type = phantom.TUMOR_TYPES[index % len(phantom.TUMOR_TYPES)]
     scanner = sorted(phantom.SCANNERS)[index % len(phantom.SCANNERS)]
     start, cpu = time.perf_counter(), time.process_time()
-    case, masks = phantom.make_case_with_phase_masks(seed, tumor_type, (_SLICES.value, _SIZE.value, _SIZE.value), scanner=scanner)
+    case, masks = phantom.make_case_with_phase_masks(seed, tumor_type, (FLAGS.slices, FLAGS.size, FLAGS.size), scanner=scanner)
     generate, generate_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     start = time.perf_counter()
@@ -75,20 +80,21 @@ def _time_case(index: int, workdir: Path) -> dict:
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [_time_case(i, Path(tmp)) for i in range(_CASES.value)]
+        rows = [_time_case(i, Path(tmp)) for i in range(FLAGS.cases)]
     keys = ["generate_s", "generate_cpu_s", "nifti_write_s", "nifti_read_s", "register_s", "preprocess_s", "preprocess_cpu_s",
             "cache_write_s", "dice_before", "dice_after"]
-    print(f"{_SLICES.value} x {_SIZE.value} x {_SIZE.value} phantom cases (PV + ART), seconds per case:")
+    print(f"{FLAGS.slices} x {FLAGS.size} x {FLAGS.size} phantom cases (PV + ART), seconds per case:")
     print(f"{'case':<14}{'type':<6}{'scanner':<13}" + "".join(f"{k:>17}" for k in keys))
     for row in rows:
         print(f"{row['case']:<14}{row['tumor_type']:<6}{row['scanner']:<13}" + "".join(f"{row[k]:>17.3f}" for k in keys))
     means = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     print(f"{'mean':<33}" + "".join(f"{means[k]:>17.3f}" for k in keys))
     print("preprocess_s = registration + window + ROI + BE weights; *_cpu_s = CPU seconds of all threads (wall time on a busy machine overstates)")
-    if _JSON.value:
-        shape = [_SLICES.value, _SIZE.value, _SIZE.value]
-        write_text(_JSON.value, json.dumps({"shape": shape, "cases": rows, "mean": means}, indent=1))
+    if FLAGS.json:
+        shape = [FLAGS.slices, FLAGS.size, FLAGS.size]
+        write_text(FLAGS.json, json.dumps({"shape": shape, "cases": rows, "mean": means}, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

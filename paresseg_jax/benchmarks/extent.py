@@ -35,9 +35,14 @@ from paresseg_jax.metrics import dice
 from paresseg_jax.runs import prepared_cache
 from paresseg_jax.workdir import read_config
 
-_RUN = flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target) to measure", required=True)
-_LIVER = flags.DEFINE_string("liver_workdir", None, "liver-ResSeg run for the cascade ROI (default: ground-truth ROI)")
-_JSON = flags.DEFINE_string("json", None, "also write the results here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), not at import."""
+    flags.DEFINE_string("run", None, "a paresseg-train workdir (tumor target) to measure", required=True)
+    flags.DEFINE_string("liver_workdir", None, "liver-ResSeg run for the cascade ROI (default: ground-truth ROI)")
+    flags.DEFINE_string("json", None, "also write the results here")
 
 
 def attention_gammas(variables) -> dict[str, float]:
@@ -84,7 +89,7 @@ def measure(run: str | Path, liver_workdir: str | Path | None = None) -> dict:
 
 def main(argv):
     del argv
-    result = measure(_RUN.value, _LIVER.value)
+    result = measure(FLAGS.run, FLAGS.liver_workdir)
     print(f"{result['run']} ({result['checkpoint']} model, {result['roi']} ROI): whole slices vs ROI crop")
     print(f"{'case':<12}{'type':<6}{'Dice whole':>11}{'Dice crop':>10}{'changed':>9}{'of tumor':>9}{'max dp':>9}"
           f"{'s whole':>9}{'s crop':>8}")
@@ -99,9 +104,10 @@ def main(argv):
     if result["gammas"]:
         values = np.array(list(result["gammas"].values()))
         print(f"attention gammas: {len(values)}, |gamma| from {np.abs(values).min():.4f} to {np.abs(values).max():.4f}")
-    if _JSON.value:
-        atomic.write_text(_JSON.value, json.dumps(result, indent=1))
+    if FLAGS.json:
+        atomic.write_text(FLAGS.json, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

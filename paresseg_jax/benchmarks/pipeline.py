@@ -18,16 +18,21 @@ from paresseg_jax import config_defaults
 from paresseg_jax.atomic import write_text
 from paresseg_jax.data import cache, pipeline
 
-_CASES = flags.DEFINE_integer("cases", 3, "synthetic cases in the cache")
-_SIZE = flags.DEFINE_integer("size", 512, "in-plane size of each case")
-_DEPTH = flags.DEFINE_integer("depth", 40, "slices per case")
-_CROP = flags.DEFINE_integer("crop", 224, "training patch size")
-_BATCH = flags.DEFINE_integer("batch", 8, "global batch size (one process)")
-_BATCHES = flags.DEFINE_integer("batches", 40, "timed batches per worker count")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "untimed batches first (worker start-up)")
-_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "worker counts to time")
-_CACHE = flags.DEFINE_string("cache_dir", None, "reuse/fill this cache folder instead of a temporary one")
-_JSON = flags.DEFINE_string("json", None, "also write the results here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), not at import."""
+    flags.DEFINE_integer("cases", 3, "synthetic cases in the cache")
+    flags.DEFINE_integer("size", 512, "in-plane size of each case")
+    flags.DEFINE_integer("depth", 40, "slices per case")
+    flags.DEFINE_integer("crop", 224, "training patch size")
+    flags.DEFINE_integer("batch", 8, "global batch size (one process)")
+    flags.DEFINE_integer("batches", 40, "timed batches per worker count")
+    flags.DEFINE_integer("warmup", 5, "untimed batches first (worker start-up)")
+    flags.DEFINE_list("workers", ["0", "1", "2"], "worker counts to time")
+    flags.DEFINE_string("cache_dir", None, "reuse/fill this cache folder instead of a temporary one")
+    flags.DEFINE_string("json", None, "also write the results here")
 
 
 def write_synthetic_cache(cache_dir, cases, size, depth, seed=0):
@@ -66,29 +71,30 @@ def patches_per_second(config, cases, workers, batches, warmup) -> tuple[float, 
 def main(argv):
     del argv
     config = config_defaults.get_config()
-    config.data.crop_size = _CROP.value
-    config.train.batch_size = _BATCH.value
+    config.data.crop_size = FLAGS.crop
+    config.train.batch_size = FLAGS.batch
     with tempfile.TemporaryDirectory() as tmp:
-        cache_dir = _CACHE.value or tmp
+        cache_dir = FLAGS.cache_dir or tmp
         os.makedirs(cache_dir, exist_ok=True)
-        cases = write_synthetic_cache(cache_dir, _CASES.value, _SIZE.value, _DEPTH.value)
+        cases = write_synthetic_cache(cache_dir, FLAGS.cases, FLAGS.size, FLAGS.depth)
         results, sample_bytes = {}, {}
-        for workers in map(int, _WORKERS.value):
-            results[workers], sample_bytes = patches_per_second(config, cases, workers, _BATCHES.value, _WARMUP.value)
-    print(f"paired {_CROP.value}x{_CROP.value} patches ({'+'.join(config.model.phases)}, batch {_BATCH.value}), "
+        for workers in map(int, FLAGS.workers):
+            results[workers], sample_bytes = patches_per_second(config, cases, workers, FLAGS.batches, FLAGS.warmup)
+    print(f"paired {FLAGS.crop}x{FLAGS.crop} patches ({'+'.join(config.model.phases)}, batch {FLAGS.batch}), "
           f"{os.cpu_count()} CPUs, {sum(sample_bytes.values()) / 1e6:.2f} MB per sample ("
           + ", ".join(f"{name} {size / 1e3:.0f} kB" for name, size in sample_bytes.items()) + ")")
     print("workers  patches/s  per worker")
     for workers, rate in results.items():
         print(f"{workers:>7}  {rate:9.1f}  {rate / max(workers, 1):10.1f}")
-    if _JSON.value:
+    if FLAGS.json:
         record = {
-            "cases": _CASES.value, "size": _SIZE.value, "depth": _DEPTH.value, "crop": _CROP.value,
-            "batch": _BATCH.value, "batches": _BATCHES.value, "cpus": os.cpu_count(),
+            "cases": FLAGS.cases, "size": FLAGS.size, "depth": FLAGS.depth, "crop": FLAGS.crop,
+            "batch": FLAGS.batch, "batches": FLAGS.batches, "cpus": os.cpu_count(),
             "patches_per_second": {str(w): r for w, r in results.items()}, "bytes_per_sample": sample_bytes,
         }
-        write_text(_JSON.value, json.dumps(record, indent=1))
+        write_text(FLAGS.json, json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

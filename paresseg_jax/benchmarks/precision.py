@@ -22,12 +22,17 @@ from absl import app, flags
 from paresseg_jax import atomic, models
 from paresseg_jax.benchmarks.timing import time_interleaved
 
-_WIDTH = flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
-_SIZE = flags.DEFINE_integer("size", 224, "input height and width")
-_BATCH = flags.DEFINE_integer("batch", 2, "batch size")
-_GAMMA = flags.DEFINE_float("gamma", 1.0, "value given to every attention gamma")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per variant")
-_JSON = flags.DEFINE_string("json", None, "also write the results here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), not at import."""
+    flags.DEFINE_integer("width", 64, "model width (the reference's nc)")
+    flags.DEFINE_integer("size", 224, "input height and width")
+    flags.DEFINE_integer("batch", 2, "batch size")
+    flags.DEFINE_float("gamma", 1.0, "value given to every attention gamma")
+    flags.DEFINE_integer("repeats", 5, "timed calls per variant")
+    flags.DEFINE_string("json", None, "also write the results here")
 
 
 def _with_gammas(variables, gamma: float):
@@ -77,16 +82,17 @@ def compare(width: int, size: int, batch: int, gamma: float, repeats: int) -> di
 
 def main(argv):
     del argv
-    result = compare(_WIDTH.value, _SIZE.value, _BATCH.value, _GAMMA.value, _REPEATS.value)
+    result = compare(FLAGS.width, FLAGS.size, FLAGS.batch, FLAGS.gamma, FLAGS.repeats)
     print(f"PA-ResSeg width {result['width']}, batch {result['batch']} x {result['size']} px, float32, attention "
           f"gammas {result['gamma']}, on {result['device']}")
     print(f"default vs HIGHEST attention matmuls: logits differ by {result['logits_rel_difference']:.2e}, "
           f"the gradient by {result['grad_rel_difference']:.2e} (relative norm)")
     for name, s in result["seconds"].items():
         print(f"  {name:<18} {s:.4f} s per call")
-    if _JSON.value:
-        atomic.write_text(_JSON.value, json.dumps(result, indent=1))
+    if FLAGS.json:
+        atomic.write_text(FLAGS.json, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -83,27 +83,33 @@ def summarize(rows: list[dict]) -> list[dict]:
                                 for k in ("mean_mm", "p95_mm", "seconds")}} for name in names]
 
 
-_CASES = flags.DEFINE_integer("cases", 3, "phantom cases (tumor types cycle)")
-_SIZE = flags.DEFINE_integer("size", 96, "in-plane size of each case")
-_SLICES = flags.DEFINE_integer("slices", 24, "slices per case")
-_ERROR = flags.DEFINE_float("predicted_error_mm", 10.0, "how far the stand-in predicted liver reaches past the true one")
-_JSON = flags.DEFINE_string("json", None, "also write the rows here")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """This subcommand's flags, defined when it runs (``cli.run_app``), not at import."""
+    flags.DEFINE_integer("cases", 3, "phantom cases (tumor types cycle)")
+    flags.DEFINE_integer("size", 96, "in-plane size of each case")
+    flags.DEFINE_integer("slices", 24, "slices per case")
+    flags.DEFINE_float("predicted_error_mm", 10.0, "how far the stand-in predicted liver reaches past the true one")
+    flags.DEFINE_string("json", None, "also write the rows here")
 
 
 def main(argv):
     del argv
-    shape = (_SLICES.value, _SIZE.value, _SIZE.value)
+    shape = (FLAGS.slices, FLAGS.size, FLAGS.size)
     rows = []
-    for i in range(_CASES.value):
-        rows += measure_case(i, phantom.TUMOR_TYPES[i % len(phantom.TUMOR_TYPES)], shape, _ERROR.value)
+    for i in range(FLAGS.cases):
+        rows += measure_case(i, phantom.TUMOR_TYPES[i % len(phantom.TUMOR_TYPES)], shape, FLAGS.predicted_error_mm)
     means = summarize(rows)
-    print(f"ART-to-PV registration on {_CASES.value} phantom cases of {shape}, error inside the PV liver (mean of cases):")
+    print(f"ART-to-PV registration on {FLAGS.cases} phantom cases of {shape}, error inside the PV liver (mean of cases):")
     print(f"{'region':<26}{'mean mm':>10}{'p95 mm':>10}{'seconds':>10}")
     for row in means:
         print(f"{row['region']:<26}{row['mean_mm']:>10.2f}{row['p95_mm']:>10.2f}{row['seconds']:>10.2f}")
-    if _JSON.value:
-        write_text(_JSON.value, json.dumps({"shape": list(shape), "cases": rows, "mean": means}, indent=1))
+    if FLAGS.json:
+        write_text(FLAGS.json, json.dumps({"shape": list(shape), "cases": rows, "mean": means}, indent=1))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -147,17 +147,12 @@ def resampled_phases(case: Case, transforms: Mapping[str, sitk.Transform],
                      box: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
     """The case's phases in HU on the PV grid, each of ``transforms`` applied to its phase. With a ``box``
     (z0, z1, y0, y1, x0, x1) only its voxels are resampled, the values whole images give there; outside it a
-    moved phase holds its minimum, as the resampling's points outside the image do: for a reader that reads
-    nothing outside the box (the tumor model, whose inputs are 0 outside the ROI)."""
+    moved phase holds its minimum (``registration.apply_transform``): for a reader that reads nothing outside
+    the box (the tumor model, whose inputs are 0 outside the ROI)."""
     phases = dict(case.phases)
     for name, transform in transforms.items():
         with stage_times.stage("resampling"):
-            moved = apply_transform(phases[name], case, transform, box=box)
-            if box is not None:
-                inside = tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))
-                moved, part = np.full(case.shape, np.min(phases[name]), np.float32), moved
-                moved[inside] = part
-            phases[name] = moved
+            phases[name] = apply_transform(phases[name], case, transform, box=box)
     return phases
 
 

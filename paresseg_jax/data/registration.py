@@ -122,9 +122,11 @@ def register_phase(
 
 def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, nearest: bool = False,
                     box: tuple[int, ...] | None = None) -> np.ndarray:
-    """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks); with a
-    ``box`` (z0, z1, y0, y1, x0, x1, half-open), only its voxels: the same physical points through the same
-    interpolator, so the same values as the whole grid's there, for the box's share of the time."""
+    """Resample a (z, y, x) array on ``geometry`` through ``transform`` (linear, or nearest for masks). Points
+    outside the moving image get its minimum (0 for masks). With a ``box`` (z0, z1, y0, y1, x0, x1,
+    half-open) only its voxels are resampled: the same physical points through the same interpolator, so the
+    whole grid's values there, for the box's share of the time; the rest of the grid holds that fill value
+    (for a reader that reads nothing outside the box)."""
     geometry = Geometry.of(geometry)
     array = np.asarray(array)
     image = geometry.apply_to(sitk.GetImageFromArray(array)) if nearest else _as_image(array, geometry)
@@ -132,11 +134,18 @@ def apply_transform(array: np.ndarray, geometry, transform: sitk.Transform, near
     if box is not None:  # SimpleITK order x, y, z
         low, high = box[4::-2], box[5::-2]
         start, size = tuple(int(v) for v in low), tuple(int(h - v) for v, h in zip(low, high))
+    fill = 0 if nearest else float(array.min())
     grid = (size, transform, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
-            image.TransformIndexToPhysicalPoint(start), image.GetSpacing(), image.GetDirection())
+            image.TransformIndexToPhysicalPoint(start), image.GetSpacing(), image.GetDirection(), fill)
     if nearest:
-        return sitk.GetArrayFromImage(sitk.Resample(image, *grid, 0)).astype(array.dtype)
-    return sitk.GetArrayFromImage(sitk.Resample(image, *grid, float(array.min()), sitk.sitkFloat32))
+        moved = sitk.GetArrayFromImage(sitk.Resample(image, *grid)).astype(array.dtype)
+    else:
+        moved = sitk.GetArrayFromImage(sitk.Resample(image, *grid, sitk.sitkFloat32))
+    if box is None:
+        return moved
+    whole = np.full(array.shape, fill, moved.dtype)
+    whole[tuple(slice(box[2 * a], box[2 * a + 1]) for a in range(3))] = moved
+    return whole
 
 
 def registration_failure(error: RuntimeError, path) -> Exception:

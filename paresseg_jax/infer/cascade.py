@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from paresseg_jax import model_io, postprocess, stage_times
+from paresseg_jax.config_defaults import LIVER_SLICE_STEP
 from paresseg_jax.data.preprocess import liver_roi
 from paresseg_jax.infer.ensemble import Ensemble, as_ensemble
 from paresseg_jax.infer.liver_stage import liver_mask, stage_options
@@ -68,8 +69,8 @@ def postprocessed(result: dict, spacing_zyx, settings: Mapping | None, liver_pre
 
 
 def predicted_liver(pv: np.ndarray, liver_model: tuple | Ensemble, liver_threshold: float = 0.5,
-                    progress: Callable[[int, int], None] | None = None, plans=None, liver_slice_step: int = 4,
-                    liver_scale: int = 1, **predict_options) -> np.ndarray:
+                    progress: Callable[[int, int], None] | None = None, plans=None,
+                    liver_slice_step: int = LIVER_SLICE_STEP, liver_scale: int = 1, **predict_options) -> np.ndarray:
     """The cascade's first stage: the liver model's mask (uint8, probability >= ``liver_threshold``) of a
     windowed PV volume, on the slices ``liver_slice_step`` and ``liver_scale`` leave to compute
     (:mod:`paresseg_jax.infer.liver_stage`); ``predict_options`` go to :func:`predict_volume` (``plans``:
@@ -91,7 +92,7 @@ def segment_study(
     threshold: float = 0.6,
     liver_threshold: float = 0.5,
     roi_dilation: int = 5,
-    liver_slice_step: int = 4,
+    liver_slice_step: int = LIVER_SLICE_STEP,
     liver_scale: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
     tumor_plans=None,

@@ -125,13 +125,8 @@ class Segmenter:
         # its forward passes compile on the idle core while registration runs on one
         liver_stage = stage_options(self.options)
         shape = case.shape if first is self.tumor else model_shape(case.shape, liver_stage.get("liver_scale", 1))
-        plans = stage_times.beside("compilation", first.plans, shape, known_roi, **options)
-        try:
+        with stage_times.beside("compilation", first.plans, shape, known_roi, **options) as plans:
             transforms, registration = preprocess.phase_transforms(case, self.preprocess_config, sources)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the thread ends first: nothing it prints follows the error
-                plans()
-            raise
         roi_liver, tumor_plans = liver, None
         if first is self.tumor:
             tumor_plans = plans()

@@ -33,7 +33,7 @@ from paresseg_jax.atomic import write_text
 SUBCOMMANDS = {"pipeline": "paresseg_jax.benchmarks.pipeline", "data": "paresseg_jax.benchmarks.data",
                "registration": "paresseg_jax.benchmarks.registration",
                "extent": "paresseg_jax.benchmarks.extent", "precision": "paresseg_jax.benchmarks.precision",
-               "liver": "paresseg_jax.benchmarks.liver"}
+               "liver": "paresseg_jax.benchmarks.liver", "parallel": "paresseg_jax.benchmarks.parallel"}
 PARTS = ("train", "infer", "pipeline", "study")
 DEFAULT_PARTS = ("train", "infer", "pipeline")
 BASELINE_CONV_IMPLS = ("direct", "xla")  # ops.conv_impl settings other than the default

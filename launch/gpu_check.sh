@@ -11,6 +11,7 @@
 #   ALLOW_CPU=1 WIDTH=4 SIZE=32 BIG_BATCH=4 SLICES=2 INFER_BATCH=2 SLICE_SIZE=64 bash launch/gpu_check.sh  # smoke test
 #   RUNS=big_bf16 bash launch/gpu_check.sh   # only the headline run and its op-time breakdown (short device time)
 #   RUNS=precision bash launch/gpu_check.sh  # attention matmuls at Precision.HIGHEST vs the default (TF32)
+#   RUNS=parallel bash launch/gpu_check.sh   # the training step under pmap and under jit sharding
 #
 # PEAK_TFLOPS defaults to the card's dense bfloat16 tensor-core peak (H100/H200 SXM: 989); the
 # float32 rows are compared with the same number, so their fraction is a lower bound.
@@ -28,7 +29,7 @@ SLICE_SIZE=${SLICE_SIZE:-512}
 INFER_BATCH=${INFER_BATCH:-20}  # must divide SLICES
 PIPELINE_WORKERS=${PIPELINE_WORKERS:-0,4,8}
 PROFILE_CALLS=${PROFILE_CALLS:-3}  # traced large-batch steps for the op-time breakdown (0: none)
-ALL_RUNS=big_bf16,big_f32,batch8,infer,precision
+ALL_RUNS=big_bf16,big_f32,batch8,infer,precision,parallel
 RUNS=${RUNS:-$ALL_RUNS}  # which runs (always in the order of ALL_RUNS)
 listed() { [[ ",$2," == *",$1,"* ]]; }  # listed NAME LIST: NAME is an item of the comma-separated LIST
 for run in ${RUNS//,/ }; do
@@ -86,6 +87,12 @@ if listed precision "$RUNS"; then
   echo "== attention matmuls: Precision.HIGHEST vs default (TF32), float32, batch 8"
   "$PYTHON" launch/benchmark.py precision --width="$WIDTH" --size="$SIZE" --batch=8 --repeats="$REPEATS" \
     --json="$OUT/precision.json" || { echo "gpu_check: FAILED: precision" >&2; failed=1; }
+fi
+# config.train.parallel: pmap against jit sharding, the training loop's own step on every device of this host.
+if listed parallel "$RUNS"; then
+  echo "== training step: pmap vs jit sharding, batch 8"
+  "$PYTHON" launch/benchmark.py parallel --width="$WIDTH" --size="$SIZE" --batch=8 --repeats="$REPEATS" \
+    --json="$OUT/parallel.json" || { echo "gpu_check: FAILED: parallel" >&2; failed=1; }
 fi
 echo "results: $OUT/"
 exit "$failed"

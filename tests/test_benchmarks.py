@@ -178,6 +178,7 @@ def test_gpu_check_script_runs_on_cpu_when_allowed(tmp_path):
     assert set(precision["seconds"]) == {f"{p} {f}" for p in ("highest", "default") for f in ("forward", "gradient")}
     # A CPU computes float32 dots in float32 either way: the same program, the same numbers.
     assert precision["logits_rel_difference"] == precision["grad_rel_difference"] == 0.0
+    assert set(json.loads((tmp_path / "parallel.json").read_text())["seconds"]) == {"pmap", "jit"}
 
     # A failed run (here: a batch that does not divide the volume) is reported; the others still run.
     broken = tmp_path / "broken"
@@ -381,3 +382,20 @@ def test_liver_bench_settings_and_summary_by_hand():
     assert (full["dice"], full["flop_fraction"], full["time_fraction"]) == (pytest.approx(0.85), 1.0, 1.0)
     assert cheap["dice_change"] == pytest.approx(-0.05) and cheap["min_dice"] == 0.7
     assert (cheap["flop_fraction"], cheap["time_fraction"]) == (0.5, 0.5)
+
+
+def test_bench_parallel_times_both_modes_of_the_training_step_on_every_device(tmp_path):
+    """paresseg-bench parallel: pmap and jit sharding each wrap the library's step on all (here 2 simulated)
+    devices; the ratio is of the two medians it reports; a batch the devices do not divide is refused."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": str(REPO / "tests")}
+    command = [sys.executable, "launch/benchmark.py", "parallel", "--model=test_train_support:TinySeg", "--width=4",
+               "--size=16", "--repeats=2"]
+    table = _run([*command, "--batch=4", f"--json={tmp_path / 'parallel.json'}"], env=env)
+    record = json.loads((tmp_path / "parallel.json").read_text())
+    assert record["devices"] == 2 and set(record["seconds"]) == {"pmap", "jit"}
+    seconds = {mode: record["seconds"][mode]["median"] for mode in ("pmap", "jit")}
+    assert all(s > 0 for s in seconds.values())
+    assert record["jit_over_pmap"] == pytest.approx(seconds["jit"] / seconds["pmap"])
+    assert f"jit / pmap: {record['jit_over_pmap']:.3f}" in table
+    refused = subprocess.run([*command, "--batch=3"], cwd=REPO, env=env, capture_output=True, encoding="utf-8")
+    assert refused.returncode != 0 and "not divisible by the 2 devices" in refused.stderr

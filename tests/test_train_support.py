@@ -127,7 +127,7 @@ def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None
     group, which holds the processes it starts, can be ended with it)."""
     full_env = dict(os.environ)
     full_env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
     )

@@ -341,6 +341,23 @@ def test_a_failed_profile_keeps_the_timings(monkeypatch):
     assert rows[0]["profile_error"] == "RuntimeError: no trace here" and "profile" not in rows[0]
 
 
+def test_liver_standin_counts_equal_average_pooling():
+    """The stand-in's summed-area-table counts, divided in JAX, are nn.avg_pool's window means bit for bit."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from paresseg_jax.benchmarks.liver_standin import window_counts
+
+    rng = np.random.default_rng(3)
+    for shape, size in (((2, 40, 57, 1), 41), ((1, 9, 6, 1), 5), ((1, 16, 16, 2), 3)):
+        mask = (rng.uniform(size=shape) < 0.7).astype(np.float32)
+        counted = jax.jit(lambda m: window_counts(m, size).astype(jnp.float32) / size**2)(mask)
+        pooled = jax.jit(lambda m: nn.avg_pool(m, (size, size), strides=(1, 1), padding="SAME"))(mask)
+        np.testing.assert_array_equal(counted, pooled)
+
+
 def test_liver_standin_runs_the_liver_resseg_and_finds_the_phantom_liver_slices():
     import jax
     import jax.numpy as jnp

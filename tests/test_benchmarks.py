@@ -404,7 +404,9 @@ def test_liver_bench_settings_and_summary_by_hand():
 def test_bench_parallel_times_both_modes_of_the_training_step_on_every_device(tmp_path):
     """paresseg-bench parallel: pmap and jit sharding each wrap the library's step on all (here 2 simulated)
     devices; the ratio is of the two medians it reports; a batch the devices do not divide is refused."""
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip(), "PYTHONPATH": str(REPO / "tests")}
+    from test_train_support import xla_flags_with_devices
+
+    env = {**os.environ, "XLA_FLAGS": xla_flags_with_devices(2), "PYTHONPATH": str(REPO / "tests")}
     command = [sys.executable, "launch/benchmark.py", "parallel", "--model=test_train_support:TinySeg", "--width=4",
                "--size=16", "--repeats=2"]
     table = _run([*command, "--batch=4", f"--json={tmp_path / 'parallel.json'}"], env=env)

@@ -120,6 +120,11 @@ def tiny_config(cache_dir: Path, **train):
     return config
 
 
+def xla_flags_with_devices(devices: int) -> str:
+    """The session's ``XLA_FLAGS`` (tests/conftest.py) plus ``devices`` simulated CPU devices."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+
+
 def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None = None, wait: bool = True,
                log: Path | None = None):
     """Run python ``code`` in a fresh process with ``devices`` fake CPU devices. ``wait=False``: the started
@@ -127,7 +132,7 @@ def run_script(code: str, devices: int = 1, timeout: int = 300, env: dict | None
     group, which holds the processes it starts, can be ended with it)."""
     full_env = dict(os.environ)
     full_env.update(
-        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
+        XLA_FLAGS=xla_flags_with_devices(devices),
         JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]),
     )

@@ -477,6 +477,34 @@ def test_init_variables_and_padding_to_multiples_of_32():
     np.testing.assert_allclose(cropped, full[:, :ODD[0], :ODD[1]], rtol=1e-5, atol=1e-5)
 
 
+def test_an_equal_model_reuses_the_compiled_initialiser_and_the_traced_shapes(monkeypatch):
+    """Folds and ensemble members build equal modules: one compilation of the initialiser and one trace of the
+    shapes serve them all, with the values an uncached initialiser gives for each seed."""
+    models._cached_shapes.cache_clear()
+    traces = []
+    real_eval_shape = jax.eval_shape
+    monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: traces.append(1) or real_eval_shape(*a, **k))
+    first, second, other = (models.create("resseg", width=4), models.create("resseg", width=4),
+                            models.create("resseg", width=8))
+    shapes = models.variable_shapes(first)
+    models.variable_shapes(first)["params"] = None  # the caller's tree is its own: the cached one is not changed
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), models.variable_shapes(second)) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), models.init_variables(first, jax.random.key(0)))
+    assert _count(models.variable_shapes(other)) > _count(shapes)
+    assert len(traces) == 2  # width 4 once, width 8 once
+
+    uncached = {seed: jax.jit(models._init_function(first, 32, 32, 1))(jax.random.key(seed)) for seed in (3, 4)}
+    jits = []
+    real_jit = jax.jit
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: jits.append(1) or real_jit(*a, **k))
+    for seed in (3, 4):
+        jax.tree.map(np.testing.assert_array_equal, models.init_variables(second, jax.random.key(seed)), uncached[seed])
+    assert jits == []  # first's initialiser, compiled above, serves second
+    with pytest.raises(AssertionError):  # the seed reaches the cached initialiser
+        jax.tree.map(np.testing.assert_array_equal, models.init_variables(second, jax.random.key(3)),
+                     models.init_variables(second, jax.random.key(4)))
+
+
 def test_create_refuses_bad_options():
     with pytest.raises(ValueError, match="unknown"):
         models.create("resnet")

@@ -9,6 +9,7 @@ mode pass `mutable=['batch_stats']`.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -75,22 +76,51 @@ def create(name: str, **options):
 def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 1) -> dict:
     """Fresh `{'params', 'batch_stats'}` of `module` (BN statistics: mean 0, var 1).
 
-    Compiled without backend optimisation: it runs once, and XLA's CPU
+    Compiled without backend optimisation: it runs once per seed, and XLA's CPU
     backend otherwise spends most of a minute optimising the per-parameter
-    random number generation. Under a caller's tracing (jit, eval_shape)
-    it is simply traced.
+    random number generation. The compiled initialiser is kept per model and
+    input size, so a cross-validation's or an ablation's folds compile it once.
+    Under a caller's tracing (jit, eval_shape) it is simply traced.
     """
-    inputs = [jnp.zeros((batch, height, width, module.in_channels), jnp.float32) for _ in module.phases]
-
-    def init(key):
-        return module.init(key, *inputs, train=False)
-
     if isinstance(rng, jax.core.Tracer):
-        return init(rng)
-    return jax.jit(init, compiler_options=UNOPTIMIZED)(rng)
+        return _init_function(module, height, width, batch)(rng)
+    if not _hashable(module):
+        return jax.jit(_init_function(module, height, width, batch), compiler_options=UNOPTIMIZED)(rng)
+    return _compiled_init(module, height, width, batch)(rng)
 
 
 def variable_shapes(module) -> dict:
     """`init_variables`' tree as `jax.ShapeDtypeStruct`s, traced only: a template for restoring or checking
-    saved weights, where initialising would compile the model for nothing."""
+    saved weights, where initialising would compile the model for nothing. Traced once per model (loading a
+    model checks and restores with it; an ensemble's members share it)."""
+    if not _hashable(module):
+        return _traced_shapes(module, jax.config.jax_enable_x64)
+    return jax.tree.map(lambda leaf: leaf, _cached_shapes(module, bool(jax.config.jax_enable_x64)))  # a fresh tree
+
+
+def _init_function(module, height: int, width: int, batch: int):
+    def init(key):
+        inputs = [jnp.zeros((batch, height, width, module.in_channels), jnp.float32) for _ in module.phases]
+        return module.init(key, *inputs, train=False)
+
+    return init
+
+
+def _hashable(module) -> bool:
+    try:
+        hash(module)
+    except TypeError:  # a field of the user's that is a list or a dict
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init(module, height: int, width: int, batch: int):
+    return jax.jit(_init_function(module, height, width, batch), compiler_options=UNOPTIMIZED)
+
+
+def _traced_shapes(module, x64: bool) -> dict:  # x64: float64 leaves when enabled, so it is part of the key
     return jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
+
+
+_cached_shapes = functools.lru_cache(maxsize=32)(_traced_shapes)

@@ -10,6 +10,15 @@ from paresseg_jax.ops import conv as conv_ops
 from paresseg_jax.ops import conv2d, conv_weight_grad
 
 DN = ("NHWC", "HWIO", "NHWC")
+RULE = (conv_ops.CHUNKED_MIN_OUT_CHANNELS, conv_ops.CHUNKED_MIN_INPUT_VALUES)  # where conv2d chunks dW
+
+
+@pytest.fixture(autouse=True)
+def chunked_everywhere(monkeypatch):
+    """The cases here are small, where conv2d takes XLA's weight gradient: the chunked one, which they test,
+    is forced (test_weight_gradient_is_chunked_only_where_it_pays tests the choice)."""
+    monkeypatch.setattr(conv_ops, "CHUNKED_MIN_OUT_CHANNELS", 0)
+    monkeypatch.setattr(conv_ops, "CHUNKED_MIN_INPUT_VALUES", 0)
 
 
 def _reference(x, kernel, bias, padding):
@@ -77,6 +86,25 @@ def test_weight_grad_chunks_match_float64(x64, budget):
     ref = jax.vjp(lambda w: _reference(x, w, None, padding), kernel)[1](dy)[0]
     got = conv_weight_grad(x, dy, kernel.shape, padding, budget=budget)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,k,cout,chunked", [
+    ((4, 32, 43, 48), 3, 48, True), ((4, 32, 43, 47), 3, 48, False), ((4, 32, 43, 48), 3, 31, False),
+    ((2, 224, 224, 3), 3, 64, True), ((2, 224, 224, 64), 3, 16, False), ((2, 8, 8, 4), 1, 4, False)])
+def test_weight_gradient_is_chunked_only_where_it_pays(monkeypatch, shape, k, cout, chunked):
+    """The loop over row chunks (a `scan` in the gradient's program) from 32 output channels and 2**16 input
+    values per image (32 x 43 x 48 = 66,048), 3x3 and larger; a 1x1 kernel's gradient is one GEMM either way."""
+    monkeypatch.setattr(conv_ops, "CHUNKED_MIN_OUT_CHANNELS", RULE[0])
+    monkeypatch.setattr(conv_ops, "CHUNKED_MIN_INPUT_VALUES", RULE[1])
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    kernel = jax.ShapeDtypeStruct((k, k, shape[-1], cout), jnp.float32)
+    program = str(jax.make_jaxpr(jax.grad(lambda w, v: conv2d(v, w).sum()))(kernel, x))
+    assert ("scan[" in program) == chunked
+    if not chunked:  # XLA's weight gradient, the values of the reference's
+        small = _inputs(jnp.float32, shape=(2, 9, 8, 4), k=3, cout=6)
+        mine = jax.grad(lambda w: conv2d(small[0], w).sum())(small[1])
+        ref = jax.grad(lambda w: _reference(small[0], w, None, ((1, 1), (1, 1))).sum())(small[1])
+        np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
 
 
 def test_rows_per_chunk():

@@ -4,7 +4,8 @@ On CPU, 3x3 'SAME' convolutions with at least `WINOGRAD_MIN_CHANNELS`
 channels in and out, even height and width and enough 2x2 output tiles run
 as Winograd F(2x2, 3x3) (`ops.winograd`: 2.25x fewer multiplies, forward and
 both gradients). The others use XLA's forward and input-gradient
-convolutions (they run at the CPU's matrix-multiply rate) with the weight
+convolutions (they run at the CPU's matrix-multiply rate) with, where it
+pays (`CHUNKED_MIN_OUT_CHANNELS`, `CHUNKED_MIN_INPUT_VALUES`), the weight
 gradient ``dW[i, j, c, o] = sum_{n, y, x} xpad[n, y + i, x + j, c] * dy[n, y, x, o]``
 as chunked im2col + GEMM: XLA's CPU backend lowers that gradient to a
 convolution whose window is the whole image and whose contracted feature
@@ -42,6 +43,12 @@ Padding = Union[str, int, Sequence[Sequence[int]]]
 # the transforms' memory traffic larger than the multiplies saved, few tiles the kernel transforms.
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_TILES = 64
+# The chunked weight gradient where measured faster than XLA's (weight gradient alone, batch 8): from 32
+# output channels and 2**16 input values per image (64 -> 64 at 32 px 1.8x, 32 -> 32 at 64 px 1.9x,
+# 3 -> 64 at 224 px 2.8x); below, XLA's is as fast or faster (16 -> 16 at 224 px 1.1x, 32 -> 32 at 32 px
+# 2.3x, 256 -> 256 at 14 px 1.3x) and compiles without a loop per layer (a width-4 ResSeg gradient: 1.8x faster).
+CHUNKED_MIN_OUT_CHANNELS = 32
+CHUNKED_MIN_INPUT_VALUES = 1 << 16
 CONV_IMPLS = ("fast", "direct", "xla")
 _CONV_IMPL = contextvars.ContextVar("paresseg_conv_impl", default="fast")
 
@@ -155,10 +162,19 @@ def _conv2d_bwd(padding, residuals, dy):
     x, kernel = residuals
     _, pullback = jax.vjp(lambda v: _conv(v, kernel, padding), x)
     dx = pullback(dy)[0]
+    if not _chunked_grad_pays(x, kernel):
+        return dx, _xla_weight_grad(x, dy, kernel.shape, padding).astype(kernel.dtype)
     dw = lax.platform_dependent(
         x, dy, cpu=lambda a, b: conv_weight_grad(a, b, kernel.shape, padding),
         default=lambda a, b: _xla_weight_grad(a, b, kernel.shape, padding))
     return dx, dw.astype(kernel.dtype)
+
+
+def _chunked_grad_pays(x, kernel) -> bool:
+    """A 1x1 kernel's gradient is one GEMM (16x XLA's at 112 px); larger ones are chunked only where it pays."""
+    _, h, w, cin = x.shape
+    return kernel.shape[:2] == (1, 1) or (kernel.shape[3] >= CHUNKED_MIN_OUT_CHANNELS
+                                          and h * w * cin >= CHUNKED_MIN_INPUT_VALUES)
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

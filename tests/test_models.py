@@ -480,7 +480,7 @@ def test_init_variables_and_padding_to_multiples_of_32():
 def test_an_equal_model_reuses_the_compiled_initialiser_and_the_traced_shapes(monkeypatch):
     """Folds and ensemble members build equal modules: one compilation of the initialiser and one trace of the
     shapes serve them all, with the values an uncached initialiser gives for each seed."""
-    models._cached_shapes.cache_clear()
+    models._traced_shapes.cache_clear()
     traces = []
     real_eval_shape = jax.eval_shape
     monkeypatch.setattr(jax, "eval_shape", lambda *a, **k: traces.append(1) or real_eval_shape(*a, **k))

@@ -84,18 +84,18 @@ def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 
     """
     if isinstance(rng, jax.core.Tracer):
         return _init_function(module, height, width, batch)(rng)
-    if not _hashable(module):
-        return jax.jit(_init_function(module, height, width, batch), compiler_options=UNOPTIMIZED)(rng)
-    return _compiled_init(module, height, width, batch)(rng)
+    compiled = _compiled_init if _hashable(module) else _compiled_init.__wrapped__
+    return compiled(module, height, width, batch)(rng)
 
 
 def variable_shapes(module) -> dict:
     """`init_variables`' tree as `jax.ShapeDtypeStruct`s, traced only: a template for restoring or checking
     saved weights, where initialising would compile the model for nothing. Traced once per model (loading a
     model checks and restores with it; an ensemble's members share it)."""
+    x64 = bool(jax.config.jax_enable_x64)
     if not _hashable(module):
-        return _traced_shapes(module, jax.config.jax_enable_x64)
-    return jax.tree.map(lambda leaf: leaf, _cached_shapes(module, bool(jax.config.jax_enable_x64)))  # a fresh tree
+        return _traced_shapes.__wrapped__(module, x64)
+    return jax.tree.map(lambda leaf: leaf, _traced_shapes(module, x64))  # a fresh tree: the cached one stays
 
 
 def _init_function(module, height: int, width: int, batch: int):
@@ -119,8 +119,6 @@ def _compiled_init(module, height: int, width: int, batch: int):
     return jax.jit(_init_function(module, height, width, batch), compiler_options=UNOPTIMIZED)
 
 
+@functools.lru_cache(maxsize=32)
 def _traced_shapes(module, x64: bool) -> dict:  # x64: float64 leaves when enabled, so it is part of the key
     return jax.eval_shape(lambda: init_variables(module, jax.random.key(0)))
-
-
-_cached_shapes = functools.lru_cache(maxsize=32)(_traced_shapes)

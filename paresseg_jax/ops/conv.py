@@ -162,11 +162,12 @@ def _conv2d_bwd(padding, residuals, dy):
     x, kernel = residuals
     _, pullback = jax.vjp(lambda v: _conv(v, kernel, padding), x)
     dx = pullback(dy)[0]
-    if not _chunked_grad_pays(x, kernel):
-        return dx, _xla_weight_grad(x, dy, kernel.shape, padding).astype(kernel.dtype)
-    dw = lax.platform_dependent(
-        x, dy, cpu=lambda a, b: conv_weight_grad(a, b, kernel.shape, padding),
-        default=lambda a, b: _xla_weight_grad(a, b, kernel.shape, padding))
+    if _chunked_grad_pays(x, kernel):
+        dw = lax.platform_dependent(
+            x, dy, cpu=lambda a, b: conv_weight_grad(a, b, kernel.shape, padding),
+            default=lambda a, b: _xla_weight_grad(a, b, kernel.shape, padding))
+    else:
+        dw = _xla_weight_grad(x, dy, kernel.shape, padding)
     return dx, dw.astype(kernel.dtype)
 
 

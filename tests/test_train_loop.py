@@ -224,6 +224,22 @@ def test_a_run_with_grain_workers_killed_then_resumed_equals_uninterrupted_bitwi
     assert [step for step, _ in logged] == list(range(1, STEPS + 1))
 
 
+def test_equal_runs_in_one_process_build_their_step_once_and_train_the_same_bits(cache_dir, uninterrupted, tmp_path,
+                                                                                   monkeypatch):
+    """A cross-validation's folds, or the demo's equal models, trace and compile their step once per process, and
+    train what a fresh build trains: the uninterrupted run's weights, bit for bit. Another length is another step."""
+    builds = []
+    make = loop.step_lib.make_train_step
+    monkeypatch.setattr(loop.step_lib, "make_train_step", lambda *args: builds.append(args) or make(*args))
+    loop._wrapped_train_step.cache_clear()
+    for name in ("first", "second"):
+        loop.train_and_evaluate(tiny_config(cache_dir, num_steps=STEPS), str(tmp_path / name))
+        _assert_same_bits(_variables(uninterrupted[0]), _variables(tmp_path / name))
+    assert len(builds) == 1
+    loop.train_and_evaluate(tiny_config(cache_dir, num_steps=3), str(tmp_path / "shorter"))
+    assert len(builds) == 2
+
+
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(cache_dir, uninterrupted, tmp_path, caplog):
     workdir = tmp_path / "work"
     shutil.copytree(uninterrupted[0], workdir)

@@ -84,7 +84,7 @@ def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 
     """
     if isinstance(rng, jax.core.Tracer):
         return _init_function(module, height, width, batch)(rng)
-    compiled = _compiled_init if _hashable(module) else _compiled_init.__wrapped__
+    compiled = _compiled_init if is_hashable(module) else _compiled_init.__wrapped__
     return compiled(module, height, width, batch)(rng)
 
 
@@ -93,7 +93,7 @@ def variable_shapes(module) -> dict:
     saved weights, where initialising would compile the model for nothing. Traced once per model (loading a
     model checks and restores with it; an ensemble's members share it)."""
     x64 = bool(jax.config.jax_enable_x64)
-    if not _hashable(module):
+    if not is_hashable(module):
         return _traced_shapes.__wrapped__(module, x64)
     return jax.tree.map(lambda leaf: leaf, _traced_shapes(module, x64))  # a fresh tree: the cached one stays
 
@@ -106,7 +106,7 @@ def _init_function(module, height: int, width: int, batch: int):
     return init
 
 
-def _hashable(module) -> bool:
+def is_hashable(module) -> bool:
     try:
         hash(module)
     except TypeError:  # a field of the user's that is a list or a dict

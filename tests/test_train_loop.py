@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_train_support import run_script, tiny_config, write_tiny_cache
-from paresseg_jax import model_io, runs
+from paresseg_jax import model_io, ops, runs
 from paresseg_jax.train import loop
 from paresseg_jax.train.checkpoint import Checkpoints
 from paresseg_jax import workdir as workdir_layout
@@ -227,7 +227,8 @@ def test_a_run_with_grain_workers_killed_then_resumed_equals_uninterrupted_bitwi
 def test_equal_runs_in_one_process_build_their_step_once_and_train_the_same_bits(cache_dir, uninterrupted, tmp_path,
                                                                                    monkeypatch):
     """A cross-validation's folds, or the demo's equal models, trace and compile their step once per process, and
-    train what a fresh build trains: the uninterrupted run's weights, bit for bit. Another length is another step."""
+    train what a fresh build trains: the uninterrupted run's weights, bit for bit. Another length, or another
+    convolution (`ops.conv_impl`), is another step."""
     builds = []
     make = loop.step_lib.make_train_step
     monkeypatch.setattr(loop.step_lib, "make_train_step", lambda *args: builds.append(args) or make(*args))
@@ -238,6 +239,9 @@ def test_equal_runs_in_one_process_build_their_step_once_and_train_the_same_bits
     assert len(builds) == 1
     loop.train_and_evaluate(tiny_config(cache_dir, num_steps=3), str(tmp_path / "shorter"))
     assert len(builds) == 2
+    with ops.conv_impl("xla"):  # the convolution is chosen at trace time: a step of its own
+        loop.train_and_evaluate(tiny_config(cache_dir, num_steps=3), str(tmp_path / "xla"))
+    assert len(builds) == 3
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_good_one(cache_dir, uninterrupted, tmp_path, caplog):

@@ -9,7 +9,7 @@ at a fraction of the speed of its forward convolution (see BENCHMARKS.md).
 mask instead of XLA's select-and-scatter.
 """
 
-from paresseg_jax.ops.conv import conv2d, conv_impl, conv_weight_grad
+from paresseg_jax.ops.conv import conv2d, conv_impl, conv_weight_grad, current_conv_impl
 from paresseg_jax.ops.pool import max_pool
 
-__all__ = ["conv2d", "conv_impl", "conv_weight_grad", "max_pool"]
+__all__ = ["conv2d", "conv_impl", "conv_weight_grad", "current_conv_impl", "max_pool"]

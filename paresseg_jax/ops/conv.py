@@ -72,6 +72,11 @@ def conv_impl(impl: str):
         _CONV_IMPL.reset(token)
 
 
+def current_conv_impl() -> str:
+    """The `conv_impl` that functions traced now use (what a cache of traced functions must key on)."""
+    return _CONV_IMPL.get()
+
+
 def _explicit_padding(padding: Padding, kernel_size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """'SAME' | 'VALID' | int | ((top, bottom), (left, right)) -> explicit pairs."""
     kh, kw = kernel_size

@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from paresseg_jax import absent_phases, losses, model_io, models, runs
+from paresseg_jax import absent_phases, losses, model_io, models, ops, runs
 from paresseg_jax.atomic import write_text
 from paresseg_jax.data.pipeline import make_train_loader
 from paresseg_jax.errors import PareSegError
@@ -246,19 +246,20 @@ def _train_steps(run: _Run, state, start: int, meta: dict, writer, signals, bar)
 
 def _compiled_train_step(run: _Run):
     """The run's step wrapped for its parallel mode, kept per process for equal runs: a cross-validation's
-    folds, or equal models of a demo or an ablation, trace and compile it once (a width-4 ResSeg: ~6 s each)."""
+    folds, or equal models of a demo or an ablation, trace and compile it once (a width-4 ResSeg: ~6 s each).
+    The convolution chosen by the caller's `ops.conv_impl` block is part of the key (it acts at trace time)."""
     key = (run.module, json.dumps(_as_json(run.config.train), sort_keys=True), run.total_steps, run.parallel.mode,
-           tuple(run.parallel.devices))
+           tuple(run.parallel.devices), ops.current_conv_impl())
     return (_wrapped_train_step if models.is_hashable(run.module) else _wrapped_train_step.__wrapped__)(*key)
 
 
 @functools.lru_cache(maxsize=4)
-def _wrapped_train_step(module, train_json: str, total_steps: int, mode: str, devices: tuple):
+def _wrapped_train_step(module, train_json: str, total_steps: int, mode: str, devices: tuple, conv_impl: str):
     train = json.loads(train_json)
     parallel = DataParallel(mode, devices)
     step = step_lib.make_train_step(module, make_optimizer(train, total_steps), losses.get_loss(train["loss"]),
                                     learning_rate_schedule(train, total_steps), parallel.bn_axis_name)
-    return parallel.wrap_train_step(step)
+    return parallel.wrap_train_step(step)  # traced by callers in `conv_impl`'s block: the key keeps them apart
 
 
 def _validate(run: _Run, eval_module, state, step: int, meta: dict, writer) -> tuple[dict, dict]:

@@ -84,18 +84,15 @@ def init_variables(module, rng, height: int = 32, width: int = 32, batch: int = 
     """
     if isinstance(rng, jax.core.Tracer):
         return _init_function(module, height, width, batch)(rng)
-    compiled = _compiled_init if is_hashable(module) else _compiled_init.__wrapped__
-    return compiled(module, height, width, batch)(rng)
+    return cached_for(module, _compiled_init)(module, height, width, batch)(rng)
 
 
 def variable_shapes(module) -> dict:
     """`init_variables`' tree as `jax.ShapeDtypeStruct`s, traced only: a template for restoring or checking
     saved weights, where initialising would compile the model for nothing. Traced once per model (loading a
     model checks and restores with it; an ensemble's members share it)."""
-    x64 = bool(jax.config.jax_enable_x64)
-    if not is_hashable(module):
-        return _traced_shapes.__wrapped__(module, x64)
-    return jax.tree.map(lambda leaf: leaf, _traced_shapes(module, x64))  # a fresh tree: the cached one stays
+    shapes = cached_for(module, _traced_shapes)(module, bool(jax.config.jax_enable_x64))
+    return jax.tree.map(lambda leaf: leaf, shapes)  # a fresh tree: the cached one stays
 
 
 def _init_function(module, height: int, width: int, batch: int):
@@ -106,12 +103,14 @@ def _init_function(module, height: int, width: int, batch: int):
     return init
 
 
-def is_hashable(module) -> bool:
+def cached_for(module, cached):
+    """``cached`` (an ``lru_cache``'d function keyed on ``module``), or the function it wraps where ``module``
+    cannot be a key (a field of the user's that is a list or a dict)."""
     try:
         hash(module)
-    except TypeError:  # a field of the user's that is a list or a dict
-        return False
-    return True
+    except TypeError:
+        return cached.__wrapped__
+    return cached
 
 
 @functools.lru_cache(maxsize=16)

@@ -205,7 +205,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, paddi
     if x.shape[-1] != kernel.shape[2]:
         raise ValueError(f"x has {x.shape[-1]} channels but kernel {kernel.shape} expects {kernel.shape[2]}")
     pads = _explicit_padding(padding, kernel.shape[:2])
-    impl = _CONV_IMPL.get()
+    impl = current_conv_impl()
     if impl == "xla":
         y = _conv(x, kernel, pads)
     elif impl == "fast" and _winograd_pays(x, kernel, pads):

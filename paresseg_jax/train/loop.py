@@ -250,7 +250,7 @@ def _compiled_train_step(run: _Run):
     The convolution chosen by the caller's `ops.conv_impl` block is part of the key (it acts at trace time)."""
     key = (run.module, json.dumps(_as_json(run.config.train), sort_keys=True), run.total_steps, run.parallel.mode,
            tuple(run.parallel.devices), ops.current_conv_impl())
-    return (_wrapped_train_step if models.is_hashable(run.module) else _wrapped_train_step.__wrapped__)(*key)
+    return models.cached_for(run.module, _wrapped_train_step)(*key)
 
 
 @functools.lru_cache(maxsize=4)
